@@ -1,0 +1,1 @@
+"""Files shipped with meminject: the offline ``demo`` dataset (written for this project)."""

@@ -1,0 +1,119 @@
+"""Batched forward passes: length-bucketed padding, attention masks, last-position reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .models import LoadedModel
+
+__all__ = ["Batch", "make_batches", "last_position_logits", "capture_last_position"]
+
+Hook = tuple[str, Callable]
+
+
+@dataclass
+class Batch:
+    """Prompts padded to one length. ``index`` maps batch rows back to dataset rows."""
+
+    index: Int[Tensor, "batch"]
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    last_index: Int[Tensor, "batch"]  # position of each prompt's last real token
+
+    @property
+    def padded_fraction(self) -> float:
+        return 1.0 - float(self.attention_mask.float().mean())
+
+
+def make_batches(
+    token_lists: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    device: torch.device,
+    max_batch_tokens: int = 4096,
+    padding_side: str = "right",
+    sort_by_length: bool = True,
+) -> list[Batch]:
+    """Group prompts into padded batches of at most ``max_batch_tokens`` (padded) tokens.
+
+    Sorting by length first (bucketing) keeps padding small: prompts of similar length
+    share a batch.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i])) if sort_by_length else list(range(len(token_lists)))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = max([len(token_lists[j]) for j in current] + [len(token_lists[i])])
+        if current and width * (len(current) + 1) > max_batch_tokens:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    batches = []
+    for group in groups:
+        width = max(len(token_lists[i]) for i in group)
+        tokens = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        last = torch.zeros(len(group), dtype=torch.long)
+        for row, i in enumerate(group):
+            ids = torch.as_tensor(list(token_lists[i]), dtype=torch.long)
+            start = 0 if padding_side == "right" else width - len(ids)
+            tokens[row, start : start + len(ids)] = ids
+            mask[row, start : start + len(ids)] = 1
+            last[row] = start + len(ids) - 1
+        batches.append(
+            Batch(
+                index=torch.as_tensor(group, dtype=torch.long),
+                tokens=tokens.to(device),
+                attention_mask=mask.to(device),
+                last_index=last.to(device),
+            )
+        )
+    return batches
+
+
+def _forward(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook], **kwargs) -> Tensor:
+    bridge = model.bridge
+    with torch.no_grad():
+        if fwd_hooks:
+            return bridge.run_with_hooks(batch.tokens, attention_mask=batch.attention_mask, fwd_hooks=fwd_hooks, **kwargs)
+        return bridge(batch.tokens, attention_mask=batch.attention_mask, **kwargs)
+
+
+def last_position_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None = None) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at each prompt's last real token, with the given hooks active.
+
+    Only the positions that are some prompt's last token are unembedded (Hugging Face's
+    ``logits_to_keep``): full-vocabulary logits for every position would cost more than
+    the rest of a small model's forward.
+    """
+    keep = torch.unique(batch.last_index)  # sorted
+    try:
+        logits = _forward(model, batch, fwd_hooks or [], logits_to_keep=keep)
+        column = torch.searchsorted(keep, batch.last_index)
+    except TypeError:  # an architecture without logits_to_keep: unembed everything
+        logits = _forward(model, batch, fwd_hooks or [])
+        column = batch.last_index
+    rows = torch.arange(batch.tokens.shape[0], device=logits.device)
+    return logits[rows, column].float()
+
+
+def capture_last_position(model: LoadedModel, batch: Batch, hook_name: str, stop_at_layer: int | None = None) -> Float[Tensor, "batch d_model"]:
+    """The activation at ``hook_name`` at each prompt's last real token (clean run)."""
+    store: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook) -> Tensor:  # noqa: ARG001 - TransformerLens hook signature
+        store["act"] = activation.detach()
+        return activation
+
+    _forward(model, batch, [(hook_name, keep)], stop_at_layer=stop_at_layer)
+    rows = torch.arange(batch.tokens.shape[0], device=store["act"].device)
+    return store["act"][rows, batch.last_index].float()

@@ -1,0 +1,60 @@
+"""The plain reference: one prompt at a time, the paper notebook's way.
+
+Deliberately independent of meminject's fast path: TransformerLens tokenization
+(``to_tokens``), a full forward per prompt, full-sequence logits, the multi-hot memory
+times W_Uᵀ with an einsum, and the injection on one head's ``hook_result`` (the paper's
+hook) or ``hook_attn_out``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reference_memory_vector(bridge, memory: str, encoding: str, layer: int) -> torch.Tensor:
+    if encoding == "layer":
+        _, cache = bridge.run_with_cache(bridge.to_tokens(memory))
+        return cache[f"blocks.{layer}.hook_attn_out"][0, -1]
+    memory_tokens = bridge.to_tokens(memory, prepend_bos=False)[0]
+    one_hot = torch.zeros(bridge.cfg.d_vocab)
+    one_hot[memory_tokens] = 1.0  # a repeated token is set once, as in the paper
+    if encoding == "unembed":
+        return torch.einsum("v,vd->d", one_hot, bridge.W_U.T)
+    if encoding == "embed":
+        return torch.einsum("v,vd->d", one_hot, bridge.W_E)
+    raise ValueError(encoding)
+
+
+def reference_answer_probs(bridge, prompt: str, answer: str, memory: str, *, layer: int, tweak: float, encoding: str = "unembed", positions: str = "all", head: int | None = 0) -> tuple[float, float]:
+    """(P(answer) before, after) for one prompt; ``head=None`` injects at hook_attn_out."""
+    tokens = bridge.to_tokens(prompt)
+    answer_token = bridge.to_tokens(answer, prepend_bos=False)[0][0]
+    vector = reference_memory_vector(bridge, memory, encoding, layer)
+    before = torch.softmax(bridge(tokens)[0, -1], dim=-1)[answer_token].item()
+
+    def add_to_head(result, hook):  # (batch, pos, head, d_model)
+        result = result.clone()
+        if positions == "all":
+            result[:, :, head, :] += vector * tweak
+        else:
+            result[:, -1, head, :] += vector * tweak
+        return result
+
+    def add_to_attn_out(attn_out, hook):  # (batch, pos, d_model)
+        attn_out = attn_out.clone()
+        if positions == "all":
+            attn_out[:, :, :] += vector * tweak
+        else:
+            attn_out[:, -1, :] += vector * tweak
+        return attn_out
+
+    if head is None:
+        patched = bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_attn_out", add_to_attn_out)])
+    else:
+        bridge.set_use_attn_result(True)
+        try:
+            patched = bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_result", add_to_head)])
+        finally:
+            bridge.set_use_attn_result(False)
+    after = torch.softmax(patched[0, -1], dim=-1)[answer_token].item()
+    return before, after
