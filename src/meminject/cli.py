@@ -75,6 +75,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
 
     cfg = compose_config(overrides)
     spec = InjectionSpec.from_config(cfg)
+    spec.validate()  # model-independent checks before the model loads
     dataset = load_dataset(cfg.data)
     model = load_model(cfg.model)
     spec.validate(model)

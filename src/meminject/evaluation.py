@@ -79,20 +79,28 @@ class InjectionSpec:
             return f"blocks.{self.layer}.attn.hook_result"
         return attn_out_hook(self.layer)
 
-    def validate(self, model: LoadedModel) -> None:
-        if not 0 <= self.layer < model.n_layers:
-            raise ConfigError(f"injection.layer={self.layer} is out of range for {model.name} (layers 0..{model.n_layers - 1})")
+    def validate(self, model: LoadedModel | None = None) -> None:
+        """Refuse impossible points with the config key to fix; bounds need the model."""
+        from .memories import ENCODINGS, MEMORY_TYPES
+
         if self.site not in SITES:
             raise ConfigError(f"injection.site={self.site!r} is not one of {', '.join(SITES)}")
-        if self.site == "head":
-            if self.head is None:
-                raise ConfigError("injection.site=head needs injection.head (any head: they are equivalent)")
-            if not 0 <= self.head < model.n_heads:
-                raise ConfigError(f"injection.head={self.head} is out of range for {model.name} (heads 0..{model.n_heads - 1})")
         if self.positions not in POSITIONS:
             raise ConfigError(f"injection.positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
         if not math.isfinite(self.tweak) or self.tweak < 0:
             raise ConfigError(f"injection.tweak={self.tweak} must be a finite number >= 0")
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"memory.encoding={self.encoding!r} is not one of {', '.join(ENCODINGS)}")
+        if self.memory_type not in MEMORY_TYPES:
+            raise ConfigError(f"memory.type={self.memory_type!r} is not one of {', '.join(MEMORY_TYPES)}")
+        if self.site == "head" and self.head is None:
+            raise ConfigError("injection.site=head needs injection.head (any head: they are equivalent)")
+        if model is None:
+            return
+        if not 0 <= self.layer < model.n_layers:
+            raise ConfigError(f"injection.layer={self.layer} is out of range for {model.name} (layers 0..{model.n_layers - 1})")
+        if self.site == "head" and not 0 <= int(self.head) < model.n_heads:
+            raise ConfigError(f"injection.head={self.head} is out of range for {model.name} (heads 0..{model.n_heads - 1})")
 
 
 def _as_int(value: Any, key: str) -> int:
