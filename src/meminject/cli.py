@@ -44,6 +44,13 @@ See README.md for the search-space grammar and running many workers."""
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:  # pragma: no cover
+        pass
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("transformers", "transformer_lens", "httpx", "urllib3", "alembic", "mlflow", "optuna", "huggingface_hub", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)

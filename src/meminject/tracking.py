@@ -68,3 +68,102 @@ def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
         raise
     del mlflow
     return run_id
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, when meminject runs from a git checkout."""
+    import subprocess
+
+    from .paths import project_root
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class Tracker:
+    """MLflow bookkeeping of one sweep: a parent run per study, a nested run per trial.
+
+    Uses ``MlflowClient`` with explicit run ids (no global active run), so several worker
+    processes can attach runs to one parent through ``mlflow.parentRunId``.
+    """
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = _experiment_id(self.client, experiment, uri)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Tracker | None":
+        if not cfg.tracking.enabled:
+            return None
+        return cls(tracking_uri(cfg), str(cfg.tracking.experiment))
+
+    def check_reachable(self) -> None:
+        """Fail before any trial when the tracking server cannot be reached."""
+        self.client.search_runs([self.experiment_id], max_results=1)
+
+    def start_parent(self, study_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"sweep {study_name}", tags={"meminject.role": "sweep", "meminject.study": study_name, **tags})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def start_trial(self, parent_run_id: str, trial_number: int, study_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial {trial_number}",
+            tags={"mlflow.parentRunId": parent_run_id, "meminject.role": "trial", "meminject.study": study_name, "meminject.trial_number": str(trial_number), **tags},
+        )
+        return run.info.run_id
+
+    def finish_trial(self, run_id: str, params: dict[str, Any], metrics: dict[str, float], artifacts: dict[str, str], terminate: bool = True) -> None:
+        import tempfile
+        import time as _time
+
+        from mlflow.entities import Metric
+
+        self.log_params(run_id, params)
+        now = int(_time.time() * 1000)
+        finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()])
+        with tempfile.TemporaryDirectory() as folder:
+            for name, text in artifacts.items():
+                path = Path(folder) / name
+                path.write_text(text)
+                self.client.log_artifact(run_id, str(path))
+        if terminate:
+            self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, reason: str) -> None:
+        try:
+            self.client.set_tag(run_id, "meminject.failure", reason[:500])
+            self.client.set_terminated(run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - best effort while failing
+            pass
+
+    def log_text(self, run_id: str, name: str, text: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_file(self, run_id: str, path: Path) -> None:
+        self.client.log_artifact(run_id, str(path))
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value))
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)

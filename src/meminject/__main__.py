@@ -1,0 +1,7 @@
+"""``python -m meminject`` = the ``meminject`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,708 @@
+"""Sweeps: Optuna studies over Hydra search spaces, run by worker processes, tracked in MLflow.
+
+A sweep preset (``sweeps/NAME.yaml``) names a sampler, a trial budget, fixed config
+overrides and the searched axes (see :mod:`meminject.space`). ``meminject sweep`` creates
+or resumes the study, records everything a worker needs in the study itself, creates the
+MLflow parent run, and runs workers: in-process (``workers=1``) or as N processes on the
+same storage (Optuna's own distributed engine). ``meminject worker`` joins a study from
+any shell or machine that reaches its storage.
+
+Grid sweeps enqueue every (canonical) point once; workers pop queued trials atomically,
+so no point runs twice, whatever the number of workers. TPE/random sweeps share a global
+budget of ``n_trials`` complete trials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+import optuna.distributions as od
+from optuna.trial import TrialState
+from omegaconf import OmegaConf
+
+from .config import compose_config, to_yaml
+from .errors import ConfigError, MemInjectError
+from .paths import mlruns_dir, sweeps_dir
+from .space import SearchSpace, parse_space
+from .tracking import Tracker, git_commit, redact, tracking_uri
+
+__all__ = ["SweepSpec", "load_sweep", "prepare_study", "run_worker", "ranked_sites", "cmd_sweep", "cmd_worker", "cmd_best"]
+
+log = logging.getLogger("meminject")
+
+SWEEP_KEYS = ("sweep", "workers", "n_trials", "study", "storage", "sampler", "timeout")
+SAMPLERS = ("grid", "tpe", "random")
+ATTR_SPEC = "meminject.sweep"
+ATTR_PARENT = "meminject.mlflow_parent_run_id"
+ATTR_KEY = "meminject.key"
+ATTR_SURPLUS = "meminject.surplus"
+SITE_KEYS = ("model", "weights", "injection.layer", "injection.head", "injection.site", "injection.positions", "injection.tweak", "memory.type", "memory.encoding")
+
+
+@dataclass
+class SweepSpec:
+    """Everything that defines a sweep; stored in the study so any worker can rebuild it."""
+
+    name: str
+    sampler: str
+    n_trials: int | None
+    seed: int
+    overrides: list[str]            # fixed config overrides (preset's, then the command line's)
+    params: dict[str, str]          # searched axes: config key -> grammar expression
+    study_name: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepSpec":
+        return cls(**json.loads(text))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _split_args(args: Sequence[str]) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """Split ``key=value`` args into sweep settings, fixed overrides and searched axes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    settings, overrides, axes = {}, [], {}
+    parser = OverridesParser.create()
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"bad argument {arg!r}: expected key=value")
+        key, value = arg.split("=", 1)
+        if key in SWEEP_KEYS:
+            settings[key] = value
+            continue
+        if key.startswith(("injection.", "memory.")) and value.strip() == "all" or "(" in value and value.split("(", 1)[0].strip() in ("choice", "range", "interval", "int", "tag", "float"):
+            axes[key] = value
+            continue
+        if key == "model" and "," in value:
+            axes[key] = f"choice({value})"
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except HydraException as exc:
+            raise ConfigError(f"bad override {arg!r}: {str(exc).splitlines()[0]}") from exc
+        overrides.append(arg)
+    return settings, overrides, axes
+
+
+def _as_positive_int(value: Any, key: str) -> int:
+    try:
+        number = int(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{key}={value!r} must be a positive integer") from exc
+    if number < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+    return number
+
+
+def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
+    """Read ``sweeps/NAME.yaml`` and apply the command line; returns (spec, settings)."""
+    settings, cli_overrides, cli_axes = _split_args(args)
+    name = settings.get("sweep", "smoke")
+    path = sweeps_dir() / f"{name}.yaml"
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in sweeps_dir().glob("*.yaml")))
+        raise ConfigError(f"unknown sweep {name!r}; choose from: {options}")
+    preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    known = {"sampler", "n_trials", "seed", "config", "params", "study"}
+    unknown = set(preset) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    sampler = str(settings.get("sampler", preset.get("sampler", "tpe")))
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
+    n_trials = settings.get("n_trials", preset.get("n_trials"))
+    n_trials = None if n_trials in (None, "null", "None") else _as_positive_int(n_trials, "n_trials")
+    if sampler != "grid" and n_trials is None:
+        raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
+    preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
+    seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
+    params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
+    params.update(cli_axes)
+    for key in list(params):
+        if any(o.split("=", 1)[0] == key for o in cli_overrides):  # a fixed value on the command line wins
+            del params[key]
+    if not params:
+        raise ConfigError(f"sweep {name!r} searches nothing: give at least one axis, e.g. injection.layer='range(0,all)'")
+    spec = SweepSpec(
+        name=name,
+        sampler=sampler,
+        n_trials=n_trials,
+        seed=int(seed),
+        overrides=preset_overrides + cli_overrides + ([f"seed={seed}"] if not any(o.startswith("seed=") for o in cli_overrides) else []),
+        params=params,
+        study_name=str(settings.get("study", "")),
+    )
+    return spec, settings
+
+
+def _model_sizes(spec: SweepSpec) -> tuple[Any, dict[str, int]]:
+    """Compose the base config and read layer/head counts (the smallest over a model axis)."""
+    from .models import load_model
+
+    base = compose_config(spec.overrides)
+    models = [str(base.model.name)]
+    if "model" in spec.params:
+        axis = parse_space({"model": spec.params["model"]}).axes[0]
+        models = [str(m) for m in (axis.discrete_values or [])]
+    sizes = None
+    for model_name in models:
+        cfg = compose_config([*spec.overrides, f"model={model_name}"]) if "model" in spec.params else base
+        model = load_model(cfg.model)
+        here = {"n_layers": model.n_layers, "n_heads": model.n_heads, "model": model.name}
+        if sizes is None or here["n_layers"] < sizes["n_layers"]:
+            sizes = {**here, "n_heads": min(here["n_heads"], (sizes or here)["n_heads"])}
+    return base, sizes
+
+
+def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
+    """Validate every axis against the model(s) and collapse a degenerate head axis."""
+    from .evaluation import InjectionSpec
+
+    base, sizes = _model_sizes(spec)
+    space = parse_space(spec.params, sizes)
+    # The paper's head site adds τ·v to one head's result, which is summed into the
+    # attention output: every head gives the layer's result. Searching heads would only
+    # repeat points, so the axis is dropped (head 0 is recorded) and we say so once.
+    if "injection.head" in space.keys:
+        sites = space.distributions.get("injection.site")
+        site_values = list(sites.choices) if isinstance(sites, od.CategoricalDistribution) else [str(base.injection.site)]
+        if all(str(s) in ("head", "layer") for s in site_values) and not base.injection.get("literal_hook", False):
+            note = "the head axis is degenerate for site=head/layer (every head adds to the same summed attention output): collapsed to head 0, each layer point runs once"
+            spec.notes.append(note)
+            log.warning("note: %s", note)
+            space = SearchSpace([a for a in space.axes if a.key != "injection.head"])
+            spec.params.pop("injection.head", None)
+            spec.overrides.append("injection.head=0")
+    # Fail before any trial: check fixed values and one point of the space.
+    probe = [f"{a.key}={_format_value(_first_value(a.distribution))}" for a in space.axes]
+    cfg = compose_config([*spec.overrides, *probe])
+    InjectionSpec.from_config(cfg).validate()
+    for axis in space.axes:
+        if axis.key.startswith(("injection.", "memory.")):
+            for value in axis.discrete_values or []:
+                InjectionSpec.from_config(compose_config([*spec.overrides, *probe, f"{axis.key}={_format_value(value)}"])).validate()
+    return base, space
+
+
+def _first_value(distribution: od.BaseDistribution) -> Any:
+    if isinstance(distribution, od.CategoricalDistribution):
+        return distribution.choices[0]
+    return distribution.low
+
+
+def _format_value(value: Any) -> str:
+    return str(value)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def default_storage_url() -> str:
+    return str(mlruns_dir() / "optuna.journal")
+
+
+def open_storage(url: str | None) -> optuna.storages.BaseStorage:
+    """A journal file (default, safe for local workers), or any RDB URL (sqlite, postgresql, …)."""
+    url = url or default_storage_url()
+    try:
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many kinds
+        raise ConfigError(f"cannot open study storage {redact(url)} ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def _make_sampler(spec: SweepSpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + worker_index  # each worker its own stream; 1 worker = the sweep seed
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _study_name(spec: SweepSpec, base: Any) -> str:
+    return spec.study_name or f"{spec.name}-{base.model.name}-{base.data.name}"
+
+
+def _canonical_params(params: dict[str, Any]) -> str:
+    return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+
+
+def prepare_study(spec: SweepSpec, storage_url: str | None) -> tuple[optuna.Study, SearchSpace, Any]:
+    """Create or resume the study; enqueue missing grid points; store the sweep spec."""
+    base, space = resolve_space(spec)
+    spec.study_name = _study_name(spec, base)
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="maximize", load_if_exists=True, sampler=_make_sampler(spec))
+    stored = study.user_attrs.get(ATTR_SPEC)
+    if stored is not None:
+        old = SweepSpec.from_json(stored)
+        if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides):
+            raise ConfigError(
+                f"study {spec.study_name!r} exists with a different search space or config "
+                f"({old.sampler}: {old.params}); resume it unchanged, or pass study=NEW_NAME"
+            )
+    study.set_user_attr(ATTR_SPEC, spec.to_json())
+    study.set_user_attr("meminject.space", json.dumps(space.signature(), sort_keys=True))
+    if spec.sampler == "grid":
+        points = space.grid()
+        if spec.n_trials is not None:
+            points = points[: spec.n_trials]
+        taken = {
+            _canonical_params(t.params if t.state != TrialState.WAITING else t.system_attrs.get("fixed_params", {}))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+            if not t.user_attrs.get(ATTR_SURPLUS)
+        }
+        for point in points:
+            if _canonical_params(point) not in taken:
+                study.enqueue_trial(point, skip_if_exists=False)
+    return study, space, base
+
+
+def _budget(spec: SweepSpec, space: SearchSpace) -> int:
+    if spec.sampler == "grid":
+        total = len(space.grid())
+        return min(total, spec.n_trials) if spec.n_trials else total
+    return int(spec.n_trials or 0)
+
+
+def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)) if not t.user_attrs.get(ATTR_SURPLUS)]
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class TrialRunner:
+    """Per worker: models, datasets and evaluators loaded once and reused by every trial."""
+
+    def __init__(self) -> None:
+        self._evaluators: dict[str, Any] = {}
+        self._datasets: dict[str, Any] = {}
+
+    def evaluator(self, cfg: Any):
+        from .data import load_dataset
+        from .evaluation import Evaluator
+        from .models import load_model
+
+        data_key = to_yaml(cfg.data)
+        if data_key not in self._datasets:
+            self._datasets[data_key] = load_dataset(cfg.data)
+        key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k)
+        if key not in self._evaluators:
+            model = load_model(cfg.model)
+            self._evaluators[key] = Evaluator(model, self._datasets[data_key], max_batch_tokens=cfg.perf.max_batch_tokens, padding_side=cfg.perf.padding_side, top_k=cfg.top_k)
+        return self._evaluators[key]
+
+    def run(self, cfg: Any):
+        from .evaluation import InjectionSpec
+
+        evaluator = self.evaluator(cfg)
+        spec = InjectionSpec.from_config(cfg)
+        spec.validate(evaluator.model)
+        return evaluator, spec, evaluator.evaluate(spec, cfg.memory)
+
+
+def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    return {axis.key: trial._suggest(axis.key, axis.distribution) for axis in space.axes}
+
+
+def _trial_key(cfg: Any, spec: Any) -> str:
+    canonical = spec.canonical()
+    return json.dumps(
+        {"model": str(cfg.model.name), "weights": str(cfg.model.weights), "data": str(cfg.data.name), "limit": cfg.data.limit, "sample": cfg.data.sample,
+         "spec": [canonical.layer, canonical.tweak, canonical.site, canonical.head, canonical.positions, canonical.memory_type, canonical.encoding], "seed": int(cfg.seed)},
+        sort_keys=True,
+    )
+
+
+def _site_record(cfg: Any, params: dict[str, Any]) -> dict[str, Any]:
+    site = str(cfg.injection.site)
+    return {
+        "model": str(cfg.model.name),
+        "weights": str(cfg.model.weights),
+        "injection.layer": int(cfg.injection.layer),
+        "injection.head": cfg.injection.head if site != "layer" else None,
+        "injection.site": site,
+        "injection.positions": str(cfg.injection.positions),
+        "injection.tweak": float(cfg.injection.tweak),
+        "memory.type": str(cfg.memory.type),
+        "memory.encoding": str(cfg.memory.encoding),
+    }
+
+
+def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 0, progress: bool = True, max_trials: int | None = None) -> int:
+    """Run trials of a prepared study until its budget or grid is used up; returns trials run here."""
+    storage = open_storage(storage_url)
+    try:
+        summaries = optuna.get_all_study_summaries(storage)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"cannot read study storage {redact(storage_url)} ({str(exc).splitlines()[0][:200]})") from exc
+    if study_name not in {s.study_name for s in summaries}:
+        raise ConfigError(f"no study {study_name!r} in {redact(storage_url or default_storage_url())}; start it with `meminject sweep`")
+    probe = optuna.load_study(study_name=study_name, storage=storage)
+    if ATTR_SPEC not in probe.user_attrs:
+        raise ConfigError(f"study {study_name!r} was not created by meminject sweep")
+    spec = SweepSpec.from_json(probe.user_attrs[ATTR_SPEC])
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=_make_sampler(spec, worker_index))
+    base = compose_config(spec.overrides)
+    space = parse_space(spec.params, _model_sizes(spec)[1])
+    budget = _budget(spec, space)
+    tracker = Tracker.from_config(base)
+    parent_run_id = study.user_attrs.get(ATTR_PARENT)
+    runner = TrialRunner()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=budget, initial=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), desc=f"{study_name}", unit="trial", dynamic_ncols=True)
+    ran = 0
+    try:
+        while max_trials is None or ran < max_trials:
+            if spec.sampler == "grid":
+                trial_id = study._pop_waiting_trial_id()  # atomic: one worker gets each queued point
+                if trial_id is None:
+                    break
+                trial = optuna.Trial(study, trial_id)
+            else:
+                if len(_counted(study)) >= budget:
+                    break
+                trial = study.ask()
+                ahead = [t for t in _counted(study) if t.number < trial.number]
+                if len(ahead) >= budget:  # another worker took the last slot meanwhile
+                    trial.set_user_attr(ATTR_SURPLUS, True)
+                    study.tell(trial, state=TrialState.FAIL)
+                    break
+            params = _suggest(trial, space)
+            _run_one_trial(study, trial, params, spec, runner, tracker, parent_run_id)
+            ran += 1
+            if bar is not None:
+                bar.update(1)
+                try:
+                    bar.set_postfix(best=f"{study.best_value:+.4f}", trial=study.best_trial.number)
+                except ValueError:
+                    pass
+    finally:
+        if bar is not None:
+            bar.close()
+    return ran
+
+
+def _run_one_trial(study, trial, params, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None) -> None:
+    from .evaluation import InjectionSpec
+
+    overrides = [*spec.overrides, *(f"{k}={_format_value(v)}" for k, v in params.items())]
+    run_id = None
+    started = time.perf_counter()
+    try:
+        cfg = compose_config(overrides)
+        injection = InjectionSpec.from_config(cfg)
+        key = _trial_key(cfg, injection)
+        trial.set_user_attr(ATTR_KEY, key)
+        if tracker is not None and parent_run_id:
+            tags = {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name}
+            commit = git_commit()
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+            run_id = tracker.start_trial(parent_run_id, trial.number, spec.study_name, tags)
+            trial.set_user_attr("mlflow_run_id", run_id)
+        evaluator, injection, result = runner.run(cfg)
+        seconds = time.perf_counter() - started
+        summary = dict(result.summary)
+        for name, value in summary.items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr("trial_seconds", seconds)
+        site = _site_record(cfg, params)
+        for name, value in site.items():
+            trial.set_user_attr(f"site.{name}", value)
+        if tracker is not None and run_id is not None:
+            dataset = evaluator.dataset
+            logged_params = {
+                **{k: v for k, v in params.items()},
+                "model": cfg.model.name, "weights": cfg.model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash,
+                "memory.type": cfg.memory.type, "memory.encoding": cfg.memory.encoding, "injection.site": cfg.injection.site,
+                "injection.positions": cfg.injection.positions, "injection.layer": cfg.injection.layer, "injection.tweak": cfg.injection.tweak,
+                "injection.head": cfg.injection.head, "seed": cfg.seed, "hook": result.hooks[0], "n_prompts": len(dataset),
+            }
+            tracker.finish_trial(
+                run_id, logged_params, {**summary, "trial_seconds": seconds},
+                {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(_redacted(cfg))},
+                terminate=False,
+            )
+        study.tell(trial, summary["mean_gain"])
+        if tracker is not None and run_id is not None:
+            # Closed after Optuna has the value; an interruption in between is repaired on resume.
+            tracker.finish(run_id, "FINISHED")
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        try:
+            trial.set_user_attr("failure", reason[:500])
+            study.tell(trial, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - the storage may be what failed
+            pass
+        if tracker is not None and run_id is not None:
+            tracker.fail(run_id, reason)
+        raise
+
+
+def _redacted(cfg: Any) -> Any:
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.tracking.get("uri"):
+        cfg.tracking.uri = redact(str(cfg.tracking.uri))
+    return cfg
+
+
+# --------------------------------------------------------------------------- results
+
+
+def ranked_sites(study: optuna.Study, top: int | None = None):
+    """Complete trials grouped by injection site, best mean gain first."""
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = {k[len("site."):]: v for k, v in t.user_attrs.items() if k.startswith("site.")}
+        if not record:
+            continue
+        record.update({"mean_gain": t.value, "frac_improved": t.user_attrs.get("frac_improved"), "mean_prob_after": t.user_attrs.get("mean_prob_after"), "mean_prob_before": t.user_attrs.get("mean_prob_before"), "trial": t.number})
+        rows.append(record)
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    keys = [k for k in SITE_KEYS if k in frame.columns]
+    frame[keys] = frame[keys].astype(object).where(frame[keys].notna(), "-")
+    grouped = frame.groupby(keys, dropna=False, sort=False).agg(
+        mean_gain=("mean_gain", "mean"), frac_improved=("frac_improved", "mean"), mean_prob_before=("mean_prob_before", "mean"),
+        mean_prob_after=("mean_prob_after", "mean"), trials=("trial", "count"), best_trial=("trial", "min"),
+    ).reset_index()
+    grouped = grouped.sort_values("mean_gain", ascending=False, kind="stable").reset_index(drop=True)
+    grouped.insert(0, "rank", range(1, len(grouped) + 1))
+    return grouped.head(top) if top else grouped
+
+
+def _print_table(frame) -> None:
+    if frame.empty:
+        print("no complete trials yet")
+        return
+    columns = ["rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "injection.site", "injection.positions", "mean_gain", "frac_improved", "trials"]
+    shown = frame[[c for c in columns if c in frame.columns]].rename(columns=lambda c: c.split(".")[-1])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def finalize(study: optuna.Study, spec: SweepSpec, tracker: Tracker | None) -> Path:
+    """Write the ranked sites; update the parent run with the best trial and the table."""
+    table = ranked_sites(study)
+    out = Path("outputs") / "best"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{study.study_name}.csv"
+    table.to_csv(path, index=False)
+    parent = study.user_attrs.get(ATTR_PARENT)
+    if tracker is not None and parent:
+        tracker.log_file(parent, path)
+        try:
+            best = study.best_trial
+            tracker.log_metrics(parent, {"best_mean_gain": best.value, "best_trial": best.number, "n_complete": len(study.get_trials(states=(TrialState.COMPLETE,)))})
+            tracker.client.set_tag(parent, "meminject.best_params", json.dumps(best.params, default=str))
+        except ValueError:
+            pass
+    return path
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _threads_for(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: Tracker | None, storage_url: str | None) -> None:
+    if tracker is None:
+        return
+    tracker.check_reachable()
+    parent = study.user_attrs.get(ATTR_PARENT)
+    if parent:
+        tracker.reopen(parent)
+        _reconcile_runs(study, tracker)
+        return
+    params = {"sweep": spec.name, "sampler": spec.sampler, "n_trials": spec.n_trials, "seed": spec.seed, "model": base.model.name, "weights": base.model.weights, "dataset": base.data.name, "storage": redact(storage_url or default_storage_url())}
+    params.update({f"space.{k}": v for k, v in spec.params.items()})
+    parent = tracker.start_parent(spec.study_name, params, {"meminject.sampler": spec.sampler})
+    tracker.log_text(parent, "sweep.json", json.dumps(json.loads(spec.to_json()), indent=2))
+    tracker.log_text(parent, "base_config.yaml", to_yaml(_redacted(base)))
+    study.set_user_attr(ATTR_PARENT, parent)
+
+
+def _reconcile_runs(study: optuna.Study, tracker: Tracker) -> None:
+    """After an interruption: every complete trial's run FINISHED, every other trial's run not RUNNING."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            continue
+        status = tracker.client.get_run(run_id).info.status
+        if t.state == TrialState.COMPLETE and status != "FINISHED":
+            tracker.finish(run_id, "FINISHED")
+        elif t.state == TrialState.FAIL and status == "RUNNING":
+            tracker.finish(run_id, "FAILED")
+
+
+def cmd_sweep(args: Sequence[str]) -> int:
+    spec, settings = load_sweep(args)
+    workers = _as_positive_int(settings.get("workers", 1), "workers")
+    storage_url = settings.get("storage")
+    base_cfg = compose_config(spec.overrides)
+    tracker = Tracker.from_config(base_cfg)
+    if tracker is not None:
+        try:
+            tracker.check_reachable()
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"tracking server {redact(tracking_uri(base_cfg))} is unreachable ({str(exc).splitlines()[0][:160]}); start it or set tracking.uri") from exc
+    study, space, base = prepare_study(spec, storage_url)
+    _start_parent_run(study, spec, base, tracker, storage_url)
+    budget = _budget(spec, space)
+    print(f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {budget} trials · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}")
+    print(f"  storage {redact(storage_url or default_storage_url())} · workers {workers}" + (f" · MLflow {redact(tracking_uri(base))}" if tracker else ""))
+    started = time.perf_counter()
+    status = "FINISHED"
+    try:
+        if workers == 1:
+            run_worker(spec.study_name, storage_url)
+        else:
+            _spawn_workers(spec, storage_url, workers, budget)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if tracker is not None and study.user_attrs.get(ATTR_PARENT):
+            path = finalize(study, spec, tracker)
+            if status == "FINISHED":
+                tracker.finish(study.user_attrs[ATTR_PARENT], "FINISHED" if len(_counted(study)) >= budget else "RUNNING")
+            else:
+                tracker.finish(study.user_attrs[ATTR_PARENT], status)
+    wall = time.perf_counter() - started
+    path = finalize(study, spec, None)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    print(f"done: {len(complete)} complete trials in {wall:.1f} s")
+    table = ranked_sites(study, top=5)
+    _print_table(table)
+    print(f"ranked sites: {path}")
+    return 0
+
+
+def _spawn_workers(spec: SweepSpec, storage_url: str | None, workers: int, budget: int) -> None:
+    import torch
+
+    storage_arg = storage_url or default_storage_url()
+    procs = []
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index in range(workers):
+        env = dict(os.environ)
+        if n_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
+        else:
+            threads = str(_threads_for(workers))
+            env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEMINJECT_THREADS": threads})
+        cmd = [sys.executable, "-m", "meminject", "worker", f"study={spec.study_name}", f"storage={storage_arg}", f"worker_index={index}", "progress=false"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    storage = open_storage(storage_url)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage)
+    from tqdm.auto import tqdm
+
+    failed = []
+    with tqdm(total=budget, desc=spec.study_name, unit="trial", dynamic_ncols=True) as bar:
+        try:
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+                bar.update(max(0, done - bar.n))
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            bar.update(max(0, done - bar.n))
+        except KeyboardInterrupt:
+            for p in procs:
+                p.send_signal(2)
+            for p in procs:
+                p.wait()
+            raise
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        raise MemInjectError(f"worker(s) {', '.join(map(str, failed))} exited with an error (see their output above); rerun the same command to resume")
+
+
+def cmd_worker(args: Sequence[str]) -> int:
+    settings = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"bad argument {arg!r}: expected key=value")
+        key, value = arg.split("=", 1)
+        if key not in ("study", "storage", "worker_index", "progress", "max_trials"):
+            raise ConfigError(f"unknown worker setting {key!r} (study, storage, worker_index, progress, max_trials); the config comes from the study")
+        settings[key] = value
+    if "study" not in settings:
+        raise ConfigError("meminject worker needs study=NAME (and storage=URL unless the default)")
+    threads = os.environ.get("MEMINJECT_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    ran = run_worker(
+        settings["study"], settings.get("storage"), worker_index=int(settings.get("worker_index", 0)),
+        progress=settings.get("progress", "true").lower() != "false",
+        max_trials=int(settings["max_trials"]) if "max_trials" in settings else None,
+    )
+    print(f"worker {settings.get('worker_index', 0)}: {ran} trials")
+    return 0
+
+
+def cmd_best(args: Sequence[str]) -> int:
+    settings = {}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key not in ("study", "storage", "top"):
+            raise ConfigError(f"unknown setting {key!r} for best (study, storage, top)")
+        settings[key] = value
+    storage = open_storage(settings.get("storage"))
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if not names:
+        raise ConfigError("no studies yet; run `meminject sweep` first")
+    name = settings.get("study") or names[-1]
+    if name not in names:
+        raise ConfigError(f"no study {name!r}; studies: {', '.join(names)}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    top = _as_positive_int(settings.get("top", 10), "top")
+    table = ranked_sites(study)
+    out = Path("outputs") / "best"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.csv"
+    table.to_csv(path, index=False)
+    print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} distinct sites")
+    _print_table(table.head(top))
+    print(f"table: {path}")
+    spec_json = study.user_attrs.get(ATTR_SPEC)
+    parent = study.user_attrs.get(ATTR_PARENT)
+    if spec_json and parent:
+        base = compose_config(SweepSpec.from_json(spec_json).overrides)
+        tracker = Tracker.from_config(base)
+        if tracker is not None:
+            tracker.log_file(parent, path)
+    return 0

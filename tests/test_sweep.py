@@ -1,0 +1,198 @@
+"""Sweeps on the tiny model: grid coverage with 1 and 2 workers, TPE reproducibility,
+the collapsed head axis, resume after an interrupt, and refusals before any trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from meminject.cli import main
+from meminject.search import open_storage
+
+TINY = ["model=tiny", "model.device=cpu", "data.limit=6"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["sweep", *TINY, f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+
+
+def load(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "optuna.journal")))
+
+
+def mlflow_runs(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("meminject")
+    return client.search_runs([experiment.experiment_id], max_results=10_000)
+
+
+def complete_points(study: optuna.Study) -> Counter:
+    return Counter(json.dumps(t.params, sort_keys=True) for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def test_grid_runs_every_point_exactly_once_in_process(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(sweep_args(tmp_path, "sweep=paper_grid", "study=grid1", "injection.tweak=choice(1,2)", "memory.encoding=choice(unembed,embed)"))
+    assert code == 0, capsys.readouterr().err
+    study = load(tmp_path, "grid1")
+    points = complete_points(study)
+    assert len(points) == 3 * 2 * 2 and set(points.values()) == {1}
+    runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("meminject.role") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("meminject.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == 12
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    # Optuna and MLflow agree trial by trial.
+    by_number = {int(r.data.tags["meminject.trial_number"]): r for r in trials}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        run = by_number[t.number]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["mean_gain"] == pytest.approx(t.value)
+        assert int(run.data.params["injection.layer"]) == t.params["injection.layer"]
+    assert (tmp_path / "outputs" / "best" / "grid1.csv").exists()
+    # rerunning a finished grid runs nothing more
+    assert main(sweep_args(tmp_path, "sweep=paper_grid", "study=grid1", "injection.tweak=choice(1,2)", "memory.encoding=choice(unembed,embed)")) == 0
+    assert len(load(tmp_path, "grid1").get_trials()) == 12
+
+
+def test_grid_with_two_worker_processes_has_no_duplicates(tmp_path):
+    args = sweep_args(tmp_path, "sweep=paper_grid", "study=grid2", "workers=2", "injection.tweak=choice(1,2,3)", "memory.encoding=choice(unembed,embed)")
+    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path, "grid2")
+    points = complete_points(study)
+    assert len(points) == 3 * 3 * 2 and set(points.values()) == {1}
+    trial_runs = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("meminject.role") == "trial"]
+    assert len(trial_runs) == 18 and all(r.info.status == "FINISHED" for r in trial_runs)
+    assert len({r.data.tags["meminject.trial_number"] for r in trial_runs}) == 18
+
+
+def test_grid_table_is_the_same_with_one_or_two_workers(tmp_path):
+    one = load_table_for(tmp_path / "one", workers=1)
+    two = load_table_for(tmp_path / "two", workers=2)
+    assert one == two
+
+
+def load_table_for(folder: Path, workers: int) -> dict:
+    folder.mkdir()
+    args = sweep_args(folder, "sweep=paper_grid", "study=g", f"workers={workers}", "injection.tweak=choice(1,4)", "memory.encoding=choice(unembed)", "tracking.enabled=false")
+    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=folder, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {json.dumps(t.params, sort_keys=True): t.value for t in load(folder, "g").get_trials(states=(TrialState.COMPLETE,))}
+
+
+def test_tpe_with_fixed_seed_is_reproducible(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    histories = []
+    for name in ("tpe_a", "tpe_b"):
+        assert main(sweep_args(tmp_path, "sweep=tpe", f"study={name}", "n_trials=8", "tracking.enabled=false")) == 0
+        study = load(tmp_path, name)
+        histories.append([(t.params, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))])
+    assert len(histories[0]) == 8
+    assert histories[0] == histories[1]
+
+
+def test_head_axis_collapses_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert main(sweep_args(tmp_path, "sweep=head_demo", "study=heads", "tracking.enabled=false")) == 0
+    study = load(tmp_path, "heads")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3 * 2  # layers × τ, not layers × heads × τ
+    assert all("injection.head" not in t.params for t in trials)
+    assert sum("head axis is degenerate" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_resume_after_sigint_ends_with_exactly_n_trials(tmp_path):
+    args = sweep_args(tmp_path, "sweep=tpe", "study=resume", "n_trials=10", "data.limit=40")
+    proc = subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    journal = tmp_path / "optuna.journal"
+    while time.time() < deadline:
+        if journal.exists():
+            try:
+                if len(load(tmp_path, "resume").get_trials(states=(TrialState.COMPLETE,))) >= 3:
+                    break
+            except KeyError:
+                pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    interrupted = load(tmp_path, "resume")
+    done_before = len(interrupted.get_trials(states=(TrialState.COMPLETE,)))
+    assert 3 <= done_before < 10
+    rerun = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    study = load(tmp_path, "resume")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 10
+    runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("meminject.role") == "sweep"]
+    finished = [r for r in runs if r.data.tags.get("meminject.role") == "trial" and r.info.status == "FINISHED"]
+    assert len(parents) == 1
+    assert sorted(int(r.data.tags["meminject.trial_number"]) for r in finished) == sorted(t.number for t in complete)
+    assert all(r.info.status != "RUNNING" for r in runs if r.data.tags.get("meminject.role") == "trial")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["sweep=nope"], "unknown sweep 'nope'"),
+        (["sweep=tpe", "injection.layer=range(0, 9)"], "layer 3 is out of range"),
+        (["sweep=tpe", "injection.tweak=interval(5, 1)"], "inverted interval"),
+        (["sweep=paper_grid", "injection.tweak=interval(1, 5)"], "grid sampler needs discrete axes"),
+        (["sweep=tpe", "n_trials=0"], "n_trials"),
+        (["sweep=tpe", "sampler=cmaes"], "sampler='cmaes'"),
+        (["sweep=tpe", "memory.encoding=choice(unembed, onehot)"], "memory.encoding='onehot'"),
+        (["sweep=tpe", "injection.depth=3"], "injection.depth"),
+    ],
+)
+def test_bad_sweep_configs_fail_before_any_trial(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    code = main(sweep_args(tmp_path, "tracking.enabled=false", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0], err
+    journal = tmp_path / "optuna.journal"
+    if journal.exists():
+        storage = open_storage(str(journal))
+        assert all(s.n_trials == 0 for s in optuna.get_all_study_summaries(storage))
+
+
+def test_changed_search_space_under_the_same_study_name_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(sweep_args(tmp_path, "sweep=tpe", "study=same", "n_trials=2", "tracking.enabled=false")) == 0
+    code = main(sweep_args(tmp_path, "sweep=tpe", "study=same", "n_trials=2", "tracking.enabled=false", "injection.tweak=interval(1, 3)"))
+    assert code == 2
+    assert "exists with a different search space" in capsys.readouterr().err
+
+
+def test_best_ranks_sites(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(sweep_args(tmp_path, "sweep=paper_grid", "study=b", "injection.tweak=choice(1,3)", "memory.encoding=choice(unembed)")) == 0
+    capsys.readouterr()
+    assert main(["best", "study=b", f"storage={tmp_path / 'optuna.journal'}", "top=3"]) == 0
+    out = capsys.readouterr().out
+    assert "6 complete trials, 6 distinct sites" in out
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "outputs" / "best" / "b.csv")
+    assert list(table["mean_gain"]) == sorted(table["mean_gain"], reverse=True)
+    assert len(table) == 6
