@@ -87,7 +87,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     model = load_model(cfg.model)
     spec.validate(model)
     started = time.perf_counter()
-    evaluator = Evaluator(model, dataset, max_batch_tokens=cfg.perf.max_batch_tokens, padding_side=cfg.perf.padding_side, top_k=cfg.top_k)
+    evaluator = Evaluator.from_config(model, dataset, cfg)
     result = evaluator.evaluate(spec, cfg.memory)
     wall = time.perf_counter() - started
     out_dir = Path(cfg.output_dir) if cfg.output_dir else _default_output_dir("eval", f"{model.name}-L{spec.layer}-t{spec.tweak:g}-{spec.encoding}")

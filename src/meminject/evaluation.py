@@ -10,9 +10,10 @@ The clean quantities (before, explicit) depend only on (model, weights, dataset)
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,7 +27,10 @@ from .errors import ConfigError, DataError
 from .injection import inject, position_mask
 from .memories import attn_out_hook, encode_memories, memory_texts
 from .models import LoadedModel
+from .prefix import PrefixCache
 from .runner import Batch, last_position_logits, make_batches
+
+log = logging.getLogger("meminject")
 
 __all__ = ["InjectionSpec", "EvalResult", "Evaluator", "summarize", "SITES", "POSITIONS"]
 
@@ -147,14 +151,30 @@ def _rank(logits: Tensor, token: Tensor) -> Tensor:
 
 
 class Evaluator:
-    """Holds one (model, dataset): tokenization and the clean pass are done once."""
+    """Holds one (model, dataset): tokenization, the clean pass and its prefix cache are done once.
 
-    def __init__(self, model: LoadedModel, dataset: Dataset, *, max_batch_tokens: int = 4096, padding_side: str = "right", top_k: int = 5):
+    ``prefix_cache_bytes`` bounds the residual-stream cache (see :mod:`meminject.prefix`);
+    0 turns prefix reuse off (every trial runs the full forward: the plain path the tests
+    compare against). ``trials_per_forward`` stacks that many same-layer trials in one pass.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        dataset: Dataset,
+        *,
+        max_batch_tokens: int = 4096,
+        padding_side: str = "right",
+        top_k: int = 5,
+        prefix_cache_bytes: int = 2 * 2**30,
+        trials_per_forward: int = 1,
+    ):
         self.model = model
         self.dataset = dataset
         self.max_batch_tokens = int(max_batch_tokens)
         self.padding_side = padding_side
         self.top_k = int(top_k)
+        self.trials_per_forward = max(1, int(trials_per_forward))
         frame = dataset.frame
         self.rows = [int(r) for r in frame["row"]]
         self.obscure_tokens = [model.tokenize(s, bos=True) for s in frame["obscure_sentence"]]
@@ -170,88 +190,182 @@ class Evaluator:
             if len(tokens) > model.n_ctx:
                 raise DataError(f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}")
         self.obscure_batches = self._batches(self.obscure_tokens)
+        self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
         self._clean: dict[str, np.ndarray] | None = None
         self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
+        self._vectors: OrderedDict[tuple, tuple[list[str], Tensor]] = OrderedDict()
         self.max_cached_results = 256
         self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
+
+    @classmethod
+    def from_config(cls, model: LoadedModel, dataset: Dataset, cfg: Any) -> "Evaluator":
+        """Build from the composed config's ``perf`` group and ``top_k``."""
+        perf = cfg.perf
+        per_forward = perf.get("trials_per_forward", 1)
+        if str(per_forward) == "auto":
+            per_forward = 8 if model.device.type == "cuda" else 1
+        per_forward = _as_int(per_forward, "perf.trials_per_forward")
+        cache_mb = _as_float(perf.get("prefix_cache_mb", 0), "perf.prefix_cache_mb")
+        if per_forward < 1:
+            raise ConfigError(f"perf.trials_per_forward={per_forward} must be >= 1 (or auto)")
+        if cache_mb < 0:
+            raise ConfigError(f"perf.prefix_cache_mb={cache_mb:g} must be >= 0 (0 turns the cache off)")
+        return cls(
+            model, dataset, max_batch_tokens=_as_int(perf.max_batch_tokens, "perf.max_batch_tokens"), padding_side=str(perf.padding_side),
+            top_k=_as_int(cfg.top_k, "top_k"), prefix_cache_bytes=int(cache_mb * 2**20), trials_per_forward=per_forward,
+        )
+
+    @property
+    def padded_fraction(self) -> float:
+        """Share of padding tokens in the obscure batches (bucketing keeps it small)."""
+        total = sum(int(b.tokens.numel()) for b in self.obscure_batches)
+        real = sum(int(b.attention_mask.sum()) for b in self.obscure_batches)
+        return 1.0 - real / max(total, 1)
 
     def _batches(self, token_lists: list[list[int]]) -> list[Batch]:
         return make_batches(token_lists, pad_id=self.model.pad_id, device=self.model.device, max_batch_tokens=self.max_batch_tokens, padding_side=self.padding_side)
 
-    def _answer_probs(self, batches: list[Batch], hooks_for: Any = None) -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
+    def _read_answers(self, batch: Batch, logits: Tensor, out: dict[str, Any]) -> None:
+        """Store P(answer), log P, rank and top-k of one batch's last-position logits."""
+        token = self.answer_token[batch.index.to(self.answer_token.device)]
+        logp = torch.log_softmax(logits, dim=-1).gather(1, token[:, None])[:, 0]
+        index = batch.index.cpu().numpy()
+        out["probs"][index] = logp.double().exp().cpu().numpy()
+        out["logprobs"][index] = logp.double().cpu().numpy()
+        out["ranks"][index] = _rank(logits, token).cpu().numpy()
+        for row, ids in zip(index, logits.topk(self.top_k, dim=-1).indices.cpu().tolist()):
+            out["top"][row] = ids
+
+    def _empty_out(self) -> dict[str, Any]:
         n = len(self.rows)
-        probs, ranks, logprobs = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
-        top: list[list[int]] = [[] for _ in range(n)]
-        for batch in batches:
+        return {"probs": np.zeros(n), "ranks": np.zeros(n, dtype=np.int64), "top": [[] for _ in range(n)], "logprobs": np.zeros(n)}
+
+    def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False) -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
+        out = self._empty_out()
+        for position, batch in enumerate(batches):
             hooks = hooks_for(batch) if hooks_for else []
-            logits = last_position_logits(self.model, batch, hooks)
-            token = self.answer_token[batch.index.to(self.answer_token.device)]
-            logp = torch.log_softmax(logits, dim=-1).gather(1, token[:, None])[:, 0]
-            index = batch.index.cpu().numpy()
-            probs[index] = logp.double().exp().cpu().numpy()
-            logprobs[index] = logp.double().cpu().numpy()
-            ranks[index] = _rank(logits, token).cpu().numpy()
-            for row, ids in zip(index, logits.topk(self.top_k, dim=-1).indices.cpu().tolist()):
-                top[row] = ids
-        return probs, ranks, top, logprobs
+            handles = []
+            if capture:
+                handles = [module.register_forward_pre_hook(fn, with_kwargs=True) for module, fn in self.prefix.capture_hooks(position)]
+            try:
+                logits = last_position_logits(self.model, batch, hooks)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._read_answers(batch, logits, out)
+        return out["probs"], out["ranks"], out["top"], out["logprobs"]
 
     @property
     def clean(self) -> dict[str, np.ndarray]:
-        """P(answer) before injection and with the explicit prompt, computed once."""
+        """P(answer) before injection and with the explicit prompt, computed once.
+
+        The obscure pass also fills the prefix cache (residuals entering the cached layers).
+        """
         if self._clean is None:
-            before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches)
+            capture = self.prefix is not None and bool(self.prefix.layers)
+            before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=capture)
             explicit, _, _, _ = self._answer_probs(self._batches(self.explicit_tokens))
             self._clean = {"before": before, "rank_before": rank_before, "explicit": explicit, "logprob_before": logprob_before}
+            if self.prefix is not None:
+                log.debug(self.prefix.describe())
         return self._clean
 
     def memory_vectors(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
+        """Memory texts and vectors; cached per (texts, encoding, layer for ``layer``)."""
         texts = memory_texts(self.dataset.frame, memory_cfg)
+        key = (tuple(texts), spec.encoding, spec.layer if spec.encoding == "layer" else None)
+        if key in self._vectors:
+            self._vectors.move_to_end(key)
+            return self._vectors[key]
         vectors = encode_memories(self.model, texts, self.rows, spec.encoding, spec.layer, max_batch_tokens=self.max_batch_tokens)
-        return texts, vectors.to(self.model.device)
+        self._vectors[key] = (texts, vectors.to(self.model.device))
+        while len(self._vectors) > 64:
+            self._vectors.popitem(last=False)
+        return self._vectors[key]
 
-    def _hooks(self, spec: InjectionSpec, vectors: Tensor):
-        def hooks_for(batch: Batch):
-            memory = vectors[batch.index.to(vectors.device)]
-            mask = position_mask(batch.attention_mask, batch.last_index, spec.positions)
-            if spec.site == "head" and spec.literal_hook:
-                def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
-                    result = result.clone()
-                    result[:, :, spec.head, :] = inject(result[:, :, spec.head, :], memory, spec.tweak, mask)
-                    return result
-                return [(spec.hook_name, add_to_head)]
+    def _stacked_hooks(self, specs: list[InjectionSpec], vectors: list[Tensor], batch: Batch) -> list[tuple[str, Any]]:
+        """One hook for ``len(specs)`` same-layer trials stacked along the batch axis."""
+        spec = specs[0]
+        index = batch.index.to(self.model.device)
+        memory = torch.cat([v[index] for v in vectors])  # (copies * batch, d_model)
+        tweak = torch.cat([torch.full((len(index),), float(s.tweak), device=self.model.device) for s in specs])
+        mask = torch.cat([position_mask(batch.attention_mask, batch.last_index, s.positions) for s in specs])
+        if spec.site == "head" and spec.literal_hook:
+            def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
+                result = result.clone()
+                result[:, :, spec.head, :] = inject(result[:, :, spec.head, :], memory.to(result.dtype), tweak, mask)
+                return result
+            return [(spec.hook_name, add_to_head)]
 
-            def add_to_layer(attn_out: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, d_model)
-                return inject(attn_out, memory.to(attn_out.dtype), spec.tweak, mask)
-            return [(spec.hook_name, add_to_layer)]
-        return hooks_for
+        def add_to_layer(attn_out: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, d_model)
+            return inject(attn_out, memory.to(attn_out.dtype), tweak, mask)
+        return [(spec.hook_name, add_to_layer)]
 
     def evaluate(self, spec: InjectionSpec, memory_cfg: Any) -> EvalResult:
         """Evaluate one point; equivalent points (see :meth:`InjectionSpec.canonical`) share one computation."""
-        spec.validate(self.model)
-        key = (spec.canonical(), repr(memory_cfg))
-        if key in self._results:
-            self._results.move_to_end(key)
-            return self._results[key]
-        result = self._evaluate(spec.canonical(), memory_cfg)
-        self.n_computed += 1
-        self._results[key] = result
+        return self.evaluate_many([(spec, memory_cfg)])[0]
+
+    def evaluate_many(self, points: list[tuple[InjectionSpec, Any]]) -> list[EvalResult]:
+        """Evaluate several points; those at one layer share suffix passes (``trials_per_forward``)."""
+        for spec, _ in points:
+            spec.validate(self.model)
+        keys = [(spec.canonical(), repr(memory_cfg)) for spec, memory_cfg in points]
+        todo: dict[tuple, tuple[InjectionSpec, Any]] = {}
+        for key, (spec, memory_cfg) in zip(keys, points):
+            if key in self._results:
+                self._results.move_to_end(key)
+            else:
+                todo.setdefault(key, (spec.canonical(), memory_cfg))
+        fresh: dict[tuple, EvalResult] = {}
+        groups: dict[tuple, list[tuple]] = {}
+        for key, (spec, _) in todo.items():
+            groups.setdefault((spec.layer, spec.site, spec.literal_hook, spec.head), []).append(key)
+        for group in groups.values():
+            for start in range(0, len(group), self.trials_per_forward):
+                chunk = group[start : start + self.trials_per_forward]
+                for key, result in zip(chunk, self._evaluate_group([todo[k] for k in chunk])):
+                    fresh[key] = result
+        self.n_computed += len(fresh)
+        for key, result in fresh.items():
+            self._results[key] = result
+        results = [fresh.get(key) or self._results[key] for key in keys]
         while len(self._results) > self.max_cached_results:  # bounded: long sweeps must not grow
             self._results.popitem(last=False)
-        return result
+        return results
 
-    def _evaluate(self, spec: InjectionSpec, memory_cfg: Any) -> EvalResult:
+    def _evaluate_group(self, points: list[tuple[InjectionSpec, Any]]) -> list[EvalResult]:
+        """Points at one layer (and site), evaluated together in stacked passes."""
         started = time.perf_counter()
         clean = self.clean
-        texts, vectors = self.memory_vectors(spec, memory_cfg)
-        literal = spec.site == "head" and spec.literal_hook
+        specs = [spec for spec, _ in points]
+        memories = [self.memory_vectors(spec, memory_cfg) for spec, memory_cfg in points]
+        vectors = [v for _, v in memories]
+        first = specs[0]
+        literal = first.site == "head" and first.literal_hook
+        start = self.prefix.start_layer(first.layer) if self.prefix is not None else None
+        outs = [self._empty_out() for _ in specs]
         if literal:
             self.model.bridge.set_use_attn_result(True)
         try:
-            after, rank_after, top, logprob_after = self._answer_probs(self.obscure_batches, self._hooks(spec, vectors))
+            for position, batch in enumerate(self.obscure_batches):
+                hooks = self._stacked_hooks(specs, vectors, batch)
+                if start is not None:
+                    logits = self.prefix.last_logits(position, start, hooks, copies=len(specs))
+                    for k, out in enumerate(outs):
+                        size = batch.tokens.shape[0]
+                        self._read_answers(batch, logits[k * size : (k + 1) * size], out)
+                else:  # full forwards, one trial at a time
+                    for k, out in enumerate(outs):
+                        logits = last_position_logits(self.model, batch, self._stacked_hooks([specs[k]], [vectors[k]], batch))
+                        self._read_answers(batch, logits, out)
         finally:
             if literal:
                 self.model.bridge.set_use_attn_result(False)
-        seconds = time.perf_counter() - started
+        seconds = (time.perf_counter() - started) / len(specs)
+        return [self._result(spec, texts, out, clean, seconds) for spec, (texts, _), out in zip(specs, memories, outs)]
+
+    def _result(self, spec: InjectionSpec, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray], seconds: float) -> EvalResult:
+        after, rank_after, top, logprob_after = out["probs"], out["ranks"], out["top"], out["logprobs"]
         frame = self.dataset.frame
         gain = after - clean["before"]
         decode = self.model.decode

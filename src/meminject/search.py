@@ -310,7 +310,7 @@ class TrialRunner:
         key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k)
         if key not in self._evaluators:
             model = load_model(cfg.model)
-            self._evaluators[key] = Evaluator(model, self._datasets[data_key], max_batch_tokens=cfg.perf.max_batch_tokens, padding_side=cfg.perf.padding_side, top_k=cfg.top_k)
+            self._evaluators[key] = Evaluator.from_config(model, self._datasets[data_key], cfg)
         return self._evaluators[key]
 
     def run(self, cfg: Any):
@@ -393,7 +393,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
                     study.tell(trial, state=TrialState.FAIL)
                     break
             params = _suggest(trial, space)
-            _run_one_trial(study, trial, params, spec, runner, tracker, parent_run_id)
+            _run_one_trial(study, trial, params, spec, runner, tracker, parent_run_id, worker_index)
             ran += 1
             if bar is not None:
                 bar.update(1)
@@ -407,7 +407,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
     return ran
 
 
-def _run_one_trial(study, trial, params, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None) -> None:
+def _run_one_trial(study, trial, params, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker_index: int = 0) -> None:
     from .evaluation import InjectionSpec
 
     overrides = [*spec.overrides, *(f"{k}={_format_value(v)}" for k, v in params.items())]
@@ -418,8 +418,9 @@ def _run_one_trial(study, trial, params, spec: SweepSpec, runner: TrialRunner, t
         injection = InjectionSpec.from_config(cfg)
         key = _trial_key(cfg, injection)
         trial.set_user_attr(ATTR_KEY, key)
+        trial.set_user_attr("worker_index", worker_index)
         if tracker is not None and parent_run_id:
-            tags = {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name}
+            tags = {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name, "meminject.worker": str(worker_index)}
             commit = git_commit()
             if commit:
                 tags["mlflow.source.git.commit"] = commit
@@ -634,8 +635,11 @@ def _spawn_workers(spec: SweepSpec, storage_url: str | None, workers: int, budge
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(1.0)
-                done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-                bar.update(max(0, done - bar.n))
+                complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                bar.update(max(0, len(complete) - bar.n))
+                if complete:
+                    leader = max(complete, key=lambda t: t.value)
+                    bar.set_postfix(best=f"{leader.value:+.4f}", trial=leader.number)
             done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             bar.update(max(0, done - bar.n))
         except KeyboardInterrupt:

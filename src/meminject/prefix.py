@@ -1,0 +1,149 @@
+"""Prefix reuse: run only the layers an injection can change.
+
+An injection at layer L adds τ·v to block L's attention output. Everything that enters
+block L (the residual stream ``blocks.L.hook_resid_pre``) is the clean pass's, whatever
+τ, v or encoding. So the clean pass stores, per batch, the residual entering each
+cached layer together with the keyword arguments the model hands every block (causal
+mask, rotary position embeddings, position ids), and a trial runs blocks L..N-1 from
+there, then the final norm and the unembedding at each prompt's last real token only.
+
+The blocks run are the bridge's own modules, so every TransformerLens hook (the
+injection's included) fires as in a full forward, and processed (``paper``) and ``raw``
+weights are both exact. Trials that share a layer can be stacked along the batch axis
+and share one suffix pass (:meth:`PrefixCache.last_logits` with ``copies``).
+
+Memory is bounded by ``max_bytes``: when every layer does not fit, evenly spaced layers
+are cached and a trial starts at the nearest cached layer at or below its own (the
+layers in between are recomputed); with room for none, trials run the full forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .models import LoadedModel
+from .runner import Batch
+
+__all__ = ["PrefixCache", "choose_cached_layers"]
+
+log = logging.getLogger("meminject")
+
+Hook = tuple[str, Callable]
+
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
+def choose_cached_layers(n_layers: int, bytes_per_layer: int, max_bytes: int) -> list[int]:
+    """Which layers' residuals to keep: all if they fit, else evenly spaced from layer 0."""
+    if bytes_per_layer <= 0:
+        return list(range(n_layers))
+    fits = min(n_layers, int(max_bytes // bytes_per_layer))
+    if fits <= 0:
+        return []
+    return sorted({(i * n_layers) // fits for i in range(fits)})
+
+
+@dataclass
+class _BatchPrefix:
+    kwargs: dict[str, Any]  # what the model passes every block (mask, rotary embeddings, ...)
+    residuals: dict[int, Tensor]  # layer -> residual entering that block (batch, pos, d_model)
+
+
+def _repeat_batch(value: Any, batch_size: int, copies: int) -> Any:
+    """Repeat the batch axis ``copies`` times wherever a tensor carries it (nested too)."""
+    if copies == 1:
+        return value
+    if isinstance(value, Tensor):
+        if value.ndim and value.shape[0] == batch_size:
+            return value.repeat(copies, *([1] * (value.ndim - 1)))
+        return value
+    if isinstance(value, tuple):
+        return tuple(_repeat_batch(v, batch_size, copies) for v in value)
+    if isinstance(value, list):
+        return [_repeat_batch(v, batch_size, copies) for v in value]
+    if isinstance(value, dict):
+        return {k: _repeat_batch(v, batch_size, copies) for k, v in value.items()}
+    return value
+
+
+class PrefixCache:
+    """Residual streams entering the cached layers, for every batch of the clean pass."""
+
+    def __init__(self, model: LoadedModel, batches: Sequence[Batch], *, max_bytes: int):
+        self.model = model
+        self.batches = list(batches)
+        itemsize = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
+        self.bytes_per_layer = sum(int(b.tokens.numel()) for b in self.batches) * model.d_model * itemsize
+        self.layers = choose_cached_layers(model.n_layers, self.bytes_per_layer, int(max_bytes))
+        self._prefixes: list[_BatchPrefix] = []
+        self.supported = True
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(t.numel()) * t.element_size() for p in self._prefixes for t in p.residuals.values())
+
+    def describe(self) -> str:
+        if not self.layers:
+            return f"prefix cache: off (one layer needs {self.bytes_per_layer / 2**20:.1f} MiB, over the budget); full forwards"
+        span = "all layers" if len(self.layers) == self.model.n_layers else f"layers {self.layers}"
+        return f"prefix cache: {span}, {self.nbytes / 2**20:.1f} MiB ({self.bytes_per_layer / 2**20:.2f} MiB per layer)"
+
+    def capture_hooks(self, batch_position: int) -> list[tuple[torch.nn.Module, Callable]]:
+        """Forward pre-hooks that record, during the clean pass of one batch, the block inputs."""
+        prefix = _BatchPrefix(kwargs={}, residuals={})
+        self._prefixes.append(prefix)
+        assert len(self._prefixes) == batch_position + 1, "capture batches in order"
+        blocks = self.model.bridge.blocks
+        hooks = []
+        for layer in self.layers:
+            def record(module, args, kwargs, layer=layer):  # noqa: ARG001 - torch pre-hook signature
+                hidden = args[0] if args else kwargs.get("hidden_states")
+                if not isinstance(hidden, Tensor):
+                    self.supported = False
+                    return None
+                prefix.residuals[layer] = hidden.detach().clone()
+                if not prefix.kwargs:
+                    # Every block gets the same mask and position embeddings; a KV cache must
+                    # not be kept (it would hold the clean pass's keys and grow per trial).
+                    prefix.kwargs = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items() if k != "hidden_states"}
+                    if "use_cache" in prefix.kwargs:
+                        prefix.kwargs["use_cache"] = False
+                return None
+            hooks.append((blocks[layer], record))
+        return hooks
+
+    def start_layer(self, layer: int) -> int | None:
+        """The cached layer a trial at ``layer`` starts from (None: run the full forward)."""
+        if not self.supported:
+            return None
+        starts = [cached for cached in self.layers if cached <= layer]
+        return max(starts) if starts else None
+
+    def last_logits(self, batch_position: int, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "rows d_vocab"]:
+        """Logits at each prompt's last real token, running blocks ``start``..N-1 only.
+
+        With ``copies`` > 1 the batch is stacked that many times along the batch axis
+        (trial-major: rows ``k*B .. (k+1)*B`` belong to trial ``k``) so several trials at
+        one layer share a pass; the hooks see the stacked batch.
+        """
+        bridge = self.model.bridge
+        batch = self.batches[batch_position]
+        prefix = self._prefixes[batch_position]
+        size = batch.tokens.shape[0]
+        hidden = _repeat_batch(prefix.residuals[start], size, copies)
+        kwargs = _repeat_batch(prefix.kwargs, size, copies)
+        last_index = batch.last_index.repeat(copies)
+        with torch.no_grad(), bridge.hooks(fwd_hooks=fwd_hooks):
+            for layer in range(start, self.model.n_layers):
+                out = bridge.blocks[layer](hidden, **kwargs)
+                hidden = out[0] if isinstance(out, tuple) else out
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            last = hidden[rows, last_index][:, None, :]  # only the positions that are read
+            logits = bridge.unembed(bridge.ln_final(last))[:, 0, :]
+        return logits.float()
