@@ -48,6 +48,9 @@ def test_each_path_equals_the_reference_per_prompt(tiny, demo, path, encoding, p
     table = evaluator.evaluate(spec, _memory(encoding)).per_prompt
     expected_start = {"full_forward": None, "prefix_all_layers": 2, "prefix_one_layer": 0}[path]
     assert (evaluator.prefix.start_layer(2) if evaluator.prefix else None) == expected_start
+    if evaluator.prefix is not None:  # positions=last: the last-token path when keys/values fit the budget
+        fits = path == "prefix_all_layers"
+        assert evaluator.prefix.kv_supported is ((True if fits else False) if positions == "last" else None)
     for i, row in subset.frame.iterrows():
         before, after = reference_answer_probs(tiny.bridge, row.obscure_sentence, row.answer, row.explicit_entity, layer=2, tweak=3.0, encoding=encoding, positions=positions, head=None)
         # the tiny model's probabilities are ~1e-6: compare relatively, not only to 1e-5
@@ -77,7 +80,8 @@ def test_stacked_trials_equal_one_at_a_time(tiny, demo, tiny_paper):
         for (spec, memory), result in zip(points, stacked):
             single = plain.evaluate(spec, memory)
             np.testing.assert_allclose(result.per_prompt.answer_prob_after, single.per_prompt.answer_prob_after, atol=1e-6)
-            np.testing.assert_array_equal(result.per_prompt.rank_after, single.per_prompt.rank_after)
+            # ranks among ~50k near-tied logits of a random model may swap neighbours
+            assert np.abs(result.per_prompt.rank_after.to_numpy() - single.per_prompt.rank_after.to_numpy()).max() <= 2
             assert result.summary["mean_gain"] == pytest.approx(single.summary["mean_gain"], abs=1e-7)
 
 
@@ -114,3 +118,14 @@ def test_smollm2_prefix_path_equals_reference(smol, shared_data, positions):
             before, after = reference_answer_probs(smol.bridge, row.obscure_sentence, row.answer, row.explicit_entity, layer=20, tweak=4.0, encoding=encoding, positions=positions, head=None)
             assert table.answer_prob_before[i] == pytest.approx(before, abs=1e-5)
             assert table.answer_prob_after[i] == pytest.approx(after, abs=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_left_padding_fast_paths_equal_full_forwards(tiny, demo, positions):
+    subset = Dataset(demo.name, demo.source, demo.frame.head(12))
+    spec = InjectionSpec(layer=1, tweak=2.5, positions=positions)
+    fast = Evaluator(tiny, subset, max_batch_tokens=64, padding_side="left")
+    plain = Evaluator(tiny, subset, max_batch_tokens=1, prefix_cache_bytes=0)  # one unpadded prompt per forward
+    got, want = fast.evaluate(spec, _memory("unembed")).per_prompt, plain.evaluate(spec, _memory("unembed")).per_prompt
+    np.testing.assert_allclose(got.answer_prob_after, want.answer_prob_after, rtol=1e-4, atol=1e-9)
+    assert fast.padded_fraction > 0  # padding was really there

@@ -283,13 +283,19 @@ class Evaluator:
             self._vectors.popitem(last=False)
         return self._vectors[key]
 
-    def _stacked_hooks(self, specs: list[InjectionSpec], vectors: list[Tensor], batch: Batch) -> list[tuple[str, Any]]:
-        """One hook for ``len(specs)`` same-layer trials stacked along the batch axis."""
+    def _stacked_hooks(self, specs: list[InjectionSpec], vectors: list[Tensor], batch: Batch, last_token_only: bool = False) -> list[tuple[str, Any]]:
+        """One hook for ``len(specs)`` same-layer trials stacked along the batch axis.
+
+        ``last_token_only``: the pass carries only each prompt's last token (sequence length 1).
+        """
         spec = specs[0]
         index = batch.index.to(self.model.device)
         memory = torch.cat([v[index] for v in vectors])  # (copies * batch, d_model)
         tweak = torch.cat([torch.full((len(index),), float(s.tweak), device=self.model.device) for s in specs])
-        mask = torch.cat([position_mask(batch.attention_mask, batch.last_index, s.positions) for s in specs])
+        if last_token_only:
+            mask = torch.ones(len(specs) * len(index), 1, device=self.model.device)
+        else:
+            mask = torch.cat([position_mask(batch.attention_mask, batch.last_index, s.positions) for s in specs])
         if spec.site == "head" and spec.literal_hook:
             def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
                 result = result.clone()
@@ -319,7 +325,7 @@ class Evaluator:
         fresh: dict[tuple, EvalResult] = {}
         groups: dict[tuple, list[tuple]] = {}
         for key, (spec, _) in todo.items():
-            groups.setdefault((spec.layer, spec.site, spec.literal_hook, spec.head), []).append(key)
+            groups.setdefault((spec.layer, spec.site, spec.literal_hook, spec.head, spec.positions == "last"), []).append(key)
         for group in groups.values():
             for start in range(0, len(group), self.trials_per_forward):
                 chunk = group[start : start + self.trials_per_forward]
@@ -343,14 +349,20 @@ class Evaluator:
         first = specs[0]
         literal = first.site == "head" and first.literal_hook
         start = self.prefix.start_layer(first.layer) if self.prefix is not None else None
+        last_token_only = (
+            start is not None
+            and all(spec.positions == "last" for spec in specs)
+            and self.prefix.ensure_kv(lambda position: last_position_logits(self.model, self.obscure_batches[position], []))
+        )
         outs = [self._empty_out() for _ in specs]
         if literal:
             self.model.bridge.set_use_attn_result(True)
         try:
             for position, batch in enumerate(self.obscure_batches):
-                hooks = self._stacked_hooks(specs, vectors, batch)
+                hooks = self._stacked_hooks(specs, vectors, batch, last_token_only)
                 if start is not None:
-                    logits = self.prefix.last_logits(position, start, hooks, copies=len(specs))
+                    suffix = self.prefix.last_token_logits if last_token_only else self.prefix.last_logits
+                    logits = suffix(position, start, hooks, copies=len(specs))
                     for k, out in enumerate(outs):
                         size = batch.tokens.shape[0]
                         self._read_answers(batch, logits[k * size : (k + 1) * size], out)

@@ -12,6 +12,12 @@ injection's included) fires as in a full forward, and processed (``paper``) and 
 weights are both exact. Trials that share a layer can be stacked along the batch axis
 and share one suffix pass (:meth:`PrefixCache.last_logits` with ``copies``).
 
+Injections at the last position only (``positions=last``) change nothing but the last
+token at layers >= L: every earlier position's keys and values are the clean pass's. For
+those, the keys and values of every layer are captured once (lazily, on the first such
+trial, within the same byte budget), and a trial pushes only each prompt's last token
+through layers L..N-1, attending to the clean keys/values of the earlier positions.
+
 Memory is bounded by ``max_bytes``: when every layer does not fit, evenly spaced layers
 are cached and a trial starts at the nearest cached layer at or below its own (the
 layers in between are recomputed); with room for none, trials run the full forward.
@@ -81,18 +87,27 @@ class PrefixCache:
         itemsize = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
         self.bytes_per_layer = sum(int(b.tokens.numel()) for b in self.batches) * model.d_model * itemsize
         self.layers = choose_cached_layers(model.n_layers, self.bytes_per_layer, int(max_bytes))
+        self.max_bytes = int(max_bytes)
         self._prefixes: list[_BatchPrefix] = []
         self.supported = True
+        self._kv: list[dict[int, tuple[Tensor, Tensor]]] | None = None  # per batch: layer -> clean (keys, values)
+        self.kv_supported: bool | None = None  # None: not tried yet
 
     @property
     def nbytes(self) -> int:
-        return sum(int(t.numel()) * t.element_size() for p in self._prefixes for t in p.residuals.values())
+        residuals = sum(int(t.numel()) * t.element_size() for p in self._prefixes for t in p.residuals.values())
+        return residuals + self.kv_nbytes
+
+    @property
+    def kv_nbytes(self) -> int:
+        return sum(int(t.numel()) * t.element_size() for per_batch in (self._kv or []) for kv in per_batch.values() for t in kv)
 
     def describe(self) -> str:
         if not self.layers:
             return f"prefix cache: off (one layer needs {self.bytes_per_layer / 2**20:.1f} MiB, over the budget); full forwards"
         span = "all layers" if len(self.layers) == self.model.n_layers else f"layers {self.layers}"
-        return f"prefix cache: {span}, {self.nbytes / 2**20:.1f} MiB ({self.bytes_per_layer / 2**20:.2f} MiB per layer)"
+        kv = f" + last-token keys/values {self.kv_nbytes / 2**20:.1f} MiB" if self._kv else ""
+        return f"prefix cache: residuals of {span}, {(self.nbytes - self.kv_nbytes) / 2**20:.1f} MiB ({self.bytes_per_layer / 2**20:.2f} MiB per layer){kv}"
 
     def capture_hooks(self, batch_position: int) -> list[tuple[torch.nn.Module, Callable]]:
         """Forward pre-hooks that record, during the clean pass of one batch, the block inputs."""
@@ -146,4 +161,99 @@ class PrefixCache:
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             last = hidden[rows, last_index][:, None, :]  # only the positions that are read
             logits = bridge.unembed(bridge.ln_final(last))[:, 0, :]
+        return logits.float()
+
+    # ------------------------------------------------------------------ last-token path
+
+    def ensure_kv(self, run_clean_batch: Callable[[int], None]) -> bool:
+        """Capture every layer's clean keys/values once (one more clean pass); False if impossible.
+
+        The attention bridges call ``_update_kv_cache(k, v)`` after RoPE and before the
+        scores; recording what it returns gives exactly the keys/values the model uses.
+        """
+        if self.kv_supported is not None:
+            return self.kv_supported
+        self.kv_supported = False
+        if not self.supported or not self.layers or not self._prefixes:
+            return False
+        attns = [getattr(block, "attn", None) for block in self.model.bridge.blocks]
+        if any(attn is None or not hasattr(attn, "_update_kv_cache") for attn in attns):
+            log.info("positions=last: this architecture's attention has no KV hook; using the full suffix")
+            return False
+        budget = self.max_bytes - (self.nbytes - self.kv_nbytes)
+        captured: list[dict[int, tuple[Tensor, Tensor]]] = []
+        try:
+            for position in range(len(self.batches)):
+                per_layer: dict[int, tuple[Tensor, Tensor]] = {}
+                for layer, attn in enumerate(attns):
+                    def record(k: Tensor, v: Tensor, layer=layer, **kwargs) -> tuple[Tensor, Tensor]:  # noqa: ARG001
+                        per_layer[layer] = (k.detach().clone(), v.detach().clone())
+                        return k, v
+                    attn._update_kv_cache = record  # instance attribute shadows the method
+                try:
+                    run_clean_batch(position)
+                finally:
+                    for attn in attns:
+                        attn.__dict__.pop("_update_kv_cache", None)
+                if len(per_layer) != len(attns):
+                    log.info("positions=last: keys/values were not captured at every layer; using the full suffix")
+                    return False
+                captured.append(per_layer)
+                used = sum(int(t.numel()) * t.element_size() for b in captured for kv in b.values() for t in kv)
+                if used > budget:
+                    log.info("positions=last: keys/values need more than perf.prefix_cache_mb; using the full suffix")
+                    return False
+        except Exception as exc:  # noqa: BLE001 - an unsupported architecture falls back, never fails
+            log.info("positions=last: key/value capture failed (%s); using the full suffix", exc)
+            return False
+        self._kv = captured
+        self.kv_supported = True
+        return True
+
+    def last_token_logits(self, batch_position: int, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "rows d_vocab"]:
+        """Logits at the last token when only the last token changes: one query per prompt.
+
+        Each prompt's last token runs blocks ``start``..N-1 alone (sequence length 1),
+        attending to the clean keys/values of its earlier real positions plus its own new
+        key/value; the clean key/value of the last position itself is masked out.
+        """
+        bridge = self.model.bridge
+        batch = self.batches[batch_position]
+        prefix = self._prefixes[batch_position]
+        kv = self._kv[batch_position]
+        size, width = batch.tokens.shape
+        device = batch.tokens.device
+        rows = torch.arange(size, device=device)
+        last = batch.last_index
+        hidden = prefix.residuals[start][rows, last][:, None, :]  # (batch, 1, d_model)
+        # earlier real positions of each prompt, then the new key at index `width`
+        allowed = batch.attention_mask.bool().clone()
+        allowed[rows, last] = False
+        allowed = torch.cat([allowed, torch.ones(size, 1, dtype=torch.bool, device=device)], dim=1)
+        kwargs = dict(prefix.kwargs)
+        kwargs["attention_mask"] = allowed[:, None, None, :]  # (batch, 1, query=1, keys=width+1)
+        if isinstance(kwargs.get("position_ids"), Tensor):
+            kwargs["position_ids"] = kwargs["position_ids"].expand(size, width)[rows, last][:, None]
+        if kwargs.get("cache_position") is not None:
+            kwargs["cache_position"] = None
+        embeddings = kwargs.get("position_embeddings")
+        if isinstance(embeddings, (tuple, list)) and all(isinstance(e, Tensor) and e.ndim == 3 for e in embeddings):
+            kwargs["position_embeddings"] = tuple(e.expand(size, width, e.shape[-1])[rows, last][:, None, :] for e in embeddings)
+        hidden = _repeat_batch(hidden, size, copies)
+        kwargs = _repeat_batch(kwargs, size, copies)
+        attns = [block.attn for block in bridge.blocks]
+        with torch.no_grad(), bridge.hooks(fwd_hooks=fwd_hooks):
+            for layer in range(start, self.model.n_layers):
+                keys, values = (_repeat_batch(t, size, copies) for t in kv[layer])
+
+                def extend(k: Tensor, v: Tensor, keys=keys, values=values, **_: Any) -> tuple[Tensor, Tensor]:
+                    return torch.cat([keys, k], dim=-2), torch.cat([values, v], dim=-2)
+
+                attns[layer]._update_kv_cache = extend
+                try:
+                    out = bridge.blocks[layer](hidden, **kwargs)
+                finally:
+                    attns[layer].__dict__.pop("_update_kv_cache", None)
+                hidden = out[0] if isinstance(out, tuple) else out
+            logits = bridge.unembed(bridge.ln_final(hidden))[:, 0, :]
         return logits.float()

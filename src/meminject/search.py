@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from omegaconf import OmegaConf
 
 from .config import compose_config, to_yaml
+from .evaluation import InjectionSpec
 from .errors import ConfigError, MemInjectError
 from .paths import mlruns_dir, sweeps_dir
 from .space import SearchSpace, parse_space
@@ -314,12 +315,30 @@ class TrialRunner:
         return self._evaluators[key]
 
     def run(self, cfg: Any):
+        return self.run_many([cfg])[0]
+
+    def run_many(self, cfgs: list[Any]) -> list[tuple[Any, Any, Any]]:
+        """Evaluate several trial configs; those sharing an evaluator share stacked passes."""
         from .evaluation import InjectionSpec
 
-        evaluator = self.evaluator(cfg)
-        spec = InjectionSpec.from_config(cfg)
-        spec.validate(evaluator.model)
-        return evaluator, spec, evaluator.evaluate(spec, cfg.memory)
+        items = []
+        for cfg in cfgs:
+            evaluator = self.evaluator(cfg)
+            spec = InjectionSpec.from_config(cfg)
+            spec.validate(evaluator.model)
+            items.append((evaluator, spec, cfg))
+        results: list[Any] = [None] * len(items)
+        by_evaluator: dict[int, list[int]] = {}
+        for i, (evaluator, _, _) in enumerate(items):
+            by_evaluator.setdefault(id(evaluator), []).append(i)
+        for indices in by_evaluator.values():
+            evaluator = items[indices[0]][0]
+            for i, result in zip(indices, evaluator.evaluate_many([(items[i][1], items[i][2].memory) for i in indices])):
+                results[i] = result
+        return [(evaluator, spec, result) for (evaluator, spec, _), result in zip(items, results)]
+
+    def trials_per_forward(self, cfg: Any) -> int:
+        return self.evaluator(cfg).trials_per_forward
 
 
 def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -376,27 +395,17 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
 
         bar = tqdm(total=budget, initial=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), desc=f"{study_name}", unit="trial", dynamic_ncols=True)
     ran = 0
+    per_forward = runner.trials_per_forward(base)
     try:
         while max_trials is None or ran < max_trials:
-            if spec.sampler == "grid":
-                trial_id = study._pop_waiting_trial_id()  # atomic: one worker gets each queued point
-                if trial_id is None:
-                    break
-                trial = optuna.Trial(study, trial_id)
-            else:
-                if len(_counted(study)) >= budget:
-                    break
-                trial = study.ask()
-                ahead = [t for t in _counted(study) if t.number < trial.number]
-                if len(ahead) >= budget:  # another worker took the last slot meanwhile
-                    trial.set_user_attr(ATTR_SURPLUS, True)
-                    study.tell(trial, state=TrialState.FAIL)
-                    break
-            params = _suggest(trial, space)
-            _run_one_trial(study, trial, params, spec, runner, tracker, parent_run_id, worker_index)
-            ran += 1
+            want = per_forward if max_trials is None else min(per_forward, max_trials - ran)
+            asked = _ask_trials(study, spec, space, budget, want)
+            if not asked:
+                break
+            _run_trials(study, asked, spec, runner, tracker, parent_run_id, worker_index)
+            ran += len(asked)
             if bar is not None:
-                bar.update(1)
+                bar.update(len(asked))
                 try:
                     bar.set_postfix(best=f"{study.best_value:+.4f}", trial=study.best_trial.number)
                 except ValueError:
@@ -407,61 +416,95 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
     return ran
 
 
-def _run_one_trial(study, trial, params, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker_index: int = 0) -> None:
-    from .evaluation import InjectionSpec
+def _ask_trials(study: optuna.Study, spec: SweepSpec, space: SearchSpace, budget: int, want: int) -> list[tuple[Any, dict[str, Any]]]:
+    """Up to ``want`` trials for this worker: queued grid points, or new sampler suggestions
+    within the global budget (a slot another worker took meanwhile is given back as FAIL)."""
+    asked = []
+    for _ in range(want):
+        if spec.sampler == "grid":
+            trial_id = study._pop_waiting_trial_id()  # atomic: one worker gets each queued point
+            if trial_id is None:
+                break
+            trial = optuna.Trial(study, trial_id)
+        else:
+            if len(_counted(study)) >= budget:
+                break
+            trial = study.ask()
+            ahead = [t for t in _counted(study) if t.number < trial.number]
+            if len(ahead) >= budget:  # another worker took the last slot meanwhile
+                trial.set_user_attr(ATTR_SURPLUS, True)
+                study.tell(trial, state=TrialState.FAIL)
+                break
+        asked.append((trial, _suggest(trial, space)))
+    return asked
 
-    overrides = [*spec.overrides, *(f"{k}={_format_value(v)}" for k, v in params.items())]
-    run_id = None
+
+def _run_one_trial(study, trial, params, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker_index: int = 0) -> None:
+    _run_trials(study, [(trial, params)], spec, runner, tracker, parent_run_id, worker_index)
+
+
+def _run_trials(study, asked: list[tuple[Any, dict[str, Any]]], spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker_index: int = 0) -> None:
+    """Run asked trials (one, or several sharing stacked passes) and record each in Optuna and MLflow.
+
+    If anything fails, every trial not yet told is marked FAIL in both, then the error propagates.
+    """
     started = time.perf_counter()
+    pending = list(asked)  # (trial, params) not yet told
+    run_ids: dict[int, str] = {}
     try:
-        cfg = compose_config(overrides)
-        injection = InjectionSpec.from_config(cfg)
-        key = _trial_key(cfg, injection)
-        trial.set_user_attr(ATTR_KEY, key)
-        trial.set_user_attr("worker_index", worker_index)
-        if tracker is not None and parent_run_id:
-            tags = {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name, "meminject.worker": str(worker_index)}
-            commit = git_commit()
-            if commit:
-                tags["mlflow.source.git.commit"] = commit
-            run_id = tracker.start_trial(parent_run_id, trial.number, spec.study_name, tags)
-            trial.set_user_attr("mlflow_run_id", run_id)
-        evaluator, injection, result = runner.run(cfg)
-        seconds = time.perf_counter() - started
-        summary = dict(result.summary)
-        for name, value in summary.items():
-            trial.set_user_attr(name, value)
-        trial.set_user_attr("trial_seconds", seconds)
-        site = _site_record(cfg, params)
-        for name, value in site.items():
-            trial.set_user_attr(f"site.{name}", value)
-        if tracker is not None and run_id is not None:
-            dataset = evaluator.dataset
-            logged_params = {
-                **{k: v for k, v in params.items()},
-                "model": cfg.model.name, "weights": cfg.model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash,
-                "memory.type": cfg.memory.type, "memory.encoding": cfg.memory.encoding, "injection.site": cfg.injection.site,
-                "injection.positions": cfg.injection.positions, "injection.layer": cfg.injection.layer, "injection.tweak": cfg.injection.tweak,
-                "injection.head": cfg.injection.head, "seed": cfg.seed, "hook": result.hooks[0], "n_prompts": len(dataset),
-            }
-            tracker.finish_trial(
-                run_id, logged_params, {**summary, "trial_seconds": seconds},
-                {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(_redacted(cfg))},
-                terminate=False,
-            )
-        study.tell(trial, summary["mean_gain"])
-        if tracker is not None and run_id is not None:
-            # Closed after Optuna has the value; an interruption in between is repaired on resume.
-            tracker.finish(run_id, "FINISHED")
+        cfgs = []
+        for trial, params in asked:
+            cfg = compose_config([*spec.overrides, *(f"{k}={_format_value(v)}" for k, v in params.items())])
+            cfgs.append(cfg)
+            trial.set_user_attr(ATTR_KEY, _trial_key(cfg, InjectionSpec.from_config(cfg)))
+            trial.set_user_attr("worker_index", worker_index)
+            if tracker is not None and parent_run_id:
+                tags = {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name, "meminject.worker": str(worker_index)}
+                commit = git_commit()
+                if commit:
+                    tags["mlflow.source.git.commit"] = commit
+                run_ids[trial.number] = tracker.start_trial(parent_run_id, trial.number, spec.study_name, tags)
+                trial.set_user_attr("mlflow_run_id", run_ids[trial.number])
+        outcomes = runner.run_many(cfgs)
+        seconds = (time.perf_counter() - started) / len(asked)  # stacked trials share the cost
+        for (trial, params), cfg, (evaluator, _, result) in zip(asked, cfgs, outcomes):
+            summary = dict(result.summary)
+            for name, value in summary.items():
+                trial.set_user_attr(name, value)
+            trial.set_user_attr("trial_seconds", seconds)
+            for name, value in _site_record(cfg, params).items():
+                trial.set_user_attr(f"site.{name}", value)
+            run_id = run_ids.get(trial.number)
+            if tracker is not None and run_id is not None:
+                dataset = evaluator.dataset
+                logged_params = {
+                    **dict(params),
+                    "model": cfg.model.name, "weights": cfg.model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash,
+                    "memory.type": cfg.memory.type, "memory.encoding": cfg.memory.encoding, "injection.site": cfg.injection.site,
+                    "injection.positions": cfg.injection.positions, "injection.layer": cfg.injection.layer, "injection.tweak": cfg.injection.tweak,
+                    "injection.head": cfg.injection.head, "seed": cfg.seed, "hook": result.hooks[0], "n_prompts": len(dataset),
+                    "trials_per_forward": len(asked),
+                }
+                tracker.finish_trial(
+                    run_id, logged_params, {**summary, "trial_seconds": seconds},
+                    {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(_redacted(cfg))},
+                    terminate=False,
+                )
+            study.tell(trial, summary["mean_gain"])
+            pending = [(t, p) for t, p in pending if t is not trial]
+            if tracker is not None and run_id is not None:
+                # Closed after Optuna has the value; an interruption in between is repaired on resume.
+                tracker.finish(run_id, "FINISHED")
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        try:
-            trial.set_user_attr("failure", reason[:500])
-            study.tell(trial, state=TrialState.FAIL)
-        except Exception:  # noqa: BLE001 - the storage may be what failed
-            pass
-        if tracker is not None and run_id is not None:
-            tracker.fail(run_id, reason)
+        for trial, _ in pending:
+            try:
+                trial.set_user_attr("failure", reason[:500])
+                study.tell(trial, state=TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - the storage may be what failed
+                pass
+            if tracker is not None and trial.number in run_ids:
+                tracker.fail(run_ids[trial.number], reason)
         raise
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import re
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,7 @@ def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
     return run_id
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The checkout's commit, when meminject runs from a git checkout."""
     import subprocess
