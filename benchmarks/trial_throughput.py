@@ -132,6 +132,8 @@ def main() -> int:
     n_real = sum(len(t) for t in evaluator.obscure_tokens)
     print(f"clean pass (before + explicit, fills the prefix cache): {seconds_clean:.2f} s · {len(evaluator.obscure_batches)} batches, "
           f"{n_real} real tokens, padding {evaluator.padded_fraction:.1%} (perf.max_batch_tokens={evaluator.max_batch_tokens})")
+    seconds_kv, _ = timed(lambda: evaluator.evaluate(InjectionSpec(layer=0, tweak=0.0, positions="last"), cfg.memory))
+    print(f"keys/values for positions=last (once, lazily; one more clean pass + one trial): {seconds_kv:.2f} s")
     print(evaluator.prefix.describe())
     vectors = encode_memories(model, list(dataset.frame["explicit_entity"]), evaluator.rows, "unembed", 0).to(device)
     memory_cfg = cfg.memory

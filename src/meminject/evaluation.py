@@ -168,6 +168,7 @@ class Evaluator:
         top_k: int = 5,
         prefix_cache_bytes: int = 2 * 2**30,
         trials_per_forward: int = 1,
+        max_padding: float = 0.2,
     ):
         self.model = model
         self.dataset = dataset
@@ -175,6 +176,7 @@ class Evaluator:
         self.padding_side = padding_side
         self.top_k = int(top_k)
         self.trials_per_forward = max(1, int(trials_per_forward))
+        self.max_padding = float(max_padding)
         frame = dataset.frame
         self.rows = [int(r) for r in frame["row"]]
         self.obscure_tokens = [model.tokenize(s, bos=True) for s in frame["obscure_sentence"]]
@@ -213,6 +215,7 @@ class Evaluator:
         return cls(
             model, dataset, max_batch_tokens=_as_int(perf.max_batch_tokens, "perf.max_batch_tokens"), padding_side=str(perf.padding_side),
             top_k=_as_int(cfg.top_k, "top_k"), prefix_cache_bytes=int(cache_mb * 2**20), trials_per_forward=per_forward,
+            max_padding=_as_float(perf.get("max_padding", 0.2), "perf.max_padding"),
         )
 
     @property
@@ -223,7 +226,10 @@ class Evaluator:
         return 1.0 - real / max(total, 1)
 
     def _batches(self, token_lists: list[list[int]]) -> list[Batch]:
-        return make_batches(token_lists, pad_id=self.model.pad_id, device=self.model.device, max_batch_tokens=self.max_batch_tokens, padding_side=self.padding_side)
+        return make_batches(
+            token_lists, pad_id=self.model.pad_id, device=self.model.device, max_batch_tokens=self.max_batch_tokens,
+            padding_side=self.padding_side, max_padding=self.max_padding,
+        )
 
     def _read_answers(self, batch: Batch, logits: Tensor, out: dict[str, Any]) -> None:
         """Store P(answer), log P, rank and top-k of one batch's last-position logits."""
@@ -358,11 +364,14 @@ class Evaluator:
         if literal:
             self.model.bridge.set_use_attn_result(True)
         try:
-            for position, batch in enumerate(self.obscure_batches):
+            batches = [self.prefix.last_batch] if last_token_only else self.obscure_batches
+            for position, batch in enumerate(batches):
                 hooks = self._stacked_hooks(specs, vectors, batch, last_token_only)
                 if start is not None:
-                    suffix = self.prefix.last_token_logits if last_token_only else self.prefix.last_logits
-                    logits = suffix(position, start, hooks, copies=len(specs))
+                    if last_token_only:  # every prompt's last token in one pass
+                        logits = self.prefix.last_token_logits(start, hooks, copies=len(specs))
+                    else:
+                        logits = self.prefix.last_logits(position, start, hooks, copies=len(specs))
                     for k, out in enumerate(outs):
                         size = batch.tokens.shape[0]
                         self._read_answers(batch, logits[k * size : (k + 1) * size], out)

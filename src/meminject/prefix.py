@@ -207,44 +207,80 @@ class PrefixCache:
             log.info("positions=last: key/value capture failed (%s); using the full suffix", exc)
             return False
         self._kv = captured
+        self._merge_last_tokens()
         self.kv_supported = True
         return True
 
-    def last_token_logits(self, batch_position: int, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "rows d_vocab"]:
-        """Logits at the last token when only the last token changes: one query per prompt.
+    def _merge_last_tokens(self) -> None:
+        """One batch of every prompt's last token: keys/values padded to the widest prompt.
 
-        Each prompt's last token runs blocks ``start``..N-1 alone (sequence length 1),
-        attending to the clean keys/values of its earlier real positions plus its own new
-        key/value; the clean key/value of the last position itself is masked out.
+        With one query per prompt, all prompts fit one pass whatever their lengths, so a
+        trial makes one call per layer instead of one per batch and layer.
         """
-        bridge = self.model.bridge
-        batch = self.batches[batch_position]
-        prefix = self._prefixes[batch_position]
-        kv = self._kv[batch_position]
-        size, width = batch.tokens.shape
-        device = batch.tokens.device
-        rows = torch.arange(size, device=device)
-        last = batch.last_index
-        hidden = prefix.residuals[start][rows, last][:, None, :]  # (batch, 1, d_model)
-        # earlier real positions of each prompt, then the new key at index `width`
-        allowed = batch.attention_mask.bool().clone()
-        allowed[rows, last] = False
-        allowed = torch.cat([allowed, torch.ones(size, 1, dtype=torch.bool, device=device)], dim=1)
-        kwargs = dict(prefix.kwargs)
-        kwargs["attention_mask"] = allowed[:, None, None, :]  # (batch, 1, query=1, keys=width+1)
-        if isinstance(kwargs.get("position_ids"), Tensor):
-            kwargs["position_ids"] = kwargs["position_ids"].expand(size, width)[rows, last][:, None]
+        widths = [b.tokens.shape[1] for b in self.batches]
+        width = max(widths)
+        index, residuals, allowed, position_ids, embeddings = [], {layer: [] for layer in self.layers}, [], [], []
+        keys: dict[int, list[Tensor]] = {layer: [] for layer in range(self.model.n_layers)}
+        values: dict[int, list[Tensor]] = {layer: [] for layer in range(self.model.n_layers)}
+        for batch, prefix, kv in zip(self.batches, self._prefixes, self._kv):
+            size, w = batch.tokens.shape
+            rows = torch.arange(size, device=batch.tokens.device)
+            last = batch.last_index
+            index.append(batch.index)
+            for layer in self.layers:
+                residuals[layer].append(prefix.residuals[layer][rows, last])
+            mask = torch.zeros(size, width + 1, dtype=torch.bool, device=batch.tokens.device)
+            mask[:, :w] = batch.attention_mask.bool()
+            mask[rows, last] = False  # the last position's clean key is replaced by its new one
+            mask[:, width] = True
+            allowed.append(mask)
+            ids = prefix.kwargs.get("position_ids")
+            if isinstance(ids, Tensor):
+                position_ids.append(ids.expand(size, w)[rows, last][:, None])
+            pe = prefix.kwargs.get("position_embeddings")
+            if isinstance(pe, (tuple, list)) and all(isinstance(e, Tensor) and e.ndim == 3 for e in pe):
+                embeddings.append(tuple(e.expand(size, w, e.shape[-1])[rows, last][:, None, :] for e in pe))
+            for layer, (k, v) in kv.items():
+                pad = [0, 0, 0, width - w]  # pad the sequence axis (-2) to the common width
+                keys[layer].append(torch.nn.functional.pad(k, pad))
+                values[layer].append(torch.nn.functional.pad(v, pad))
+        kwargs = dict(self._prefixes[0].kwargs)
+        kwargs["attention_mask"] = torch.cat(allowed)[:, None, None, :]  # (prompts, 1, query=1, keys=width+1)
+        if position_ids:
+            kwargs["position_ids"] = torch.cat(position_ids)
+        if embeddings:
+            kwargs["position_embeddings"] = tuple(torch.cat(parts) for parts in zip(*embeddings))
         if kwargs.get("cache_position") is not None:
             kwargs["cache_position"] = None
-        embeddings = kwargs.get("position_embeddings")
-        if isinstance(embeddings, (tuple, list)) and all(isinstance(e, Tensor) and e.ndim == 3 for e in embeddings):
-            kwargs["position_embeddings"] = tuple(e.expand(size, width, e.shape[-1])[rows, last][:, None, :] for e in embeddings)
-        hidden = _repeat_batch(hidden, size, copies)
-        kwargs = _repeat_batch(kwargs, size, copies)
+        n = int(sum(len(i) for i in index))
+        device = self.batches[0].tokens.device
+        self.last_batch = Batch(
+            index=torch.cat(index), tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
+            attention_mask=torch.ones(n, 1, dtype=torch.long, device=device), last_index=torch.zeros(n, dtype=torch.long, device=device),
+        )
+        self._last = {
+            "kwargs": kwargs,
+            "residuals": {layer: torch.cat(parts)[:, None, :] for layer, parts in residuals.items()},
+            "kv": {layer: (torch.cat(keys[layer]), torch.cat(values[layer])) for layer in keys},
+        }
+        self._kv = [{}]  # the merged copy replaces the per-batch one
+        self._kv[0] = self._last["kv"]
+
+    def last_token_logits(self, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "rows d_vocab"]:
+        """Logits at the last token when only the last token changes (``positions=last``).
+
+        Every prompt's last token runs blocks ``start``..N-1 alone (sequence length 1), in
+        one batch (:attr:`last_batch`), attending to the clean keys/values of its earlier
+        real positions plus its own new key/value.
+        """
+        bridge = self.model.bridge
+        size = self.last_batch.tokens.shape[0]
+        hidden = _repeat_batch(self._last["residuals"][start], size, copies)
+        kwargs = _repeat_batch(self._last["kwargs"], size, copies)
         attns = [block.attn for block in bridge.blocks]
         with torch.no_grad(), bridge.hooks(fwd_hooks=fwd_hooks):
             for layer in range(start, self.model.n_layers):
-                keys, values = (_repeat_batch(t, size, copies) for t in kv[layer])
+                keys, values = (_repeat_batch(t, size, copies) for t in self._last["kv"][layer])
 
                 def extend(k: Tensor, v: Tensor, keys=keys, values=values, **_: Any) -> tuple[Tensor, Tensor]:
                     return torch.cat([keys, k], dim=-2), torch.cat([values, v], dim=-2)

@@ -38,11 +38,13 @@ def make_batches(
     max_batch_tokens: int = 4096,
     padding_side: str = "right",
     sort_by_length: bool = True,
+    max_padding: float = 1.0,
 ) -> list[Batch]:
     """Group prompts into padded batches of at most ``max_batch_tokens`` (padded) tokens.
 
     Sorting by length first (bucketing) keeps padding small: prompts of similar length
-    share a batch.
+    share a batch, and a batch is closed early when padding would exceed ``max_padding``
+    of its tokens (padded tokens are computed and thrown away).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
@@ -51,7 +53,9 @@ def make_batches(
     current: list[int] = []
     for i in order:
         width = max([len(token_lists[j]) for j in current] + [len(token_lists[i])])
-        if current and width * (len(current) + 1) > max_batch_tokens:
+        padded = width * (len(current) + 1)
+        real = sum(len(token_lists[j]) for j in current) + len(token_lists[i])
+        if current and (padded > max_batch_tokens or 1.0 - real / padded > max_padding):
             groups.append(current)
             current = []
         current.append(i)
