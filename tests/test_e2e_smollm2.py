@@ -51,7 +51,7 @@ def test_smoke_sweep_two_workers_optuna_and_mlflow_agree(tmp_path, smol):
     from meminject.evaluation import Evaluator, InjectionSpec
 
     best = study.best_trial
-    cfg = compose_config(["model.weights=raw", "data.limit=8", "memory.type=correct", *(f"{k}={v}" for k, v in best.params.items())])
+    cfg = compose_config(["model.weights=raw", "data.limit=8", "data.part=train", "memory.type=correct", *(f"{k}={v}" for k, v in best.params.items())])
     evaluator = Evaluator(smol, load_dataset(cfg.data))
     result = evaluator.evaluate(InjectionSpec.from_config(cfg), cfg.memory)
     assert result.summary["mean_gain"] == pytest.approx(best.value, abs=1e-5)

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
@@ -162,5 +163,41 @@ def load_dataset(cfg: Any) -> Dataset:
         frame = frame.head(int(limit))
     if sample is not None:
         frame = frame.sample(n=min(int(sample), len(frame)), random_state=int(cfg.get("seed", 0))).sort_index()
+    frame = split_part(frame.reset_index(drop=True), cfg)
     name = str(cfg.get("name") or (path.stem if path else "data"))
-    return Dataset(name=name, source=source, frame=frame.reset_index(drop=True))
+    part = str(cfg.get("part", "all"))
+    return Dataset(name=name if part == "all" else f"{name}:{part}", source=source, frame=frame.reset_index(drop=True))
+
+
+PARTS = ("all", "train", "heldout")
+
+
+def split_rows(n: int, train_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded train/held-out split of ``n`` prompts: (train positions, held-out positions), sorted."""
+    order = np.random.default_rng([int(seed), 7]).permutation(n)
+    n_train = int(round(train_fraction * n))
+    if n >= 2:
+        n_train = min(max(n_train, 1), n - 1)  # both parts non-empty
+    return sorted(order[:n_train].tolist()), sorted(order[n_train:].tolist())
+
+
+def split_part(frame: pd.DataFrame, cfg: Any) -> pd.DataFrame:
+    """The ``data.part`` of the prompts under the seeded ``data.split`` (train fraction)."""
+    part = str(cfg.get("part", "all"))
+    if part not in PARTS:
+        raise ConfigError(f"data.part={part!r} is not one of {', '.join(PARTS)}")
+    if part == "all":
+        return frame
+    fraction = cfg.get("split")
+    if fraction is None:
+        raise ConfigError(f"data.part={part} needs data.split (the train fraction, e.g. 0.7)")
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"data.split={fraction!r} must be a number in (0, 1)") from exc
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"data.split={fraction} must be in (0, 1)")
+    if len(frame) < 2:
+        raise ConfigError(f"data.split needs at least 2 prompts, the selection has {len(frame)}")
+    train, heldout = split_rows(len(frame), fraction, int(cfg.get("seed", 0)))
+    return frame.iloc[train if part == "train" else heldout]

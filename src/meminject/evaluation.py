@@ -24,8 +24,8 @@ from torch import Tensor
 
 from .data import Dataset
 from .errors import ConfigError, DataError
-from .injection import inject, position_mask
-from .memories import attn_out_hook, encode_memories, memory_texts
+from .injection import head_output_component, inject, position_mask
+from .memories import attn_out_hook, encode_memories, memory_texts, random_directions_like
 from .models import LoadedModel
 from .prefix import PrefixCache
 from .runner import Batch, last_position_logits, make_batches
@@ -34,7 +34,8 @@ log = logging.getLogger("meminject")
 
 __all__ = ["InjectionSpec", "EvalResult", "Evaluator", "summarize", "SITES", "POSITIONS"]
 
-SITES = ("layer", "head")
+SITES = ("layer", "head", "head_subspace")
+SCALES = ("absolute", "relative")
 POSITIONS = ("all", "last")
 
 
@@ -50,6 +51,7 @@ class InjectionSpec:
     memory_type: str = "correct"
     encoding: str = "unembed"
     literal_hook: bool = False  # head site through hook_result (slow) instead of hook_attn_out
+    scale: str = "absolute"  # relative: v rescaled to the layer's mean residual norm before τ
 
     @classmethod
     def from_config(cls, cfg: Any) -> "InjectionSpec":
@@ -64,6 +66,7 @@ class InjectionSpec:
             memory_type=str(mem.type),
             encoding=str(mem.encoding),
             literal_hook=bool(inj.get("literal_hook", False)),
+            scale=str(inj.get("scale", "absolute")),
         )
 
     def canonical(self) -> "InjectionSpec":
@@ -97,13 +100,17 @@ class InjectionSpec:
             raise ConfigError(f"memory.encoding={self.encoding!r} is not one of {', '.join(ENCODINGS)}")
         if self.memory_type not in MEMORY_TYPES:
             raise ConfigError(f"memory.type={self.memory_type!r} is not one of {', '.join(MEMORY_TYPES)}")
+        if self.scale not in SCALES:
+            raise ConfigError(f"injection.scale={self.scale!r} is not one of {', '.join(SCALES)}")
         if self.site == "head" and self.head is None:
             raise ConfigError("injection.site=head needs injection.head (any head: they are equivalent)")
+        if self.site == "head_subspace" and self.head is None:
+            raise ConfigError("injection.site=head_subspace needs injection.head (the head whose output space receives the memory)")
         if model is None:
             return
         if not 0 <= self.layer < model.n_layers:
             raise ConfigError(f"injection.layer={self.layer} is out of range for {model.name} (layers 0..{model.n_layers - 1})")
-        if self.site == "head" and not 0 <= int(self.head) < model.n_heads:
+        if self.site in ("head", "head_subspace") and not 0 <= int(self.head) < model.n_heads:
             raise ConfigError(f"injection.head={self.head} is out of range for {model.name} (heads 0..{model.n_heads - 1})")
 
 
@@ -246,19 +253,37 @@ class Evaluator:
         n = len(self.rows)
         return {"probs": np.zeros(n), "ranks": np.zeros(n, dtype=np.int64), "top": [[] for _ in range(n)], "logprobs": np.zeros(n)}
 
+    def _norm_hooks(self, batch: Batch, sums: np.ndarray) -> list[tuple[torch.nn.Module, Any]]:
+        """Pre-hooks adding each block input's residual norms (real tokens only) into ``sums``."""
+        real = batch.attention_mask.bool()
+        hooks = []
+        for layer, block in enumerate(self.model.bridge.blocks):
+            def add(module, args, kwargs, layer=layer):  # noqa: ARG001 - torch pre-hook signature
+                hidden = args[0] if args else kwargs.get("hidden_states")
+                if isinstance(hidden, Tensor) and hidden.shape[:2] == real.shape:
+                    sums[layer] += float(hidden.float().norm(dim=-1)[real].sum())
+            hooks.append((block, add))
+        return hooks
+
     def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False) -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
         out = self._empty_out()
+        norm_sums = np.zeros(self.model.n_layers)
         for position, batch in enumerate(batches):
             hooks = hooks_for(batch) if hooks_for else []
             handles = []
             if capture:
-                handles = [module.register_forward_pre_hook(fn, with_kwargs=True) for module, fn in self.prefix.capture_hooks(position)]
+                module_hooks = self._norm_hooks(batch, norm_sums)
+                if self.prefix is not None and self.prefix.layers:
+                    module_hooks += self.prefix.capture_hooks(position)
+                handles = [module.register_forward_pre_hook(fn, with_kwargs=True) for module, fn in module_hooks]
             try:
                 logits = last_position_logits(self.model, batch, hooks)
             finally:
                 for handle in handles:
                     handle.remove()
             self._read_answers(batch, logits, out)
+        if capture:
+            self._residual_norms = norm_sums / max(1, sum(int(b.attention_mask.sum()) for b in batches))
         return out["probs"], out["ranks"], out["top"], out["logprobs"]
 
     @property
@@ -268,16 +293,15 @@ class Evaluator:
         The obscure pass also fills the prefix cache (residuals entering the cached layers).
         """
         if self._clean is None:
-            capture = self.prefix is not None and bool(self.prefix.layers)
-            before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=capture)
+            before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=True)
             explicit, _, _, _ = self._answer_probs(self._batches(self.explicit_tokens))
             self._clean = {"before": before, "rank_before": rank_before, "explicit": explicit, "logprob_before": logprob_before}
             if self.prefix is not None:
                 log.debug(self.prefix.describe())
         return self._clean
 
-    def memory_vectors(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
-        """Memory texts and vectors; cached per (texts, encoding, layer for ``layer``)."""
+    def encoded_memories(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
+        """Memory texts and their encodings; cached per (texts, encoding, layer for ``layer``)."""
         texts = memory_texts(self.dataset.frame, memory_cfg)
         key = (tuple(texts), spec.encoding, spec.layer if spec.encoding == "layer" else None)
         if key in self._vectors:
@@ -288,6 +312,30 @@ class Evaluator:
         while len(self._vectors) > 64:
             self._vectors.popitem(last=False)
         return self._vectors[key]
+
+    def memory_vectors(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
+        """The vectors v that the injection adds as τ·v, one per prompt.
+
+        Encoded memory, then: ``random_vector`` swaps it for a random direction of the same
+        norm; ``head_subspace`` keeps the part head h can write; ``relative`` rescales it to
+        the layer's mean residual-stream norm.
+        """
+        texts, vectors = self.encoded_memories(spec, memory_cfg)
+        if spec.memory_type == "random_vector":
+            vectors = random_directions_like(vectors, self.rows, memory_cfg)
+            texts = [f"<random vector, norm of {text!r}>" for text in texts]
+        if spec.site == "head_subspace":
+            vectors = head_output_component(vectors, self.model.bridge.W_O[spec.layer, spec.head])
+        if spec.scale == "relative":
+            target = float(self.residual_norms[spec.layer])
+            vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target
+        return texts, vectors
+
+    @property
+    def residual_norms(self) -> np.ndarray:
+        """Mean L2 norm of the residual stream entering each layer, over real prompt tokens (clean pass)."""
+        self.clean
+        return self._residual_norms
 
     def _stacked_hooks(self, specs: list[InjectionSpec], vectors: list[Tensor], batch: Batch, last_token_only: bool = False) -> list[tuple[str, Any]]:
         """One hook for ``len(specs)`` same-layer trials stacked along the batch axis.
@@ -331,7 +379,8 @@ class Evaluator:
         fresh: dict[tuple, EvalResult] = {}
         groups: dict[tuple, list[tuple]] = {}
         for key, (spec, _) in todo.items():
-            groups.setdefault((spec.layer, spec.site, spec.literal_hook, spec.head, spec.positions == "last"), []).append(key)
+            literal = spec.site == "head" and spec.literal_hook  # only the literal per-head hook needs its own pass
+            groups.setdefault((spec.layer, literal, spec.head if literal else None, spec.positions == "last"), []).append(key)
         for group in groups.values():
             for start in range(0, len(group), self.trials_per_forward):
                 chunk = group[start : start + self.trials_per_forward]

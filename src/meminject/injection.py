@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["inject", "position_mask", "unembed_memory", "embed_memory", "multi_hot"]
+__all__ = ["inject", "position_mask", "unembed_memory", "embed_memory", "multi_hot", "head_output_component"]
 
 
 def inject(
@@ -59,3 +59,17 @@ def unembed_memory(token_ids: list[int], W_U: Float[Tensor, "d_model d_vocab"]) 
 def embed_memory(token_ids: list[int], W_E: Float[Tensor, "d_vocab d_model"]) -> Float[Tensor, "d_model"]:
     """``embed`` encoding: multi-hot(memory) · W_E, the sum of the memory tokens' rows of W_E."""
     return W_E[sorted(set(token_ids))].sum(dim=0)
+
+
+def head_output_component(
+    memory: Float[Tensor, "batch d_model"], W_O_head: Float[Tensor, "d_head d_model"]
+) -> Float[Tensor, "batch d_model"]:
+    """``head_subspace``: the part of v that head h can write, v · W_O[h]⁺ · W_O[h].
+
+    Adding ``z = τ·v·W_O[h]⁺`` to head h's ``hook_z`` adds ``z·W_O[h]``, the projection of
+    τ·v onto the row space of W_O[h], to the attention output; so the injection is
+    computed at ``hook_attn_out`` with the projected vector. Different heads have different
+    output spaces, hence different results; a v already inside that space is unchanged.
+    """
+    W_O_head = W_O_head.to(memory.dtype)
+    return (memory @ torch.linalg.pinv(W_O_head)) @ W_O_head

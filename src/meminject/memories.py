@@ -1,7 +1,12 @@
 """Memories: which text is injected for each prompt, and how it becomes a vector.
 
-Types (``memory.type``): ``correct`` is the row's explicit entity (the missing hop).
-Control types (part of speech, random words, random vectors) slot in here.
+Types (``memory.type``): ``correct`` is the row's explicit entity (the missing hop). The
+controls: ``pos``, a random word of one part of speech per prompt; ``random``, random
+common words; ``random_vector``, a random direction with the norm of the correct
+memory's vector (the strictest control: same strength, no meaning). Word pools come from
+the paper's word list (``top_word_types.csv``: top 5,000 words and their parts of
+speech), read locally, from the cache, or downloaded once. Every draw is seeded by
+(``memory.seed``, ``memory.draw``, prompt row): the same config gives the same memories.
 
 Encodings (``memory.encoding``), see :mod:`meminject.injection` for the formulas:
 ``unembed`` and ``embed`` read the (possibly processed) weight matrices; ``layer`` runs
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -24,8 +30,51 @@ from .runner import capture_last_position, make_batches
 
 __all__ = ["MEMORY_TYPES", "ENCODINGS", "memory_texts", "encode_memories", "attn_out_hook"]
 
-MEMORY_TYPES = ("correct",)
+MEMORY_TYPES = ("correct", "pos", "random", "random_vector")
 ENCODINGS = ("unembed", "embed", "layer")
+POS_COLUMNS = {"noun": "Nouns", "verb": "Verbs", "adjective": "Adjectives", "adverb": "Adverbs", "conjunction": "Conjunctions"}
+TOP_COLUMN = "Top 5000 Words"
+_POOLS: dict[str, dict[str, list[str]]] = {}
+
+
+def word_pools(memory_cfg: Any) -> dict[str, list[str]]:
+    """Word pools by part of speech (and ``top``, by frequency), from the word-list CSV."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from .data import resolve_data_file
+
+    node = OmegaConf.create({
+        "path": memory_cfg.get("word_list"), "source": "file", "file": "top_word_types.csv", "dir": None,
+        "url": memory_cfg.get("word_list_url"), "sha256": memory_cfg.get("word_list_sha256"),
+    })
+    try:
+        path, _ = resolve_data_file(node)
+    except DataError as exc:
+        raise DataError(f"word list for memory.type={memory_cfg.type}: {exc} (or memory.word_list=FILE)") from exc
+    key = str(path)
+    if key not in _POOLS:
+        try:
+            frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"memory.word_list={path}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+        needed = [TOP_COLUMN, *POS_COLUMNS.values()]
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise DataError(f"memory.word_list={path}: missing column(s) {', '.join(missing)} (expected {', '.join(needed)})")
+        pools = {"top": [w.strip() for w in frame[TOP_COLUMN].dropna() if w.strip()]}
+        for pos, column in POS_COLUMNS.items():
+            pools[pos] = list(dict.fromkeys(w.strip() for w in frame[column].dropna() if w.strip()))
+        empty = [name for name, words in pools.items() if not words]
+        if empty:
+            raise DataError(f"memory.word_list={path}: no words for {', '.join(empty)}")
+        _POOLS[key] = pools
+    return _POOLS[key]
+
+
+def draw_rng(memory_cfg: Any, row: int, salt: int = 0) -> np.random.Generator:
+    """The generator of one prompt's control draw: seeded by (seed, draw, row, salt)."""
+    return np.random.default_rng([int(memory_cfg.get("seed", 0)), int(memory_cfg.get("draw", 0)), int(row), int(salt)])
 
 
 def attn_out_hook(layer: int) -> str:
@@ -34,11 +83,35 @@ def attn_out_hook(layer: int) -> str:
 
 
 def memory_texts(frame: Any, memory_cfg: Any) -> list[str]:
-    """The memory text of every prompt, for the configured memory type."""
+    """The memory text of every prompt, for the configured memory type.
+
+    ``random_vector`` keeps the correct memory's text: its vector is drawn from that one's norm.
+    """
     kind = str(memory_cfg.type)
-    if kind == "correct":
+    if kind in ("correct", "random_vector"):
         return [str(text) for text in frame["explicit_entity"]]
+    if kind == "pos":
+        pos = str(memory_cfg.get("pos", "noun"))
+        if pos not in POS_COLUMNS:
+            raise ConfigError(f"memory.pos={pos!r} is not one of {', '.join(POS_COLUMNS)}")
+        pool = word_pools(memory_cfg)[pos]
+        return [pool[draw_rng(memory_cfg, row, 1).integers(len(pool))] for row in frame["row"]]
+    if kind == "random":
+        n_words, top = int(memory_cfg.get("n_words", 2)), int(memory_cfg.get("top_words", 1000))
+        if n_words < 1 or top < 1:
+            raise ConfigError(f"memory.n_words={n_words} and memory.top_words={top} must be >= 1")
+        pool = word_pools(memory_cfg)["top"][:top]
+        return [" ".join(pool[i] for i in draw_rng(memory_cfg, row, 2).integers(len(pool), size=n_words)) for row in frame["row"]]
     raise ConfigError(f"memory.type={kind!r} is not one of {', '.join(MEMORY_TYPES)}")
+
+
+def random_directions_like(vectors: Tensor, rows: Sequence[int], memory_cfg: Any) -> Tensor:
+    """``random_vector``: per prompt, a seeded random direction scaled to that prompt's vector norm."""
+    out = torch.empty_like(vectors)
+    for i, row in enumerate(rows):
+        direction = torch.as_tensor(draw_rng(memory_cfg, row, 3).standard_normal(vectors.shape[1]), dtype=vectors.dtype, device=vectors.device)
+        out[i] = direction / direction.norm() * vectors[i].norm()
+    return out
 
 
 def memory_tokens(model: LoadedModel, texts: Sequence[str], rows: Sequence[int], *, bos: bool) -> list[list[int]]:

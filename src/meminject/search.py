@@ -47,7 +47,7 @@ ATTR_SPEC = "meminject.sweep"
 ATTR_PARENT = "meminject.mlflow_parent_run_id"
 ATTR_KEY = "meminject.key"
 ATTR_SURPLUS = "meminject.surplus"
-SITE_KEYS = ("model", "weights", "injection.layer", "injection.head", "injection.site", "injection.positions", "injection.tweak", "memory.type", "memory.encoding")
+SITE_KEYS = ("model", "weights", "injection.layer", "injection.head", "injection.site", "injection.positions", "injection.scale", "injection.tweak", "memory.type", "memory.encoding")
 
 
 @dataclass
@@ -146,7 +146,9 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         sampler=sampler,
         n_trials=n_trials,
         seed=int(seed),
-        overrides=preset_overrides + cli_overrides + ([f"seed={seed}"] if not any(o.startswith("seed=") for o in cli_overrides) else []),
+        # Sweeps pick sites on the train part only; `meminject best` judges them on the held-out part.
+        overrides=(["data.part=train"] if not any(o.startswith("data.part=") for o in preset_overrides + cli_overrides) else [])
+        + preset_overrides + cli_overrides + ([f"seed={seed}"] if not any(o.startswith("seed=") for o in cli_overrides) else []),
         params=params,
         study_name=str(settings.get("study", "")),
     )
@@ -349,6 +351,7 @@ def _trial_key(cfg: Any, spec: Any) -> str:
     canonical = spec.canonical()
     return json.dumps(
         {"model": str(cfg.model.name), "weights": str(cfg.model.weights), "data": str(cfg.data.name), "limit": cfg.data.limit, "sample": cfg.data.sample,
+         "split": cfg.data.get("split"), "part": cfg.data.get("part", "all"), "memory": {k: str(v) for k, v in cfg.memory.items()}, "scale": canonical.scale,
          "spec": [canonical.layer, canonical.tweak, canonical.site, canonical.head, canonical.positions, canonical.memory_type, canonical.encoding], "seed": int(cfg.seed)},
         sort_keys=True,
     )
@@ -363,6 +366,7 @@ def _site_record(cfg: Any, params: dict[str, Any]) -> dict[str, Any]:
         "injection.head": cfg.injection.head if site != "layer" else None,
         "injection.site": site,
         "injection.positions": str(cfg.injection.positions),
+        "injection.scale": str(cfg.injection.get("scale", "absolute")),
         "injection.tweak": float(cfg.injection.tweak),
         "memory.type": str(cfg.memory.type),
         "memory.encoding": str(cfg.memory.encoding),
@@ -552,6 +556,21 @@ def _print_table(frame) -> None:
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
+def control_gaps(table):
+    """Per site: the correct memory's mean gain minus each control's (same prompts, so the
+    mean of the paired differences); None unless the study has correct and control trials."""
+    if table.empty or "memory.type" not in table.columns:
+        return None
+    types = set(table["memory.type"])
+    if "correct" not in types or len(types) < 2:
+        return None
+    keys = [k for k in SITE_KEYS if k in table.columns and k != "memory.type"]
+    wide = table.pivot_table(index=keys, columns="memory.type", values="mean_gain", aggfunc="mean").reset_index()
+    for control in sorted(types - {"correct"}):
+        wide[f"gap_{control}"] = wide["correct"] - wide[control]
+    return wide.sort_values("correct", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def finalize(study: optuna.Study, spec: SweepSpec, tracker: Tracker | None) -> Path:
     """Write the ranked sites; update the parent run with the best trial and the table."""
     table = ranked_sites(study)
@@ -560,8 +579,14 @@ def finalize(study: optuna.Study, spec: SweepSpec, tracker: Tracker | None) -> P
     path = out / f"{study.study_name}.csv"
     table.to_csv(path, index=False)
     parent = study.user_attrs.get(ATTR_PARENT)
+    gaps = control_gaps(table)
+    gaps_path = out / f"{study.study_name}-control-gaps.csv"
+    if gaps is not None:
+        gaps.to_csv(gaps_path, index=False)
     if tracker is not None and parent:
         tracker.log_file(parent, path)
+        if gaps is not None:
+            tracker.log_file(parent, gaps_path)
         try:
             best = study.best_trial
             tracker.log_metrics(parent, {"best_mean_gain": best.value, "best_trial": best.number, "n_complete": len(study.get_trials(states=(TrialState.COMPLETE,)))})
@@ -722,11 +747,13 @@ def cmd_worker(args: Sequence[str]) -> int:
 
 
 def cmd_best(args: Sequence[str]) -> int:
+    """Ranked sites of a study; with a train/held-out split, the top sites judged on held-out prompts."""
     settings = {}
+    allowed = ("study", "storage", "top", "heldout", "controls", "bootstrap")
     for arg in args:
         key, _, value = arg.partition("=")
-        if key not in ("study", "storage", "top"):
-            raise ConfigError(f"unknown setting {key!r} for best (study, storage, top)")
+        if key not in allowed:
+            raise ConfigError(f"unknown setting {key!r} for best ({', '.join(allowed)})")
         settings[key] = value
     storage = open_storage(settings.get("storage"))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -747,9 +774,45 @@ def cmd_best(args: Sequence[str]) -> int:
     print(f"table: {path}")
     spec_json = study.user_attrs.get(ATTR_SPEC)
     parent = study.user_attrs.get(ATTR_PARENT)
-    if spec_json and parent:
-        base = compose_config(SweepSpec.from_json(spec_json).overrides)
-        tracker = Tracker.from_config(base)
-        if tracker is not None:
-            tracker.log_file(parent, path)
+    spec = SweepSpec.from_json(spec_json) if spec_json else None
+    tracker = Tracker.from_config(compose_config(spec.overrides)) if spec else None
+    if tracker is not None and parent:
+        tracker.log_file(parent, path)
+    heldout = settings.get("heldout", "auto").lower()
+    if heldout not in ("auto", "true", "false"):
+        raise ConfigError(f"heldout={heldout!r}: use true, false or auto")
+    base = compose_config(spec.overrides) if spec else None
+    has_split = base is not None and base.data.get("split") is not None and str(base.data.get("part")) == "train"
+    if heldout == "true" and not has_split:
+        raise ConfigError(f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible")
+    if table.empty or heldout == "false" or not has_split:
+        return 0
+    from .selection import heldout_report
+
+    controls = [c for c in settings.get("controls", "pos,random_vector").split(",") if c]
+    report = heldout_report(
+        spec.overrides, table.head(top), controls=controls, n_boot=_as_positive_int(settings.get("bootstrap", 2000), "bootstrap"),
+        seed=spec.seed, axes=list(spec.params),
+    )
+    report_path = out / f"{name}-heldout.csv"
+    report.to_csv(report_path, index=False)
+    print(f"\nheld-out check of the top {len(report)} sites ({int(report['heldout_prompts'].iloc[0])} held-out prompts; 95% bootstrap intervals):")
+    _print_heldout(report, controls)
+    print(f"held-out table: {report_path}")
+    if tracker is not None and parent:
+        tracker.log_file(parent, report_path)
     return 0
+
+
+def _print_heldout(report, controls: Sequence[str]) -> None:
+    lines = []
+    for _, r in report.iterrows():
+        head = "" if r.get("injection.head") in (None, "-") or (isinstance(r.get("injection.head"), float) and math.isnan(r.get("injection.head"))) else f" h{r['injection.head']}"
+        site = f"L{r['injection.layer']}{head} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}"
+        text = f"  {int(r['rank']):>2} {site:<34} train {r['train_gain']:+.4f}  held-out {r['heldout_gain']:+.4f} [{r['heldout_ci_low']:+.4f}, {r['heldout_ci_high']:+.4f}] improved {r['heldout_frac_improved']:.0%}"
+        for control in controls:
+            text += f"  gap vs {control} {r[f'gap_{control}']:+.4f} (p={r[f'gap_{control}_p']:.3f})"
+        if r["heldout_includes_zero"]:
+            text += "  ⚠ held-out interval includes 0"
+        lines.append(text)
+    print("\n".join(lines))

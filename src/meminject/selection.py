@@ -1,0 +1,81 @@
+"""Honest best-site selection: sites are picked on the train part and judged on held-out prompts.
+
+For each of the top-k sites of a study (by train gain), on the held-out prompts:
+
+* held-out mean gain with a 95% bootstrap interval over prompts, and the fraction improved;
+* the **control gap**: held-out gain of the correct memory minus that of each control memory
+  (``pos``, ``random``, ``random_vector``) injected at the same site, paired per prompt,
+  with a bootstrap interval and a sign-flip test.
+
+A site whose held-out interval includes zero is flagged (``heldout_includes_zero``), not hidden.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import compose_config
+from .errors import ConfigError
+from .stats import bootstrap_mean_ci, paired_sign_flip_p
+
+__all__ = ["CONTROL_TYPES", "heldout_report"]
+
+CONTROL_TYPES = ("pos", "random", "random_vector")
+
+
+def _site_overrides(row: pd.Series, axes: Sequence[str] = ()) -> list[str]:
+    overrides = [f"model={row['model']}"] if "model" in axes else []
+    for key in ("injection.layer", "injection.tweak", "injection.site", "injection.positions", "injection.scale", "memory.encoding", "memory.type"):
+        if key in row and row[key] not in (None, "-") and not (isinstance(row[key], float) and np.isnan(row[key])):
+            overrides.append(f"{key}={row[key]}")
+    if row.get("injection.head") not in (None, "-") and not pd.isna(row.get("injection.head")):
+        overrides.append(f"injection.head={int(row['injection.head'])}")
+    return overrides
+
+
+def heldout_report(
+    base_overrides: Sequence[str], sites: pd.DataFrame, *, controls: Sequence[str] = ("pos", "random_vector"),
+    n_boot: int = 2000, seed: int = 0, runner: Any = None, axes: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Evaluate ranked ``sites`` (from :func:`meminject.search.ranked_sites`) on the held-out part."""
+    from .search import TrialRunner
+
+    unknown = [c for c in controls if c not in CONTROL_TYPES]
+    if unknown:
+        raise ConfigError(f"controls={','.join(unknown)}: choose from {', '.join(CONTROL_TYPES)}")
+    runner = runner or TrialRunner()
+    base = [o for o in base_overrides if not o.startswith("data.part=")]
+    records = []
+    for _, site in sites.iterrows():
+        overrides = [*base, *_site_overrides(site, axes), "data.part=heldout"]
+        cfg = compose_config(overrides)
+        if cfg.data.get("split") is None:
+            raise ConfigError("this study has no train/held-out split (data.split); rerun the sweep with data.split=0.7")
+        _, _, correct = runner.run(cfg)
+        gains = correct.per_prompt["gain"].to_numpy()
+        low, high = bootstrap_mean_ci(gains, n_boot=n_boot, seed=seed)
+        record = {
+            **{k: site[k] for k in site.index if k not in ("mean_prob_before", "mean_prob_after")},
+            "train_gain": site["mean_gain"],
+            "heldout_gain": float(gains.mean()),
+            "heldout_ci_low": low,
+            "heldout_ci_high": high,
+            "heldout_frac_improved": float((gains > 0).mean()),
+            "heldout_includes_zero": bool(low <= 0.0 <= high),
+            "heldout_prompts": len(gains),
+        }
+        record.pop("mean_gain", None)
+        for control in controls:
+            _, _, result = runner.run(compose_config([*overrides, f"memory.type={control}"]))
+            control_gains = result.per_prompt["gain"].to_numpy()
+            difference = gains - control_gains  # paired: same prompts, same site
+            c_low, c_high = bootstrap_mean_ci(difference, n_boot=n_boot, seed=seed + 1)
+            record[f"gap_{control}"] = float(difference.mean())
+            record[f"gap_{control}_ci_low"] = c_low
+            record[f"gap_{control}_ci_high"] = c_high
+            record[f"gap_{control}_p"] = paired_sign_flip_p(difference, seed=seed + 2)
+        records.append(record)
+    return pd.DataFrame(records)

@@ -1,0 +1,165 @@
+"""Control memories, head subspaces, relative scale, the train/held-out split, the bootstrap,
+and the held-out check of `meminject best` (tiny model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from meminject.config import compose_config
+from meminject.data import Dataset, load_dataset, split_rows
+from meminject.evaluation import Evaluator, InjectionSpec
+from meminject.injection import head_output_component
+from meminject.memories import POS_COLUMNS, memory_texts, word_pools
+from meminject.stats import bootstrap_mean_ci, paired_sign_flip_p
+
+
+def memory_cfg(*overrides: str):
+    return compose_config(["model=tiny", *overrides]).memory
+
+
+def test_word_pools_come_from_the_word_list(shared_data):
+    pools = word_pools(memory_cfg())
+    table = pd.read_csv(shared_data / "top_word_types.csv", dtype=str, encoding="utf-8-sig")
+    assert pools["top"][:3] == list(table["Top 5000 Words"][:3])
+    for pos, column in POS_COLUMNS.items():
+        assert set(pools[pos]) == set(table[column].dropna().str.strip())
+
+
+@pytest.mark.parametrize("kind", ["pos", "random"])
+def test_control_draws_are_seeded_and_reproducible(demo, kind):
+    first = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}"))
+    again = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}"))
+    other_draw = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", "memory.draw=1"))
+    other_seed = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", "seed=5"))
+    assert first == again
+    assert first != other_draw and first != other_seed
+    assert len(set(first)) > len(first) // 2  # prompts get different words
+
+
+def test_pos_memories_are_words_of_that_part_of_speech(demo):
+    for pos in POS_COLUMNS:
+        words = memory_texts(demo.frame, memory_cfg("memory.type=pos", f"memory.pos={pos}"))
+        assert set(words) <= set(word_pools(memory_cfg())[pos])
+
+
+def test_random_memories_are_common_words(demo):
+    texts = memory_texts(demo.frame, memory_cfg("memory.type=random", "memory.n_words=3", "memory.top_words=50"))
+    top = set(word_pools(memory_cfg())["top"][:50])
+    assert all(len(t.split(" ")) == 3 and set(t.split(" ")) <= top for t in texts)
+
+
+def test_random_vector_keeps_each_prompts_norm(tiny, demo):
+    subset = Dataset(demo.name, demo.source, demo.frame.head(6))
+    evaluator = Evaluator(tiny, subset)
+    spec = InjectionSpec(layer=1, tweak=1.0, memory_type="random_vector")
+    _, random = evaluator.memory_vectors(spec, memory_cfg("memory.type=random_vector"))
+    _, correct = evaluator.memory_vectors(InjectionSpec(layer=1, tweak=1.0), memory_cfg())
+    torch.testing.assert_close(random.norm(dim=-1), correct.norm(dim=-1))
+    cosine = torch.nn.functional.cosine_similarity(random, correct, dim=-1)
+    assert cosine.abs().max() < 0.5  # a random direction, not the memory
+    _, again = evaluator.memory_vectors(spec, memory_cfg("memory.type=random_vector"))
+    torch.testing.assert_close(again, random)
+
+
+def test_head_subspace_heads_differ_and_a_vector_inside_a_head_space_equals_the_layer_site(tiny, demo):
+    subset = Dataset(demo.name, demo.source, demo.frame.head(6))
+    evaluator = Evaluator(tiny, subset)
+    memory = memory_cfg()
+    by_head = [evaluator.evaluate(InjectionSpec(layer=1, tweak=8.0, site="head_subspace", head=h), memory).per_prompt.answer_logprob_after.to_numpy() for h in range(tiny.n_heads)]
+    assert tiny.n_kv_heads < tiny.n_heads  # grouped-query attention, like SmolLM2
+    for h in range(1, tiny.n_heads):
+        assert np.abs(by_head[h] - by_head[0]).max() > 1e-4
+    # a vector already in head 2's output space: the projection keeps it, so the injection equals the layer one
+    W_O = tiny.bridge.W_O[1, 2]
+    inside = torch.randn(len(subset), W_O.shape[0]) @ W_O
+    torch.testing.assert_close(head_output_component(inside, W_O), inside, atol=1e-4, rtol=1e-4)
+    evaluator.encoded_memories = lambda spec, cfg: (["v"] * len(subset), inside)
+    subspace = evaluator.evaluate(InjectionSpec(layer=1, tweak=3.0, site="head_subspace", head=2), memory).per_prompt
+    layer = evaluator.evaluate(InjectionSpec(layer=1, tweak=3.0, site="layer"), memory).per_prompt
+    np.testing.assert_allclose(subspace.answer_prob_after, layer.answer_prob_after, rtol=1e-4, atol=1e-9)
+
+
+def test_relative_scale_uses_the_layers_mean_residual_norm(tiny, demo):
+    subset = Dataset(demo.name, demo.source, demo.frame.head(5))
+    evaluator = Evaluator(tiny, subset)
+    # direct computation: one prompt at a time, the residual entering block 2 over all its tokens
+    norms = []
+    for sentence in subset.frame.obscure_sentence:
+        _, cache = tiny.bridge.run_with_cache(tiny.bridge.to_tokens(sentence))
+        norms.append(cache["blocks.2.hook_resid_pre"][0].norm(dim=-1))
+    expected = torch.cat(norms).mean().item()
+    assert evaluator.residual_norms[2] == pytest.approx(expected, rel=1e-4)
+    _, vectors = evaluator.memory_vectors(InjectionSpec(layer=2, tweak=1.0, scale="relative"), memory_cfg())
+    np.testing.assert_allclose(vectors.norm(dim=-1).numpy(), expected, rtol=1e-4)
+
+
+def test_split_is_disjoint_complete_and_seeded():
+    train, heldout = split_rows(106, 0.7, seed=0)
+    assert not set(train) & set(heldout) and sorted(train + heldout) == list(range(106))
+    assert len(train) == 74
+    assert split_rows(106, 0.7, seed=0) == (train, heldout)
+    assert split_rows(106, 0.7, seed=1) != (train, heldout)
+
+
+def test_data_parts_partition_the_prompts():
+    base = ["model=tiny", "data.limit=20"]
+    parts = {p: load_dataset(compose_config([*base, f"data.part={p}"]).data).frame for p in ("all", "train", "heldout")}
+    train, heldout = set(parts["train"].row), set(parts["heldout"].row)
+    assert not train & heldout and train | heldout == set(parts["all"].row)
+    assert len(train) == 14
+
+
+def test_bootstrap_interval_matches_a_direct_computation():
+    values = np.random.default_rng(3).normal(0.01, 0.05, size=40)
+    low, high = bootstrap_mean_ci(values, n_boot=500, seed=9)
+    rng = np.random.default_rng(9)
+    means = [values[rng.integers(0, 40, size=40)].mean() for _ in range(500)]  # the same draws, one by one
+    assert low == pytest.approx(np.quantile(means, 0.025)) and high == pytest.approx(np.quantile(means, 0.975))
+    assert low < values.mean() < high
+
+
+def test_sign_flip_test_separates_real_and_null_differences():
+    rng = np.random.default_rng(0)
+    assert paired_sign_flip_p(rng.normal(1.0, 0.5, size=30)) < 0.01
+    assert paired_sign_flip_p(rng.normal(0.0, 0.5, size=30)) > 0.01
+
+
+def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkeypatch, capsys):
+    from meminject.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    storage, mlflow_db = tmp_path / "optuna.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["sweep", "model=tiny", "model.device=cpu", "data.limit=20", "sweep=paper_grid", "study=ho", f"storage={storage}", f"tracking.uri={mlflow_db}",
+            "injection.tweak=choice(2,6)", "memory.encoding=choice(unembed)"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["best", "study=ho", f"storage={storage}", "top=3", "controls=pos,random_vector", "bootstrap=300"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out check of the top 3 sites (6 held-out prompts" in out
+    report = pd.read_csv(tmp_path / "outputs" / "best" / "ho-heldout.csv")
+    assert len(report) == 3 and (report.heldout_ci_low <= report.heldout_gain).all() and (report.heldout_gain <= report.heldout_ci_high).all()
+    assert {"gap_pos", "gap_random_vector", "gap_pos_p", "heldout_includes_zero"} <= set(report.columns)
+    # the held-out gain is what an eval on the held-out part gives
+    first = report.iloc[0]
+    cfg = compose_config(["model=tiny", "data.limit=20", "data.part=heldout", f"injection.layer={first['injection.layer']}", f"injection.tweak={first['injection.tweak']}"])
+    from meminject.models import load_model
+
+    result = Evaluator(load_model(cfg.model), load_dataset(cfg.data)).evaluate(InjectionSpec.from_config(cfg), cfg.memory)
+    assert result.summary["mean_gain"] == pytest.approx(first.heldout_gain, abs=1e-9)
+
+
+def test_controls_sweep_ends_with_a_control_gap_table(tmp_path, monkeypatch):
+    from meminject.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "sweep=controls", "model=tiny", "model.device=cpu", "data.limit=10", "study=ctl", f"storage={tmp_path / 'j'}",
+            "tracking.enabled=false", "injection.layer=choice(0, 2)", "injection.tweak=choice(4)"]
+    assert main(args) == 0
+    gaps = pd.read_csv(tmp_path / "outputs" / "best" / "ctl-control-gaps.csv")
+    assert len(gaps) == 2
+    for control in ("pos", "random", "random_vector"):
+        np.testing.assert_allclose(gaps[f"gap_{control}"], gaps["correct"] - gaps[control])
