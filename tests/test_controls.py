@@ -163,3 +163,36 @@ def test_controls_sweep_ends_with_a_control_gap_table(tmp_path, monkeypatch):
     assert len(gaps) == 2
     for control in ("pos", "random", "random_vector"):
         np.testing.assert_allclose(gaps[f"gap_{control}"], gaps["correct"] - gaps[control])
+
+
+def _plain_sequence_logprob(bridge, prompt: str, answer: str, hook=None) -> float:
+    """Teacher forcing, one prompt at a time, one token at a time: log P(a_1..a_n | prompt)."""
+    prompt_tokens = bridge.to_tokens(prompt)[0]
+    answer_tokens = bridge.to_tokens(answer, prepend_bos=False)[0]
+    total = 0.0
+    for j, target in enumerate(answer_tokens):
+        tokens = torch.cat([prompt_tokens, answer_tokens[:j]])[None]
+        logits = bridge.run_with_hooks(tokens, fwd_hooks=[hook] if hook else [])
+        total += torch.log_softmax(logits[0, -1].double(), dim=-1)[target].item()
+    return total
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_sequence_metric_equals_plain_teacher_forcing(tiny, demo, cache):
+    frame = demo.frame.head(8)
+    subset = Dataset(demo.name, demo.source, frame)
+    lengths = [len(tiny.tokenize(a, bos=False)) for a in frame.answer]
+    assert max(lengths) > 1, "some answers must have several tokens"
+    evaluator = Evaluator(tiny, subset, max_batch_tokens=64, answer_metric="sequence", prefix_cache_bytes=2**30 if cache else 0)
+    result = evaluator.evaluate(InjectionSpec(layer=1, tweak=3.0), memory_cfg())
+    table = result.per_prompt
+    assert list(table.answer_tokens) == lengths
+    for i, row in frame.iterrows():
+        vector = tiny.W_U[:, sorted(set(tiny.tokenize(row.explicit_entity, bos=False)))].sum(dim=-1)
+        hook = ("blocks.1.hook_attn_out", lambda attn_out, hook, v=vector: attn_out + 3.0 * v)
+        before = _plain_sequence_logprob(tiny.bridge, row.obscure_sentence, row.answer)
+        after = _plain_sequence_logprob(tiny.bridge, row.obscure_sentence, row.answer, hook)
+        assert table.answer_logprob_before[i] == pytest.approx(before, abs=1e-4)
+        assert table.answer_logprob_after[i] == pytest.approx(after, abs=1e-4)
+        assert table.answer_prob_after[i] == pytest.approx(np.exp(after), rel=1e-3, abs=1e-30)
+    assert result.summary["mean_logprob_gain"] == pytest.approx((table.answer_logprob_after - table.answer_logprob_before).mean())

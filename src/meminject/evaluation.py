@@ -28,7 +28,7 @@ from .injection import head_output_component, inject, position_mask
 from .memories import attn_out_hook, encode_memories, memory_texts, random_directions_like
 from .models import LoadedModel
 from .prefix import PrefixCache
-from .runner import Batch, last_position_logits, make_batches
+from .runner import Batch, last_position_logits, make_batches, read_logits
 
 log = logging.getLogger("meminject")
 
@@ -37,6 +37,7 @@ __all__ = ["InjectionSpec", "EvalResult", "Evaluator", "summarize", "SITES", "PO
 SITES = ("layer", "head", "head_subspace")
 SCALES = ("absolute", "relative")
 POSITIONS = ("all", "last")
+ANSWER_METRICS = ("first_token", "sequence")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class EvalResult:
     hooks: list[str] = field(default_factory=list)
 
 
-def summarize(before: np.ndarray, after: np.ndarray, explicit: np.ndarray) -> dict[str, float]:
+def summarize(before: np.ndarray, after: np.ndarray, explicit: np.ndarray, logprob_before: np.ndarray | None = None, logprob_after: np.ndarray | None = None) -> dict[str, float]:
     gain = after - before
     with np.errstate(divide="ignore", invalid="ignore"):
         percent = np.where(before > 0, gain / before * 100.0, np.nan)
@@ -148,6 +149,7 @@ def summarize(before: np.ndarray, after: np.ndarray, explicit: np.ndarray) -> di
         "mean_prob_after": float(after.mean()),
         "mean_prob_explicit": float(explicit.mean()),
         "n_prompts": float(len(gain)),
+        **({"mean_logprob_gain": float((logprob_after - logprob_before).mean())} if logprob_before is not None else {}),
     }
 
 
@@ -176,6 +178,7 @@ class Evaluator:
         prefix_cache_bytes: int = 2 * 2**30,
         trials_per_forward: int = 1,
         max_padding: float = 0.2,
+        answer_metric: str = "first_token",
     ):
         self.model = model
         self.dataset = dataset
@@ -186,19 +189,22 @@ class Evaluator:
         self.max_padding = float(max_padding)
         frame = dataset.frame
         self.rows = [int(r) for r in frame["row"]]
+        if answer_metric not in ANSWER_METRICS:
+            raise ConfigError(f"metric.answer={answer_metric!r} is not one of {', '.join(ANSWER_METRICS)}")
+        self.answer_metric = answer_metric
         self.obscure_tokens = [model.tokenize(s, bos=True) for s in frame["obscure_sentence"]]
         self.explicit_tokens = [model.tokenize(s, bos=True) for s in frame["explicit_sentence"]]
-        answer_tokens = []
+        self.answer_ids: list[list[int]] = []
         for answer, row in zip(frame["answer"], self.rows):
             ids = model.tokenize(answer, bos=False)
             if not ids:
                 raise DataError(f"{dataset.source}: row {row}: answer {answer!r} tokenizes to nothing")
-            answer_tokens.append(ids[0])
-        self.answer_token = torch.as_tensor(answer_tokens, dtype=torch.long, device=model.device)
+            self.answer_ids.append(ids)
+        self.answer_token = torch.as_tensor([ids[0] for ids in self.answer_ids], dtype=torch.long, device=model.device)
         for tokens, row in zip(self.obscure_tokens + self.explicit_tokens, self.rows + self.rows):
             if len(tokens) > model.n_ctx:
                 raise DataError(f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}")
-        self.obscure_batches = self._batches(self.obscure_tokens)
+        self.obscure_batches = self._scored_batches(self.obscure_tokens)
         self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
         self._clean: dict[str, np.ndarray] | None = None
         self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
@@ -223,6 +229,7 @@ class Evaluator:
             model, dataset, max_batch_tokens=_as_int(perf.max_batch_tokens, "perf.max_batch_tokens"), padding_side=str(perf.padding_side),
             top_k=_as_int(cfg.top_k, "top_k"), prefix_cache_bytes=int(cache_mb * 2**20), trials_per_forward=per_forward,
             max_padding=_as_float(perf.get("max_padding", 0.2), "perf.max_padding"),
+            answer_metric=str((cfg.get("metric") or {}).get("answer", "first_token")),
         )
 
     @property
@@ -232,21 +239,43 @@ class Evaluator:
         real = sum(int(b.attention_mask.sum()) for b in self.obscure_batches)
         return 1.0 - real / max(total, 1)
 
-    def _batches(self, token_lists: list[list[int]]) -> list[Batch]:
+    def _scored_batches(self, prompts: list[list[int]]) -> list[Batch]:
+        """Batches of prompts with their read positions and targets.
+
+        ``first_token``: the last prompt position, target the answer's first token (the paper).
+        ``sequence``: the prompt is followed by the answer minus its last token (teacher forcing)
+        and every answer token is read at the position before it.
+        """
+        if self.answer_metric == "first_token":
+            sequences = prompts
+            reads = [[(len(p) - 1, ids[0])] for p, ids in zip(prompts, self.answer_ids)]
+        else:
+            sequences = [p + ids[:-1] for p, ids in zip(prompts, self.answer_ids)]
+            reads = [[(len(p) - 1 + j, t) for j, t in enumerate(ids)] for p, ids in zip(prompts, self.answer_ids)]
+        return self._batches(sequences, reads=reads, prompt_lengths=[len(p) for p in prompts])
+
+    def _batches(self, token_lists: list[list[int]], **kwargs: Any) -> list[Batch]:
         return make_batches(
             token_lists, pad_id=self.model.pad_id, device=self.model.device, max_batch_tokens=self.max_batch_tokens,
-            padding_side=self.padding_side, max_padding=self.max_padding,
+            padding_side=self.padding_side, max_padding=self.max_padding, **kwargs,
         )
 
     def _read_answers(self, batch: Batch, logits: Tensor, out: dict[str, Any]) -> None:
-        """Store P(answer), log P, rank and top-k of one batch's last-position logits."""
-        token = self.answer_token[batch.index.to(self.answer_token.device)]
-        logp = torch.log_softmax(logits, dim=-1).gather(1, token[:, None])[:, 0]
+        """From one batch's logits at its read positions: log P(answer) per prompt (summed over
+        answer tokens for the sequence metric), and the first answer token's rank and top-k."""
+        logp_reads = torch.log_softmax(logits, dim=-1).gather(1, batch.read_target[:, None])[:, 0].double()
+        size = batch.tokens.shape[0]
+        logp = torch.zeros(size, dtype=torch.float64, device=logits.device).index_add_(0, batch.read_row, logp_reads)
+        # the first read of each prompt is its first answer token (reads are ordered by row, then position)
+        row_np = batch.read_row.cpu().numpy()
+        _, first = np.unique(row_np, return_index=True)
+        first = torch.as_tensor(first, device=logits.device)
+        first_logits, first_target = logits[first], batch.read_target[first]
         index = batch.index.cpu().numpy()
-        out["probs"][index] = logp.double().exp().cpu().numpy()
-        out["logprobs"][index] = logp.double().cpu().numpy()
-        out["ranks"][index] = _rank(logits, token).cpu().numpy()
-        for row, ids in zip(index, logits.topk(self.top_k, dim=-1).indices.cpu().tolist()):
+        out["probs"][index] = logp.exp().cpu().numpy()
+        out["logprobs"][index] = logp.cpu().numpy()
+        out["ranks"][index] = _rank(first_logits, first_target).cpu().numpy()
+        for row, ids in zip(index, first_logits.topk(self.top_k, dim=-1).indices.cpu().tolist()):
             out["top"][row] = ids
 
     def _empty_out(self) -> dict[str, Any]:
@@ -277,7 +306,7 @@ class Evaluator:
                     module_hooks += self.prefix.capture_hooks(position)
                 handles = [module.register_forward_pre_hook(fn, with_kwargs=True) for module, fn in module_hooks]
             try:
-                logits = last_position_logits(self.model, batch, hooks)
+                logits = read_logits(self.model, batch, hooks)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -294,8 +323,8 @@ class Evaluator:
         """
         if self._clean is None:
             before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=True)
-            explicit, _, _, _ = self._answer_probs(self._batches(self.explicit_tokens))
-            self._clean = {"before": before, "rank_before": rank_before, "explicit": explicit, "logprob_before": logprob_before}
+            explicit, _, _, logprob_explicit = self._answer_probs(self._scored_batches(self.explicit_tokens))
+            self._clean = {"before": before, "rank_before": rank_before, "explicit": explicit, "logprob_before": logprob_before, "logprob_explicit": logprob_explicit}
             if self.prefix is not None:
                 log.debug(self.prefix.describe())
         return self._clean
@@ -349,7 +378,7 @@ class Evaluator:
         if last_token_only:
             mask = torch.ones(len(specs) * len(index), 1, device=self.model.device)
         else:
-            mask = torch.cat([position_mask(batch.attention_mask, batch.last_index, s.positions) for s in specs])
+            mask = torch.cat([position_mask(batch.attention_mask, batch.prompt_last, s.positions) for s in specs])
         if spec.site == "head" and spec.literal_hook:
             def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
                 result = result.clone()
@@ -406,6 +435,7 @@ class Evaluator:
         start = self.prefix.start_layer(first.layer) if self.prefix is not None else None
         last_token_only = (
             start is not None
+            and self.answer_metric == "first_token"
             and all(spec.positions == "last" for spec in specs)
             and self.prefix.ensure_kv(lambda position: last_position_logits(self.model, self.obscure_batches[position], []))
         )
@@ -422,11 +452,11 @@ class Evaluator:
                     else:
                         logits = self.prefix.last_logits(position, start, hooks, copies=len(specs))
                     for k, out in enumerate(outs):
-                        size = batch.tokens.shape[0]
-                        self._read_answers(batch, logits[k * size : (k + 1) * size], out)
+                        reads = batch.read_row.shape[0]
+                        self._read_answers(batch, logits[k * reads : (k + 1) * reads], out)
                 else:  # full forwards, one trial at a time
                     for k, out in enumerate(outs):
-                        logits = last_position_logits(self.model, batch, self._stacked_hooks([specs[k]], [vectors[k]], batch))
+                        logits = read_logits(self.model, batch, self._stacked_hooks([specs[k]], [vectors[k]], batch))
                         self._read_answers(batch, logits, out)
         finally:
             if literal:
@@ -446,6 +476,7 @@ class Evaluator:
                 "answer": frame["answer"].tolist(),
                 "memory": texts,
                 "answer_token": self.answer_token.cpu().numpy(),
+                "answer_tokens": [len(ids) if self.answer_metric == "sequence" else 1 for ids in self.answer_ids],  # tokens scored
                 "answer_token_str": [decode(t) for t in self.answer_token.cpu().tolist()],
                 "answer_prob_before": clean["before"],
                 "answer_prob_after": after,
@@ -460,4 +491,4 @@ class Evaluator:
                 "top_k_after": ["|".join(decode(t) for t in ids) for ids in top],
             }
         )
-        return EvalResult(per_prompt=per_prompt, summary=summarize(clean["before"], after, clean["explicit"]), seconds=seconds, hooks=[spec.hook_name])
+        return EvalResult(per_prompt=per_prompt, summary=summarize(clean["before"], after, clean["explicit"], clean["logprob_before"], logprob_after), seconds=seconds, hooks=[spec.hook_name])

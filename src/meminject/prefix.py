@@ -140,8 +140,9 @@ class PrefixCache:
         starts = [cached for cached in self.layers if cached <= layer]
         return max(starts) if starts else None
 
-    def last_logits(self, batch_position: int, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "rows d_vocab"]:
-        """Logits at each prompt's last real token, running blocks ``start``..N-1 only.
+    def last_logits(self, batch_position: int, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "reads d_vocab"]:
+        """Logits at the batch's read positions (by default each prompt's last real token),
+        running blocks ``start``..N-1 only.
 
         With ``copies`` > 1 the batch is stacked that many times along the batch axis
         (trial-major: rows ``k*B .. (k+1)*B`` belong to trial ``k``) so several trials at
@@ -153,13 +154,14 @@ class PrefixCache:
         size = batch.tokens.shape[0]
         hidden = _repeat_batch(prefix.residuals[start], size, copies)
         kwargs = _repeat_batch(prefix.kwargs, size, copies)
-        last_index = batch.last_index.repeat(copies)
+        # the read positions (each prompt's last token, or every answer token), per stacked copy
+        rows = torch.cat([batch.read_row + k * size for k in range(copies)])
+        positions = batch.read_pos.repeat(copies)
         with torch.no_grad(), bridge.hooks(fwd_hooks=fwd_hooks):
             for layer in range(start, self.model.n_layers):
                 out = bridge.blocks[layer](hidden, **kwargs)
                 hidden = out[0] if isinstance(out, tuple) else out
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            last = hidden[rows, last_index][:, None, :]  # only the positions that are read
+            last = hidden[rows, positions][:, None, :]  # only the positions that are read
             logits = bridge.unembed(bridge.ln_final(last))[:, 0, :]
         return logits.float()
 
@@ -254,9 +256,11 @@ class PrefixCache:
             kwargs["cache_position"] = None
         n = int(sum(len(i) for i in index))
         device = self.batches[0].tokens.device
+        targets = [b.read_target if b.read_target is not None else torch.zeros(len(b.index), dtype=torch.long, device=device) for b in self.batches]
         self.last_batch = Batch(
             index=torch.cat(index), tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
             attention_mask=torch.ones(n, 1, dtype=torch.long, device=device), last_index=torch.zeros(n, dtype=torch.long, device=device),
+            read_target=torch.cat(targets),  # one read per prompt (the last-token path is first-token only)
         )
         self._last = {
             "kwargs": kwargs,

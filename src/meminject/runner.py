@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .models import LoadedModel
 
-__all__ = ["Batch", "make_batches", "last_position_logits", "capture_last_position"]
+__all__ = ["Batch", "make_batches", "last_position_logits", "read_logits", "capture_last_position"]
 
 Hook = tuple[str, Callable]
 
@@ -24,6 +24,20 @@ class Batch:
     tokens: Int[Tensor, "batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
     last_index: Int[Tensor, "batch"]  # position of each prompt's last real token
+    # Where logits are read, flat over (row, position): one read per prompt at its last token
+    # for the first-token metric; one per answer token for the teacher-forced sequence metric.
+    read_row: Optional[Int[Tensor, "reads"]] = None
+    read_pos: Optional[Int[Tensor, "reads"]] = None
+    read_target: Optional[Int[Tensor, "reads"]] = None
+    prompt_last: Optional[Int[Tensor, "batch"]] = None  # last prompt token (positions=last injects there)
+
+    def __post_init__(self) -> None:
+        if self.read_row is None:
+            self.read_row = torch.arange(self.tokens.shape[0], device=self.tokens.device)
+        if self.read_pos is None:
+            self.read_pos = self.last_index
+        if self.prompt_last is None:
+            self.prompt_last = self.last_index
 
     @property
     def padded_fraction(self) -> float:
@@ -39,12 +53,18 @@ def make_batches(
     padding_side: str = "right",
     sort_by_length: bool = True,
     max_padding: float = 1.0,
+    reads: Sequence[Sequence[tuple[int, int]]] | None = None,
+    prompt_lengths: Sequence[int] | None = None,
 ) -> list[Batch]:
     """Group prompts into padded batches of at most ``max_batch_tokens`` (padded) tokens.
 
     Sorting by length first (bucketing) keeps padding small: prompts of similar length
     share a batch, and a batch is closed early when padding would exceed ``max_padding``
     of its tokens (padded tokens are computed and thrown away).
+
+    ``reads[i]`` lists (position in sequence i, target token) pairs whose logits are read;
+    by default each sequence's last token. ``prompt_lengths[i]`` marks where the prompt ends
+    (the rest of the sequence is the teacher-forced answer).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
@@ -73,12 +93,23 @@ def make_batches(
             tokens[row, start : start + len(ids)] = ids
             mask[row, start : start + len(ids)] = 1
             last[row] = start + len(ids) - 1
+        read_row, read_pos, read_target, prompt_last = None, None, None, None
+        if reads is not None:
+            flat = [(row, (0 if padding_side == "right" else width - len(token_lists[i])) + pos, target) for row, i in enumerate(group) for pos, target in reads[i]]
+            read_row = torch.as_tensor([r for r, _, _ in flat], dtype=torch.long, device=device)
+            read_pos = torch.as_tensor([p for _, p, _ in flat], dtype=torch.long, device=device)
+            read_target = torch.as_tensor([t for _, _, t in flat], dtype=torch.long, device=device)
+        if prompt_lengths is not None:
+            prompt_last = torch.as_tensor(
+                [(0 if padding_side == "right" else width - len(token_lists[i])) + prompt_lengths[i] - 1 for i in group], dtype=torch.long, device=device
+            )
         batches.append(
             Batch(
                 index=torch.as_tensor(group, dtype=torch.long),
                 tokens=tokens.to(device),
                 attention_mask=mask.to(device),
                 last_index=last.to(device),
+                read_row=read_row, read_pos=read_pos, read_target=read_target, prompt_last=prompt_last,
             )
         )
     return batches
@@ -108,6 +139,21 @@ def last_position_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook]
         column = batch.last_index
     rows = torch.arange(batch.tokens.shape[0], device=logits.device)
     return logits[rows, column].float()
+
+
+def read_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None = None) -> Float[Tensor, "reads d_vocab"]:
+    """Logits at the batch's read positions (``read_row``, ``read_pos``), hooks active.
+
+    Only positions that are read are unembedded (``logits_to_keep``).
+    """
+    keep = torch.unique(batch.read_pos)  # sorted
+    try:
+        logits = _forward(model, batch, fwd_hooks or [], logits_to_keep=keep)
+        column = torch.searchsorted(keep, batch.read_pos)
+    except TypeError:  # an architecture without logits_to_keep: unembed everything
+        logits = _forward(model, batch, fwd_hooks or [])
+        column = batch.read_pos
+    return logits[batch.read_row, column].float()
 
 
 def capture_last_position(model: LoadedModel, batch: Batch, hook_name: str, stop_at_layer: int | None = None) -> Float[Tensor, "batch d_model"]:

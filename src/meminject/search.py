@@ -310,7 +310,7 @@ class TrialRunner:
         data_key = to_yaml(cfg.data)
         if data_key not in self._datasets:
             self._datasets[data_key] = load_dataset(cfg.data)
-        key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k)
+        key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k) + str(cfg.metric.answer)
         if key not in self._evaluators:
             model = load_model(cfg.model)
             self._evaluators[key] = Evaluator.from_config(model, self._datasets[data_key], cfg)
@@ -352,7 +352,7 @@ def _trial_key(cfg: Any, spec: Any) -> str:
     return json.dumps(
         {"model": str(cfg.model.name), "weights": str(cfg.model.weights), "data": str(cfg.data.name), "limit": cfg.data.limit, "sample": cfg.data.sample,
          "split": cfg.data.get("split"), "part": cfg.data.get("part", "all"), "memory": {k: str(v) for k, v in cfg.memory.items()}, "scale": canonical.scale,
-         "spec": [canonical.layer, canonical.tweak, canonical.site, canonical.head, canonical.positions, canonical.memory_type, canonical.encoding], "seed": int(cfg.seed)},
+         "spec": [canonical.layer, canonical.tweak, canonical.site, canonical.head, canonical.positions, canonical.memory_type, canonical.encoding], "seed": int(cfg.seed), "metric": str(cfg.metric.answer)},
         sort_keys=True,
     )
 
