@@ -30,6 +30,7 @@ HELP = {
     "sweep": "Search injection sites with Optuna over a named search space in sweeps/ (sweep=NAME); every trial is tracked in MLflow.",
     "worker": "Join an existing sweep's study (study=NAME storage=URL) as one more worker process.",
     "best": "Print the ranked injection sites of a study (study=NAME top=K) and write them as CSV.",
+    "inspect": "Project every layer's (and head's) attention output into vocabulary space for one prompt (the paper's head projector).",
 }
 
 EPILOG = """examples:
@@ -37,6 +38,7 @@ EPILOG = """examples:
   meminject sweep sweep=smoke
   meminject sweep sweep=tpe data=handwritten n_trials=40 workers=2
   meminject best top=10
+  meminject inspect --prompt "The first president of the United States fought in the" --answer " Revolutionary" --heads
 
 Overrides use Hydra syntax (key=value); config groups: model, data, memory, injection, tracking, perf.
 See README.md for the search-space grammar and running many workers."""
@@ -120,7 +122,82 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, text in HELP.items():
         p = sub.add_parser(name, help=text, description=text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (Hydra syntax)")
+        if name == "inspect":
+            p.add_argument("--prompt", help="the prompt to inspect (default: the dataset row given by --row)")
+            p.add_argument("--row", type=int, help="a dataset row (the CSV line number shown in per-prompt tables)")
+            p.add_argument("--answer", help="answer text: adds its first token's rank and logit per layer/head")
+            p.add_argument("--memory", help="memory text for --inject (default: the row's explicit entity)")
+            p.add_argument("--heads", action="store_true", help="also project every head's output (hook_result)")
+            p.add_argument("--all-positions", action="store_true", help="every position, not only the last")
+            p.add_argument("--inject", action="store_true", help="also show the view with the configured injection, side by side")
+            p.add_argument("--top", type=int, default=5, help="top-k tokens per layer/head (default 5)")
+            p.add_argument("--out", help="output folder (default outputs/inspect/<time>)")
     return parser
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .config import compose_config
+    from .errors import ConfigError
+    from .evaluation import InjectionSpec
+    from .inspect_heads import format_table, heatmap, project_attention_outputs, side_by_side
+    from .memories import encode_memories, memory_texts
+    from .models import load_model
+
+    cfg = compose_config(args.overrides)
+    prompt, answer, memory = args.prompt, args.answer, args.memory
+    if args.row is not None:
+        from .data import load_dataset
+
+        frame = load_dataset(cfg.data).frame
+        match = frame[frame.row == args.row]
+        if match.empty:
+            raise ConfigError(f"--row {args.row} is not in {cfg.data.name} (rows {int(frame.row.min())}..{int(frame.row.max())})")
+        row = match.iloc[0]
+        prompt = prompt or row.obscure_sentence
+        answer = answer if answer is not None else row.answer
+        memory = memory or row.explicit_entity
+    if not prompt:
+        raise ConfigError("inspect needs --prompt TEXT or --row N")
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top} must be >= 1")
+    if answer is not None and not answer.startswith(" "):
+        answer = " " + answer  # the paper's answers follow a space
+    model = load_model(cfg.model)
+    before = project_attention_outputs(model, prompt, heads=args.heads, all_positions=args.all_positions, top_k=args.top, answer=answer)
+    table, title = before.table, f"{model.name}: {prompt!r}"
+    if args.inject:
+        spec = InjectionSpec.from_config(cfg)
+        spec.validate(model)
+        if not memory:
+            raise ConfigError("--inject needs --memory TEXT (or --row N for the row's explicit entity)")
+        texts = memory_texts(pd.DataFrame({"explicit_entity": [memory], "row": [args.row or 0]}), cfg.memory)
+        vector = encode_memories(model, texts, [args.row or 0], spec.encoding, spec.layer)[0].to(model.device)
+        after = project_attention_outputs(model, prompt, heads=args.heads, all_positions=args.all_positions, top_k=args.top, answer=answer,
+                                          injection=(spec.layer, spec.tweak, vector, spec.positions))
+        table = side_by_side(before.table, after.table)
+        title += f" + {texts[0]!r} at L{spec.layer} τ={spec.tweak:g}"
+    out_dir = Path(args.out) if args.out else _default_output_dir("inspect", model.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "projection.csv", index=False)
+    figure = heatmap(after.table if args.inject else before.table, out_dir / "heads.png", title)
+    print(title)
+    print(format_table(table, answer is not None))
+    print(f"table: {out_dir / 'projection.csv'} · figure: {figure}")
+    if cfg.tracking.enabled:
+        from mlflow.tracking import MlflowClient
+
+        from .tracking import _experiment_id, tracking_uri
+
+        client = MlflowClient(tracking_uri=tracking_uri(cfg))
+        run = client.create_run(_experiment_id(client, str(cfg.tracking.experiment), tracking_uri(cfg)), run_name=f"inspect {model.name}", tags={"meminject.command": "inspect"})
+        client.log_param(run.info.run_id, "prompt", prompt[:500])
+        for path in (out_dir / "projection.csv", figure):
+            client.log_artifact(run.info.run_id, str(path))
+        client.set_terminated(run.info.run_id, "FINISHED")
+        print(f"MLflow run {run.info.run_id}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         pass
     try:
+        if args.command == "inspect":
+            return cmd_inspect(args)
         return commands[args.command](args.overrides)
     except MemInjectError as exc:
         print(f"meminject: error: {exc}", file=sys.stderr)

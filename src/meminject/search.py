@@ -494,6 +494,8 @@ def _run_trials(study, asked: list[tuple[Any, dict[str, Any]]], spec: SweepSpec,
                     {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(_redacted(cfg))},
                     terminate=False,
                 )
+                if cfg.tracking.get("trial_figures", True):
+                    _log_trial_figure(tracker, run_id, result.per_prompt, f"trial {trial.number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}")
             study.tell(trial, summary["mean_gain"])
             pending = [(t, p) for t, p in pending if t is not trial]
             if tracker is not None and run_id is not None:
@@ -510,6 +512,19 @@ def _run_trials(study, asked: list[tuple[Any, dict[str, Any]]], spec: SweepSpec,
             if tracker is not None and trial.number in run_ids:
                 tracker.fail(run_ids[trial.number], reason)
         raise
+
+
+def _log_trial_figure(tracker: Tracker, run_id: str, per_prompt: Any, title: str) -> None:
+    """The trial's sorted per-prompt gains as a PNG artifact (never fails the trial)."""
+    import tempfile
+
+    from .figures import per_prompt_gains
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            tracker.log_file(run_id, per_prompt_gains(per_prompt, Path(folder) / "per_prompt_gains.png", title))
+    except Exception as exc:  # noqa: BLE001
+        log.debug("trial figure skipped: %s", exc)
 
 
 def _redacted(cfg: Any) -> Any:
@@ -583,10 +598,19 @@ def finalize(study: optuna.Study, spec: SweepSpec, tracker: Tracker | None) -> P
     gaps_path = out / f"{study.study_name}-control-gaps.csv"
     if gaps is not None:
         gaps.to_csv(gaps_path, index=False)
+    figures = []
+    try:
+        from .figures import sweep_figures
+
+        figures = sweep_figures(study, table, Path("outputs") / "figures" / study.study_name)
+    except Exception as exc:  # noqa: BLE001 - a figure must never cost the results
+        log.warning("note: sweep figures skipped (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if tracker is not None and parent:
         tracker.log_file(parent, path)
         if gaps is not None:
             tracker.log_file(parent, gaps_path)
+        for figure in figures:
+            tracker.log_file(parent, figure, "figures")
         try:
             best = study.best_trial
             tracker.log_metrics(parent, {"best_mean_gain": best.value, "best_trial": best.number, "n_complete": len(study.get_trials(states=(TrialState.COMPLETE,)))})
@@ -670,7 +694,7 @@ def cmd_sweep(args: Sequence[str]) -> int:
             else:
                 tracker.finish(study.user_attrs[ATTR_PARENT], status)
     wall = time.perf_counter() - started
-    path = finalize(study, spec, None)
+    path = finalize(study, spec, None) if tracker is None or not study.user_attrs.get(ATTR_PARENT) else Path("outputs") / "best" / f"{study.study_name}.csv"
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     print(f"done: {len(complete)} complete trials in {wall:.1f} s")
     table = ranked_sites(study, top=5)

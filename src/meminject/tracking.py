@@ -26,7 +26,10 @@ def tracking_uri(cfg: Any) -> str:
     return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
 
 
-def _artifact_root() -> str:
+def _artifact_root(uri: str | None = None) -> str:
+    """Artifacts live next to a SQLite store (``mlruns/artifacts`` for the default one)."""
+    if uri and uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return (mlruns_dir() / "artifacts").as_uri()
 
 
@@ -34,7 +37,7 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    kwargs = {} if uri.startswith("http") else {"artifact_location": _artifact_root()}
+    kwargs = {} if uri.startswith("http") else {"artifact_location": _artifact_root(uri)}
     try:
         return client.create_experiment(name, **kwargs)
     except Exception:  # noqa: BLE001 - another worker created it first
@@ -161,8 +164,8 @@ class Tracker:
     def log_text(self, run_id: str, name: str, text: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def log_file(self, run_id: str, path: Path) -> None:
-        self.client.log_artifact(run_id, str(path))
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
