@@ -30,7 +30,7 @@ def test_word_pools_come_from_the_word_list(shared_data):
 
 
 @pytest.mark.parametrize("kind", ["pos", "random"])
-def test_control_draws_are_seeded_and_reproducible(demo, kind):
+def test_control_draws_are_seeded_and_reproducible(demo, kind, shared_data):
     first = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}"))
     again = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}"))
     other_draw = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", "memory.draw=1"))
@@ -40,13 +40,13 @@ def test_control_draws_are_seeded_and_reproducible(demo, kind):
     assert len(set(first)) > len(first) // 2  # prompts get different words
 
 
-def test_pos_memories_are_words_of_that_part_of_speech(demo):
+def test_pos_memories_are_words_of_that_part_of_speech(demo, shared_data):
     for pos in POS_COLUMNS:
         words = memory_texts(demo.frame, memory_cfg("memory.type=pos", f"memory.pos={pos}"))
         assert set(words) <= set(word_pools(memory_cfg())[pos])
 
 
-def test_random_memories_are_common_words(demo):
+def test_random_memories_are_common_words(demo, shared_data):
     texts = memory_texts(demo.frame, memory_cfg("memory.type=random", "memory.n_words=3", "memory.top_words=50"))
     top = set(word_pools(memory_cfg())["top"][:50])
     assert all(len(t.split(" ")) == 3 and set(t.split(" ")) <= top for t in texts)
@@ -128,7 +128,7 @@ def test_sign_flip_test_separates_real_and_null_differences():
     assert paired_sign_flip_p(rng.normal(0.0, 0.5, size=30)) > 0.01
 
 
-def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkeypatch, capsys):
+def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkeypatch, capsys, shared_data):
     from meminject.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -152,7 +152,7 @@ def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkey
     assert result.summary["mean_gain"] == pytest.approx(first.heldout_gain, abs=1e-9)
 
 
-def test_controls_sweep_ends_with_a_control_gap_table(tmp_path, monkeypatch):
+def test_controls_sweep_ends_with_a_control_gap_table(tmp_path, monkeypatch, shared_data):
     from meminject.cli import main
 
     monkeypatch.chdir(tmp_path)
