@@ -22,33 +22,73 @@ def memory_cfg(*overrides: str):
 
 
 def test_word_pools_come_from_the_word_list(shared_data):
-    pools = word_pools(memory_cfg())
+    pools = word_pools(memory_cfg("memory.words=paper"))
     table = pd.read_csv(shared_data / "top_word_types.csv", dtype=str, encoding="utf-8-sig")
     assert pools["top"][:3] == list(table["Top 5000 Words"][:3])
     for pos, column in POS_COLUMNS.items():
         assert set(pools[pos]) == set(table[column].dropna().str.strip())
 
 
+def test_lexicon_pools_are_unambiguous_common_words_of_their_part_of_speech():
+    from lemminflect import getAllLemmas
+    from wordfreq import top_n_list, zipf_frequency
+
+    from meminject.lexicon import CLOSED_CLASS, CONJUNCTIONS, LEXICON_POS, lexicon_pools
+
+    pools = word_pools(memory_cfg())  # memory.words=lexicon is the default
+    assert pools is lexicon_pools(5000)
+    top = pools["top"]
+    assert top == [w for w in top_n_list("en", 5000) if w.isascii() and w.isalpha()]
+    assert len(top) > 4500 and top[:3] == ["the", "to", "and"]
+    for pos, tag in LEXICON_POS.items():
+        words = pools[pos]
+        assert len(words) >= 100, pos
+        assert set(words) <= set(top) and not set(words) & CLOSED_CLASS
+        assert words == [w for w in top if w in set(words)]  # frequency order kept
+        for word in words:
+            readings = {t: lemmas for t, lemmas in getAllLemmas(word).items() if t in LEXICON_POS.values()}
+            assert list(readings) == [tag] and word in readings[tag], (pos, word, readings)
+    open_pools = [set(pools[pos]) for pos in LEXICON_POS]
+    assert sum(map(len, open_pools)) == len(set().union(*open_pools))  # no word in two pools
+    assert pools["conjunction"] == list(CONJUNCTIONS)
+    assert {"way", "year"} <= set(pools["noun"]) and "quickly" in pools["adverb"] and "beautiful" in pools["adjective"]
+    assert "table" not in pools["noun"]  # also a verb: ambiguous, left out
+    assert min(zipf_frequency(w, "en") for w in top) > 3.0  # all common words
+
+
+def test_word_source_is_recorded():
+    from meminject.memories import word_source
+
+    assert word_source(memory_cfg()) == "-"
+    assert word_source(memory_cfg("memory.type=pos")).startswith("lexicon wordfreq ")
+    assert word_source(memory_cfg("memory.type=random", "memory.words=paper")) == "paper top_word_types.csv"
+    with pytest.raises(Exception, match="memory.words='wordnet'"):
+        word_pools(memory_cfg("memory.type=pos", "memory.words=wordnet"))
+
+
+@pytest.mark.parametrize("words", ["lexicon", "paper"])
 @pytest.mark.parametrize("kind", ["pos", "random"])
-def test_control_draws_are_seeded_and_reproducible(demo, kind, shared_data):
-    first = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}"))
-    again = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}"))
-    other_draw = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", "memory.draw=1"))
-    other_seed = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", "seed=5"))
+def test_control_draws_are_seeded_and_reproducible(demo, kind, words, shared_data):
+    first = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", f"memory.words={words}"))
+    again = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", f"memory.words={words}"))
+    other_draw = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", f"memory.words={words}", "memory.draw=1"))
+    other_seed = memory_texts(demo.frame, memory_cfg(f"memory.type={kind}", f"memory.words={words}", "seed=5"))
     assert first == again
     assert first != other_draw and first != other_seed
     assert len(set(first)) > len(first) // 2  # prompts get different words
 
 
-def test_pos_memories_are_words_of_that_part_of_speech(demo, shared_data):
+@pytest.mark.parametrize("source", ["lexicon", "paper"])
+def test_pos_memories_are_words_of_that_part_of_speech(demo, source, shared_data):
     for pos in POS_COLUMNS:
-        words = memory_texts(demo.frame, memory_cfg("memory.type=pos", f"memory.pos={pos}"))
-        assert set(words) <= set(word_pools(memory_cfg())[pos])
+        words = memory_texts(demo.frame, memory_cfg("memory.type=pos", f"memory.pos={pos}", f"memory.words={source}"))
+        assert set(words) <= set(word_pools(memory_cfg(f"memory.words={source}"))[pos])
 
 
-def test_random_memories_are_common_words(demo, shared_data):
-    texts = memory_texts(demo.frame, memory_cfg("memory.type=random", "memory.n_words=3", "memory.top_words=50"))
-    top = set(word_pools(memory_cfg())["top"][:50])
+@pytest.mark.parametrize("source", ["lexicon", "paper"])
+def test_random_memories_are_common_words(demo, source, shared_data):
+    texts = memory_texts(demo.frame, memory_cfg("memory.type=random", "memory.n_words=3", "memory.top_words=50", f"memory.words={source}"))
+    top = set(word_pools(memory_cfg(f"memory.words={source}"))["top"][:50])
     assert all(len(t.split(" ")) == 3 and set(t.split(" ")) <= top for t in texts)
 
 

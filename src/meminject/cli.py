@@ -80,6 +80,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from .data import load_dataset
     from .evaluation import Evaluator, InjectionSpec
     from .models import load_model
+    from .memories import word_source
     from .tracking import log_eval_run
 
     cfg = compose_config(overrides)
@@ -98,7 +99,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     tmp_dir.mkdir(parents=True, exist_ok=True)
     result.per_prompt.to_csv(tmp_dir / "per_prompt.csv", index=False)
     (tmp_dir / "config.yaml").write_text(to_yaml(cfg))
-    summary = {**result.summary, "eval_seconds": wall, "hook": result.hooks[0], "model": model.name, "weights": model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash}
+    summary = {**result.summary, "eval_seconds": wall, "hook": result.hooks[0], "model": model.name, "weights": model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "word_source": word_source(cfg.memory)}
     (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if out_dir.exists():
         import shutil

@@ -4,8 +4,11 @@ Types (``memory.type``): ``correct`` is the row's explicit entity (the missing h
 controls: ``pos``, a random word of one part of speech per prompt; ``random``, random
 common words; ``random_vector``, a random direction with the norm of the correct
 memory's vector (the strictest control: same strength, no meaning). Word pools come from
-the paper's word list (``top_word_types.csv``: top 5,000 words and their parts of
-speech), read locally, from the cache, or downloaded once. Every draw is seeded by
+PyPI lexical data by default (``memory.words=lexicon``: wordfreq ranks, lemminflect parts
+of speech, see :mod:`meminject.lexicon`), or from the paper's word list
+(``memory.words=paper``: ``top_word_types.csv``, top 5,000 words and their parts of
+speech, read locally, from the cache, or downloaded once; ``memory.word_list=PATH`` for
+any CSV with its columns). Every draw is seeded by
 (``memory.seed``, ``memory.draw``, prompt row): the same config gives the same memories.
 
 Encodings (``memory.encoding``), see :mod:`meminject.injection` for the formulas:
@@ -28,7 +31,7 @@ from .injection import embed_memory, unembed_memory
 from .models import LoadedModel
 from .runner import capture_last_position, make_batches
 
-__all__ = ["MEMORY_TYPES", "ENCODINGS", "memory_texts", "encode_memories", "attn_out_hook"]
+__all__ = ["MEMORY_TYPES", "ENCODINGS", "memory_texts", "word_pools", "word_source", "encode_memories", "attn_out_hook"]
 
 MEMORY_TYPES = ("correct", "pos", "random", "random_vector")
 ENCODINGS = ("unembed", "embed", "layer")
@@ -38,7 +41,37 @@ _POOLS: dict[str, dict[str, list[str]]] = {}
 
 
 def word_pools(memory_cfg: Any) -> dict[str, list[str]]:
-    """Word pools by part of speech (and ``top``, by frequency), from the word-list CSV."""
+    """Word pools by part of speech (and ``top``, most frequent first): from the lexicon, or
+    from a word-list CSV (``memory.word_list=PATH``, or ``memory.words=paper``)."""
+    source = str(memory_cfg.get("words", "lexicon"))
+    if source not in ("lexicon", "paper"):
+        raise ConfigError(f"memory.words={source!r}: use lexicon (wordfreq + lemminflect) or paper (the paper's word list)")
+    if source == "lexicon" and memory_cfg.get("word_list") is None:
+        from .lexicon import lexicon_pools
+
+        top_n = int(memory_cfg.get("lexicon_top", 5000))
+        if top_n < 100:
+            raise ConfigError(f"memory.lexicon_top={top_n}: use at least 100 words")
+        return lexicon_pools(top_n)
+    return _word_list_pools(memory_cfg)
+
+
+def word_source(memory_cfg: Any) -> str:
+    """Where a control's words come from (recorded with results); ``-`` for non-word memories."""
+    if str(memory_cfg.type) not in ("pos", "random"):
+        return "-"
+    if memory_cfg.get("word_list") is not None:
+        return f"word_list {memory_cfg.word_list}"
+    if str(memory_cfg.get("words", "lexicon")) == "paper":
+        return "paper top_word_types.csv"
+    from .lexicon import lexicon_versions
+
+    versions = " + ".join(f"{name} {v}" for name, v in lexicon_versions().items())
+    return f"lexicon {versions} (top {int(memory_cfg.get('lexicon_top', 5000))})"
+
+
+def _word_list_pools(memory_cfg: Any) -> dict[str, list[str]]:
+    """Pools from the paper's word-list CSV (columns Top 5000 Words, Nouns, Verbs, ...)."""
     import pandas as pd
     from omegaconf import OmegaConf
 

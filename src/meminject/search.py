@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from .config import compose_config, to_yaml
 from .evaluation import InjectionSpec
 from .errors import ConfigError, MemInjectError
+from .memories import word_source
 from .paths import mlruns_dir, sweeps_dir
 from .space import SearchSpace, parse_space
 from .tracking import Tracker, git_commit, redact, tracking_uri
@@ -487,7 +488,7 @@ def _run_trials(study, asked: list[tuple[Any, dict[str, Any]]], spec: SweepSpec,
                     "memory.type": cfg.memory.type, "memory.encoding": cfg.memory.encoding, "injection.site": cfg.injection.site,
                     "injection.positions": cfg.injection.positions, "injection.layer": cfg.injection.layer, "injection.tweak": cfg.injection.tweak,
                     "injection.head": cfg.injection.head, "seed": cfg.seed, "hook": result.hooks[0], "n_prompts": len(dataset),
-                    "trials_per_forward": len(asked),
+                    "trials_per_forward": len(asked), "memory.word_source": word_source(cfg.memory),
                 }
                 tracker.finish_trial(
                     run_id, logged_params, {**summary, "trial_seconds": seconds},

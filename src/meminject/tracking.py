@@ -57,7 +57,7 @@ def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
     run = client.create_run(experiment_id, run_name=f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak}", tags={"meminject.command": "eval"})
     run_id = run.info.run_id
     try:
-        params = {"model": summary["model"], "weights": summary["weights"], "dataset": summary["dataset"], "dataset_hash": summary["dataset_hash"], "hook": summary["hook"]}
+        params = {"model": summary["model"], "weights": summary["weights"], "dataset": summary["dataset"], "dataset_hash": summary["dataset_hash"], "hook": summary["hook"], "memory.word_source": summary.get("word_source", "-")}
         params.update({f"injection.{k}": v for k, v in cfg.injection.items()})
         params.update({f"memory.{k}": v for k, v in cfg.memory.items()})
         for key, value in params.items():
