@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +35,7 @@ from .config import compose_config, to_yaml
 from .evaluation import InjectionSpec
 from .errors import ConfigError, MemInjectError
 from .memories import word_source
+from .recovery import DEFAULT_HEARTBEAT, HeartbeatJournalStorage, StaleTrialRecovery, heartbeats, recover_stale_trials
 from .paths import mlruns_dir, sweeps_dir
 from .space import SearchSpace, parse_space
 from .tracking import Tracker, git_commit, redact, tracking_uri
@@ -42,7 +44,8 @@ __all__ = ["SweepSpec", "load_sweep", "prepare_study", "run_worker", "ranked_sit
 
 log = logging.getLogger("meminject")
 
-SWEEP_KEYS = ("sweep", "workers", "n_trials", "study", "storage", "sampler", "timeout")
+SWEEP_KEYS = ("sweep", "workers", "n_trials", "study", "storage", "sampler", "timeout", "heartbeat", "grace")
+ATTR_HEARTBEAT = "meminject.heartbeat"  # [interval, grace] seconds, for every worker of the study
 SAMPLERS = ("grid", "tpe", "random")
 ATTR_SPEC = "meminject.sweep"
 ATTR_PARENT = "meminject.mlflow_parent_run_id"
@@ -222,16 +225,26 @@ def default_storage_url() -> str:
     return str(mlruns_dir() / "optuna.journal")
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """A journal file (default, safe for local workers), or any RDB URL (sqlite, postgresql, …)."""
+def open_storage(url: str | None, heartbeat: tuple[int, int] | None = None, recovery: StaleTrialRecovery | None = None) -> optuna.storages.BaseStorage:
+    """A journal file (default, safe for local workers), or any RDB URL (sqlite, postgresql, …).
+
+    With ``heartbeat=(interval, grace)`` running trials beat and stale ones go to ``recovery``.
+    """
     url = url or default_storage_url()
+    beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1], "heartbeat_stale_trial_callback": recovery}
     try:
         if "://" not in url:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            if heartbeat is None:
+                return JournalStorage(JournalFileBackend(url))
+            return HeartbeatJournalStorage(JournalFileBackend(url), **beat)
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many kinds
         raise ConfigError(f"cannot open study storage {redact(url)} ({str(exc).splitlines()[0][:200]})") from exc
 
@@ -251,7 +264,7 @@ def _canonical_params(params: dict[str, Any]) -> str:
     return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
 
 
-def prepare_study(spec: SweepSpec, storage_url: str | None) -> tuple[optuna.Study, SearchSpace, Any]:
+def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int, int] | None = None) -> tuple[optuna.Study, SearchSpace, Any]:
     """Create or resume the study; enqueue missing grid points; store the sweep spec."""
     base, space = resolve_space(spec)
     spec.study_name = _study_name(spec, base)
@@ -266,13 +279,16 @@ def prepare_study(spec: SweepSpec, storage_url: str | None) -> tuple[optuna.Stud
                 f"({old.sampler}: {old.params}); resume it unchanged, or pass study=NEW_NAME"
             )
     study.set_user_attr(ATTR_SPEC, spec.to_json())
+    if heartbeat is not None:
+        study.set_user_attr(ATTR_HEARTBEAT, list(heartbeat))
     study.set_user_attr("meminject.space", json.dumps(space.signature(), sort_keys=True))
     if spec.sampler == "grid":
         points = space.grid()
         if spec.n_trials is not None:
             points = points[: spec.n_trials]
         taken = {
-            _canonical_params(t.params if t.state != TrialState.WAITING else t.system_attrs.get("fixed_params", {}))
+            # a WAITING trial is an enqueued point (fixed_params) or a re-queued stale trial (params)
+            _canonical_params(t.params if t.state != TrialState.WAITING else (t.system_attrs.get("fixed_params") or t.params))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
             if not t.user_attrs.get(ATTR_SURPLUS)
         }
@@ -387,11 +403,16 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
     if ATTR_SPEC not in probe.user_attrs:
         raise ConfigError(f"study {study_name!r} was not created by meminject sweep")
     spec = SweepSpec.from_json(probe.user_attrs[ATTR_SPEC])
+    # Reopened with heartbeats: this worker's trials beat; stale trials of dead workers are re-queued.
+    recovery = StaleTrialRecovery()
+    interval, grace = probe.user_attrs.get(ATTR_HEARTBEAT, DEFAULT_HEARTBEAT)
+    storage = open_storage(storage_url, heartbeat=(int(interval), int(grace)), recovery=recovery)
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=_make_sampler(spec, worker_index))
     base = compose_config(spec.overrides)
     space = parse_space(spec.params, _model_sizes(spec)[1])
     budget = _budget(spec, space)
     tracker = Tracker.from_config(base)
+    recovery.tracker = tracker
     parent_run_id = study.user_attrs.get(ATTR_PARENT)
     runner = TrialRunner()
     bar = None
@@ -401,11 +422,14 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
         bar = tqdm(total=budget, initial=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), desc=f"{study_name}", unit="trial", dynamic_ncols=True)
     ran = 0
     per_forward = runner.trials_per_forward(base)
+    waiter = _RunningWaiter(int(interval), int(grace))
     try:
         while max_trials is None or ran < max_trials:
             want = per_forward if max_trials is None else min(per_forward, max_trials - ran)
             asked = _ask_trials(study, spec, space, budget, want)
             if not asked:
+                if waiter.should_wait(study):
+                    continue  # other workers' trials still running: they finish, or go stale and come back to us
                 break
             _run_trials(study, asked, spec, runner, tracker, parent_run_id, worker_index)
             ran += len(asked)
@@ -421,10 +445,34 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
     return ran
 
 
+class _RunningWaiter:
+    """When nothing is left to ask but trials of other workers still run, wait for them: each
+    either completes, or (its worker dead) goes stale and is re-queued for a live worker."""
+
+    def __init__(self, interval: int, grace: int) -> None:
+        self.pause = max(0.2, min(float(interval), 5.0))
+        self.patience = 2.0 * grace + 2.0 * interval  # a running set that outlives this never beats
+        self.since: float | None = None
+        self.running: set[int] = set()
+
+    def should_wait(self, study: optuna.Study) -> bool:
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if not running:
+            return False
+        if running != self.running:
+            self.running, self.since = running, time.monotonic()
+        elif self.since is not None and time.monotonic() - self.since > self.patience:
+            log.warning("trials %s stay RUNNING without heartbeats; leaving them (rerun the sweep to resume)", sorted(running))
+            return False
+        time.sleep(self.pause)
+        return True
+
+
 def _ask_trials(study: optuna.Study, spec: SweepSpec, space: SearchSpace, budget: int, want: int) -> list[tuple[Any, dict[str, Any]]]:
     """Up to ``want`` trials for this worker: queued grid points, or new sampler suggestions
     within the global budget (a slot another worker took meanwhile is given back as FAIL)."""
     asked = []
+    recover_stale_trials(study)  # a dead worker's trials: failed, their points re-queued
     for _ in range(want):
         if spec.sampler == "grid":
             trial_id = study._pop_waiting_trial_id()  # atomic: one worker gets each queued point
@@ -434,7 +482,9 @@ def _ask_trials(study: optuna.Study, spec: SweepSpec, space: SearchSpace, budget
         else:
             if len(_counted(study)) >= budget:
                 break
-            trial = study.ask()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ours beats itself
+                trial = study.ask()
             ahead = [t for t in _counted(study) if t.number < trial.number]
             if len(ahead) >= budget:  # another worker took the last slot meanwhile
                 trial.set_user_attr(ATTR_SURPLUS, True)
@@ -449,10 +499,16 @@ def _run_one_trial(study, trial, params, spec: SweepSpec, runner: TrialRunner, t
 
 
 def _run_trials(study, asked: list[tuple[Any, dict[str, Any]]], spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker_index: int = 0) -> None:
-    """Run asked trials (one, or several sharing stacked passes) and record each in Optuna and MLflow.
+    """Run asked trials (one, or several sharing stacked passes) and record each in Optuna and MLflow,
+    beating for them meanwhile (so a dead worker's trials are found stale and re-run).
 
     If anything fails, every trial not yet told is marked FAIL in both, then the error propagates.
     """
+    with heartbeats(study._storage, [trial._trial_id for trial, _ in asked]):
+        _run_trials_beating(study, asked, spec, runner, tracker, parent_run_id, worker_index)
+
+
+def _run_trials_beating(study, asked, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker_index: int) -> None:
     started = time.perf_counter()
     pending = list(asked)  # (trial, params) not yet told
     run_ids: dict[int, str] = {}
@@ -470,34 +526,24 @@ def _run_trials(study, asked: list[tuple[Any, dict[str, Any]]], spec: SweepSpec,
                     tags["mlflow.source.git.commit"] = commit
                 run_ids[trial.number] = tracker.start_trial(parent_run_id, trial.number, spec.study_name, tags)
                 trial.set_user_attr("mlflow_run_id", run_ids[trial.number])
+        delay = float(os.environ.get("MEMINJECT_TRIAL_DELAY_S", "0") or 0)
+        if delay > 0:  # fault-injection hook of the crash-recovery tests: a window to kill a worker mid-trial
+            time.sleep(delay)
         outcomes = runner.run_many(cfgs)
         seconds = (time.perf_counter() - started) / len(asked)  # stacked trials share the cost
         for (trial, params), cfg, (evaluator, _, result) in zip(asked, cfgs, outcomes):
-            summary = dict(result.summary)
-            for name, value in summary.items():
-                trial.set_user_attr(name, value)
-            trial.set_user_attr("trial_seconds", seconds)
-            for name, value in _site_record(cfg, params).items():
-                trial.set_user_attr(f"site.{name}", value)
             run_id = run_ids.get(trial.number)
-            if tracker is not None and run_id is not None:
-                dataset = evaluator.dataset
-                logged_params = {
-                    **dict(params),
-                    "model": cfg.model.name, "weights": cfg.model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash,
-                    "memory.type": cfg.memory.type, "memory.encoding": cfg.memory.encoding, "injection.site": cfg.injection.site,
-                    "injection.positions": cfg.injection.positions, "injection.layer": cfg.injection.layer, "injection.tweak": cfg.injection.tweak,
-                    "injection.head": cfg.injection.head, "seed": cfg.seed, "hook": result.hooks[0], "n_prompts": len(dataset),
-                    "trials_per_forward": len(asked), "memory.word_source": word_source(cfg.memory),
-                }
-                tracker.finish_trial(
-                    run_id, logged_params, {**summary, "trial_seconds": seconds},
-                    {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(_redacted(cfg))},
-                    terminate=False,
-                )
-                if cfg.tracking.get("trial_figures", True):
-                    _log_trial_figure(tracker, run_id, result.per_prompt, f"trial {trial.number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}")
-            study.tell(trial, summary["mean_gain"])
+            try:
+                mean_gain = _record_trial(trial, params, cfg, evaluator, result, seconds, len(asked), tracker, run_id)
+                study.tell(trial, mean_gain)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This worker stalled past the grace period and another one failed the trial and
+                # re-queued its point: the retry's result counts, this one is dropped.
+                log.warning("trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number)
+                pending = [(t, p) for t, p in pending if t is not trial]
+                if tracker is not None and run_id is not None:
+                    tracker.fail(run_id, "stale: re-queued by another worker before this result arrived")
+                continue
             pending = [(t, p) for t, p in pending if t is not trial]
             if tracker is not None and run_id is not None:
                 # Closed after Optuna has the value; an interruption in between is repaired on resume.
@@ -513,6 +559,35 @@ def _run_trials(study, asked: list[tuple[Any, dict[str, Any]]], spec: SweepSpec,
             if tracker is not None and trial.number in run_ids:
                 tracker.fail(run_ids[trial.number], reason)
         raise
+
+
+def _record_trial(trial, params, cfg, evaluator, result, seconds: float, stacked: int, tracker: Tracker | None, run_id: str | None) -> float:
+    """Store a trial's results in Optuna (user attributes) and MLflow (params, metrics,
+    artifacts; the run stays open until Optuna has the value). Returns the objective."""
+    summary = dict(result.summary)
+    for name, value in summary.items():
+        trial.set_user_attr(name, value)
+    trial.set_user_attr("trial_seconds", seconds)
+    for name, value in _site_record(cfg, params).items():
+        trial.set_user_attr(f"site.{name}", value)
+    if tracker is not None and run_id is not None:
+        dataset = evaluator.dataset
+        logged_params = {
+            **dict(params),
+            "model": cfg.model.name, "weights": cfg.model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash,
+            "memory.type": cfg.memory.type, "memory.encoding": cfg.memory.encoding, "injection.site": cfg.injection.site,
+            "injection.positions": cfg.injection.positions, "injection.layer": cfg.injection.layer, "injection.tweak": cfg.injection.tweak,
+            "injection.head": cfg.injection.head, "seed": cfg.seed, "hook": result.hooks[0], "n_prompts": len(dataset),
+            "trials_per_forward": stacked, "memory.word_source": word_source(cfg.memory),
+        }
+        tracker.finish_trial(
+            run_id, logged_params, {**summary, "trial_seconds": seconds},
+            {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(_redacted(cfg))},
+            terminate=False,
+        )
+        if cfg.tracking.get("trial_figures", True):
+            _log_trial_figure(tracker, run_id, result.per_prompt, f"trial {trial.number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}")
+    return float(summary["mean_gain"])
 
 
 def _log_trial_figure(tracker: Tracker, run_id: str, per_prompt: Any, title: str) -> None:
@@ -669,7 +744,7 @@ def cmd_sweep(args: Sequence[str]) -> int:
             tracker.check_reachable()
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"tracking server {redact(tracking_uri(base_cfg))} is unreachable ({str(exc).splitlines()[0][:160]}); start it or set tracking.uri") from exc
-    study, space, base = prepare_study(spec, storage_url)
+    study, space, base = prepare_study(spec, storage_url, _heartbeat_setting(settings))
     _start_parent_run(study, spec, base, tracker, storage_url)
     budget = _budget(spec, space)
     print(f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {budget} trials · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}")
@@ -702,6 +777,17 @@ def cmd_sweep(args: Sequence[str]) -> int:
     _print_table(table)
     print(f"ranked sites: {path}")
     return 0
+
+
+def _heartbeat_setting(settings: dict[str, str]) -> tuple[int, int] | None:
+    """``heartbeat=SECONDS grace=SECONDS`` of the sweep command (None: keep the study's, or the default)."""
+    if "heartbeat" not in settings and "grace" not in settings:
+        return None
+    interval = _as_positive_int(settings.get("heartbeat", DEFAULT_HEARTBEAT[0]), "heartbeat")
+    grace = _as_positive_int(settings.get("grace", max(DEFAULT_HEARTBEAT[1], 4 * interval)), "grace")
+    if grace <= interval:
+        raise ConfigError(f"grace={grace} must be longer than heartbeat={interval} (a trial is stale after missing beats for the grace period)")
+    return interval, grace
 
 
 def _spawn_workers(spec: SweepSpec, storage_url: str | None, workers: int, budget: int) -> None:
