@@ -1,4 +1,4 @@
-"""`meminject eval` end to end, and every bad input answered in one line with exit 2."""
+"""`meminject eval` end to end (bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -37,59 +37,7 @@ def test_eval_tiny_writes_table_config_and_summary(tmp_path, capsys):
     assert "layer: 1" in (out / "config.yaml").read_text()
 
 
-BAD_CSVS = {
-    "empty file": ("", "empty"),
-    "header only": (GOOD_HEADER, "header only"),
-    "wrong delimiter": (GOOD_HEADER.replace(",", ";") + GOOD_ROW.replace(",", ";"), "delimiter"),
-    "missing column": (GOOD_HEADER.replace(",answer", "") + GOOD_ROW.rsplit(",", 1)[0] + "\n", "missing column(s) answer"),
-    "empty answer": (GOOD_HEADER + GOOD_ROW.rsplit(",", 1)[0] + ",\n", "row 2, column answer"),
-    "NaN field": (GOOD_HEADER + GOOD_ROW + GOOD_ROW.replace("Paris,", "NaN,", 1).replace("Paris is", "X is"), "row 3, column explicit_entity"),
-    "malformed quotes": (GOOD_HEADER + '"Paris is the capital of,x,y,z,France\n', "malformed"),
-    "non-UTF-8 bytes": (GOOD_HEADER.encode() + b"Caf\xe9 is,The place is,Caf\xe9,The place,France\n", "not valid UTF-8"),
-    "prompt longer than context": (GOOD_HEADER + ("word " * 400) + ",obscure is,Paris,The city,France\n", "more than tiny's context"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_CSVS))
-def test_bad_csv_is_one_line_and_exit_2(tmp_path, capsys, case):
-    text, expected = BAD_CSVS[case]
-    out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "eval", "model=tiny", "injection.layer=1", "tracking.enabled=false", f"data.path={_csv(tmp_path, text)}", f"output_dir={out}")
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("meminject: error:"), err
-    assert expected in lines[0]
-    assert not out.exists()
-
-
-BAD_OVERRIDES = {
-    "unknown model": (["model=not-a-model"], "unknown model option"),
-    "layer out of range": (["injection.layer=7"], "injection.layer=7 is out of range"),
-    "head out of range": (["injection.site=head", "injection.head=9"], "injection.head=9 is out of range"),
-    "negative tweak": (["injection.tweak=-1"], "injection.tweak=-1.0 must be"),
-    "NaN tweak": (["injection.tweak=nan"], "injection.tweak=nan must be"),
-    "unknown key": (["injection.depth=3"], "injection.depth"),
-    "bad override syntax": (["injection.layer==3]"], "bad override"),
-    "missing data file": (["data.path=/nonexistent/x.csv"], "does not exist"),
-    "unknown dataset preset": (["data=nope"], "unknown data option"),
-    "bad encoding": (["memory.encoding=onehot"], "memory.encoding='onehot'"),
-    "bad site": (["injection.site=mlp"], "injection.site='mlp'"),
-    "bad positions": (["injection.positions=first"], "injection.positions='first'"),
-    "non-integer layer": (["injection.layer=abc"], "injection.layer='abc' must be an integer"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_OVERRIDES))
-def test_bad_override_is_one_line_and_exit_2(tmp_path, capsys, case):
-    overrides, expected = BAD_OVERRIDES[case]
-    if not any(o.startswith("injection.layer") for o in overrides):
-        overrides = ["injection.layer=1", *overrides]
-    code, _, err = run_cli(capsys, "eval", "model=tiny", "tracking.enabled=false", f"output_dir={tmp_path / 'out'}", *overrides)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("meminject: error:"), err
-    assert expected in lines[0], lines[0]
-    assert not (tmp_path / "out").exists()
+# Bad input (CSV files, overrides, sweeps, servers): the table in test_bad_input.py.
 
 
 @pytest.mark.slow

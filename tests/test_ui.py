@@ -9,37 +9,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from meminject.cli import main
+from servers import free_port, require, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 90.0) -> bytes:
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read()
-        except Exception as exc:  # noqa: BLE001 - not up yet
-            last = exc
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout} s ({last})")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +37,7 @@ def small_sweep(tmp_path_factory):
 
 
 def test_optuna_dashboard_serves_the_study(small_sweep):
-    pytest.importorskip("optuna_dashboard")
+    require(shutil.which("optuna-dashboard") is not None or (Path(sys.executable).parent / "optuna-dashboard").exists(), "optuna-dashboard (pip install -e '.[test]')")
     port = free_port()
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
     server = subprocess.Popen([exe, str(small_sweep / "optuna.journal"), "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -73,10 +53,9 @@ def test_optuna_dashboard_serves_the_study(small_sweep):
 
 
 def test_mlflow_ui_lists_the_sweep_in_a_real_browser(small_sweep):
-    webdriver = pytest.importorskip("selenium.webdriver")
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("Debian chromium and chromium-driver are not installed (.ci/run installs them)")
+    require(bool(chromium and driver_path), "Debian chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait

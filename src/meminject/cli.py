@@ -81,11 +81,13 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from .evaluation import Evaluator, InjectionSpec
     from .models import load_model
     from .memories import word_source
-    from .tracking import log_eval_run
+    from .tracking import log_eval_run, probe_server, redact, redacted_config, tracking_uri
 
     cfg = compose_config(overrides)
     spec = InjectionSpec.from_config(cfg)
     spec.validate()  # model-independent checks before the model loads
+    if cfg.tracking.enabled:
+        probe_server(tracking_uri(cfg))  # an unreachable tracking server is refused before any work
     dataset = load_dataset(cfg.data)
     model = load_model(cfg.model)
     spec.validate(model)
@@ -98,7 +100,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     tmp_dir = out_dir.with_name(out_dir.name + ".partial")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     result.per_prompt.to_csv(tmp_dir / "per_prompt.csv", index=False)
-    (tmp_dir / "config.yaml").write_text(to_yaml(cfg))
+    (tmp_dir / "config.yaml").write_text(to_yaml(redacted_config(cfg)))
     summary = {**result.summary, "eval_seconds": wall, "hook": result.hooks[0], "model": model.name, "weights": model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "word_source": word_source(cfg.memory)}
     (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if out_dir.exists():
@@ -112,7 +114,11 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     print(f"  mean gain {s['mean_gain']:+.4f}   median gain {s['median_gain']:+.4f}   mean % increase {s['mean_percent_increase']:+.1f}   improved {s['frac_improved']:.0%}")
     print(f"  {wall:.2f} s · per-prompt table: {out_dir / 'per_prompt.csv'}")
     if cfg.tracking.enabled:
-        run_id = log_eval_run(cfg, result, summary, out_dir)
+        try:
+            run_id = log_eval_run(cfg, result, summary, out_dir)
+        except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(detail)}") from exc
         print(f"  MLflow run {run_id}")
     return 0
 
@@ -221,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args)
         return commands[args.command](args.overrides)
     except MemInjectError as exc:
-        print(f"meminject: error: {exc}", file=sys.stderr)
+        from .tracking import redact
+
+        print(f"meminject: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("meminject: interrupted; finished trials are kept, rerun the same command to resume", file=sys.stderr)

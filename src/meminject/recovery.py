@@ -43,7 +43,9 @@ class StaleTrialRecovery:
     """
 
     def __init__(self, max_retry: int | None = 3) -> None:
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         self.tracker: Any = None
         self.recovered: list[int] = []  # numbers of the stale trials this process failed
 

@@ -38,7 +38,7 @@ from .memories import word_source
 from .recovery import DEFAULT_HEARTBEAT, HeartbeatJournalStorage, StaleTrialRecovery, heartbeats, recover_stale_trials
 from .paths import mlruns_dir, sweeps_dir
 from .space import SearchSpace, parse_space
-from .tracking import Tracker, git_commit, redact, tracking_uri
+from .tracking import Tracker, git_commit, redact, redacted_config, tracking_uri
 
 __all__ = ["SweepSpec", "load_sweep", "prepare_study", "run_worker", "ranked_sites", "cmd_sweep", "cmd_worker", "cmd_best"]
 
@@ -114,6 +114,10 @@ def _as_positive_int(value: Any, key: str) -> int:
     if number < 1:
         raise ConfigError(f"{key}={value!r} must be a positive integer")
     return number
+
+
+def _as_non_negative_int(value: Any, key: str) -> int:
+    return 0 if str(value).strip() == "0" else _as_positive_int(value, key)
 
 
 def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
@@ -582,7 +586,7 @@ def _record_trial(trial, params, cfg, evaluator, result, seconds: float, stacked
         }
         tracker.finish_trial(
             run_id, logged_params, {**summary, "trial_seconds": seconds},
-            {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(_redacted(cfg))},
+            {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(redacted_config(cfg))},
             terminate=False,
         )
         if cfg.tracking.get("trial_figures", True):
@@ -601,13 +605,6 @@ def _log_trial_figure(tracker: Tracker, run_id: str, per_prompt: Any, title: str
             tracker.log_file(run_id, per_prompt_gains(per_prompt, Path(folder) / "per_prompt_gains.png", title))
     except Exception as exc:  # noqa: BLE001
         log.debug("trial figure skipped: %s", exc)
-
-
-def _redacted(cfg: Any) -> Any:
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    if cfg.tracking.get("uri"):
-        cfg.tracking.uri = redact(str(cfg.tracking.uri))
-    return cfg
 
 
 # --------------------------------------------------------------------------- results
@@ -715,8 +712,10 @@ def _start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: 
     params = {"sweep": spec.name, "sampler": spec.sampler, "n_trials": spec.n_trials, "seed": spec.seed, "model": base.model.name, "weights": base.model.weights, "dataset": base.data.name, "storage": redact(storage_url or default_storage_url())}
     params.update({f"space.{k}": v for k, v in spec.params.items()})
     parent = tracker.start_parent(spec.study_name, params, {"meminject.sampler": spec.sampler})
-    tracker.log_text(parent, "sweep.json", json.dumps(json.loads(spec.to_json()), indent=2))
-    tracker.log_text(parent, "base_config.yaml", to_yaml(_redacted(base)))
+    shown = json.loads(spec.to_json())
+    shown["overrides"] = [redact(o) for o in shown["overrides"]]  # tracking.uri=scheme://user:***@host
+    tracker.log_text(parent, "sweep.json", json.dumps(shown, indent=2))
+    tracker.log_text(parent, "base_config.yaml", to_yaml(redacted_config(base)))
     study.set_user_attr(ATTR_PARENT, parent)
 
 
@@ -735,7 +734,7 @@ def _reconcile_runs(study: optuna.Study, tracker: Tracker) -> None:
 
 def cmd_sweep(args: Sequence[str]) -> int:
     spec, settings = load_sweep(args)
-    workers = _as_positive_int(settings.get("workers", 1), "workers")
+    workers = _as_non_negative_int(settings.get("workers", 1), "workers")
     storage_url = settings.get("storage")
     base_cfg = compose_config(spec.overrides)
     tracker = Tracker.from_config(base_cfg)
@@ -749,10 +748,18 @@ def cmd_sweep(args: Sequence[str]) -> int:
     budget = _budget(spec, space)
     print(f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {budget} trials · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}")
     print(f"  storage {redact(storage_url or default_storage_url())} · workers {workers}" + (f" · MLflow {redact(tracking_uri(base))}" if tracker else ""))
+    if workers == 0 and len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < budget:
+        # Prepare only: the study, its grid queue and the parent run exist; workers start anywhere.
+        print(f"  prepared; start workers (any machine that reaches the storage and the tracking server):\n"
+              f"    meminject worker study={spec.study_name} storage={redact(storage_url or default_storage_url())} worker_index=N\n"
+              f"  then rerun this command to finish the parent run and write the ranked sites")
+        return 0
     started = time.perf_counter()
     status = "FINISHED"
     try:
-        if workers == 1:
+        if workers == 0:
+            pass  # all trials done by separate workers: finalize below
+        elif workers == 1:
             run_worker(spec.study_name, storage_url)
         else:
             _spawn_workers(spec, storage_url, workers, budget)

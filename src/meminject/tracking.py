@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .paths import mlruns_dir
 
-__all__ = ["tracking_uri", "redact", "log_eval_run"]
+__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run"]
 
 
 def redact(url: str | None) -> str | None:
@@ -18,6 +19,16 @@ def redact(url: str | None) -> str | None:
     if url is None:
         return None
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(url))
+
+
+def redacted_config(cfg: Any) -> Any:
+    """A resolved copy of the config with the tracking URL's password hidden (for saved configs)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.get("tracking") is not None and cfg.tracking.get("uri"):
+        cfg.tracking.uri = redact(str(cfg.tracking.uri))
+    return cfg
 
 
 def tracking_uri(cfg: Any) -> str:
@@ -75,6 +86,36 @@ def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
     return run_id
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
+
+
+def probe_server(uri: str, timeout: float = 10.0) -> None:
+    """An HTTP tracking server must answer ``/health`` now: refused before any trial starts,
+    in one line, instead of MLflow's minutes of retries and a traceback."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (an auth proxy or an older server): MLflow's own calls will tell more
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"tracking server {redact(uri)} is unreachable ({reason}); start it (mlflow server --host 127.0.0.1 --port PORT ...) "
+            "or set tracking.uri (tracking.enabled=false to run without MLflow)"
+        ) from exc
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The checkout's commit, when meminject runs from a git checkout."""
@@ -97,11 +138,16 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str):
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        probe_server(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = _experiment_id(self.client, experiment, uri)
+        try:
+            self.experiment_id = _experiment_id(self.client, experiment, uri)
+        except MlflowException as exc:
+            raise ConfigError(f"tracking store {redact(uri)} refused the experiment {experiment!r}: {redact(_first_line(exc))}") from exc
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Tracker | None":
