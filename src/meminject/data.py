@@ -101,6 +101,9 @@ def resolve_data_file(cfg: Any) -> tuple[Path | None, str]:
             return path, str(path)
     cached = cache_dir() / "data" / file_name
     if cached.is_file():
+        pinned = cfg.get("sha256")
+        if pinned and _sha256(cached) != pinned:  # the cache is ours: it must still be what was verified
+            raise DataError(f"cached {cached} has SHA-256 {_sha256(cached)}, expected {pinned}; delete it to download it again")
         return cached, str(cached)
     if not cfg.get("url"):
         raise DataError(f"data file {file_name} not found; set data.dir or MEMINJECT_DATA_DIR, or pass data.path=FILE")

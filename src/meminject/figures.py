@@ -75,18 +75,26 @@ def optuna_figures(study, folder: Path) -> list[Path]:
 
 
 def per_prompt_gains(per_prompt: pd.DataFrame, path: Path, title: str) -> Path:
-    """One trial's per-prompt gains, sorted: how many prompts move, and by how much."""
-    plt = _plt()
-    gains = np.sort(per_prompt["gain"].to_numpy())[::-1]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(range(len(gains)), gains, color=np.where(gains > 0, "tab:blue", "tab:red"), width=1.0)
+    """One trial's per-prompt gains, sorted: how many prompts move, and by how much.
+
+    Drawn on a bare Figure (no pyplot state to leak across thousands of trials) as two filled
+    step areas, which cost the same for 40 prompts or 1,000.
+    """
+    from matplotlib.figure import Figure
+
+    gains = np.sort(per_prompt["gain"].to_numpy(dtype=float))[::-1]
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    x = np.arange(len(gains))
+    ax.fill_between(x, gains, 0, where=gains > 0, step="mid", color="tab:blue", linewidth=0, label="improved")
+    ax.fill_between(x, gains, 0, where=gains <= 0, step="mid", color="tab:red", linewidth=0, label="not improved")
     ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlim(-0.5, max(len(gains) - 0.5, 0.5))
     ax.set_xlabel("prompts, sorted by gain")
     ax.set_ylabel("P(answer) after − before")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.15, right=0.98, bottom=0.15, top=0.9)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

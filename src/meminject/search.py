@@ -14,6 +14,7 @@ budget of ``n_trials`` complete trials.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -222,6 +223,35 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+_BASE_CONFIGS: dict[tuple[str, ...], Any] = {}
+_FAST_KEYS = ("injection.", "memory.")  # leaf keys no interpolation in conf/ reads
+
+
+def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> Any:
+    """The config of one trial: the sweep's fixed overrides plus the trial's sampled values.
+
+    A Hydra compose costs ~0.2 s, more than a whole trial of a small model; a worker composes
+    the base once and sets the sampled injection/memory leaves on a copy (what the override
+    would do: no interpolation reads them). Group choices (``model=...``) and other keys take
+    the full compose. Both give the same config (tested).
+    """
+    full = [*overrides, *(f"{k}={_format_value(v)}" for k, v in params.items())]
+    if not all(k.startswith(_FAST_KEYS) for k in params):
+        return compose_config(full)
+    key = tuple(overrides)
+    if key not in _BASE_CONFIGS:
+        if len(_BASE_CONFIGS) > 16:
+            _BASE_CONFIGS.clear()
+        _BASE_CONFIGS[key] = compose_config(list(overrides))
+    cfg = copy.deepcopy(_BASE_CONFIGS[key])
+    try:
+        for name, value in params.items():
+            OmegaConf.update(cfg, name, value, merge=False)
+    except Exception:  # noqa: BLE001 - an unknown key: let the compose say it properly
+        return compose_config(full)
+    return cfg
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -322,12 +352,18 @@ class TrialRunner:
     def __init__(self) -> None:
         self._evaluators: dict[str, Any] = {}
         self._datasets: dict[str, Any] = {}
+        self.batch_scale = 1.0  # halved after each out-of-memory error
 
     def evaluator(self, cfg: Any):
         from .data import load_dataset
         from .evaluation import Evaluator
         from .models import load_model
 
+        if self.batch_scale < 1.0:  # after an OOM: smaller batches and cache, one trial per pass
+            cfg = copy.deepcopy(cfg)
+            cfg.perf.max_batch_tokens = max(1, int(int(cfg.perf.max_batch_tokens) * self.batch_scale))
+            cfg.perf.prefix_cache_mb = float(cfg.perf.prefix_cache_mb) * self.batch_scale
+            cfg.perf.trials_per_forward = 1
         data_key = to_yaml(cfg.data)
         if data_key not in self._datasets:
             self._datasets[data_key] = load_dataset(cfg.data)
@@ -362,6 +398,29 @@ class TrialRunner:
 
     def trials_per_forward(self, cfg: Any) -> int:
         return self.evaluator(cfg).trials_per_forward
+
+    def shrink_after_oom(self) -> float:
+        """Free the device memory held by evaluators and halve the batch budget for what follows."""
+        import gc
+
+        import torch
+
+        self._evaluators.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.batch_scale /= 2
+        if self.batch_scale < 1 / 64:
+            raise MemInjectError("out of memory even with 1/64 of perf.max_batch_tokens; use a smaller model or a larger device")
+        return self.batch_scale
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error (CUDA's, or the allocator's message on other backends)."""
+    import torch
+
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -435,7 +494,19 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int = 
                 if waiter.should_wait(study):
                     continue  # other workers' trials still running: they finish, or go stale and come back to us
                 break
-            _run_trials(study, asked, spec, runner, tracker, parent_run_id, worker_index)
+            try:
+                _run_trials(study, asked, spec, runner, tracker, parent_run_id, worker_index)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is survivable
+                if not is_out_of_memory(exc):
+                    raise
+                # The trials were failed cleanly by _run_trials; free memory, shrink, re-queue the points.
+                scale = runner.shrink_after_oom()
+                if spec.sampler == "grid":
+                    for _, params in asked:
+                        study.enqueue_trial(params, skip_if_exists=False)
+                per_forward = 1
+                log.warning("out of memory in trial(s) %s: failed and re-queued; continuing with %g× the batch budget", [t.number for t, _ in asked], scale)
+                continue
             ran += len(asked)
             if bar is not None:
                 bar.update(len(asked))
@@ -519,7 +590,7 @@ def _run_trials_beating(study, asked, spec: SweepSpec, runner: TrialRunner, trac
     try:
         cfgs = []
         for trial, params in asked:
-            cfg = compose_config([*spec.overrides, *(f"{k}={_format_value(v)}" for k, v in params.items())])
+            cfg = trial_config(spec.overrides, params)
             cfgs.append(cfg)
             trial.set_user_attr(ATTR_KEY, _trial_key(cfg, InjectionSpec.from_config(cfg)))
             trial.set_user_attr("worker_index", worker_index)
@@ -572,6 +643,11 @@ def _record_trial(trial, params, cfg, evaluator, result, seconds: float, stacked
     for name, value in summary.items():
         trial.set_user_attr(name, value)
     trial.set_user_attr("trial_seconds", seconds)
+    _release_freed_memory()
+    rss = resident_mb()
+    if rss is not None:  # the worker's memory after each trial: a per-trial leak shows as a slope
+        trial.set_user_attr("worker_rss_mb", rss)
+        summary["worker_rss_mb"] = rss
     for name, value in _site_record(cfg, params).items():
         trial.set_user_attr(f"site.{name}", value)
     if tracker is not None and run_id is not None:
@@ -584,27 +660,61 @@ def _record_trial(trial, params, cfg, evaluator, result, seconds: float, stacked
             "injection.head": cfg.injection.head, "seed": cfg.seed, "hook": result.hooks[0], "n_prompts": len(dataset),
             "trials_per_forward": stacked, "memory.word_source": word_source(cfg.memory),
         }
-        tracker.finish_trial(
-            run_id, logged_params, {**summary, "trial_seconds": seconds},
-            {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(redacted_config(cfg))},
-            terminate=False,
-        )
-        if cfg.tracking.get("trial_figures", True):
-            _log_trial_figure(tracker, run_id, result.per_prompt, f"trial {trial.number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(redacted_config(cfg))}
+            if cfg.tracking.get("trial_figures", True):
+                title = f"trial {trial.number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}"
+                figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
+                if figure is not None:
+                    artifacts["per_prompt_gains.png"] = figure
+            tracker.finish_trial(run_id, logged_params, {**summary, "trial_seconds": seconds}, artifacts, terminate=False)
     return float(summary["mean_gain"])
 
 
-def _log_trial_figure(tracker: Tracker, run_id: str, per_prompt: Any, title: str) -> None:
-    """The trial's sorted per-prompt gains as a PNG artifact (never fails the trial)."""
-    import tempfile
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after the figure's and the
+    tracker's large short-lived buffers, which reads as a slow climb over thousands of trials)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
 
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MiB (Linux /proc; psutil elsewhere; None if neither)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _trial_figure(per_prompt: Any, path: Path, title: str) -> Path | None:
+    """The trial's sorted per-prompt gains as a PNG (never fails the trial)."""
     from .figures import per_prompt_gains
 
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            tracker.log_file(run_id, per_prompt_gains(per_prompt, Path(folder) / "per_prompt_gains.png", title))
+        return per_prompt_gains(per_prompt, path, title)
     except Exception as exc:  # noqa: BLE001
         log.debug("trial figure skipped: %s", exc)
+        return None
 
 
 # --------------------------------------------------------------------------- results

@@ -182,21 +182,27 @@ class Tracker:
         )
         return run.info.run_id
 
-    def finish_trial(self, run_id: str, params: dict[str, Any], metrics: dict[str, float], artifacts: dict[str, str], terminate: bool = True) -> None:
+    def finish_trial(self, run_id: str, params: dict[str, Any], metrics: dict[str, float], artifacts: dict[str, str | Path], terminate: bool = True) -> None:
+        """Params and metrics in one batch, artifacts (texts, or files to copy) in one upload."""
+        import shutil
         import tempfile
         import time as _time
 
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param
 
-        self.log_params(run_id, params)
         now = int(_time.time() * 1000)
         finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
-        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()])
+        param_items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()], params=param_items[:100])
+        if len(param_items) > 100:
+            self.log_params(run_id, dict((p.key, p.value) for p in param_items[100:]))
         with tempfile.TemporaryDirectory() as folder:
-            for name, text in artifacts.items():
-                path = Path(folder) / name
-                path.write_text(text)
-                self.client.log_artifact(run_id, str(path))
+            for name, content in artifacts.items():
+                if isinstance(content, Path):
+                    shutil.copyfile(content, Path(folder) / name)
+                else:
+                    (Path(folder) / name).write_text(content)
+            self.client.log_artifacts(run_id, folder)
         if terminate:
             self.client.set_terminated(run_id, "FINISHED")
 
