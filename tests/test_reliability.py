@@ -61,7 +61,7 @@ def test_a_worker_killed_mid_trial_is_failed_rerun_once_and_its_run_closed(tmp_p
     storage, tracking = tmp_path / "optuna.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = ["sweep=paper_grid", "study=crash", "injection.tweak=choice(1,2,3)", "memory.encoding=choice(unembed)", "perf.trials_per_forward=1"]
     slow = _env(MEMINJECT_TRIAL_DELAY_S="1.5")
-    survivor = _meminject("sweep", *TINY, *grid, f"storage={storage}", f"tracking.uri={tracking}", "heartbeat=1", "grace=3", cwd=tmp_path, env=slow)
+    survivor = _meminject("sweep", *TINY, *grid, f"storage={storage}", f"tracking.uri={tracking}", "heartbeat=1", "grace=5", cwd=tmp_path, env=slow)
     victim = None
     try:
         _wait_for(lambda: (s := _study(storage, "crash")) is not None and s.user_attrs.get("meminject.mlflow_parent_run_id"), 120, "the study", [survivor])

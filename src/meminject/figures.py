@@ -4,6 +4,7 @@ importances, and per-trial per-prompt gains. PNG, made with matplotlib's Agg bac
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,9 @@ def optuna_figures(study, folder: Path) -> list[Path]:
     made = []
     for name, make in (("optimization_history.png", ovm.plot_optimization_history), ("param_importances.png", ovm.plot_param_importances)):
         try:
-            ax = make(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                ax = make(study)
             ax.figure.set_size_inches(7, 4.5)
             ax.figure.tight_layout()
             ax.figure.savefig(folder / name, dpi=110)
