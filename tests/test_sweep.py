@@ -199,6 +199,13 @@ def test_best_ranks_sites(tmp_path, monkeypatch, capsys):
     table = pd.read_csv(tmp_path / "outputs" / "best" / "b.csv")
     assert list(table["mean_gain"]) == sorted(table["mean_gain"], reverse=True)
     assert len(table) == 6
+    # distinct=true: the best τ of each layer, nothing else
+    assert main(["best", "study=b", f"storage={tmp_path / 'optuna.journal'}", "distinct=true"]) == 0
+    assert "6 complete trials, 3 sites (best τ of each)" in capsys.readouterr().out
+    distinct = pd.read_csv(tmp_path / "outputs" / "best" / "b-distinct.csv")
+    expected = table.sort_values("mean_gain", ascending=False).groupby("injection.layer", sort=False).head(1)
+    assert list(distinct["injection.layer"]) == list(expected["injection.layer"])
+    assert list(distinct["injection.tweak"]) == list(expected["injection.tweak"]) and list(distinct["rank"]) == [1, 2, 3]
 
 
 def test_stacked_trials_give_the_same_grid_as_one_at_a_time(tmp_path, monkeypatch):

@@ -745,6 +745,17 @@ def ranked_sites(study: optuna.Study, top: int | None = None):
     return grouped.head(top) if top else grouped
 
 
+def distinct_sites(table):
+    """One row per site (layer, head, site, positions, scale, encoding, memory type, model):
+    its best τ. A continuous τ axis otherwise fills the top ranks with one site at nearby τ."""
+    if table.empty:
+        return table
+    keys = [k for k in SITE_KEYS if k in table.columns and k != "injection.tweak"]
+    best = table.sort_values("mean_gain", ascending=False, kind="stable").drop_duplicates(keys, keep="first").reset_index(drop=True)
+    best["rank"] = range(1, len(best) + 1)
+    return best
+
+
 def _print_table(frame) -> None:
     if frame.empty:
         print("no complete trials yet")
@@ -977,7 +988,7 @@ def cmd_worker(args: Sequence[str]) -> int:
 def cmd_best(args: Sequence[str]) -> int:
     """Ranked sites of a study; with a train/held-out split, the top sites judged on held-out prompts."""
     settings = {}
-    allowed = ("study", "storage", "top", "heldout", "controls", "bootstrap")
+    allowed = ("study", "storage", "top", "heldout", "controls", "bootstrap", "distinct")
     for arg in args:
         key, _, value = arg.partition("=")
         if key not in allowed:
@@ -993,11 +1004,17 @@ def cmd_best(args: Sequence[str]) -> int:
     study = optuna.load_study(study_name=name, storage=storage)
     top = _as_positive_int(settings.get("top", 10), "top")
     table = ranked_sites(study)
+    distinct = settings.get("distinct", "false").lower()
+    if distinct not in ("true", "false"):
+        raise ConfigError(f"distinct={distinct!r}: use true (the best τ of each site) or false (every point)")
+    if distinct == "true":
+        table = distinct_sites(table)
     out = Path("outputs") / "best"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.csv"
+    path = out / f"{name}{'-distinct' if distinct == 'true' else ''}.csv"
     table.to_csv(path, index=False)
-    print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} distinct sites")
+    unit = "sites (best τ of each)" if distinct == "true" else "distinct sites"
+    print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}")
     _print_table(table.head(top))
     print(f"table: {path}")
     spec_json = study.user_attrs.get(ATTR_SPEC)
