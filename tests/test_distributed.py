@@ -34,7 +34,7 @@ def postgres():
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MEMINJECT_TRIAL_DELAY_S": "0.4"}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MEMINJECT_TRIAL_DELAY_S": "1.0"}
 
 
 def test_three_workers_on_postgres_with_an_mlflow_server(postgres, tmp_path):

@@ -59,7 +59,7 @@ def _wait_for(condition, timeout: float, what: str, procs=()) -> None:
 
 def test_a_worker_killed_mid_trial_is_failed_rerun_once_and_its_run_closed(tmp_path):
     storage, tracking = tmp_path / "optuna.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = ["sweep=paper_grid", "study=crash", "injection.tweak=choice(1,2,3)", "memory.encoding=choice(unembed)", "perf.trials_per_forward=1"]
+    grid = ["sweep=paper_grid", "study=crash", "injection.tweak=choice(1,2,3,4)", "memory.encoding=choice(unembed)", "perf.trials_per_forward=1"]
     slow = _env(MEMINJECT_TRIAL_DELAY_S="1.5")
     survivor = _meminject("sweep", *TINY, *grid, f"storage={storage}", f"tracking.uri={tracking}", "heartbeat=1", "grace=5", cwd=tmp_path, env=slow)
     victim = None
@@ -86,7 +86,7 @@ def test_a_worker_killed_mid_trial_is_failed_rerun_once_and_its_run_closed(tmp_p
     study = _study(storage, "crash")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     points = Counter(json.dumps(t.params, sort_keys=True) for t in complete)
-    assert len(points) == 3 * 3 and set(points.values()) == {1}  # every point once, none twice
+    assert len(points) == 3 * 4 and set(points.values()) == {1}  # every point once, none twice
     dead = study.trials[killed[0].number]
     assert dead.state == TrialState.FAIL
     retries = [t for t in complete if t.system_attrs.get("failed_trial") == dead.number]
