@@ -125,7 +125,9 @@ def test_resume_after_sigint_ends_with_exactly_n_trials(tmp_path):
     args = sweep_args(tmp_path, "sweep=tpe", "study=resume", "n_trials=10", "data.limit=40")
     # Trials of the tiny model take ~0.1 s: slow them down so the SIGINT lands mid-sweep.
     slow = {**_env(), "MEMINJECT_TRIAL_DELAY_S": "0.7"}
-    proc = subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job inherits SIGINT ignored (and so would the sweep): restore the default.
+    proc = subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     journal = tmp_path / "optuna.journal"
     while time.time() < deadline:
