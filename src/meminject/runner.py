@@ -130,15 +130,8 @@ def last_position_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook]
     ``logits_to_keep``): full-vocabulary logits for every position would cost more than
     the rest of a small model's forward.
     """
-    keep = torch.unique(batch.last_index)  # sorted
-    try:
-        logits = _forward(model, batch, fwd_hooks or [], logits_to_keep=keep)
-        column = torch.searchsorted(keep, batch.last_index)
-    except TypeError:  # an architecture without logits_to_keep: unembed everything
-        logits = _forward(model, batch, fwd_hooks or [])
-        column = batch.last_index
-    rows = torch.arange(batch.tokens.shape[0], device=logits.device)
-    return logits[rows, column].float()
+    rows = torch.arange(batch.tokens.shape[0], device=batch.tokens.device)
+    return _logits_at(model, batch, fwd_hooks, rows, batch.last_index)
 
 
 def read_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None = None) -> Float[Tensor, "reads d_vocab"]:
@@ -146,14 +139,19 @@ def read_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None =
 
     Only positions that are read are unembedded (``logits_to_keep``).
     """
-    keep = torch.unique(batch.read_pos)  # sorted
+    return _logits_at(model, batch, fwd_hooks, batch.read_row, batch.read_pos)
+
+
+def _logits_at(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None, rows: Tensor, positions: Tensor) -> Tensor:
+    """Logits at (rows, positions), unembedding only the positions read (``logits_to_keep``)."""
+    keep = torch.unique(positions)  # sorted
     try:
         logits = _forward(model, batch, fwd_hooks or [], logits_to_keep=keep)
-        column = torch.searchsorted(keep, batch.read_pos)
+        column = torch.searchsorted(keep, positions)
     except TypeError:  # an architecture without logits_to_keep: unembed everything
         logits = _forward(model, batch, fwd_hooks or [])
-        column = batch.read_pos
-    return logits[batch.read_row, column].float()
+        column = positions
+    return logits[rows.to(logits.device), column].float()
 
 
 def capture_last_position(model: LoadedModel, batch: Batch, hook_name: str, stop_at_layer: int | None = None) -> Float[Tensor, "batch d_model"]:
