@@ -14,12 +14,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import MemInjectError
+from .errors import MemInjectError, error_line
 
 __all__ = ["main"]
 
@@ -71,8 +72,9 @@ def _quiet_libraries() -> None:
 
 
 def _default_output_dir(command: str, tag: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("outputs") / command / f"{stamp}-{tag}"
+    from .paths import outputs_dir
+
+    return outputs_dir(command) / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
 
 
 def cmd_eval(overrides: Sequence[str]) -> int:
@@ -123,12 +125,32 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     return 0
 
 
+EVAL_EPILOG = """keys (key=value, Hydra syntax; unknown keys are refused):
+  model=NAME data=NAME memory=NAME     config groups (conf/<group>/NAME.yaml; ./conf/<group>/ adds your own)
+  injection.layer=L injection.tweak=T  where and how strongly (τ); injection.site=layer|head|head_subspace, injection.head=H
+  memory.type=correct|pos|random|random_vector  memory.encoding=unembed|embed|layer
+  metric.answer=first_token|sequence   data.limit=N data.sample=N data.split=0.7 data.part=all|train|heldout
+  tracking.enabled=false tracking.uri=URL  perf.max_batch_tokens=N  seed=N
+every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Configuration)"""
+
+
+def _epilog(name: str) -> str:
+    if name in ("sweep", "worker", "best"):
+        try:
+            from .sweep import help_epilog
+
+            return help_epilog(name) + "\n\n" + EPILOG
+        except Exception:  # noqa: BLE001 - help must print even if a user preset is broken
+            return EPILOG
+    return (EVAL_EPILOG + "\n\n" + EPILOG) if name == "eval" else EPILOG
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meminject", description="Hyperparameter search and tracking for memory injections in transformer LMs.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in HELP.items():
-        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (Hydra syntax)")
+        p = sub.add_parser(name, help=text, description=text, epilog=_epilog(name), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="settings and config overrides (listed below)")
         if name == "inspect":
             p.add_argument("--prompt", help="the prompt to inspect (default: the dataset row given by --row)")
             p.add_argument("--row", type=int, help="a dataset row (the CSV line number shown in per-prompt tables)")
@@ -215,25 +237,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries()
-    commands = {"eval": cmd_eval}
-    try:
-        from . import search
-
-        commands.update({"sweep": search.cmd_sweep, "worker": search.cmd_worker, "best": search.cmd_best})
-    except ImportError:
-        pass
+    # SIGTERM (a scheduler, `kill`) stops as cleanly as Ctrl-C: trials failed, runs closed.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if args.command == "inspect":
             return cmd_inspect(args)
-        return commands[args.command](args.overrides)
-    except MemInjectError as exc:
-        from .tracking import redact
+        if args.command == "eval":
+            return cmd_eval(args.overrides)
+        from . import sweep
 
-        print(f"meminject: error: {redact(str(exc))}", file=sys.stderr)
+        return {"sweep": sweep.cmd_sweep, "worker": sweep.cmd_worker, "best": sweep.cmd_best}[args.command](args.overrides)
+    except MemInjectError as exc:
+        print(f"meminject: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("meminject: interrupted; finished trials are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,55 +1,146 @@
-"""Compose the Hydra configs in ``conf/`` with command-line overrides, strictly."""
+"""Compose the Hydra configs with command-line overrides, strictly.
+
+Strict means: an unknown key is refused by name (also with Hydra's ``+key=value``, which
+would otherwise add it), a near miss gets a suggestion, and every enumerated key is checked
+against its allowed values before anything loads. Each failure is one :class:`ConfigError`
+line. The packaged ``conf/`` is the primary config folder; ``./conf`` of the working
+directory adds options (``model=my_model`` from ``./conf/model/my_model.yaml``).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import difflib
+import re
+from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
-from .paths import conf_dir
+from .errors import ConfigError, first_line
+from .paths import conf_dir, user_conf_dir
 
-__all__ = ["compose_config", "config_options", "to_yaml"]
+__all__ = ["compose_config", "config_options", "flat_config", "to_yaml", "check_choices", "choices"]
+
+GROUPS = ("model", "data", "memory", "injection", "tracking", "perf")
 
 
 def config_options(group: str) -> list[str]:
-    folder = conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+    folders = [conf_dir() / group] + ([user_conf_dir() / group] if user_conf_dir() else [])
+    return sorted({p.stem for folder in folders for p in folder.glob("*.yaml") if not p.stem.startswith("_")})
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every enumerated config key and its allowed values, taken from the modules that own them."""
+    from .data import PARTS
+    from .evaluation import ANSWER_METRICS, POSITIONS, SCALES, SITES
+    from .memories import ENCODINGS, MEMORY_TYPES, POS_COLUMNS, WORD_SOURCES
+    from .models import SOURCES, WEIGHTS, _DTYPES
+    from .runner import PADDING_SIDES
+
+    return {
+        "model.weights": WEIGHTS, "model.source": SOURCES, "model.dtype": tuple(_DTYPES),
+        "data.part": PARTS, "metric.answer": ANSWER_METRICS,
+        "injection.site": SITES, "injection.positions": POSITIONS, "injection.scale": SCALES,
+        "memory.type": MEMORY_TYPES, "memory.encoding": ENCODINGS, "memory.pos": tuple(POS_COLUMNS), "memory.words": WORD_SOURCES,
+        "perf.padding_side": PADDING_SIDES,
+    }
+
+
+def check_choices(cfg: DictConfig) -> None:
+    """Refuse a bad value of any enumerated key, naming the key and the allowed values."""
+    flat = flat_config(cfg)
+    for key, allowed in choices().items():
+        if key in flat and str(flat[key]) not in allowed:
+            raise ConfigError(f"{key}={flat[key]!r} is not one of {', '.join(allowed)}")
+
+
+def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaf keys of a (resolved) config as ``a.b.c -> value`` (lists stay values)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _override_key(override: str) -> str:
+    return re.split(r"[=@]", override.lstrip("+~"), maxsplit=1)[0].strip()
+
+
+def _known_keys(base: DictConfig) -> list[str]:
+    return sorted(set(flat_config(base)) | set(GROUPS) | {k for k in OmegaConf.to_container(base) if isinstance(k, str)})
+
+
+def _unknown_key_error(key: str, base: DictConfig | None) -> ConfigError:
+    hint = ""
+    if base is not None:
+        # Compare leaf names within the key's section: "injection." alone must not make a match.
+        section, _, leaf = key.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in _known_keys(base) if k.rpartition(".")[0] == section}
+        close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.7)
+        if close:
+            hint = f" (did you mean {siblings[close[0]]}?)"
+    section = key.split(".")[0]
+    where = f"conf/{section}/" if section in GROUPS else "conf/config.yaml"
+    return ConfigError(f"unknown config key {key!r}{hint}; the keys are those in {where}")
+
+
+def _compose(overrides: Sequence[str], config_name: str) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    local = user_conf_dir()
+    search = [f"hydra.searchpath=[file://{local}]"] if local else []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose(config_name=config_name, overrides=[*search, *overrides])
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
     """Compose ``conf/config.yaml`` with overrides; every failure becomes one ConfigError line."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    GlobalHydra.instance().clear()
+    # '+key=value' adds a key in Hydra; meminject's keys all exist, so '+' only lets typos in.
+    overrides = [o.lstrip("+") if o.startswith("+") else o for o in overrides]
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
+        cfg = _compose(overrides, config_name)
     except MissingConfigException as exc:
-        group = next((g for g in ("model", "data", "memory", "injection", "tracking", "perf") if f"'{g}/" in str(exc) or f"{g}/" in str(exc)), None)
+        group = next((g for g in GROUPS if f"'{g}/" in str(exc) or f"{g}/" in str(exc)), None)
         if group:
-            raise ConfigError(f"unknown {group} option ({_first_line(exc)}); choose from: {', '.join(config_options(group))}") from exc
-        raise ConfigError(_first_line(exc)) from exc
+            raise ConfigError(f"unknown {group} option ({first_line(exc, 2000)}); choose from: {', '.join(config_options(group))}") from exc
+        raise ConfigError(first_line(exc, 2000)) from exc
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"bad override: {_first_line(exc)}") from exc
-    finally:
-        GlobalHydra.instance().clear()
+        text = first_line(exc, 2000)
+        unknown = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", text)
+        if unknown:
+            key = next((_override_key(o) for o in overrides if _override_key(o) == (unknown.group(1) or "")), unknown.group(1) or unknown.group(2))
+            raise _unknown_key_error(key, _base_or_none(overrides, config_name)) from exc
+        raise ConfigError(f"bad override: {text}") from exc
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"config does not resolve: {_first_line(exc)}") from exc
+        raise ConfigError(f"config does not resolve: {first_line(exc, 2000)}") from exc
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required config value(s) not set: {', '.join(missing)}")
+    check_choices(cfg)
     return cfg
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _base_or_none(overrides: Iterable[str], config_name: str) -> DictConfig | None:
+    """The config under the overrides' group choices alone (for suggestions), if it composes."""
+    groups = [o for o in overrides if "." not in _override_key(o) and _override_key(o) in GROUPS]
+    try:
+        return _compose(groups, config_name)
+    except Exception:  # noqa: BLE001 - only used to suggest a key
+        return None
 
 
 def to_yaml(cfg: DictConfig) -> str:

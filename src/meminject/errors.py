@@ -7,7 +7,7 @@ status 2. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["MemInjectError", "ConfigError", "DataError", "ModelError"]
+__all__ = ["MemInjectError", "ConfigError", "DataError", "ModelError", "first_line", "error_line", "TrackingError"]
 
 
 class MemInjectError(Exception):
@@ -24,3 +24,22 @@ class DataError(MemInjectError):
 
 class ModelError(MemInjectError):
     """A model name is unknown or its weights cannot be loaded."""
+
+
+class TrackingError(MemInjectError):
+    """The MLflow tracking store failed (stayed locked or unreachable, or lacks its database
+    driver); the message names the operation, the redacted store URI and what to do."""
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first line of an error's message (its type name if it has none), cut to ``limit``:
+    library errors can run to pages, and a user gets one line."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def error_line(exc: BaseException) -> str:
+    """What ``meminject: error:`` prints: the first line, with any URL password hidden."""
+    from .redaction import redact
+
+    return redact(first_line(exc, limit=2000))

@@ -35,6 +35,7 @@ __all__ = ["MEMORY_TYPES", "ENCODINGS", "memory_texts", "word_pools", "word_sour
 
 MEMORY_TYPES = ("correct", "pos", "random", "random_vector")
 ENCODINGS = ("unembed", "embed", "layer")
+WORD_SOURCES = ("lexicon", "paper")
 POS_COLUMNS = {"noun": "Nouns", "verb": "Verbs", "adjective": "Adjectives", "adverb": "Adverbs", "conjunction": "Conjunctions"}
 TOP_COLUMN = "Top 5000 Words"
 _POOLS: dict[str, dict[str, list[str]]] = {}
@@ -44,7 +45,7 @@ def word_pools(memory_cfg: Any) -> dict[str, list[str]]:
     """Word pools by part of speech (and ``top``, most frequent first): from the lexicon, or
     from a word-list CSV (``memory.word_list=PATH``, or ``memory.words=paper``)."""
     source = str(memory_cfg.get("words", "lexicon"))
-    if source not in ("lexicon", "paper"):
+    if source not in WORD_SOURCES:
         raise ConfigError(f"memory.words={source!r}: use lexicon (wordfreq + lemminflect) or paper (the paper's word list)")
     if source == "lexicon" and memory_cfg.get("word_list") is None:
         from .lexicon import lexicon_pools

@@ -16,6 +16,7 @@ unembedding; the bridge's compatibility mode); ``raw`` keeps the checkpoint's we
 
 from __future__ import annotations
 
+import json
 import importlib.util
 import logging
 import os
@@ -29,7 +30,7 @@ import torch
 from .errors import ConfigError, ModelError
 from .paths import cache_dir
 
-__all__ = ["LoadedModel", "load_model", "resolve_device", "SMOLLM2_GGUF"]
+__all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device", "SMOLLM2_GGUF"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+WEIGHTS = ("paper", "raw")
+SOURCES = ("pretrained", "gguf_package", "tiny")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -218,11 +221,40 @@ def _load_pretrained(name: str, dtype: torch.dtype):
     return hf_model, tokenizer
 
 
+def model_shape(cfg: Any) -> dict[str, Any]:
+    """Layer and head counts of the ``model`` config node, read without loading any weights
+    (a sweep's coordinator validates its space with them and holds no model copy)."""
+    source = str(cfg.source)
+    if source == "tiny":
+        return {"model": str(cfg.name), "n_layers": int(cfg.tiny.n_layers), "n_heads": int(cfg.tiny.n_heads)}
+    if source == "gguf_package":
+        converted = cache_dir() / "models" / "smollm2-135m" / "config.json"
+        if converted.exists():  # the de-quantized copy's plain config: a JSON read
+            hf = json.loads(converted.read_text())
+            return {"model": str(cfg.name), "n_layers": int(hf["num_hidden_layers"]), "n_heads": int(hf["num_attention_heads"])}
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(_smollm2_dir() / SMOLLM2_GGUF)).fields
+        value = lambda key: int(fields[key].parts[fields[key].data[0]][0])  # noqa: E731 - GGUF scalar field
+        return {"model": str(cfg.name), "n_layers": value("llama.block_count"), "n_heads": value("llama.attention.head_count")}
+    if source == "pretrained":
+        from transformers import AutoConfig
+
+        try:
+            hf = AutoConfig.from_pretrained(str(cfg.hf_name))
+        except Exception as exc:  # noqa: BLE001 - HF raises many types for "not found / offline"
+            raise ModelError(f"cannot read the config of model {cfg.hf_name!r} ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); check the name or your connection") from exc
+        layers = getattr(hf, "num_hidden_layers", None) or getattr(hf, "n_layer", None)
+        heads = getattr(hf, "num_attention_heads", None) or getattr(hf, "n_head", None)
+        return {"model": str(cfg.name), "n_layers": int(layers), "n_heads": int(heads)}
+    raise ConfigError(f"model.source={source!r} must be one of {', '.join(SOURCES)}")
+
+
 def load_model(cfg: Any) -> LoadedModel:
     """Load (or reuse, per process) the model described by the ``model`` config node."""
     source = str(cfg.source)
     weights = str(cfg.weights)
-    if weights not in ("paper", "raw"):
+    if weights not in WEIGHTS:
         raise ConfigError(f"model.weights={weights!r} must be 'paper' or 'raw'")
     device = resolve_device(str(cfg.device))
     dtype = _resolve_dtype(str(cfg.dtype))

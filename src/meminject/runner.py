@@ -13,6 +13,8 @@ from .models import LoadedModel
 
 __all__ = ["Batch", "make_batches", "last_position_logits", "read_logits", "capture_last_position"]
 
+PADDING_SIDES = ("right", "left")  # right is exact for causal models; left is masked and re-positioned
+
 Hook = tuple[str, Callable]
 
 
@@ -66,7 +68,7 @@ def make_batches(
     by default each sequence's last token. ``prompt_lengths[i]`` marks where the prompt ends
     (the rest of the sequence is the teacher-forced answer).
     """
-    if padding_side not in ("left", "right"):
+    if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i])) if sort_by_length else list(range(len(token_lists)))
     groups: list[list[int]] = []

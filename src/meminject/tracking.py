@@ -1,34 +1,26 @@
-"""MLflow tracking: SQLite store and artifact root inside ``mlruns/`` by default."""
+"""MLflow tracking: SQLite store and artifact root inside ``mlruns/`` by default.
+
+Every store call goes through :class:`~meminject._store_retry.RetryingClient`: transient
+errors (a locked SQLite file, a busy server) are retried for ``tracking.retry_s`` seconds, then
+reported in one line. Credentials in URLs are hidden by :mod:`meminject.redaction`.
+"""
 
 from __future__ import annotations
 
 import functools
-
-import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ._store_retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, sqlite_path
+from ._store_retry import first_line as _first_line
+from .errors import ConfigError, TrackingError
 from .paths import mlruns_dir
+from .redaction import redact, redacted_config
 
-__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run"]
+__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run", "retry_seconds", "Tracker", "TrackingError"]
 
-
-def redact(url: str | None) -> str | None:
-    """Hide the password in ``scheme://user:password@host`` URLs (logs, params, saved configs)."""
-    if url is None:
-        return None
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(url))
-
-
-def redacted_config(cfg: Any) -> Any:
-    """A resolved copy of the config with the tracking URL's password hidden (for saved configs)."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    if cfg.get("tracking") is not None and cfg.tracking.get("uri"):
-        cfg.tracking.uri = redact(str(cfg.tracking.uri))
-    return cfg
+# Importing this module is enough: cli.py's `inspect` makes its own MlflowClient.
+quiet_run_links()
 
 
 def tracking_uri(cfg: Any) -> str:
@@ -37,33 +29,50 @@ def tracking_uri(cfg: Any) -> str:
     return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
 
 
+def retry_seconds(cfg: Any) -> float:
+    """``tracking.retry_s``: how long transient store errors are retried."""
+    value = cfg.tracking.get("retry_s", DEFAULT_RETRY_S)
+    try:
+        seconds = float(DEFAULT_RETRY_S if value is None else value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0 or isinstance(value, bool):
+        raise ConfigError(f"tracking.retry_s must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 def _artifact_root(uri: str | None = None) -> str:
     """Artifacts live next to a SQLite store (``mlruns/artifacts`` for the default one)."""
-    if uri and uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    path = sqlite_path(uri) if uri else None
+    if path is not None:
+        return (path.resolve().parent / "artifacts").as_uri()
     return (mlruns_dir() / "artifacts").as_uri()
 
 
-def _experiment_id(client: Any, name: str, uri: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    kwargs = {} if uri.startswith("http") else {"artifact_location": _artifact_root(uri)}
-    try:
-        return client.create_experiment(name, **kwargs)
-    except Exception:  # noqa: BLE001 - another worker created it first
+def _experiment_id(client: Any, name: str, uri: str, retry_s: float | None = None) -> str:
+    """The experiment's id, created on first use; under the SQLite store's creation lock so
+    that workers starting together neither race on it nor on a fresh database's tables."""
+    if not isinstance(client, RetryingClient):  # cli.py's inspect passes a plain MlflowClient
+        client = RetryingClient(client, uri, DEFAULT_RETRY_S if retry_s is None else retry_s)
+    with creation_lock(uri):
         experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+        if experiment is not None:
+            return experiment.experiment_id
+        kwargs = {} if uri.startswith("http") else {"artifact_location": _artifact_root(uri)}
+        try:
+            return client.create_experiment(name, **kwargs)
+        except TrackingError:
+            raise  # the store stayed unavailable: asking again would wait as long once more
+        except Exception:  # noqa: BLE001 - another worker (or an mlflow server's client) created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
+    client = open_client(uri, retry_seconds(cfg))
     experiment_id = _experiment_id(client, str(cfg.tracking.experiment), uri)
     run = client.create_run(experiment_id, run_name=f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak}", tags={"meminject.command": "eval"})
     run_id = run.info.run_id
@@ -80,15 +89,12 @@ def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
             client.log_artifact(run_id, str(out_dir / name))
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        try:  # once, without retries: after a TrackingError they would wait as long again
+            client.unwrapped.set_terminated(run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
         raise
-    del mlflow
     return run_id
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
 def probe_server(uri: str, timeout: float = 10.0) -> None:
@@ -137,13 +143,14 @@ class Tracker:
     processes can attach runs to one parent through ``mlflow.parentRunId``.
     """
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, retry_s: float = DEFAULT_RETRY_S):
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
         probe_server(uri)
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.retry_s = float(retry_s)
+        # every call (also search.py's tracker.client.get_run/set_tag) retries transient errors
+        self.client = open_client(uri, self.retry_s)
         try:
             self.experiment_id = _experiment_id(self.client, experiment, uri)
         except MlflowException as exc:
@@ -153,7 +160,7 @@ class Tracker:
     def from_config(cls, cfg: Any) -> "Tracker | None":
         if not cfg.tracking.enabled:
             return None
-        return cls(tracking_uri(cfg), str(cfg.tracking.experiment))
+        return cls(tracking_uri(cfg), str(cfg.tracking.experiment), retry_seconds(cfg))
 
     def check_reachable(self) -> None:
         """Fail before any trial when the tracking server cannot be reached."""

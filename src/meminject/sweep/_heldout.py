@@ -17,31 +17,22 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import compose_config
-from .errors import ConfigError
-from .stats import bootstrap_mean_ci, paired_sign_flip_p
+from ..config import compose_config
+from ..errors import ConfigError
+from ..site import overrides_of
+from ..stats import bootstrap_mean_ci, paired_sign_flip_p
+from ._trial import TrialRunner
 
-__all__ = ["CONTROL_TYPES", "heldout_report"]
+__all__ = ["CONTROL_TYPES", "heldout_report", "format_heldout"]
 
 CONTROL_TYPES = ("pos", "random", "random_vector")
-
-
-def _site_overrides(row: pd.Series, axes: Sequence[str] = ()) -> list[str]:
-    overrides = [f"model={row['model']}"] if "model" in axes else []
-    for key in ("injection.layer", "injection.tweak", "injection.site", "injection.positions", "injection.scale", "memory.encoding", "memory.type"):
-        if key in row and row[key] not in (None, "-") and not (isinstance(row[key], float) and np.isnan(row[key])):
-            overrides.append(f"{key}={row[key]}")
-    if row.get("injection.head") not in (None, "-") and not pd.isna(row.get("injection.head")):
-        overrides.append(f"injection.head={int(row['injection.head'])}")
-    return overrides
 
 
 def heldout_report(
     base_overrides: Sequence[str], sites: pd.DataFrame, *, controls: Sequence[str] = ("pos", "random_vector"),
     n_boot: int = 2000, seed: int = 0, runner: Any = None, axes: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Evaluate ranked ``sites`` (from :func:`meminject.search.ranked_sites`) on the held-out part."""
-    from .search import TrialRunner
+    """Evaluate ranked ``sites`` (from :func:`meminject.sweep.ranked_sites`) on the held-out part."""
 
     unknown = [c for c in controls if c not in CONTROL_TYPES]
     if unknown:
@@ -50,7 +41,7 @@ def heldout_report(
     base = [o for o in base_overrides if not o.startswith("data.part=")]
     records = []
     for _, site in sites.iterrows():
-        overrides = [*base, *_site_overrides(site, axes), "data.part=heldout"]
+        overrides = [*base, *overrides_of(site, with_model="model" in axes), "data.part=heldout"]
         cfg = compose_config(overrides)
         if cfg.data.get("split") is None:
             raise ConfigError("this study has no train/held-out split (data.split); rerun the sweep with data.split=0.7")
@@ -79,3 +70,18 @@ def heldout_report(
             record[f"gap_{control}_p"] = paired_sign_flip_p(difference, seed=seed + 2)
         records.append(record)
     return pd.DataFrame(records)
+
+
+def format_heldout(report: pd.DataFrame, controls: Sequence[str]) -> str:
+    lines = []
+    for _, r in report.iterrows():
+        head = r.get("injection.head")
+        head = "" if head is None or head == "-" or (isinstance(head, float) and np.isnan(head)) else f" h{head}"
+        site = f"L{r['injection.layer']}{head} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}"
+        text = f"  {int(r['rank']):>2} {site:<34} train {r['train_gain']:+.4f}  held-out {r['heldout_gain']:+.4f} [{r['heldout_ci_low']:+.4f}, {r['heldout_ci_high']:+.4f}] improved {r['heldout_frac_improved']:.0%}"
+        for control in controls:
+            text += f"  gap vs {control} {r[f'gap_{control}']:+.4f} (p={r[f'gap_{control}_p']:.3f})"
+        if r["heldout_includes_zero"]:
+            text += "  ⚠ held-out interval includes 0"
+        lines.append(text)
+    return "\n".join(lines)

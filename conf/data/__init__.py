@@ -1,0 +1,1 @@
+"""Config group `data` (YAML options; see conf/config.yaml)."""

@@ -1,0 +1,1 @@
+"""Config group `injection` (YAML options; see conf/config.yaml)."""

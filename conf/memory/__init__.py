@@ -1,0 +1,1 @@
+"""Config group `memory` (YAML options; see conf/config.yaml)."""

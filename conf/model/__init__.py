@@ -1,0 +1,1 @@
+"""Config group `model` (YAML options; see conf/config.yaml)."""

@@ -1,0 +1,1 @@
+"""Config group `perf` (YAML options; see conf/config.yaml)."""

@@ -1,0 +1,1 @@
+"""Config group `tracking` (YAML options; see conf/config.yaml)."""

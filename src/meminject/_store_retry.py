@@ -1,0 +1,236 @@
+"""Reaching the MLflow tracking store reliably, and failing in one line when it cannot be reached.
+
+* Transient store errors (a SQLite file locked by another worker, a busy or restarting
+  tracking server) are retried with exponential backoff for ``tracking.retry_s`` seconds,
+  then reported as one :class:`~meminject.errors.TrackingError` line. Other errors raise at once.
+* SQLite: the connection waits on locks (``?timeout=`` on the store URI) — MLflow's own
+  ``PRAGMA busy_timeout`` covers its sessions only, not the table check when a store opens,
+  which otherwise gives up after sqlite3's default 5 s; and the first creation of a database
+  is serialized by ``fcntl.flock`` on ``<db>.lock``: two processes migrating one fresh file
+  at once can crash one of them in alembic.
+* A missing database driver (``psycopg2`` for ``postgresql://``) is a one-line install hint.
+* MLflow's "🏃 View run ... at: http://user:password@host/..." lines are switched off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import TrackingError
+from .redaction import redact
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: SQLite's own locking is all there is
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["DEFAULT_RETRY_S", "RetryingClient", "creation_lock", "first_line", "is_transient", "open_client", "quiet_run_links", "retrying", "sqlite_path"]
+
+DEFAULT_RETRY_S = 60.0
+T = TypeVar("T")
+
+_TRANSIENT_TEXT = re.compile(
+    r"database (?:table )?is (?:locked|busy)|temporarily[ _]unavailable|too many requests|service unavailable"
+    r"|connection (?:refused|reset|aborted)|timed out|max retries exceeded|remote ?disconnected"
+    r"|(?:error|status) code:? (?:429|502|503|504)\b|\b(?:429|502|503|504) (?:client|server) error",
+    re.IGNORECASE,
+)
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"})
+# MLflow reports every SQLAlchemy OperationalError as TEMPORARILY_UNAVAILABLE, but waiting does
+# not fix these: fail at once instead of after tracking.retry_s.
+_PERMANENT_TEXT = re.compile(
+    r"no such (?:table|column)|unable to open database|readonly database|not a database|syntax error"
+    r"|authentication failed|does not exist|out-of-date database schema",
+    re.IGNORECASE,
+)
+_ALEMBIC_RACE = "Online migration expected to match one row"
+_DRIVERS = {  # import name -> (database, how to install)
+    "psycopg2": ("PostgreSQL", 'pip install "meminject[postgres]"'),
+    "psycopg": ("PostgreSQL", 'pip install "meminject[postgres]" (and use postgresql+psycopg2://)'),
+    "pg8000": ("PostgreSQL", "pip install pg8000"),
+    "pymysql": ("MySQL", "pip install pymysql"),
+    "MySQLdb": ("MySQL", "pip install mysqlclient"),
+    "pymssql": ("SQL Server", "pip install pymssql"),
+    "pyodbc": ("SQL Server", "pip install pyodbc"),
+}
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
+
+
+def quiet_run_links() -> None:
+    """No "🏃 View run <name> at: <url>" lines: MLflow prints them on stdout whenever a run ends
+    on an HTTP server, with the tracking URI's password in the URL. meminject prints run ids
+    itself. MLflow's supported switch; set (not defaulted) because a leak is never wanted."""
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether waiting may fix ``exc`` (or an exception it was raised from)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _transient_one(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _transient_one(exc: BaseException) -> bool | None:
+    """True/False when ``exc`` decides it; None to look at the exception it came from."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError):
+        return bool(re.search(r"database (?:table )?is (?:locked|busy)", text, re.IGNORECASE))
+    if _PERMANENT_TEXT.search(text):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):  # refused, reset, aborted; socket timeouts
+        return True
+    try:
+        import requests
+        import sqlalchemy.exc
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - MLflow depends on all three
+        return None
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    if isinstance(exc, sqlalchemy.exc.OperationalError):  # a locked file; a database server that is down or restarting
+        return True
+    if isinstance(exc, MlflowException):
+        if getattr(exc, "error_code", None) in _TRANSIENT_CODES or _TRANSIENT_TEXT.search(text):
+            return True
+        return None  # the REST client wraps the connection error: look at it
+    return None
+
+
+def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float) -> T:
+    """``call()``, retried with exponential backoff (50 ms doubling to 2 s, jittered so workers
+    do not retry in step) while it fails transiently, for ``retry_s`` seconds at most."""
+    deadline = time.monotonic() + max(0.0, retry_s)
+    delay = 0.05
+    while True:
+        error: BaseException | None = None
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if not is_transient(exc):
+                raise
+            error = exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            # raised outside the except block: the message is the line, no chained context shown
+            raise TrackingError(
+                f"MLflow {what} failed at {redact(uri)}: {redact(first_line(error))} (still failing after tracking.retry_s={retry_s:g} s); "
+                "check that the tracking server or database is up and not held by a stuck process, raise tracking.retry_s, "
+                "or set tracking.enabled=false to run without MLflow"
+            ) from error
+        time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+        delay = min(delay * 2, 2.0)
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose public methods retry transient store errors (see :func:`retrying`).
+
+    A proxy rather than wrappers in ``Tracker``: code that calls ``tracker.client.get_run`` or
+    ``.set_tag`` directly gets the retries too. ``unwrapped`` is the plain client.
+    """
+
+    def __init__(self, client: Any, uri: str, retry_s: float):
+        self.unwrapped = client
+        self.uri = uri
+        self.retry_s = retry_s
+
+    def __getattr__(self, name: str) -> Any:
+        client = self.__dict__.get("unwrapped")
+        if client is None:  # while unpickling, before __init__'s attributes exist
+            raise AttributeError(name)
+        attr = getattr(client, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retrying(lambda: attr(*args, **kwargs), name, self.uri, self.retry_s)
+
+        return call
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and ``:memory:``)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _store_uri(uri: str, retry_s: float) -> str:
+    """For SQLite, the URI with a busy timeout for sqlite3 (SQLAlchemy passes ``timeout`` on):
+    the table check MLflow runs when a store opens waits on a lock instead of failing."""
+    if sqlite_path(uri) is None or re.search(r"[?&]timeout=", uri):
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={max(retry_s, 0.001):g}"
+
+
+@contextmanager
+def creation_lock(uri: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<db>.lock`` next to a SQLite store (nothing for other stores).
+
+    Held while a store opens (its first opening creates the tables through alembic migrations)
+    and while an experiment is looked up or created. The lock file stays: removing it would
+    race with a process that has just opened it.
+    """
+    path = sqlite_path(uri)
+    handle = None
+    if path is not None and fcntl is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - closed below
+        except OSError:  # a read-only folder: SQLite's own locking is all there is
+            handle = None
+    try:
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # the holder is bounded by its own retry_s
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the flock
+
+
+def open_client(uri: str, retry_s: float) -> RetryingClient:
+    """An MLflow client for ``uri`` whose store is open (created on first use), with retries."""
+    from mlflow.tracking import MlflowClient
+
+    quiet_run_links()
+    store_uri = _store_uri(uri, retry_s)
+
+    def connect() -> Any:
+        with creation_lock(uri):
+            try:
+                return MlflowClient(tracking_uri=store_uri)
+            except Exception as exc:  # noqa: BLE001
+                if _ALEMBIC_RACE not in str(exc):
+                    raise
+            # something outside meminject (an `mlflow server`) migrated the fresh database at the
+            # same moment; it exists now, so opening it again finds its tables
+            return MlflowClient(tracking_uri=store_uri)
+
+    try:
+        client = retrying(connect, "open the tracking store", uri, retry_s)
+    except ModuleNotFoundError as exc:
+        driver = _DRIVERS.get((exc.name or "").split(".")[0])
+        if driver is None:
+            raise
+        raise TrackingError(f"tracking store {redact(uri)} needs the {driver[0]} driver: {driver[1]}") from exc
+    return RetryingClient(client, uri, retry_s)

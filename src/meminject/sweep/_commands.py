@@ -1,0 +1,182 @@
+"""The sweep, worker and best commands: each parses its keys, calls one function, and always
+closes what it opened (the parent run ends FINISHED, RUNNING for a budget left to other
+workers, KILLED after Ctrl-C/SIGTERM, or FAILED)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Sequence
+
+from optuna.trial import TrialState
+
+from ..config import compose_config
+from ..errors import ConfigError, first_line
+from ..paths import outputs_dir
+from ..recovery import DEFAULT_HEARTBEAT
+from ..tracking import Tracker, redact, tracking_uri
+from ._heldout import format_heldout, heldout_report
+from ._parent import best_csv, finalize, start_parent_run
+from ._results import distinct_sites, format_table, ranked_sites
+from ._settings import BEST_SETTINGS, SWEEP_SETTINGS, WORKER_SETTINGS, SweepSpec, as_bool, as_non_negative_int, as_positive_int, load_sweep, parse_settings, presets
+from ._spawn import die_with_parent, spawn_workers
+from ._storage import default_storage_url, load_study
+from ._study import ATTR_PARENT, ATTR_SPEC, budget, counted, prepare_study
+from ._worker import run_worker, signals_held
+
+__all__ = ["cmd_sweep", "cmd_worker", "cmd_best", "help_epilog"]
+
+
+def help_epilog(command: str) -> str:
+    """The keys of ``command`` (and, for sweep, every preset with its description)."""
+    keys = {"sweep": SWEEP_SETTINGS, "worker": WORKER_SETTINGS, "best": BEST_SETTINGS}[command]
+    width = max(map(len, keys)) + 2
+    lines = [f"{command} keys (key=value):"] + [f"  {k + '=':<{width}} {v}" for k, v in keys.items()]
+    if command == "sweep":
+        found = presets()
+        pad = max(map(len, found)) + 2
+        lines += ["", "presets (sweep=NAME; ./sweeps/NAME.yaml adds your own):"] + [f"  {name:<{pad}} {text}" for name, (_, text) in sorted(found.items())]
+        lines += ["", "any other key=value is a config override (see meminject eval --help), or a searched axis: key='interval(1,15)', 'range(0,all)', 'choice(a,b)'"]
+    return "\n".join(lines)
+
+
+def _heartbeat_setting(settings: dict[str, str]) -> tuple[int, int] | None:
+    """``heartbeat=SECONDS grace=SECONDS`` (None: keep the study's, or the default)."""
+    if "heartbeat" not in settings and "grace" not in settings:
+        return None
+    interval = as_positive_int(settings.get("heartbeat", DEFAULT_HEARTBEAT[0]), "heartbeat")
+    grace = as_positive_int(settings.get("grace", max(DEFAULT_HEARTBEAT[1], 4 * interval)), "grace")
+    if grace <= interval:
+        raise ConfigError(f"grace={grace} must be longer than heartbeat={interval} (a trial is stale after missing beats for the grace period)")
+    return interval, grace
+
+
+def _tracker(base) -> Tracker | None:
+    tracker = Tracker.from_config(base)
+    if tracker is not None:
+        try:
+            tracker.check_reachable()
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"tracking server {redact(tracking_uri(base))} is unreachable ({first_line(exc, 160)}); start it or set tracking.uri") from exc
+    return tracker
+
+
+def cmd_sweep(args: Sequence[str]) -> int:
+    spec, settings = load_sweep(args)
+    workers = as_non_negative_int(settings.get("workers", 1), "workers")
+    progress = as_bool(settings.get("progress", "true"), "progress")
+    heartbeat = _heartbeat_setting(settings)
+    storage_url = settings.get("storage")
+    tracker = _tracker(compose_config(spec.overrides))
+    study, space, base = prepare_study(spec, storage_url, heartbeat)
+    start_parent_run(study, spec, base, tracker, storage_url)
+    total = budget(spec, space)
+    where = redact(storage_url or default_storage_url())
+    print(f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {total} trials · {spec.direction} {spec.objective} · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}")
+    print(f"  storage {where} · workers {workers}" + (f" · MLflow {redact(tracking_uri(base))}" if tracker else ""))
+    done_before = len(counted(study))
+    if done_before >= total and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        print(f"study {spec.study_name} is complete ({done_before} trials): nothing to run")
+    elif workers == 0:
+        # Prepare only: the study, its grid queue and the parent run exist; workers start anywhere.
+        print(f"  prepared; start workers (any machine that reaches the storage and the tracking server):\n"
+              f"    meminject worker study={spec.study_name} storage={where}\n"
+              f"  then rerun this command to finish the parent run and write the ranked sites")
+        return 0
+    started = time.perf_counter()
+    _run_and_close(study, spec, tracker, workers, storage_url, total, progress)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if done_before < total:
+        print(f"done: {len(complete)} complete trials ({len(complete) - done_before} new) in {time.perf_counter() - started:.1f} s")
+    print(format_table(ranked_sites(study, top=5)))
+    print(f"ranked sites: {best_csv(study.study_name)}")
+    return 0
+
+
+def _run_and_close(study, spec: SweepSpec, tracker: Tracker | None, workers: int, storage_url: str | None, total: int, progress: bool) -> None:
+    """Run the workers; whatever happens, write the results and close the parent run."""
+    status = "FINISHED"
+    try:
+        if workers == 1:
+            run_worker(spec.study_name, storage_url, progress=progress)
+        elif workers > 1:
+            spawn_workers(spec.study_name, storage_url, workers, total, progress)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        parent = study.user_attrs.get(ATTR_PARENT) if tracker is not None else None
+        try:
+            finalize(study, tracker)
+        finally:
+            if parent:
+                if status == "FINISHED" and len(counted(study)) < total:
+                    status = "RUNNING"  # other workers still owe trials; their last rerun closes it
+                with signals_held(), contextlib.suppress(Exception):
+                    tracker.finish(parent, status)
+
+
+def cmd_worker(args: Sequence[str]) -> int:
+    settings, _ = parse_settings(args, WORKER_SETTINGS, "worker")
+    if "study" not in settings:
+        raise ConfigError("meminject worker needs study=NAME (and storage=URL unless the default)")
+    index = as_non_negative_int(settings["worker_index"], "worker_index") if "worker_index" in settings else None
+    max_trials = as_positive_int(settings["max_trials"], "max_trials") if "max_trials" in settings else None
+    progress = as_bool(settings.get("progress", "true"), "progress")
+    if os.environ.get("MEMINJECT_COORDINATOR_PID"):
+        die_with_parent()
+    threads = os.environ.get("MEMINJECT_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    ran = run_worker(settings["study"], settings.get("storage"), worker_index=index, progress=progress, max_trials=max_trials)
+    print(f"worker: {ran} trials")
+    return 0
+
+
+def cmd_best(args: Sequence[str]) -> int:
+    """Ranked sites of a study; with a train/held-out split, the top sites judged on held-out prompts."""
+    settings, _ = parse_settings(args, BEST_SETTINGS, "best")
+    top = as_positive_int(settings.get("top", 10), "top")
+    distinct = as_bool(settings.get("distinct", "false"), "distinct")
+    heldout = settings.get("heldout", "auto").lower()
+    if heldout not in ("auto", "true", "false"):
+        raise ConfigError(f"heldout={heldout!r}: use true, false or auto")
+    controls = [c for c in settings.get("controls", "pos,random_vector").split(",") if c]
+    n_boot = as_positive_int(settings.get("bootstrap", 2000), "bootstrap")
+    study = load_study(settings.get("study"), settings.get("storage"))
+    name = study.study_name
+    table = ranked_sites(study)
+    if distinct:
+        table = distinct_sites(table)
+    path = outputs_dir("best") / f"{name}{'-distinct' if distinct else ''}.csv"
+    table.to_csv(path, index=False)
+    unit = "sites (best τ of each)" if distinct else "distinct sites"
+    print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}")
+    print(format_table(table.head(top)))
+    print(f"table: {path}")
+    spec = SweepSpec.from_json(study.user_attrs[ATTR_SPEC]) if ATTR_SPEC in study.user_attrs else None
+    base = compose_config(spec.overrides) if spec else None
+    tracker = Tracker.from_config(base) if base is not None else None
+    parent = study.user_attrs.get(ATTR_PARENT)
+    if tracker is not None and parent:
+        tracker.log_file(parent, path)
+    has_split = base is not None and base.data.split is not None and str(base.data.part) == "train"
+    if heldout == "true" and not has_split:
+        raise ConfigError(f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible")
+    if table.empty or heldout == "false" or not has_split:
+        return 0
+    report = heldout_report(spec.overrides, table.head(top), controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))
+    report_path = outputs_dir("best") / f"{name}-heldout.csv"
+    report.to_csv(report_path, index=False)
+    print(f"\nheld-out check of the top {len(report)} sites ({int(report['heldout_prompts'].iloc[0])} held-out prompts; 95% bootstrap intervals):")
+    print(format_heldout(report, controls))
+    print(f"held-out table: {report_path}")
+    if tracker is not None and parent:
+        tracker.log_file(parent, report_path)
+    return 0

@@ -1,0 +1,99 @@
+"""The study's one MLflow parent run: created (or found) under the storage lock, reconciled
+after an interruption, and finished with the ranked sites, control gaps and figures."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import flat_config, to_yaml
+from ..paths import outputs_dir
+from ..errors import first_line
+from ..tracking import Tracker, redact, redacted_config
+from ._results import control_gaps, ranked_sites
+from ._settings import SweepSpec
+from ._storage import default_storage_url
+from ._study import ATTR_PARENT, storage_lock
+
+__all__ = ["start_parent_run", "finalize", "best_csv"]
+
+log = logging.getLogger("meminject")
+
+
+def best_csv(study_name: str) -> Path:
+    return outputs_dir("best") / f"{study_name}.csv"
+
+
+def start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: Tracker | None, storage_url: str | None) -> None:
+    """Reopen the study's parent run, or create it: exactly one per study, also when two
+    sweeps start at once (the check and the creation hold the storage lock)."""
+    if tracker is None:
+        return
+    from ._optuna import storage_of
+
+    with storage_lock(storage_url, storage_of(study)):
+        parent = study.user_attrs.get(ATTR_PARENT)
+        if not parent:
+            params = {"sweep": spec.name, "sampler": spec.sampler, "n_trials": spec.n_trials, "seed": spec.seed, "objective": spec.objective, "direction": spec.direction,
+                      "model": base.model.name, "weights": base.model.weights, "dataset": base.data.name, "storage": redact(storage_url or default_storage_url())}
+            params.update({f"space.{k}": v for k, v in spec.params.items()})
+            params.update({f"config.{k}": v for k, v in flat_config(redacted_config(base)).items()})
+            parent = tracker.start_parent(spec.study_name, params, {"meminject.sampler": spec.sampler})
+            shown = json.loads(spec.to_json())
+            shown["overrides"] = [redact(o) for o in shown["overrides"]]
+            tracker.log_text(parent, "sweep.json", json.dumps(shown, indent=2))
+            tracker.log_text(parent, "base_config.yaml", to_yaml(redacted_config(base)))
+            study.set_user_attr(ATTR_PARENT, parent)
+            return
+    tracker.reopen(parent)
+    _reconcile_runs(study, tracker)
+
+
+def _reconcile_runs(study: optuna.Study, tracker: Tracker) -> None:
+    """After an interruption: every complete trial's run FINISHED, every other trial's run not RUNNING."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            continue
+        status = tracker.client.get_run(run_id).info.status
+        if t.state == TrialState.COMPLETE and status != "FINISHED":
+            tracker.finish(run_id, "FINISHED")
+        elif t.state == TrialState.FAIL and status == "RUNNING":
+            tracker.finish(run_id, "FAILED")
+
+
+def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
+    """Write the ranked sites (and control gaps, figures); put them on the parent run."""
+    table = ranked_sites(study)
+    path = best_csv(study.study_name)
+    table.to_csv(path, index=False)
+    gaps = control_gaps(table)
+    gaps_path = outputs_dir("best") / f"{study.study_name}-control-gaps.csv"
+    if gaps is not None:
+        gaps.to_csv(gaps_path, index=False)
+    figures = []
+    try:
+        from ..figures import sweep_figures
+
+        figures = sweep_figures(study, table, outputs_dir("figures", study.study_name))
+    except Exception as exc:  # noqa: BLE001 - a figure must never cost the results
+        log.warning("note: sweep figures skipped (%s)", first_line(exc))
+    parent = study.user_attrs.get(ATTR_PARENT)
+    if tracker is not None and parent:
+        tracker.log_file(parent, path)
+        if gaps is not None:
+            tracker.log_file(parent, gaps_path)
+        for figure in figures:
+            tracker.log_file(parent, figure, "figures")
+        with contextlib.suppress(ValueError):  # no complete trial yet
+            best = study.best_trial
+            tracker.log_metrics(parent, {"best_value": best.value, "best_mean_gain": best.user_attrs.get("mean_gain", best.value), "best_trial": best.number,
+                                         "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))})
+            tracker.client.set_tag(parent, "meminject.best_params", json.dumps(best.params, default=str))
+    return path

@@ -1,0 +1,105 @@
+"""Recording a trial: its site and summary in Optuna, everything in its MLflow run.
+
+Every trial run carries the whole resolved config, flattened (``injection.scale``,
+``metric.answer``, ``memory.draw``, ``data.split``, …), its site record, the hook it
+touched, the dataset's hash, the per-prompt table, the config and a per-prompt gain chart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import flat_config, to_yaml
+from ..memories import word_source
+from ..site import Site
+from ..tracking import redacted_config
+
+__all__ = ["trial_params", "record_trial", "resident_mb", "ATTR_KEY"]
+
+log = logging.getLogger("meminject")
+
+ATTR_KEY = "meminject.key"  # the computed point (trial_key), as an Optuna user attribute
+
+
+def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int) -> dict[str, Any]:
+    """A trial run's MLflow params: the resolved config (redacted), the site, and what ran."""
+    return {
+        **flat_config(redacted_config(cfg)),
+        **Site.from_config(cfg).record(),
+        "hook": hook, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "n_prompts": len(dataset),
+        "trials_per_forward": stacked, "memory.word_source": word_source(cfg.memory),
+    }
+
+
+def record_trial(trial: Any, cfg: Any, evaluator: Any, result: Any, seconds: float, stacked: int, tracker: Any, run_id: str | None, objective: str) -> float:
+    """Store a trial's results in Optuna (user attributes) and MLflow (params, metrics,
+    artifacts; the run stays open until Optuna has the value). Returns the objective."""
+    summary = dict(result.summary)
+    for name, value in summary.items():
+        trial.set_user_attr(name, value)
+    trial.set_user_attr("trial_seconds", seconds)
+    _release_freed_memory()
+    rss = resident_mb()
+    if rss is not None:  # the worker's memory after each trial: a per-trial leak shows as a slope
+        trial.set_user_attr("worker_rss_mb", rss)
+        summary["worker_rss_mb"] = rss
+    for name, value in Site.from_config(cfg).attrs().items():
+        trial.set_user_attr(name, value)
+    if tracker is not None and run_id is not None:
+        params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked)
+        with tempfile.TemporaryDirectory() as folder:
+            artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(redacted_config(cfg))}
+            if cfg.tracking.trial_figures:
+                title = f"trial {trial.number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}"
+                figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
+                if figure is not None:
+                    artifacts["per_prompt_gains.png"] = figure
+            tracker.finish_trial(run_id, params, {**summary, "trial_seconds": seconds}, artifacts, terminate=False)
+    return float(summary[objective])
+
+
+_MALLOC_TRIM: Any = None
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after the figure's and the
+    tracker's large short-lived buffers, which reads as a slow climb over thousands of trials)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MiB (Linux /proc; psutil elsewhere; None if neither)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _trial_figure(per_prompt: Any, path: Path, title: str) -> Path | None:
+    """The trial's sorted per-prompt gains as a PNG (never fails the trial)."""
+    from ..figures import per_prompt_gains
+
+    try:
+        return per_prompt_gains(per_prompt, path, title)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("trial figure skipped: %s", exc)
+        return None

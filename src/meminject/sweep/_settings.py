@@ -1,0 +1,238 @@
+"""Sweep settings: the command keys of sweep/worker/best, presets, and the stored sweep spec.
+
+A preset (``sweeps/NAME.yaml``) reads like a small form: a description, what it optimizes
+(``objective``, ``direction``), the sampler and budget, fixed config, and searched axes in
+Hydra's sweeper grammar (:mod:`meminject.space`). :func:`load_sweep` applies the command
+line to it; the resulting :class:`SweepSpec` is stored in the study, so every worker runs
+exactly the same sweep.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import OmegaConf
+
+from ..errors import ConfigError, first_line
+from ..paths import preset_dirs
+
+__all__ = [
+    "SweepSpec", "load_sweep", "parse_settings", "presets", "SWEEP_SETTINGS", "WORKER_SETTINGS", "BEST_SETTINGS",
+    "SAMPLERS", "DIRECTIONS", "check_study_name", "as_positive_int", "as_non_negative_int", "as_bool",
+]
+
+SAMPLERS = ("grid", "tpe", "random")
+DIRECTIONS = ("maximize", "minimize")
+OBJECTIVES = ("mean_gain", "median_gain", "frac_improved", "mean_logprob_gain")  # trial summary metrics
+
+# Each command's own keys (everything else on a sweep command line is config): key -> help.
+SWEEP_SETTINGS = {
+    "sweep": "preset name: sweeps/NAME.yaml (default smoke)",
+    "n_trials": "trial budget shared by all workers (grid: at most this many points)",
+    "workers": "worker processes on this machine (0: prepare the study only; default 1)",
+    "study": "study name (letters, digits, . _ -; default <preset>-<model>-<data>)",
+    "storage": "Optuna storage: a journal file path or an RDB URL (default ./mlruns/optuna.journal)",
+    "sampler": "override the preset's sampler: grid | tpe | random",
+    "heartbeat": "seconds between a running trial's heartbeats (default 30)",
+    "grace": "seconds without a heartbeat before a trial counts as dead and is re-run (default 120)",
+    "progress": "true | false: the progress bar",
+}
+WORKER_SETTINGS = {
+    "study": "the study to join (required)",
+    "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
+    "worker_index": "this worker's index (default: a fresh one; seeds its sampler)",
+    "progress": "true | false: the progress bar",
+    "max_trials": "stop after this many trials",
+}
+BEST_SETTINGS = {
+    "study": "the study (default: the only study in the storage)",
+    "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
+    "top": "how many sites to show and judge on held-out prompts (default 10)",
+    "distinct": "true: only the best τ of each site | false: every point (default false)",
+    "heldout": "auto | true | false: re-evaluate the top sites on held-out prompts (default auto)",
+    "controls": "control memories for the held-out gaps (default pos,random_vector)",
+    "bootstrap": "bootstrap resamples of the held-out intervals (default 2000)",
+}
+
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_AXIS_HEADS = ("choice", "range", "interval", "int", "tag", "float")
+
+
+@dataclass
+class SweepSpec:
+    """Everything that defines a sweep; stored in the study so any worker can rebuild it."""
+
+    name: str
+    sampler: str
+    n_trials: int | None
+    seed: int
+    overrides: list[str]            # fixed config overrides (preset's, then the command line's)
+    params: dict[str, str]          # searched axes: config key -> grammar expression
+    study_name: str = ""
+    notes: list[str] = field(default_factory=list)
+    objective: str = "mean_gain"    # the trial summary metric Optuna optimizes
+    direction: str = "maximize"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepSpec":
+        return cls(**json.loads(text))
+
+
+def as_positive_int(value: Any, key: str) -> int:
+    try:
+        number = int(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{key}={value!r} must be a positive integer") from exc
+    if number < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+    return number
+
+
+def as_non_negative_int(value: Any, key: str) -> int:
+    return 0 if str(value).strip() == "0" else as_positive_int(value, key)
+
+
+def as_bool(value: Any, key: str) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ConfigError(f"{key}={value!r}: use true or false")
+    return text == "true"
+
+
+def check_study_name(name: str) -> str:
+    """A study name becomes file names under ./outputs: no separators, no '..', no surprises."""
+    if not _STUDY_NAME.match(name) or ".." in name:
+        raise ConfigError(f"study={name!r}: a study name is 1-100 letters, digits, '.', '_' or '-' (no '/' or '..'), e.g. study=layers-v2")
+    return name
+
+
+def parse_settings(args: Sequence[str], allowed: Mapping[str, str], command: str, *, rest_allowed: bool = False) -> tuple[dict[str, str], list[str]]:
+    """Split ``key=value`` args into this command's settings and the rest (config, for sweep).
+
+    Without ``rest_allowed`` an unknown key is refused by name, with a suggestion.
+    """
+    settings: dict[str, str] = {}
+    rest: list[str] = []
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"bad argument {arg!r}: expected key=value (see meminject {command} --help)")
+        key, value = arg.split("=", 1)
+        if key in allowed:
+            settings[key] = value
+        elif rest_allowed:
+            rest.append(arg)
+        else:
+            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown setting {key!r} for {command}{hint}; its settings: {', '.join(allowed)}")
+    if "study" in settings:
+        check_study_name(settings["study"])
+    return settings, rest
+
+
+def presets() -> dict[str, tuple[Path, str]]:
+    """Preset name -> (file, one-line description); packaged first, ./sweeps adds."""
+    found: dict[str, tuple[Path, str]] = {}
+    for folder in preset_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem not in found:
+                found[path.stem] = (path, _description(path))
+    return found
+
+
+def _description(path: Path) -> str:
+    try:
+        return str(OmegaConf.load(path).get("description") or "").strip()
+    except Exception:  # noqa: BLE001 - a broken user preset still lists; loading it says what is wrong
+        return "(unreadable preset)"
+
+
+def _is_axis(key: str, value: str) -> bool:
+    if key.startswith(("injection.", "memory.")) and value.strip() == "all":
+        return True
+    return "(" in value and value.split("(", 1)[0].strip() in _AXIS_HEADS
+
+
+def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Config args of a sweep command line: fixed overrides, and searched axes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides, axes = [], {}
+    parser = OverridesParser.create()
+    for arg in args:
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+")
+        if _is_axis(key, value):
+            axes[key] = value
+        elif key == "model" and "," in value:
+            axes[key] = f"choice({value})"
+        else:
+            try:
+                parser.parse_overrides([arg])
+            except HydraException as exc:
+                raise ConfigError(f"bad override {arg!r}: {first_line(exc)}") from exc
+            overrides.append(arg)
+    return overrides, axes
+
+
+_PRESET_KEYS = {"description", "objective", "direction", "sampler", "n_trials", "seed", "config", "params", "study"}
+
+
+def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
+    """Read the preset named by ``sweep=`` and apply the command line; returns (spec, settings)."""
+    settings, config_args = parse_settings(args, SWEEP_SETTINGS, "sweep", rest_allowed=True)
+    cli_overrides, cli_axes = _split_config(config_args)
+    name = settings.get("sweep", "smoke")
+    known = presets()
+    if name not in known:
+        raise ConfigError(f"unknown sweep {name!r}; choose from: {', '.join(sorted(known))} (or add ./sweeps/{name}.yaml)")
+    path = known[name][0]
+    preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    unknown = set(preset) - _PRESET_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_PRESET_KEYS))})")
+    objective, direction = str(preset.get("objective", "mean_gain")), str(preset.get("direction", "maximize"))
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"{path}: objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"{path}: direction={direction!r} is not one of {', '.join(DIRECTIONS)}")
+    sampler = str(settings.get("sampler", preset.get("sampler", "tpe")))
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
+    n_trials = settings.get("n_trials", preset.get("n_trials"))
+    n_trials = None if n_trials in (None, "null", "None") else as_positive_int(n_trials, "n_trials")
+    if sampler != "grid" and n_trials is None:
+        raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
+    preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
+    seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
+    params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
+    params.update(cli_axes)
+    for key in list(params):
+        if any(o.split("=", 1)[0] == key for o in cli_overrides):  # a fixed value on the command line wins
+            del params[key]
+    if not params:
+        raise ConfigError(f"sweep {name!r} searches nothing: give at least one axis, e.g. injection.layer='range(0,all)'")
+    given = preset_overrides + cli_overrides
+    spec = SweepSpec(
+        name=name,
+        sampler=sampler,
+        n_trials=n_trials,
+        seed=int(seed),
+        # Sweeps pick sites on the train part only; `meminject best` judges them on the held-out part.
+        overrides=(["data.part=train"] if not any(o.startswith("data.part=") for o in given) else [])
+        + given + ([f"seed={seed}"] if not any(o.startswith("seed=") for o in cli_overrides) else []),
+        params=params,
+        study_name=str(settings.get("study", "")),
+        objective=objective,
+        direction=direction,
+    )
+    return spec, settings

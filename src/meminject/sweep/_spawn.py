@@ -1,0 +1,82 @@
+"""Worker processes on this machine, watched by the sweep command (the coordinator).
+
+Each worker gets its share of the CPU threads (or one GPU), its own sampler seed (it
+registers with the study), and ends with its coordinator: Linux delivers SIGTERM to it when
+the coordinator dies (PR_SET_PDEATHSIG), and it also checks between trials.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import MemInjectError
+from ._storage import default_storage_url, open_storage
+
+__all__ = ["spawn_workers", "die_with_parent"]
+
+
+def die_with_parent() -> None:
+    """In a worker: receive SIGTERM when the process that started it exits (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the worker's between-trials check still notices
+
+
+def _threads_for(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def spawn_workers(study_name: str, storage_url: str | None, workers: int, total: int, progress: bool = True) -> None:
+    import torch
+
+    storage_arg = storage_url or default_storage_url()
+    procs = []
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index in range(workers):
+        env = {**os.environ, "MEMINJECT_COORDINATOR_PID": str(os.getpid())}
+        if n_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
+        else:
+            threads = str(_threads_for(workers))
+            env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEMINJECT_THREADS": threads})
+        cmd = [sys.executable, "-m", "meminject", "worker", f"study={study_name}", f"storage={storage_arg}", "progress=false"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    try:
+        _watch(study, procs, total, progress)
+    except KeyboardInterrupt:
+        # The terminal's Ctrl-C reached the workers too (one process group); a `kill -INT` of
+        # this process alone did not: pass it on once. Workers hold signals while cleaning up.
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        raise MemInjectError(f"worker(s) {', '.join(map(str, failed))} exited with an error (see their output above); rerun the same command to resume")
+
+
+def _watch(study: optuna.Study, procs: list[subprocess.Popen], total: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            bar.update(max(0, len(complete) - bar.n))
+            if complete:
+                leader = study.best_trial
+                bar.set_postfix(best=f"{leader.value:+.4f}", trial=leader.number)
+        bar.update(max(0, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) - bar.n))

@@ -1,0 +1,88 @@
+"""Study storage: a journal file by default (safe for workers on one machine), or any RDB URL.
+
+The journal is repaired on open when its last record was cut (SIGKILL, power loss, a full
+disk): Optuna would skip the partial line on read but glue the next append onto it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ..errors import ConfigError, first_line
+from ..paths import mlruns_dir
+from ..tracking import redact
+
+__all__ = ["default_storage_url", "open_storage", "load_study", "study_names"]
+
+log = logging.getLogger("meminject")
+
+
+def default_storage_url() -> str:
+    return str(mlruns_dir() / "optuna.journal")
+
+
+def _db_driver_hint(url: str, exc: BaseException) -> str | None:
+    if isinstance(exc, ModuleNotFoundError) and url.startswith(("postgresql", "postgres")):
+        return f'{redact(url)} needs the PostgreSQL driver: pip install "meminject[postgres]"'
+    if isinstance(exc, ModuleNotFoundError) and url.startswith("mysql"):
+        return f"{redact(url)} needs a MySQL driver: pip install pymysql"
+    return None
+
+
+def open_storage(url: str | None, heartbeat: tuple[int, int] | None = None, recovery: Any = None) -> optuna.storages.BaseStorage:
+    """Open the study storage; with ``heartbeat=(interval, grace)`` running trials beat and
+    stale ones go to ``recovery`` (a stale-trial callback)."""
+    from ..journal import repair_torn_journal
+    from ..recovery import HeartbeatJournalStorage
+
+    url = url or default_storage_url()
+    beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1], "heartbeat_stale_trial_callback": recovery}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if "://" not in url:
+                from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+                Path(url).parent.mkdir(parents=True, exist_ok=True)
+                repaired = repair_torn_journal(url)
+                if repaired:
+                    log.warning("note: %s", repaired)
+                if heartbeat is None:
+                    return JournalStorage(JournalFileBackend(url))
+                return HeartbeatJournalStorage(JournalFileBackend(url), **beat)
+            if url.startswith("sqlite:///"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many kinds
+        hint = _db_driver_hint(url, exc)
+        if hint:
+            raise ConfigError(hint) from exc
+        raise ConfigError(f"cannot open study storage {redact(url)} ({first_line(exc, 200)})") from exc
+
+
+def study_names(storage: optuna.storages.BaseStorage, url: str | None) -> list[str]:
+    try:
+        return [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"cannot read study storage {redact(url or default_storage_url())} ({first_line(exc, 200)})") from exc
+
+
+def load_study(name: str | None, url: str | None, storage: Any = None, sampler: Any = None) -> optuna.Study:
+    """A study of the storage by name; without a name, the only one (never a guess among many)."""
+    storage = storage or open_storage(url)
+    names = study_names(storage, url)
+    where = redact(url or default_storage_url())
+    if not names:
+        raise ConfigError(f"no studies in {where} yet; run `meminject sweep` first")
+    if name is None:
+        if len(names) > 1:
+            raise ConfigError(f"{where} holds {len(names)} studies; name one with study=NAME: {', '.join(names)}")
+        name = names[0]
+    if name not in names:
+        raise ConfigError(f"no study {name!r} in {where}; studies: {', '.join(names)} (start one with `meminject sweep`)")
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler)

@@ -1,0 +1,190 @@
+"""The study: its search space checked against the model, its sampler, budget and grid queue.
+
+:func:`prepare_study` creates or resumes a study and stores the sweep spec in it, under a
+storage lock, so that two ``meminject sweep`` commands on one study enqueue each grid point
+once. Workers get distinct sampler seeds from :func:`register_worker`, under the same lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+from typing import Any, Iterator
+
+import optuna
+import optuna.distributions as od
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import compose_config
+from ..errors import ConfigError
+from ..evaluation import InjectionSpec
+from ..models import model_shape
+from ..space import SearchSpace, parse_space
+from ._settings import SweepSpec, check_study_name
+from ._storage import default_storage_url, open_storage
+
+__all__ = [
+    "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
+    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of",
+]
+
+log = logging.getLogger("meminject")
+
+ATTR_SPEC = "meminject.sweep"                     # the SweepSpec, as JSON
+ATTR_PARENT = "meminject.mlflow_parent_run_id"    # the study's one MLflow parent run
+ATTR_HEARTBEAT = "meminject.heartbeat"            # [interval, grace] seconds, for every worker
+ATTR_SURPLUS = "meminject.surplus"                # a trial given back unrun (over budget, or a duplicate point)
+ATTR_WORKERS = "meminject.workers"                # how many workers have registered (seeds their samplers)
+
+
+def model_sizes(spec: SweepSpec, base: Any) -> dict[str, Any]:
+    """Layer/head counts of the sweep's model(s), from configs alone (the smallest over a model axis)."""
+    models = [str(base.model.name)]
+    if "model" in spec.params:
+        models = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
+    shapes = [model_shape((compose_config([*spec.overrides, f"model={m}"]) if "model" in spec.params else base).model) for m in models]
+    smallest = min(shapes, key=lambda s: s["n_layers"])
+    return {**smallest, "n_heads": min(s["n_heads"] for s in shapes)}
+
+
+def space_of(spec: SweepSpec, base: Any) -> SearchSpace:
+    return parse_space(spec.params, model_sizes(spec, base))
+
+
+def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
+    """Validate every axis against the model(s) and collapse a degenerate head axis."""
+    base = compose_config(spec.overrides)
+    space = space_of(spec, base)
+    # The paper's head site adds τ·v to one head's result, which is summed into the
+    # attention output: every head gives the layer's result. Searching heads would only
+    # repeat points, so the axis is dropped (head 0 is recorded) and we say so once.
+    if "injection.head" in space.keys:
+        sites = space.distributions.get("injection.site")
+        site_values = list(sites.choices) if isinstance(sites, od.CategoricalDistribution) else [str(base.injection.site)]
+        if all(str(s) in ("head", "layer") for s in site_values) and not base.injection.literal_hook:
+            note = "the head axis is degenerate for site=head/layer (every head adds to the same summed attention output): collapsed to head 0, each layer point runs once"
+            spec.notes.append(note)
+            log.warning("note: %s", note)
+            space = SearchSpace([a for a in space.axes if a.key != "injection.head"])
+            spec.params.pop("injection.head", None)
+            spec.overrides.append("injection.head=0")
+    # Fail before any trial: check fixed values and every discrete value of each axis.
+    probe = [f"{a.key}={_first_value(a.distribution)}" for a in space.axes]
+    InjectionSpec.from_config(compose_config([*spec.overrides, *probe])).validate()
+    for axis in space.axes:
+        if axis.key.startswith(("injection.", "memory.")):
+            for value in axis.discrete_values or []:
+                InjectionSpec.from_config(compose_config([*spec.overrides, *probe, f"{axis.key}={value}"])).validate()
+    return base, space
+
+
+def _first_value(distribution: od.BaseDistribution) -> Any:
+    return distribution.choices[0] if isinstance(distribution, od.CategoricalDistribution) else distribution.low
+
+
+def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + seed_offset  # the first worker of a study runs with the sweep's own seed
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def canonical_params(params: dict[str, Any]) -> str:
+    return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+
+
+def point_of(trial: FrozenTrial) -> str:
+    """A trial's grid point: a WAITING trial holds it as enqueued fixed params."""
+    params = trial.params if trial.state != TrialState.WAITING else (trial.system_attrs.get("fixed_params") or trial.params)
+    return canonical_params(params)
+
+
+def budget(spec: SweepSpec, space: SearchSpace) -> int:
+    if spec.sampler == "grid":
+        total = len(space.grid())
+        return min(total, spec.n_trials) if spec.n_trials else total
+    return int(spec.n_trials or 0)
+
+
+def counted(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that use the budget: complete or running, not given back."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)) if not t.user_attrs.get(ATTR_SURPLUS)]
+
+
+@contextlib.contextmanager
+def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
+    """Serialize study setup across processes: a file lock beside a journal or SQLite file,
+    a PostgreSQL advisory lock, else nothing (workers still drop duplicate points)."""
+    url = url or default_storage_url()
+    path = url if "://" not in url else (url[len("sqlite:///"):] if url.startswith("sqlite:///") else None)
+    if path is not None:
+        with open(f"{path}.meminject-lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    engine = getattr(storage, "engine", None)
+    if engine is not None and url.startswith(("postgresql", "postgres")):
+        from sqlalchemy import text
+
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(772034519)"))
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(772034519)"))
+        return
+    yield
+
+
+def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int, int] | None = None) -> tuple[optuna.Study, SearchSpace, Any]:
+    """Create or resume the study; enqueue missing grid points; store the sweep spec."""
+    base, space = resolve_space(spec)
+    spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{base.data.name}")
+    storage = open_storage(storage_url)
+    with storage_lock(storage_url, storage):
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction, load_if_exists=True, sampler=make_sampler(spec))
+        stored = study.user_attrs.get(ATTR_SPEC)
+        if stored is not None:
+            old = SweepSpec.from_json(stored)
+            if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides) or old.objective != spec.objective:
+                raise ConfigError(
+                    f"study {spec.study_name!r} exists with a different search space or config "
+                    f"({old.sampler}: {old.params}); resume it unchanged, or pass study=NEW_NAME"
+                )
+        else:
+            study.set_user_attr(ATTR_SPEC, spec.to_json())
+        if heartbeat is not None:
+            study.set_user_attr(ATTR_HEARTBEAT, list(heartbeat))
+        study.set_user_attr("meminject.space", json.dumps(space.signature(), sort_keys=True))
+        if spec.sampler == "grid":
+            _enqueue_missing(study, spec, space)
+    return study, space, base
+
+
+def _enqueue_missing(study: optuna.Study, spec: SweepSpec, space: SearchSpace) -> None:
+    points = space.grid()
+    if spec.n_trials is not None:
+        points = points[: spec.n_trials]
+    taken = {
+        point_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+        if not t.user_attrs.get(ATTR_SURPLUS)
+    }
+    for point in points:
+        if canonical_params(point) not in taken:
+            study.enqueue_trial(point, skip_if_exists=False)
+
+
+def register_worker(study: optuna.Study, storage_url: str | None) -> int:
+    """This worker's number in the study (0 for the first), taken under the storage lock:
+    it offsets the sampler seed, so no two workers draw the same points."""
+    from ._optuna import storage_of
+
+    with storage_lock(storage_url, storage_of(study)):
+        number = int(study.user_attrs.get(ATTR_WORKERS, 0))
+        study.set_user_attr(ATTR_WORKERS, number + 1)
+    return number

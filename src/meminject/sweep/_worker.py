@@ -1,0 +1,306 @@
+"""The worker loop: ask trials, run them (beating meanwhile), tell their results.
+
+Any number of workers share one study. Grid points are taken atomically from the queue;
+TPE/random workers share a global budget. A worker whose trial was failed as stale by
+another worker (it stalled past the grace period) drops that trial wherever it notices and
+carries on. Cleanup after an error or Ctrl-C runs with SIGINT/SIGTERM held back, so no trial
+or run is left RUNNING by an interrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+import warnings
+from typing import Any, Iterator
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from ..config import compose_config
+from ..evaluation import InjectionSpec
+from ..recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, heartbeats, recover_stale_trials
+from ..site import trial_key
+from ..tracking import Tracker, git_commit
+from ._optuna import pop_queued_trial, storage_of, trial_id_of
+from ._record import ATTR_KEY, record_trial
+from ._settings import SweepSpec
+from ._storage import load_study, open_storage
+from ._study import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPEC, ATTR_SURPLUS, budget, canonical_params, counted, make_sampler, point_of, register_worker, space_of
+from ._trial import TrialRunner, is_out_of_memory, trial_config
+from ..errors import ConfigError, first_line
+
+__all__ = ["run_worker", "CoordinatorGone"]
+
+log = logging.getLogger("meminject")
+Asked = list[tuple[optuna.Trial, dict[str, Any]]]
+
+
+class CoordinatorGone(Exception):
+    """The sweep process that started this worker has ended: stop after the current trials."""
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (delivered on exit): cleanup must not be cut in half."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _check_coordinator() -> None:
+    coordinator = os.environ.get("MEMINJECT_COORDINATOR_PID")
+    if coordinator and os.getppid() != int(coordinator):
+        raise CoordinatorGone()
+
+
+def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | None = None, progress: bool = True, max_trials: int | None = None) -> int:
+    """Run trials of a prepared study until its budget or grid is used up; returns trials run here."""
+    probe = load_study(study_name, storage_url)
+    if ATTR_SPEC not in probe.user_attrs:
+        raise ConfigError(f"study {study_name!r} was not created by meminject sweep")
+    spec = SweepSpec.from_json(probe.user_attrs[ATTR_SPEC])
+    # Reopened with heartbeats: this worker's trials beat; stale trials of dead workers are re-queued.
+    recovery = StaleTrialRecovery()
+    interval, grace = probe.user_attrs.get(ATTR_HEARTBEAT, DEFAULT_HEARTBEAT)
+    storage = open_storage(storage_url, heartbeat=(int(interval), int(grace)), recovery=recovery)
+    number = register_worker(probe, storage_url) if worker_index is None else worker_index
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec, number))
+    base = compose_config(spec.overrides)
+    space = space_of(spec, base)
+    total = budget(spec, space)
+    tracker = Tracker.from_config(base)
+    recovery.tracker = tracker
+    runner = TrialRunner()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), desc=study_name, unit="trial", dynamic_ncols=True)
+    ran = 0
+    per_forward = runner.trials_per_forward(base)
+    waiter = _RunningWaiter(int(interval), int(grace))
+    context = _Context(study, spec, runner, tracker, study.user_attrs.get(ATTR_PARENT), number)
+    try:
+        while max_trials is None or ran < max_trials:
+            _check_coordinator()
+            want = per_forward if max_trials is None else min(per_forward, max_trials - ran)
+            asked = _ask_trials(study, spec, space, total, want)
+            if not asked:
+                if waiter.should_wait(study):
+                    continue  # other workers' trials still running: they finish, or go stale and come back to us
+                break
+            try:
+                run_trials(context, asked)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is survivable
+                if not is_out_of_memory(exc):
+                    raise
+                # The trials were failed cleanly by run_trials; free memory, shrink, re-queue the points.
+                scale = runner.shrink_after_oom()
+                if spec.sampler == "grid":
+                    for _, params in asked:
+                        study.enqueue_trial(params, skip_if_exists=False)
+                per_forward = 1
+                log.warning("out of memory in trial(s) %s: failed and re-queued; continuing with %g× the batch budget", [t.number for t, _ in asked], scale)
+                continue
+            ran += len(asked)
+            if bar is not None:
+                bar.update(len(asked))
+                with contextlib.suppress(ValueError):
+                    bar.set_postfix(best=f"{study.best_value:+.4f}", trial=study.best_trial.number)
+    except CoordinatorGone:
+        log.warning("worker %d: its sweep process has ended; stopping (rerun the sweep to resume)", number)
+        _close_parent_if_orphaned(tracker, context.parent_run_id)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ran
+
+
+def _close_parent_if_orphaned(tracker: Any, parent_run_id: str | None) -> None:
+    if tracker is None or not parent_run_id:
+        return
+    with contextlib.suppress(Exception):
+        if tracker.client.get_run(parent_run_id).info.status == "RUNNING":
+            tracker.finish(parent_run_id, "KILLED")
+
+
+class _RunningWaiter:
+    """When nothing is left to ask but trials of other workers still run, wait for them: each
+    either completes, or (its worker dead) goes stale and is re-queued for a live worker."""
+
+    def __init__(self, interval: int, grace: int) -> None:
+        self.pause = max(0.2, min(float(interval), 5.0))
+        self.patience = 2.0 * grace + 2.0 * interval  # a running set that outlives this never beats
+        self.since: float | None = None
+        self.running: set[int] = set()
+
+    def should_wait(self, study: optuna.Study) -> bool:
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if not running:
+            return False
+        if running != self.running:
+            self.running, self.since = running, time.monotonic()
+        elif self.since is not None and time.monotonic() - self.since > self.patience:
+            log.warning("trials %s stay RUNNING without heartbeats; leaving them (rerun the sweep to resume)", sorted(running))
+            return False
+        time.sleep(self.pause)
+        return True
+
+
+def _suggest(trial: optuna.Trial, space: Any) -> dict[str, Any]:
+    """Sample every axis through the public suggest API (fixed params of a queued point win)."""
+    import optuna.distributions as od
+
+    values = {}
+    for axis in space.axes:
+        d = axis.distribution
+        if isinstance(d, od.CategoricalDistribution):
+            values[axis.key] = trial.suggest_categorical(axis.key, d.choices)
+        elif isinstance(d, od.IntDistribution):
+            values[axis.key] = trial.suggest_int(axis.key, d.low, d.high, step=d.step, log=d.log)
+        else:
+            values[axis.key] = trial.suggest_float(axis.key, d.low, d.high, step=d.step, log=d.log)
+    return values
+
+
+def _give_back(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    trial.set_user_attr(ATTR_SURPLUS, why)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+_POINTS: dict[tuple[str, int], str] = {}  # (study name, trial number) -> grid point: a trial's point never changes
+
+
+def _earlier_holder(study: optuna.Study, trial: optuna.Trial, point: str) -> int | None:
+    """The number of an earlier live trial holding the same grid point (two sweeps enqueued it
+    at once), or None: the lowest-numbered live trial of a point runs it, later ones are given back."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)):
+        if t.number >= trial.number or t.user_attrs.get(ATTR_SURPLUS):
+            continue
+        key = (study.study_name, t.number)
+        if key not in _POINTS:
+            _POINTS[key] = point_of(t)
+        if _POINTS[key] == point:
+            return t.number
+    return None
+
+
+def _ask_trials(study: optuna.Study, spec: SweepSpec, space: Any, total: int, want: int) -> Asked:
+    """Up to ``want`` trials for this worker: queued grid points, or new sampler suggestions
+    within the global budget (a slot another worker took meanwhile is given back)."""
+    asked: Asked = []
+    recover_stale_trials(study)  # a dead worker's trials: failed, their points re-queued
+    for _ in range(want):
+        if spec.sampler == "grid":
+            trial = pop_queued_trial(study)
+            if trial is None:
+                break
+            params = _suggest(trial, space)
+            earlier = _earlier_holder(study, trial, canonical_params(params))
+            if earlier is not None:  # enqueued twice (concurrent sweeps): the earlier trial runs it
+                _give_back(study, trial, f"duplicate of trial {earlier}")
+                continue
+            asked.append((trial, params))
+            continue
+        if len(counted(study)) >= total:
+            break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ours beats itself
+            trial = study.ask()
+        ahead = [t for t in counted(study) if t.number < trial.number]
+        if len(ahead) >= total:  # another worker took the last slot meanwhile
+            _give_back(study, trial, "over budget")
+            break
+        asked.append((trial, _suggest(trial, space)))
+    return asked
+
+
+class _Context:
+    """What every trial of a worker shares."""
+
+    def __init__(self, study: optuna.Study, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker: int) -> None:
+        self.study, self.spec, self.runner, self.tracker, self.parent_run_id, self.worker = study, spec, runner, tracker, parent_run_id, worker
+
+
+def run_trials(ctx: _Context, asked: Asked) -> None:
+    """Run asked trials (one, or several sharing stacked passes) and record each in Optuna and
+    MLflow, beating for them meanwhile (so a dead worker's trials are found stale and re-run).
+
+    If anything fails, every trial not yet told is marked FAIL in both, then the error propagates.
+    """
+    with heartbeats(storage_of(ctx.study), [trial_id_of(trial) for trial, _ in asked]):
+        _run_trials_beating(ctx, asked)
+
+
+def _run_trials_beating(ctx: _Context, asked: Asked) -> None:
+    started = time.perf_counter()
+    pending = {trial.number: trial for trial, _ in asked}  # not yet told
+    run_ids: dict[int, str] = {}
+
+    def drop(trial: optuna.Trial) -> None:
+        # This worker stalled past the grace period and another one failed the trial and
+        # re-queued its point: the retry's result counts, this one is dropped.
+        log.warning("trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number)
+        pending.pop(trial.number, None)
+        if ctx.tracker is not None and trial.number in run_ids:
+            ctx.tracker.fail(run_ids[trial.number], "stale: re-queued by another worker before this result arrived")
+
+    try:
+        cfgs = {}
+        for trial, params in asked:
+            cfg = trial_config(ctx.spec.overrides, params)
+            try:
+                trial.set_user_attr(ATTR_KEY, trial_key(cfg))
+                trial.set_user_attr("worker_index", ctx.worker)
+                if ctx.tracker is not None and ctx.parent_run_id:
+                    tags = {"meminject.sampler": ctx.spec.sampler, "meminject.sweep": ctx.spec.name, "meminject.worker": str(ctx.worker)}
+                    commit = git_commit()
+                    if commit:
+                        tags["mlflow.source.git.commit"] = commit
+                    run_ids[trial.number] = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, ctx.spec.study_name, tags)
+                    trial.set_user_attr("mlflow_run_id", run_ids[trial.number])
+            except UpdateFinishedTrialError:
+                drop(trial)
+                continue
+            cfgs[trial.number] = cfg
+        delay = float(os.environ.get("MEMINJECT_TRIAL_DELAY_S", "0") or 0)
+        if delay > 0:  # fault-injection hook of the crash-recovery tests: a window to kill a worker mid-trial
+            time.sleep(delay)
+        live = [(t, p) for t, p in asked if t.number in cfgs and t.number in pending]
+        outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live])
+        seconds = (time.perf_counter() - started) / max(1, len(live))  # stacked trials share the cost
+        for (trial, _), (evaluator, _, result) in zip(live, outcomes):
+            run_id = run_ids.get(trial.number)
+            try:
+                value = record_trial(trial, cfgs[trial.number], evaluator, result, seconds, len(live), ctx.tracker, run_id, ctx.spec.objective)
+                ctx.study.tell(trial, value)
+            except UpdateFinishedTrialError:
+                drop(trial)
+                continue
+            pending.pop(trial.number, None)
+            if ctx.tracker is not None and run_id is not None:
+                # Closed after Optuna has the value; an interruption in between is repaired on resume.
+                ctx.tracker.finish(run_id, "FINISHED")
+    except BaseException as exc:
+        with signals_held():
+            _fail_pending(ctx, pending, run_ids, exc)
+        raise
+
+
+def _fail_pending(ctx: _Context, pending: dict[int, optuna.Trial], run_ids: dict[int, str], exc: BaseException) -> None:
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
+    for number, trial in pending.items():
+        with contextlib.suppress(Exception):  # the storage may be what failed
+            trial.set_user_attr("failure", reason[:500])
+        with contextlib.suppress(Exception):
+            ctx.study.tell(trial, state=TrialState.FAIL)
+        if ctx.tracker is not None and number in run_ids:
+            ctx.tracker.fail(run_ids[number], reason)

@@ -1,0 +1,1 @@
+"""meminject's sweep presets (YAML), shipped as package data."""
