@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,62 @@ def smol():
 @pytest.fixture()
 def mlflow_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+# ---------------------------------------------------------------- shared helpers (import from conftest)
+
+TINY = ["model=tiny", "model.device=cpu", "data.limit=6"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of a meminject subprocess: offline, unbuffered, one thread each."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def meminject(*args: str, cwd: Path, env_: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """``python -m meminject ARGS`` as a child process, stdout and stderr together."""
+    return subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=cwd, env=env_ or env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["sweep", *TINY, f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+
+
+def load(tmp_path: Path, name: str):
+    import optuna
+
+    from meminject.sweep import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "optuna.journal")))
+
+
+def mlflow_runs(tmp_path_or_uri, role: str | None = None):
+    """Every run of the meminject experiment (``role``: only 'sweep' or 'trial' runs)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = str(tmp_path_or_uri) if str(tmp_path_or_uri).startswith(("sqlite:", "http:", "postgresql")) else f"sqlite:///{Path(tmp_path_or_uri) / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("meminject")
+    assert experiment is not None, f"no meminject experiment in {uri}"
+    runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+    return [r for r in runs if role is None or r.data.tags.get("meminject.role") == role]
+
+
+def complete_points(study) -> Counter:
+    from optuna.trial import TrialState
+
+    return Counter(json.dumps(t.params, sort_keys=True) for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def make_evaluator(model, dataset, **overrides):
+    """An Evaluator with the conf/ defaults (conf/perf/default.yaml, top_k, metric), overridden."""
+    from meminject.evaluation import Evaluator
+
+    cfg = compose("model=tiny", "model.device=cpu")
+    perf = cfg.perf
+    defaults = {
+        "max_batch_tokens": int(perf.max_batch_tokens), "padding_side": str(perf.padding_side), "top_k": int(cfg.top_k),
+        "prefix_cache_bytes": int(float(perf.prefix_cache_mb) * 2**20), "trials_per_forward": 1 if str(perf.trials_per_forward) == "auto" else int(perf.trials_per_forward),
+        "max_padding": float(perf.max_padding), "answer_metric": str(cfg.metric.answer),
+    }
+    return Evaluator(model, dataset, **{**defaults, **overrides})

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from meminject.cli import main
 from meminject.errors import MemInjectError
-from meminject.search import open_storage
+from meminject.sweep import open_storage
 
 GOOD_HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
 GOOD_ROW = "Paris is the capital of,The city of the Eiffel Tower is the capital of,Paris,The city of the Eiffel Tower,France\n"
@@ -41,7 +41,14 @@ ARG_CASES = {
     "head out of range": ("eval injection.site=head injection.head=9", "injection.head=9 is out of range"),
     "negative tweak": ("eval injection.tweak=-1", "injection.tweak=-1.0 must be"),
     "NaN tweak": ("eval injection.tweak=nan", "injection.tweak=nan must be"),
-    "unknown config key": ("eval injection.depth=3", "injection.depth"),
+    "unknown config key": ("eval injection.depth=3", "unknown config key 'injection.depth'"),
+    "unknown key added with +": ("eval +injection.tweek=9", "unknown config key 'injection.tweek' (did you mean injection.tweak?)"),
+    "misspelt key": ("eval injection.layr=1", "(did you mean injection.layer?)"),
+    "bad value of an enumerated key": ("eval perf.padding_side=middle", "perf.padding_side='middle' is not one of right, left"),
+    "searched axis added with +": ("sweep sweep=tpe +injection.tweek=interval(1,5)", "unknown config key 'injection.tweek'"),
+    "study name that is a path": ("sweep sweep=tpe study=../../escape", "study='../../escape': a study name is"),
+    "absolute study name": ("sweep sweep=tpe study=/tmp/pwn", "study='/tmp/pwn': a study name is"),
+    "unknown setting of best": ("best topp=3", "unknown setting 'topp' for best (did you mean top?)"),
     "bad override syntax": ("eval injection.layer==3]", "bad override"),
     "missing data file": ("eval data.path=/nonexistent/x.csv", "does not exist"),
     "non-integer layer": ("eval injection.layer=abc", "injection.layer='abc' must be an integer"),
@@ -58,7 +65,7 @@ ARG_CASES = {
     "unreachable storage URL": ("sweep sweep=tpe storage=postgresql+psycopg2://meminject:hunter2@127.0.0.1:1/optuna", "cannot open study storage postgresql+psycopg2://meminject:***@127.0.0.1:1"),
     "unreachable tracking server": ("sweep sweep=tpe tracking.uri=http://meminject:hunter2@127.0.0.1:1", "tracking server http://meminject:***@127.0.0.1:1 is unreachable"),
     "study exists with a different search space": ("sweep sweep=tpe study=kept n_trials=2 injection.tweak=interval(1, 3)", "exists with a different search space"),
-    "unknown worker setting": ("worker study=kept colour=red", "unknown worker setting 'colour'"),
+    "unknown worker setting": ("worker study=kept colour=red", "unknown setting 'colour' for worker"),
     "worker for a missing study": ("worker study=nope", "no study 'nope'"),
     "best of a missing study": ("best study=nope", "no study 'nope'"),
 }
@@ -98,10 +105,6 @@ def _recorded(folder: Path) -> tuple:
 
 
 CASES = {**{k: (v[0], v[1], v[2]) for k, v in CSV_CASES.items()}, **{k: (None, v[0], v[1]) for k, v in ARG_CASES.items()}}
-
-
-def test_the_table_has_at_least_25_bad_inputs():
-    assert len(CASES) >= 25
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import make_evaluator
 from meminject.config import compose_config
 from meminject.data import Dataset, load_dataset, split_rows
 from meminject.evaluation import Evaluator, InjectionSpec
@@ -94,7 +95,7 @@ def test_random_memories_are_common_words(demo, source, shared_data):
 
 def test_random_vector_keeps_each_prompts_norm(tiny, demo):
     subset = Dataset(demo.name, demo.source, demo.frame.head(6))
-    evaluator = Evaluator(tiny, subset)
+    evaluator = make_evaluator(tiny, subset)
     spec = InjectionSpec(layer=1, tweak=1.0, memory_type="random_vector")
     _, random = evaluator.memory_vectors(spec, memory_cfg("memory.type=random_vector"))
     _, correct = evaluator.memory_vectors(InjectionSpec(layer=1, tweak=1.0), memory_cfg())
@@ -107,7 +108,7 @@ def test_random_vector_keeps_each_prompts_norm(tiny, demo):
 
 def test_head_subspace_heads_differ_and_a_vector_inside_a_head_space_equals_the_layer_site(tiny, demo):
     subset = Dataset(demo.name, demo.source, demo.frame.head(6))
-    evaluator = Evaluator(tiny, subset)
+    evaluator = make_evaluator(tiny, subset)
     memory = memory_cfg()
     by_head = [evaluator.evaluate(InjectionSpec(layer=1, tweak=8.0, site="head_subspace", head=h), memory).per_prompt.answer_logprob_after.to_numpy() for h in range(tiny.n_heads)]
     assert tiny.n_kv_heads < tiny.n_heads  # grouped-query attention, like SmolLM2
@@ -125,7 +126,7 @@ def test_head_subspace_heads_differ_and_a_vector_inside_a_head_space_equals_the_
 
 def test_relative_scale_uses_the_layers_mean_residual_norm(tiny, demo):
     subset = Dataset(demo.name, demo.source, demo.frame.head(5))
-    evaluator = Evaluator(tiny, subset)
+    evaluator = make_evaluator(tiny, subset)
     # direct computation: one prompt at a time, the residual entering block 2 over all its tokens
     norms = []
     for sentence in subset.frame.obscure_sentence:
@@ -188,7 +189,7 @@ def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkey
     cfg = compose_config(["model=tiny", "data.limit=20", "data.part=heldout", f"injection.layer={first['injection.layer']}", f"injection.tweak={first['injection.tweak']}"])
     from meminject.models import load_model
 
-    result = Evaluator(load_model(cfg.model), load_dataset(cfg.data)).evaluate(InjectionSpec.from_config(cfg), cfg.memory)
+    result = make_evaluator(load_model(cfg.model), load_dataset(cfg.data)).evaluate(InjectionSpec.from_config(cfg), cfg.memory)
     assert result.summary["mean_gain"] == pytest.approx(first.heldout_gain, abs=1e-9)
 
 
@@ -223,7 +224,7 @@ def test_sequence_metric_equals_plain_teacher_forcing(tiny, demo, cache):
     subset = Dataset(demo.name, demo.source, frame)
     lengths = [len(tiny.tokenize(a, bos=False)) for a in frame.answer]
     assert max(lengths) > 1, "some answers must have several tokens"
-    evaluator = Evaluator(tiny, subset, max_batch_tokens=64, answer_metric="sequence", prefix_cache_bytes=2**30 if cache else 0)
+    evaluator = make_evaluator(tiny, subset, max_batch_tokens=64, answer_metric="sequence", prefix_cache_bytes=2**30 if cache else 0)
     result = evaluator.evaluate(InjectionSpec(layer=1, tweak=3.0), memory_cfg())
     table = result.per_prompt
     assert list(table.answer_tokens) == lengths

@@ -22,6 +22,8 @@ PASSWORD = "pg-Secret-4711"
 TINY = ["model=tiny", "model.device=cpu", "data.limit=6"]
 
 
+pytestmark = pytest.mark.slow  # servers, subprocesses or the real model: the full suite only
+
 @pytest.fixture(scope="module")
 def postgres():
     require(postgres_bin() is not None, "PostgreSQL (apt-get install postgresql)")

@@ -10,9 +10,12 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_sweep import load, mlflow_runs
+from conftest import load, make_evaluator, mlflow_runs
 
 
+pytestmark = pytest.mark.slow  # servers, subprocesses or the real model: the full suite only
+
+@pytest.mark.slow
 def test_smoke_sweep_two_workers_optuna_and_mlflow_agree(tmp_path, smol):
     args = [
         "sweep", "sweep=smoke", "study=e2e", "workers=2", "n_trials=6", "data.limit=8", "model.device=cpu", "model.weights=raw",
@@ -52,7 +55,7 @@ def test_smoke_sweep_two_workers_optuna_and_mlflow_agree(tmp_path, smol):
 
     best = study.best_trial
     cfg = compose_config(["model.weights=raw", "data.limit=8", "data.part=train", "memory.type=correct", *(f"{k}={v}" for k, v in best.params.items())])
-    evaluator = Evaluator(smol, load_dataset(cfg.data))
+    evaluator = make_evaluator(smol, load_dataset(cfg.data))
     result = evaluator.evaluate(InjectionSpec.from_config(cfg), cfg.memory)
     assert result.summary["mean_gain"] == pytest.approx(best.value, abs=1e-5)
     assert parents[0].data.params["n_trials"] == "6"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import make_evaluator
 from meminject.data import Dataset
 from meminject.evaluation import Evaluator, InjectionSpec
 from omegaconf import OmegaConf
@@ -18,7 +19,7 @@ def _memory(encoding: str):
 
 
 def _check_against_reference(model, dataset: Dataset, spec: InjectionSpec, *, padding_side="right", max_batch_tokens=64, head=0):
-    evaluator = Evaluator(model, dataset, max_batch_tokens=max_batch_tokens, padding_side=padding_side)
+    evaluator = make_evaluator(model, dataset, max_batch_tokens=max_batch_tokens, padding_side=padding_side)
     table = evaluator.evaluate(spec, _memory(spec.encoding)).per_prompt
     for i, row in dataset.frame.iterrows():
         before, after = reference_answer_probs(
@@ -49,15 +50,15 @@ def test_paper_weights_batched_equals_reference(tiny_paper, demo):
 def test_padding_side_does_not_change_results(tiny, demo, padding_side):
     subset = Dataset(demo.name, demo.source, demo.frame.head(16))
     spec = InjectionSpec(layer=0, tweak=2.0)
-    unpadded = Evaluator(tiny, subset, max_batch_tokens=1).evaluate(spec, MEMORY).per_prompt  # one prompt per batch
-    padded = Evaluator(tiny, subset, max_batch_tokens=10_000, padding_side=padding_side).evaluate(spec, MEMORY).per_prompt
+    unpadded = make_evaluator(tiny, subset, max_batch_tokens=1).evaluate(spec, MEMORY).per_prompt  # one prompt per batch
+    padded = make_evaluator(tiny, subset, max_batch_tokens=10_000, padding_side=padding_side).evaluate(spec, MEMORY).per_prompt
     np.testing.assert_allclose(padded.answer_prob_after, unpadded.answer_prob_after, atol=1e-6, rtol=1e-4)
     np.testing.assert_allclose(padded.answer_prob_before, unpadded.answer_prob_before, atol=1e-6, rtol=1e-4)
 
 
 def test_every_head_equals_the_layer_injection_through_the_literal_hook(tiny, demo):
     subset = Dataset(demo.name, demo.source, demo.frame.head(6))
-    evaluator = Evaluator(tiny, subset)
+    evaluator = make_evaluator(tiny, subset)
     layer_result = evaluator.evaluate(InjectionSpec(layer=1, tweak=4.0, site="layer"), MEMORY).per_prompt
     for head in range(tiny.n_heads):
         literal = evaluator.evaluate(InjectionSpec(layer=1, tweak=4.0, site="head", head=head, literal_hook=True), MEMORY).per_prompt
@@ -66,7 +67,7 @@ def test_every_head_equals_the_layer_injection_through_the_literal_hook(tiny, de
 
 def test_head_points_are_not_recomputed_per_head(tiny, demo):
     subset = Dataset(demo.name, demo.source, demo.frame.head(6))
-    evaluator = Evaluator(tiny, subset)
+    evaluator = make_evaluator(tiny, subset)
     results = [evaluator.evaluate(InjectionSpec(layer=2, tweak=1.5, site="head", head=h), MEMORY) for h in range(tiny.n_heads)]
     assert evaluator.n_computed == 1
     assert all(r is results[0] for r in results)
@@ -75,14 +76,14 @@ def test_head_points_are_not_recomputed_per_head(tiny, demo):
 
 
 def test_clean_pass_is_computed_once(tiny, demo):
-    evaluator = Evaluator(tiny, Dataset(demo.name, demo.source, demo.frame.head(4)))
+    evaluator = make_evaluator(tiny, Dataset(demo.name, demo.source, demo.frame.head(4)))
     first = evaluator.clean
     evaluator.evaluate(InjectionSpec(layer=0, tweak=1.0), MEMORY)
     assert evaluator.clean is first
 
 
 def test_summary_metrics_follow_the_per_prompt_table(tiny, demo):
-    result = Evaluator(tiny, demo).evaluate(InjectionSpec(layer=1, tweak=4.0), MEMORY)
+    result = make_evaluator(tiny, demo).evaluate(InjectionSpec(layer=1, tweak=4.0), MEMORY)
     table, summary = result.per_prompt, result.summary
     gain = table.answer_prob_after - table.answer_prob_before
     assert summary["mean_gain"] == pytest.approx(gain.mean())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import make_evaluator
 from meminject.data import Dataset
 from meminject.evaluation import Evaluator, InjectionSpec
 from meminject.prefix import choose_cached_layers
@@ -25,7 +26,7 @@ PATHS = {
 
 
 def _evaluator(model, dataset, path: str, **kwargs) -> Evaluator:
-    evaluator = Evaluator(model, dataset, max_batch_tokens=48, **PATHS[path], **kwargs)
+    evaluator = make_evaluator(model, dataset, max_batch_tokens=48, **PATHS[path], **kwargs)
     if path == "prefix_one_layer":
         evaluator.prefix.layers = [0]  # a budget for a single layer: trials start at 0 and recompute the rest
     return evaluator
@@ -74,8 +75,8 @@ def test_stacked_trials_equal_one_at_a_time(tiny, demo, tiny_paper):
         subset = Dataset(demo.name, demo.source, demo.frame.head(12))
         points = [(InjectionSpec(layer=layer, tweak=tweak, encoding=enc, positions=pos), _memory(enc))
                   for layer in (0, 2) for tweak in (0.5, 6.0) for enc in ("unembed", "layer") for pos in ("all", "last")]
-        stacked = Evaluator(model, subset, max_batch_tokens=64, trials_per_forward=5).evaluate_many(points)
-        plain = Evaluator(model, subset, max_batch_tokens=64, prefix_cache_bytes=0)
+        stacked = make_evaluator(model, subset, max_batch_tokens=64, trials_per_forward=5).evaluate_many(points)
+        plain = make_evaluator(model, subset, max_batch_tokens=64, prefix_cache_bytes=0)
         assert len(stacked) == len(points)
         for (spec, memory), result in zip(points, stacked):
             single = plain.evaluate(spec, memory)
@@ -86,7 +87,7 @@ def test_stacked_trials_equal_one_at_a_time(tiny, demo, tiny_paper):
 
 
 def test_stacking_does_not_recompute_cached_points(tiny, demo):
-    evaluator = Evaluator(tiny, Dataset(demo.name, demo.source, demo.frame.head(4)), trials_per_forward=4)
+    evaluator = make_evaluator(tiny, Dataset(demo.name, demo.source, demo.frame.head(4)), trials_per_forward=4)
     points = [(InjectionSpec(layer=1, tweak=t), _memory("unembed")) for t in (1.0, 2.0, 1.0)]
     results = evaluator.evaluate_many(points)
     assert evaluator.n_computed == 2 and results[0] is results[2]
@@ -95,7 +96,7 @@ def test_stacking_does_not_recompute_cached_points(tiny, demo):
 
 
 def test_cache_report_names_layers_and_size(tiny, demo):
-    evaluator = Evaluator(tiny, demo, max_batch_tokens=64)
+    evaluator = make_evaluator(tiny, demo, max_batch_tokens=64)
     evaluator.clean
     assert evaluator.prefix.layers == list(range(tiny.n_layers))
     assert evaluator.prefix.nbytes == evaluator.prefix.bytes_per_layer * tiny.n_layers
@@ -110,7 +111,7 @@ def test_smollm2_prefix_path_equals_reference(smol, shared_data, positions):
 
     frame = read_prompt_csv(shared_data / "handwritten_obscure_explicit_data.csv").head(5)
     subset = Dataset("handwritten", "shared", frame)
-    evaluator = Evaluator(smol, subset, max_batch_tokens=256)
+    evaluator = make_evaluator(smol, subset, max_batch_tokens=256)
     for encoding in ("unembed", "embed", "layer"):
         table = evaluator.evaluate(InjectionSpec(layer=20, tweak=4.0, encoding=encoding, positions=positions), _memory(encoding)).per_prompt
         assert evaluator.prefix.start_layer(20) == 20
@@ -124,8 +125,8 @@ def test_smollm2_prefix_path_equals_reference(smol, shared_data, positions):
 def test_left_padding_fast_paths_equal_full_forwards(tiny, demo, positions):
     subset = Dataset(demo.name, demo.source, demo.frame.head(12))
     spec = InjectionSpec(layer=1, tweak=2.5, positions=positions)
-    fast = Evaluator(tiny, subset, max_batch_tokens=64, padding_side="left")
-    plain = Evaluator(tiny, subset, max_batch_tokens=1, prefix_cache_bytes=0)  # one unpadded prompt per forward
+    fast = make_evaluator(tiny, subset, max_batch_tokens=64, padding_side="left")
+    plain = make_evaluator(tiny, subset, max_batch_tokens=1, prefix_cache_bytes=0)  # one unpadded prompt per forward
     got, want = fast.evaluate(spec, _memory("unembed")).per_prompt, plain.evaluate(spec, _memory("unembed")).per_prompt
     np.testing.assert_allclose(got.answer_prob_after, want.answer_prob_after, rtol=1e-4, atol=1e-9)
     assert fast.padded_fraction > 0  # padding was really there

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterator
 from unittest.mock import Mock
@@ -228,21 +229,27 @@ def test_a_beat_for_a_finished_trial_is_ignored(tmp_path: Any) -> None:
 ZONES = ["UTC", "America/New_York", "America/St_Johns", "Asia/Tokyo", "Asia/Kolkata", "Australia/Adelaide"]
 
 
-@pytest.fixture(params=ZONES)
-def zone(request: pytest.FixtureRequest) -> Iterator[str]:
+@contextmanager
+def _time_zone(name: str) -> Iterator[None]:
     old = os.environ.get("TZ")
-    os.environ["TZ"] = request.param
+    os.environ["TZ"] = name
     time.tzset()
-    if request.param != "UTC" and time.localtime().tm_gmtoff == 0:
-        pytest.skip(f"time zone {request.param} is not installed here")
     try:
-        yield request.param
+        if name != "UTC" and time.localtime(1730611800).tm_gmtoff == 0:
+            pytest.skip(f"time zone {name} is not installed here")
+        yield
     finally:
         if old is None:
-            os.environ.pop("TZ", None)
+            del os.environ["TZ"]
         else:
             os.environ["TZ"] = old
         time.tzset()
+
+
+@pytest.fixture(params=ZONES)
+def zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    with _time_zone(request.param):
+        yield request.param
 
 
 def test_a_trial_that_never_beat_is_judged_by_its_start_time_in_any_time_zone(tmp_path: Any, clock: _Clock, zone: str) -> None:
@@ -263,23 +270,11 @@ def test_a_trial_that_never_beat_is_judged_by_its_start_time_in_any_time_zone(tm
 def test_a_start_in_the_repeated_hour_of_a_dst_change_counts_as_the_later_instant() -> None:
     # 01:30 happens twice in New York on 2024-11-03 (EDT, then EST). A naive start there is
     # read as the later one, so a live trial is never taken for an hour older than it is.
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "America/New_York"
-    time.tzset()
-    try:
-        if time.localtime(1730611800).tm_gmtoff == 0:
-            pytest.skip("America/New_York is not installed here")
+    with _time_zone("America/New_York"):
         later = datetime(2024, 11, 3, 6, 30, tzinfo=timezone.utc).timestamp()
         assert recovery._start_epoch(datetime(2024, 11, 3, 1, 30)) == later
         assert recovery._start_epoch(datetime(2024, 11, 3, 6, 30, tzinfo=timezone.utc)) == later
         assert recovery._start_epoch(datetime(2024, 7, 1, 12, 0)) == datetime(2024, 7, 1, 16, 0, tzinfo=timezone.utc).timestamp()
-    finally:
-        if old is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
-
 
 def test_recovery_imports_first_without_an_import_cycle() -> None:
     # recovery imports meminject.sweep._optuna, which runs meminject.sweep's __init__ first.

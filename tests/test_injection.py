@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from meminject.injection import embed_memory, inject, multi_hot, position_mask, unembed_memory
@@ -50,6 +51,23 @@ def test_each_encoding_matches_the_reference_formula(tiny):
                 torch.testing.assert_close(fast[row], expected.float(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_paper_weights_change_unembed_memories_raw_keeps_tied_smollm2(smol):
-    # On SmolLM2 the raw unembedding is the transposed embedding (tied weights).
+    from conftest import compose
+    from meminject.models import load_model
+
+    # Raw SmolLM2: the unembedding is the transposed embedding (tied weights), as shipped.
     torch.testing.assert_close(smol.W_U, smol.W_E.T)
+    paper = load_model(compose("model=smollm2-135m", "model.device=cpu", "model.weights=paper").model)
+    # Paper weights centre the unembedding over the vocabulary (HookedTransformer's
+    # center_unembed) and fold the final norm into it: each row of W_U has mean 0, raw ones do not.
+    assert paper.W_U.mean(dim=-1).abs().max() < 1e-4
+    assert smol.W_U.mean(dim=-1).abs().max() > 1e-3
+    texts, rows = ["George Washington", " Paris"], [0, 1]
+    raw_vectors = encode_memories(smol, texts, rows, "unembed", 5)
+    paper_vectors = encode_memories(paper, texts, rows, "unembed", 5)
+    # the same formula (sum of the tokens' W_U columns) on the processed weights
+    ids = [paper.tokenize(t, bos=False) for t in texts]
+    for vector, tokens in zip(paper_vectors, ids):
+        torch.testing.assert_close(vector.float(), paper.W_U[:, sorted(set(tokens))].sum(dim=1).float(), atol=1e-4, rtol=1e-4)
+    assert (paper_vectors - raw_vectors).norm(dim=-1).min() > 1e-2 * raw_vectors.norm(dim=-1).min()

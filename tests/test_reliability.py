@@ -16,17 +16,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from meminject.search import open_storage
-
-TINY = ["model=tiny", "model.device=cpu", "data.limit=6"]
-
+from conftest import TINY, env, meminject
+from meminject.sweep import open_storage
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+    return env(**extra)
 
 
 def _meminject(*args: str, cwd: Path, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=cwd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return meminject(*args, cwd=cwd, env_=env, **kwargs)
 
 
 def _study(storage: Path, name: str) -> optuna.Study | None:
@@ -57,6 +55,7 @@ def _wait_for(condition, timeout: float, what: str, procs=()) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_is_failed_rerun_once_and_its_run_closed(tmp_path):
     storage, tracking = tmp_path / "optuna.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = ["sweep=paper_grid", "study=crash", "injection.tweak=choice(1,2,3,4)", "memory.encoding=choice(unembed)", "perf.trials_per_forward=1"]
@@ -168,6 +167,7 @@ def test_cached_model_weights_are_safetensors_not_pickle():
 # --------------------------------------------------------------------------- endurance
 
 
+@pytest.mark.slow
 def test_endurance_1000_trials_on_4_workers_record_each_trial_once_without_leaking(tmp_path):
     """1,000 trials of the tiny model on 4 local workers: every trial complete and tracked
     once, and each worker's resident memory at the end within 10% of its value at trial 100."""
@@ -250,7 +250,7 @@ def test_a_workers_fast_trial_config_equals_the_full_compose(params):
     from omegaconf import OmegaConf
 
     from meminject.config import compose_config
-    from meminject.search import trial_config
+    from meminject.sweep import trial_config
 
     overrides = [*TINY, "data.part=train", "seed=3", "memory.pos=verb"]
     fast = trial_config(overrides, params)
@@ -259,6 +259,7 @@ def test_a_workers_fast_trial_config_equals_the_full_compose(params):
     assert trial_config(overrides, {"injection.layer": 0}).injection.layer == 0  # the cached base is not mutated
 
 
+@pytest.mark.slow
 def test_the_same_config_and_seed_give_identical_per_prompt_results_across_processes(tmp_path):
     """Two separate `meminject eval` processes with a seeded control memory: byte-identical tables."""
     tables = []

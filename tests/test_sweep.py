@@ -16,35 +16,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import complete_points, env, load, mlflow_runs, sweep_args
 from meminject.cli import main
-from meminject.search import open_storage
-
-TINY = ["model=tiny", "model.device=cpu", "data.limit=6"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
-    return ["sweep", *TINY, f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
-
-
-def load(tmp_path: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "optuna.journal")))
-
-
-def mlflow_runs(tmp_path: Path):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("meminject")
-    return client.search_runs([experiment.experiment_id], max_results=10_000)
-
-
-def complete_points(study: optuna.Study) -> Counter:
-    return Counter(json.dumps(t.params, sort_keys=True) for t in study.get_trials(states=(TrialState.COMPLETE,)))
-
+from meminject.sweep import open_storage
 
 def test_grid_runs_every_point_exactly_once_in_process(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -71,9 +45,10 @@ def test_grid_runs_every_point_exactly_once_in_process(tmp_path, monkeypatch, ca
     assert len(load(tmp_path, "grid1").get_trials()) == 12
 
 
+@pytest.mark.slow
 def test_grid_with_two_worker_processes_has_no_duplicates(tmp_path):
     args = sweep_args(tmp_path, "sweep=paper_grid", "study=grid2", "workers=2", "injection.tweak=choice(1,2,3)", "memory.encoding=choice(unembed,embed)")
-    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path, "grid2")
     points = complete_points(study)
@@ -83,6 +58,7 @@ def test_grid_with_two_worker_processes_has_no_duplicates(tmp_path):
     assert len({r.data.tags["meminject.trial_number"] for r in trial_runs}) == 18
 
 
+@pytest.mark.slow
 def test_grid_table_is_the_same_with_one_or_two_workers(tmp_path):
     one = load_table_for(tmp_path / "one", workers=1)
     two = load_table_for(tmp_path / "two", workers=2)
@@ -95,7 +71,7 @@ def test_grid_table_is_the_same_with_one_or_two_workers(tmp_path):
 def load_table_for(folder: Path, workers: int) -> dict:
     folder.mkdir()
     args = sweep_args(folder, "sweep=paper_grid", "study=g", f"workers={workers}", "injection.tweak=choice(1,4)", "memory.encoding=choice(unembed)", "tracking.enabled=false")
-    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=folder, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=folder, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {json.dumps(t.params, sort_keys=True): t.value for t in load(folder, "g").get_trials(states=(TrialState.COMPLETE,))}
 
@@ -121,10 +97,11 @@ def test_head_axis_collapses_and_says_so(tmp_path, monkeypatch, caplog):
     assert sum("head axis is degenerate" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.slow
 def test_resume_after_sigint_ends_with_exactly_n_trials(tmp_path):
     args = sweep_args(tmp_path, "sweep=tpe", "study=resume", "n_trials=10", "data.limit=40")
     # Trials of the tiny model take ~0.1 s: slow them down so the SIGINT lands mid-sweep.
-    slow = {**_env(), "MEMINJECT_TRIAL_DELAY_S": "0.7"}
+    slow = {**env(), "MEMINJECT_TRIAL_DELAY_S": "0.7"}
     # A shell's background job inherits SIGINT ignored (and so would the sweep): restore the default.
     proc = subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -145,7 +122,7 @@ def test_resume_after_sigint_ends_with_exactly_n_trials(tmp_path):
     interrupted = load(tmp_path, "resume")
     done_before = len(interrupted.get_trials(states=(TrialState.COMPLETE,)))
     assert 3 <= done_before < 10
-    rerun = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     study = load(tmp_path, "resume")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -223,9 +200,10 @@ def test_stacked_trials_give_the_same_grid_as_one_at_a_time(tmp_path, monkeypatc
         assert main(args) == 0
         study = load(tmp_path, name)
         tables[per_forward] = {json.dumps(t.params, sort_keys=True): (t.value, t.user_attrs["mean_prob_after"]) for t in study.get_trials(states=(TrialState.COMPLETE,))}
-        runs = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("meminject.role") == "trial" and r.data.tags.get("meminject.study") == name]
-        if runs:
-            assert {r.data.params["trials_per_forward"] for r in runs} <= {str(n) for n in range(1, per_forward + 1)}
+        runs = [r for r in mlflow_runs(tmp_path, "trial") if r.data.tags.get("meminject.study") == name]
+        assert len(runs) == 3 * 3 * 2
+        stacked = {int(r.data.params["trials_per_forward"]) for r in runs}
+        assert max(stacked) == per_forward, f"trials_per_forward={per_forward}: runs were stacked {stacked}"
     assert tables[1].keys() == tables[4].keys() and len(tables[1]) == 3 * 3 * 2
     for point, (gain, after) in tables[1].items():
         assert tables[4][point][0] == pytest.approx(gain, abs=1e-9)

@@ -22,6 +22,8 @@ from servers import free_port, require, wait_http
 ROOT = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.slow  # servers, subprocesses or the real model: the full suite only
+
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ui")

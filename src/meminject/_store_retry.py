@@ -55,7 +55,8 @@ _PERMANENT_TEXT = re.compile(
 _ALEMBIC_RACE = "Online migration expected to match one row"
 _DRIVERS = {  # import name -> (database, how to install)
     "psycopg2": ("PostgreSQL", 'pip install "meminject[postgres]"'),
-    "psycopg": ("PostgreSQL", 'pip install "meminject[postgres]" (and use postgresql+psycopg2://)'),
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; meminject[postgres] brings psycopg2
+    "psycopg": ("PostgreSQL", 'write postgresql+psycopg2:// and pip install "meminject[postgres]" (or pip install "psycopg[binary]")'),
     "pg8000": ("PostgreSQL", "pip install pg8000"),
     "pymysql": ("MySQL", "pip install pymysql"),
     "MySQLdb": ("MySQL", "pip install mysqlclient"),

@@ -57,7 +57,7 @@ class InjectionSpec:
     @classmethod
     def from_config(cls, cfg: Any) -> "InjectionSpec":
         inj, mem = cfg.injection, cfg.memory
-        head = inj.get("head")
+        head = inj.head
         return cls(
             layer=_as_int(inj.layer, "injection.layer"),
             tweak=_as_float(inj.tweak, "injection.tweak"),
@@ -66,8 +66,8 @@ class InjectionSpec:
             positions=str(inj.positions),
             memory_type=str(mem.type),
             encoding=str(mem.encoding),
-            literal_hook=bool(inj.get("literal_hook", False)),
-            scale=str(inj.get("scale", "absolute")),
+            literal_hook=bool(inj.literal_hook),
+            scale=str(inj.scale),
         )
 
     def canonical(self) -> "InjectionSpec":
@@ -172,14 +172,15 @@ class Evaluator:
         model: LoadedModel,
         dataset: Dataset,
         *,
-        max_batch_tokens: int = 4096,
-        padding_side: str = "right",
-        top_k: int = 5,
-        prefix_cache_bytes: int = 2 * 2**30,
-        trials_per_forward: int = 1,
-        max_padding: float = 0.2,
-        answer_metric: str = "first_token",
+        max_batch_tokens: int,
+        padding_side: str,
+        top_k: int,
+        prefix_cache_bytes: int,
+        trials_per_forward: int,
+        max_padding: float,
+        answer_metric: str,
     ):
+        # No defaults here: they live in conf/ only (build from a config with from_config).
         self.model = model
         self.dataset = dataset
         self.max_batch_tokens = int(max_batch_tokens)
@@ -216,11 +217,11 @@ class Evaluator:
     def from_config(cls, model: LoadedModel, dataset: Dataset, cfg: Any) -> "Evaluator":
         """Build from the composed config's ``perf`` group and ``top_k``."""
         perf = cfg.perf
-        per_forward = perf.get("trials_per_forward", 1)
+        per_forward = perf.trials_per_forward
         if str(per_forward) == "auto":
             per_forward = 8 if model.device.type == "cuda" else 1
         per_forward = _as_int(per_forward, "perf.trials_per_forward")
-        cache_mb = _as_float(perf.get("prefix_cache_mb", 0), "perf.prefix_cache_mb")
+        cache_mb = _as_float(perf.prefix_cache_mb, "perf.prefix_cache_mb")
         if per_forward < 1:
             raise ConfigError(f"perf.trials_per_forward={per_forward} must be >= 1 (or auto)")
         if cache_mb < 0:
@@ -228,8 +229,7 @@ class Evaluator:
         return cls(
             model, dataset, max_batch_tokens=_as_int(perf.max_batch_tokens, "perf.max_batch_tokens"), padding_side=str(perf.padding_side),
             top_k=_as_int(cfg.top_k, "top_k"), prefix_cache_bytes=int(cache_mb * 2**20), trials_per_forward=per_forward,
-            max_padding=_as_float(perf.get("max_padding", 0.2), "perf.max_padding"),
-            answer_metric=str((cfg.get("metric") or {}).get("answer", "first_token")),
+            max_padding=_as_float(perf.max_padding, "perf.max_padding"), answer_metric=str(cfg.metric.answer),
         )
 
     @property

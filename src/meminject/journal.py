@@ -102,7 +102,21 @@ def _backup(path: Path, size: int) -> Path:
     except BaseException:
         backup.unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)  # the backup's name, too, must outlive a crash
     return backup
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not possible everywhere (Windows); the data itself is synced
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def repair_torn_journal(path: str | Path) -> str | None:

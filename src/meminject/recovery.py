@@ -30,8 +30,6 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from .sweep._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of
-
 __all__ = ["HeartbeatJournalStorage", "StaleTrialRecovery", "heartbeats", "recover_stale_trials", "DEFAULT_HEARTBEAT", "HEARTBEAT_ATTR"]
 
 HEARTBEAT_ATTR = "meminject.heartbeat"
@@ -66,6 +64,43 @@ class StaleTrialRecovery:
             self.tracker.fail(run_id, f"worker stopped beating (no heartbeat for the grace period); trial {trial.number} re-queued")
 
 
+def recover_stale_trials(study: optuna.Study) -> None:
+    """Fail the study's stale trials and run the recovery callback (no-op without heartbeats)."""
+    if not is_heartbeat_enabled(storage_of(study)):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextmanager
+def heartbeats(storage: Any, trial_ids: Sequence[int]) -> Iterator[None]:
+    """Beat for these trials every interval while the block runs (nothing without heartbeats)."""
+    if not trial_ids or not is_heartbeat_enabled(storage):
+        yield
+        return
+    interval = storage.get_heartbeat_interval()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial_id in trial_ids:
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
+                    pass
+            if stop.wait(timeout=interval):
+                return
+
+    thread = threading.Thread(target=beat, name="meminject-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _start_epoch(start: datetime) -> float:
     """Epoch seconds of a trial's ``datetime_start``.
 
@@ -78,6 +113,12 @@ def _start_epoch(start: datetime) -> float:
     if start.tzinfo is not None:
         return start.timestamp()
     return max(start.replace(fold=0).timestamp(), start.replace(fold=1).timestamp())
+
+
+# Imported here, after every name meminject.sweep imports from this module: importing
+# meminject.sweep._optuna runs meminject.sweep's __init__, which imports this module back, so
+# when this module is imported first those names must already exist (the cycle is tested).
+from .sweep._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of  # noqa: E402
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -141,40 +182,3 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> Callable | None:
         return self.heartbeat_stale_trial_callback
-
-
-def recover_stale_trials(study: optuna.Study) -> None:
-    """Fail the study's stale trials and run the recovery callback (no-op without heartbeats)."""
-    if not is_heartbeat_enabled(storage_of(study)):
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-@contextmanager
-def heartbeats(storage: Any, trial_ids: Sequence[int]) -> Iterator[None]:
-    """Beat for these trials every interval while the block runs (nothing without heartbeats)."""
-    if not trial_ids or not is_heartbeat_enabled(storage):
-        yield
-        return
-    interval = storage.get_heartbeat_interval()
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            for trial_id in trial_ids:
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
-                    pass
-            if stop.wait(timeout=interval):
-                return
-
-    thread = threading.Thread(target=beat, name="meminject-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()

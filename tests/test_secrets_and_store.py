@@ -1,0 +1,294 @@
+"""Credentials never printed or saved, and a tracking store that is briefly locked, busy or
+created by several workers at once does not kill them; what cannot work fails in one line."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from servers import free_port, wait_http
+
+from meminject.errors import MemInjectError
+
+SECRET = "hunter2"
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql+psycopg2://:hunter2@host:5432/db", "postgresql+psycopg2://:***@host:5432/db"),
+        ("http://:hunter2@127.0.0.1:5000", "http://:***@127.0.0.1:5000"),
+        ("http://u:hunter2@127.0.0.1:5000", "http://u:***@127.0.0.1:5000"),
+        ("postgresql://u:hunter2@host/db?sslmode=require", "postgresql://u:***@host/db?sslmode=require"),
+        ("postgresql://u:p@ss@word@host/db", "postgresql://u:***@host/db"),  # userinfo ends at the last "@"
+        ("postgresql://host/db?user=u&password=hunter2&sslmode=require", "postgresql://host/db?user=u&password=***&sslmode=require"),
+        ("http://h/x?PASSWD=hunter2&pwd=hunter2&Secret=hunter2", "http://h/x?PASSWD=***&pwd=***&Secret=***"),
+        ("http://h/x?token=hunter2&api_key=hunter2&access_token=hunter2", "http://h/x?token=***&api_key=***&access_token=***"),
+        ("tracking.uri=http://u:hunter2@host", "tracking.uri=http://u:***@host"),
+        ("cannot open postgresql://a:hunter2@h:1/o (or http://b:hunter2@h:2/x), giving up",
+         "cannot open postgresql://a:***@h:1/o (or http://b:***@h:2/x), giving up"),
+        ("storage=postgresql://a:hunter2@h/o,http://b:hunter2@h", "storage=postgresql://a:***@h/o,http://b:***@h"),
+    ],
+)
+def test_redact_hides_every_password(text, expected):
+    from meminject.tracking import redact
+
+    assert redact(text) == expected
+    assert SECRET not in redact(text) and "ss@word" not in redact(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["sqlite:////tmp/mlruns/mlflow.db", "/tmp/optuna.journal", "http://127.0.0.1:5000", "http://user@host:5000/x", "no URL: a:b@c",
+     "http://h/?tokenizer=gpt2", "https://example.org/@someone"],
+)
+def test_redact_leaves_text_without_secrets_alone(text):
+    from meminject.tracking import redact
+
+    assert redact(text) == text
+    assert redact(None) is None
+
+
+def test_redacted_config_hides_every_url_with_credentials():
+    from omegaconf import OmegaConf
+
+    from meminject.tracking import redacted_config
+
+    cfg = OmegaConf.create({
+        "tracking": {"uri": "http://:hunter2@127.0.0.1:5000", "experiment": "meminject"},
+        "storage": "postgresql+psycopg2://meminject:hunter2@db:5432/optuna",
+        "overrides": ["tracking.uri=http://u:hunter2@h", "injection.layer=3"],
+        "nested": {"dsn": "postgresql://h/db?password=hunter2", "n": 3},
+    })
+    shown = redacted_config(cfg)
+    assert SECRET not in OmegaConf.to_yaml(shown)
+    assert shown.tracking.uri == "http://:***@127.0.0.1:5000" and shown.storage == "postgresql+psycopg2://meminject:***@db:5432/optuna"
+    assert shown.overrides[1] == "injection.layer=3" and shown.nested.n == 3 and shown.tracking.experiment == "meminject"
+    assert SECRET in cfg.storage  # a copy: the config in use keeps its password
+
+
+def test_retry_setting_is_in_the_config():
+    from meminject.config import compose_config
+    from meminject.tracking import retry_seconds
+
+    assert compose_config([]).tracking.retry_s == 60
+    assert retry_seconds(compose_config(["tracking.retry_s=2.5"])) == 2.5
+    with pytest.raises(MemInjectError, match="tracking.retry_s"):
+        retry_seconds(compose_config(["tracking.retry_s=-1"]))
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_transient_errors_are_retried_and_others_raise_at_once():
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, TEMPORARILY_UNAVAILABLE
+
+    from meminject._store_retry import retrying
+
+    transient = [
+        sqlite3.OperationalError("database is locked"),
+        sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked")),
+        MlflowException("(sqlite3.OperationalError) database is locked", error_code=TEMPORARILY_UNAVAILABLE),
+        MlflowException("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 503 != 200"),
+        requests.ConnectionError("Connection refused"),
+        ConnectionResetError("reset by peer"),
+    ]
+    pending = list(transient)
+
+    def flaky() -> str:
+        if pending:
+            raise pending.pop(0)
+        return "done"
+
+    assert retrying(flaky, "create_run", "sqlite:////tmp/x.db", retry_s=30) == "done" and not pending
+
+    for permanent in (MlflowException("Experiment 'x' already exists.", error_code=RESOURCE_ALREADY_EXISTS), ValueError("bad"),
+                      sqlite3.OperationalError("no such table: runs")):
+        calls = []
+
+        def broken(error=permanent) -> None:
+            calls.append(1)
+            raise error
+
+        with pytest.raises(type(permanent)):
+            retrying(broken, "create_run", "sqlite:////tmp/x.db", retry_s=30)
+        assert len(calls) == 1
+
+
+def test_a_store_that_stays_down_fails_in_one_redacted_line():
+    from mlflow.exceptions import MlflowException
+
+    from meminject._store_retry import retrying
+    from meminject.errors import TrackingError
+
+    uri = f"http://meminject:{SECRET}@127.0.0.1:1"
+
+    def down() -> None:  # what MLflow's REST client raises, the URI's password included
+        raise MlflowException(f"API request to {uri}/api/2.0/mlflow/runs/create failed with exception HTTPConnectionPool: Max retries exceeded\n(Caused by ...)")
+
+    started = time.monotonic()
+    with pytest.raises(TrackingError) as caught:
+        retrying(down, "create_run", uri, retry_s=0.4)
+    assert 0.3 < time.monotonic() - started < 5
+    message = str(caught.value)
+    assert "\n" not in message and SECRET not in message and "Traceback" not in message
+    assert "create_run" in message and "http://meminject:***@127.0.0.1:1" in message and "tracking.retry_s" in message
+
+
+def _hold_exclusive_lock(db: Path, seconds: float, locked: threading.Event) -> None:
+    connection = sqlite3.connect(db, isolation_level=None)
+    connection.execute("BEGIN EXCLUSIVE")
+    locked.set()
+    time.sleep(seconds)
+    connection.execute("COMMIT")
+    connection.close()
+
+
+def _locked(db: Path, seconds: float) -> threading.Thread:
+    """An MLflow store at ``db``, made by another process (this one has no cached engine for it),
+    on which another connection holds an exclusive lock for ``seconds``."""
+    made = subprocess.run([sys.executable, "-c", f"from mlflow.tracking import MlflowClient; MlflowClient(tracking_uri='sqlite:///{db}')"],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    locked = threading.Event()
+    holder = threading.Thread(target=_hold_exclusive_lock, args=(db, seconds, locked), daemon=True)
+    holder.start()
+    assert locked.wait(10)
+    return holder
+
+
+def test_workers_wait_for_a_locked_sqlite_store(tmp_path):
+    """Locked longer than sqlite3's 5 s default while the store opens: MLflow's table check
+    used to fail with "database is locked"; now it waits, and the run is recorded."""
+    from meminject.tracking import Tracker
+
+    db = tmp_path / "mlflow.db"
+    holder = _locked(db, 6.0)
+    tracker = Tracker(f"sqlite:///{db}", "locked")
+    run_id = tracker.start_parent("s", {"a": 1}, {})
+    tracker.finish_trial(run_id, {"b": 2}, {"mean_gain": 0.5}, {"note.txt": "x"})
+    holder.join()
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["mean_gain"] == 0.5 and run.data.params == {"a": "1", "b": "2"}
+
+
+def test_a_lock_held_past_retry_s_fails_in_one_line(tmp_path):
+    from meminject.errors import TrackingError
+    from meminject.tracking import Tracker
+
+    db = tmp_path / "mlflow.db"
+    holder = _locked(db, 3.0)
+    started = time.monotonic()
+    with pytest.raises(TrackingError) as caught:
+        Tracker(f"sqlite:///{db}", "locked", retry_s=0.5)
+    assert time.monotonic() - started < 2.5
+    message = str(caught.value)
+    assert "\n" not in message and "database is locked" in message and f"sqlite:///{db}" in message and "tracking.retry_s" in message
+    holder.join()
+
+
+def _create_at_once(uri: str, barrier, results) -> None:
+    from meminject.tracking import Tracker
+
+    try:
+        barrier.wait(60)
+        tracker = Tracker(uri, "together")
+        results.put(("ok", tracker.experiment_id, tracker.start_parent("s", {}, {})))
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        results.put(("error", type(exc).__name__, str(exc)[:2000]))
+
+
+def test_processes_creating_a_fresh_database_together(tmp_path):
+    """alembic's migrations on one fresh SQLite file from several processes at once crash all but
+    one ("Online migration expected to match one row", "table ... already exists"); the
+    creation lock serializes them."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(3), context.Queue()
+    processes = [context.Process(target=_create_at_once, args=(uri, barrier, results)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=240) for _ in processes]
+    for process in processes:
+        process.join(60)
+    assert all(outcome[0] == "ok" for outcome in outcomes), outcomes
+    assert len({outcome[1] for outcome in outcomes}) == 1
+    experiments = [e for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name == "together"]
+    assert len(experiments) == 1
+
+
+@pytest.mark.parametrize(
+    ("scheme", "module", "hint"),
+    [
+        ("postgresql+psycopg2", "psycopg2", 'needs the PostgreSQL driver: pip install "meminject[postgres]"'),
+        # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3, which meminject[postgres] is not
+        ("postgresql", "psycopg", 'write postgresql+psycopg2:// and pip install "meminject[postgres]"'),
+    ],
+)
+def test_a_missing_database_driver_is_one_line(monkeypatch, scheme, module, hint):
+    from meminject.tracking import Tracker
+
+    monkeypatch.setitem(sys.modules, module, None)  # `import <module>` raises ModuleNotFoundError
+    with pytest.raises(MemInjectError) as caught:
+        Tracker(f"{scheme}://meminject:{SECRET}@127.0.0.1:1/nodriver", "x")
+    message = str(caught.value)
+    assert hint in message
+    assert "\n" not in message and SECRET not in message and f"{scheme}://meminject:***@127.0.0.1:1/nodriver" in message
+
+
+# --------------------------------------------------------------------------- MLflow server
+
+
+@pytest.mark.slow
+def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monkeypatch):
+    """MLflow 3 prints "🏃 View run <name> at: http://user:password@host/#/..." when a run ends
+    on an HTTP server; the server ignores basic auth, so any password works here."""
+    from meminject.tracking import Tracker
+
+    port = free_port()
+    mlflow_exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    server = subprocess.Popen(
+        [mlflow_exe, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://meminject:{SECRET}@127.0.0.1:{port}"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
+        tracker = Tracker(uri, "links")
+        parent = tracker.start_parent("s", {"storage": "x"}, {})
+        trial = tracker.start_trial(parent, 0, "s", {})
+        tracker.finish_trial(trial, {"injection.tweak": 2}, {"mean_gain": 0.1}, {"per_prompt.csv": "a,b\n1,2\n"})
+        tracker.fail(tracker.start_trial(parent, 1, "s", {}), "boom")
+        tracker.finish(parent)
+        assert tracker.client.get_run(trial).info.status == "FINISHED"
+        out, err = capfd.readouterr()
+        assert SECRET not in out + err and "View run" not in out, out + err
+        quick = Tracker(uri, "links", retry_s=0.5)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    from meminject.errors import TrackingError
+
+    # the server is gone: one line, no password (MLflow's own HTTP retries turned down to keep it short)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(TrackingError) as caught:
+        quick.log_metrics(parent, {"late": 1.0})
+    assert "\n" not in str(caught.value) and SECRET not in str(caught.value) and f"meminject:***@127.0.0.1:{port}" in str(caught.value)
