@@ -173,10 +173,12 @@ def _locked(db: Path, seconds: float) -> threading.Thread:
 def test_workers_wait_for_a_locked_sqlite_store(tmp_path):
     """Locked longer than sqlite3's 5 s default while the store opens: MLflow's table check
     used to fail with "database is locked"; now it waits, and the run is recorded."""
+    import mlflow.tracking  # noqa: F401 - imported before the lock: the store opens at once, well inside the lock
+
     from meminject.tracking import Tracker
 
     db = tmp_path / "mlflow.db"
-    holder = _locked(db, 6.0)
+    holder = _locked(db, 6.5)
     tracker = Tracker(f"sqlite:///{db}", "locked")
     run_id = tracker.start_parent("s", {"a": 1}, {})
     tracker.finish_trial(run_id, {"b": 2}, {"mean_gain": 0.5}, {"note.txt": "x"})

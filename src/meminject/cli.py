@@ -202,7 +202,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if not memory:
             raise ConfigError("--inject needs --memory TEXT (or --row N for the row's explicit entity)")
         texts = memory_texts(pd.DataFrame({"explicit_entity": [memory], "row": [args.row or 0]}), cfg.memory)
-        vector = encode_memories(model, texts, [args.row or 0], spec.encoding, spec.layer)[0].to(model.device)
+        vector = encode_memories(model, texts, [args.row or 0], spec.encoding, spec.layer, max_batch_tokens=int(cfg.perf.max_batch_tokens))[0].to(model.device)
         after = project_attention_outputs(model, prompt, heads=args.heads, all_positions=args.all_positions, top_k=args.top, answer=answer,
                                           injection=(spec.layer, spec.tweak, vector, spec.positions))
         table = side_by_side(before.table, after.table)

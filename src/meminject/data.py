@@ -12,6 +12,7 @@ against a pinned SHA-256, then cached).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import logging
@@ -112,6 +113,19 @@ def resolve_data_file(cfg: Any) -> tuple[Path | None, str]:
     return _download(str(cfg.url), cached, cfg.get("sha256")), str(cfg.url)
 
 
+def _record_lines(text: str, n_records: int) -> list[int]:
+    """The file line on which each data record starts (a quoted field may hold newlines, and
+    blank lines are skipped, so record k is not always on line k + 1)."""
+    reader = csv.reader(io.StringIO(text))
+    starts, line = [], 1
+    for record in reader:
+        if record:
+            starts.append(line)
+        line = reader.line_num + 1
+    starts = starts[1:]  # the header
+    return starts if len(starts) == n_records else list(range(2, n_records + 2))
+
+
 def read_prompt_csv(path: Path) -> pd.DataFrame:
     """Read and validate one CSV; every problem names the file, the row and the column."""
     raw = path.read_bytes()
@@ -136,13 +150,13 @@ def read_prompt_csv(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path}: header only, no prompt rows")
     frame = frame[list(REQUIRED_COLUMNS)].copy()
-    frame.insert(0, "row", range(2, len(frame) + 2))  # 1-based line numbers, header is line 1
+    frame.insert(0, "row", _record_lines(text, len(frame)))  # each prompt's 1-based file line
     for column in REQUIRED_COLUMNS:
         values = frame[column]
         bad = values.isna() | (values.astype(str).str.strip() == "")
         if bad.any():
             first = int(frame.loc[bad, "row"].iloc[0])
-            raise DataError(f"{path}: row {first}, column {column}: empty or NaN value ({int(bad.sum())} such rows)")
+            raise DataError(f"{path}: line {first}, column {column}: empty or NaN value ({int(bad.sum())} such rows)")
     duplicates = frame.duplicated(subset=list(REQUIRED_COLUMNS), keep="first")
     if duplicates.any():
         rows = ", ".join(str(r) for r in frame.loc[duplicates, "row"].head(5))

@@ -166,7 +166,7 @@ def encode_memories(
     encoding: str,
     layer: int,
     *,
-    max_batch_tokens: int = 4096,
+    max_batch_tokens: int = 4096,  # callers with a config pass perf.max_batch_tokens
 ) -> Float[Tensor, "n d_model"]:
     """One vector per memory text, in the residual space of ``model``."""
     if encoding in ("unembed", "embed"):
@@ -180,6 +180,9 @@ def encode_memories(
         return torch.stack(vectors).float()
     if encoding == "layer":
         token_lists = memory_tokens(model, texts, rows, bos=True)
+        for ids, row in zip(token_lists, rows):
+            if len(ids) > model.n_ctx:  # the memory runs through the model: it must fit its context
+                raise DataError(f"row {row}: the memory text has {len(ids)} tokens, more than {model.name}'s context of {model.n_ctx} (memory.encoding=layer runs it through the model); shorten it or use encoding=unembed/embed")
         out = torch.zeros(len(texts), model.d_model, device=model.device)
         for batch in make_batches(token_lists, pad_id=model.pad_id, device=model.device, max_batch_tokens=max_batch_tokens):
             out[batch.index.to(model.device)] = capture_last_position(model, batch, attn_out_hook(layer), stop_at_layer=layer + 1)
