@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import make_evaluator
 from meminject.config import compose_config
 from meminject.data import Dataset, load_dataset, split_rows
-from meminject.evaluation import Evaluator, InjectionSpec
+from meminject.evaluation import InjectionSpec
 from meminject.injection import head_output_component
 from meminject.memories import POS_COLUMNS, memory_texts, word_pools
 from meminject.stats import bootstrap_mean_ci, paired_sign_flip_p

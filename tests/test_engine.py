@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_evaluator
 from meminject.data import Dataset
-from meminject.evaluation import Evaluator, InjectionSpec
+from meminject.evaluation import InjectionSpec
 from omegaconf import OmegaConf
 from reference import reference_answer_probs
 

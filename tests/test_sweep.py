@@ -4,12 +4,10 @@ the collapsed head axis, resume after an interrupt, and refusals before any tria
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -208,3 +206,43 @@ def test_stacked_trials_give_the_same_grid_as_one_at_a_time(tmp_path, monkeypatc
     for point, (gain, after) in tables[1].items():
         assert tables[4][point][0] == pytest.approx(gain, abs=1e-9)
         assert tables[4][point][1] == pytest.approx(after, abs=1e-9)
+
+
+def test_every_trial_run_logs_the_whole_resolved_config_and_its_hook(tmp_path, monkeypatch):
+    """The params of a trial run are the flattened resolved config (redacted) plus the hook:
+    every key that differs between two trials, and every key at all, is there with its value."""
+    from meminject.config import flat_config
+    from meminject.sweep import SweepSpec, trial_config
+    from meminject.sweep._study import ATTR_SPEC
+
+    monkeypatch.chdir(tmp_path)
+    args = sweep_args(tmp_path, "sweep=head_subspace", "study=params", "n_trials=3", "memory.draw=3", "metric.answer=sequence", "data.split=0.6")
+    assert main(args) == 0
+    study = load(tmp_path, "params")
+    spec = SweepSpec.from_json(study.user_attrs[ATTR_SPEC])
+    runs = {int(r.data.tags["meminject.trial_number"]): r for r in mlflow_runs(tmp_path, "trial")}
+    configs = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        config = {k: str(v) for k, v in flat_config(trial_config(spec.overrides, t.params)).items()}
+        params = runs[t.number].data.params
+        missing = sorted(set(config) - set(params))
+        assert not missing, f"trial {t.number}: config keys not logged: {missing}"
+        assert {k: params[k] for k in config} == config
+        assert params["hook"] == f"blocks.{t.params['injection.layer']}.hook_attn_out"
+        configs[t.number] = config
+    first, *others = configs.values()
+    differing = {k for other in others for k in first if first[k] != other.get(k)}
+    assert {"injection.layer", "injection.head", "injection.tweak"} & differing
+    for key in ("injection.scale", "metric.answer", "memory.draw", "model.weights", "data.split"):
+        assert key in first
+    assert first["injection.scale"] == "relative" and first["memory.draw"] == "3" and first["metric.answer"] == "sequence"
+
+
+def test_best_names_a_study_when_the_storage_holds_several(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name in ("one", "two"):
+        assert main(sweep_args(tmp_path, "sweep=tpe", f"study={name}", "n_trials=1", "tracking.enabled=false")) == 0
+    capsys.readouterr()
+    assert main(["best", f"storage={tmp_path / 'optuna.journal'}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds 2 studies; name one with study=NAME: one, two" in err

@@ -31,7 +31,7 @@ def config_options(group: str) -> list[str]:
 def choices() -> dict[str, tuple[str, ...]]:
     """Every enumerated config key and its allowed values, taken from the modules that own them."""
     from .data import PARTS
-    from .evaluation import ANSWER_METRICS, POSITIONS, SCALES, SITES
+    from .spec import ANSWER_METRICS, POSITIONS, SCALES, SITES
     from .memories import ENCODINGS, MEMORY_TYPES, POS_COLUMNS, WORD_SOURCES
     from .models import SOURCES, WEIGHTS, _DTYPES
     from .runner import PADDING_SIDES

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .config import flat_config
-from .evaluation import InjectionSpec
+from .spec import InjectionSpec
 
 __all__ = ["Site", "COLUMNS", "ATTR_PREFIX", "from_attrs", "overrides_of", "trial_key", "RESULT_FREE_SECTIONS"]
 

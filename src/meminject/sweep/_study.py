@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import compose_config
 from ..errors import ConfigError
-from ..evaluation import InjectionSpec
+from ..spec import InjectionSpec
 from ..models import model_shape
 from ..space import SearchSpace, parse_space
 from ._settings import SweepSpec, check_study_name

@@ -22,7 +22,6 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from ..config import compose_config
-from ..evaluation import InjectionSpec
 from ..recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, heartbeats, recover_stale_trials
 from ..site import trial_key
 from ..tracking import Tracker, git_commit

@@ -1,0 +1,125 @@
+"""The shape of the code: no import cycles, files of one idea (about 400 lines at most), Optuna's
+private API in one adapter, the coordinator without model weights, help that lists the keys."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from meminject.cli import main
+
+SRC = ROOT / "src" / "meminject"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """meminject modules imported at module level (function-level imports are lazy on purpose)."""
+    tree = ast.parse(path.read_text())
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("meminject"):
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("meminject"))
+    return found
+
+
+def test_no_import_cycles_in_src():
+    modules = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_every_source_file_holds_one_idea_of_at_most_about_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
+    assert not long, long
+
+
+def test_optunas_private_api_is_used_in_the_adapter_only():
+    private = re.compile(r"optuna\.[a-z_.]*\._[a-z]|\._suggest\(|\._pop_waiting_trial_id|\._storage\b|\._trial_id\b|\._study_id\b")
+    def code(path: Path) -> str:  # our own modules named _storage etc. are imported, not Optuna's
+        return "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith(("from .", "``_")))
+
+    users = sorted(str(p.relative_to(ROOT)) for p in SRC.rglob("*.py") if p.name != "_optuna.py" and private.search(code(p)))
+    assert users == [], f"private Optuna names outside meminject/sweep/_optuna.py: {users}"
+
+
+def test_the_coordinator_reads_model_sizes_without_loading_weights(monkeypatch):
+    import meminject.models as models
+    from meminject.sweep import load_sweep, resolve_space
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the coordinator loaded a model")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    for model in ("model=tiny", "model=smollm2-135m"):
+        spec, _ = load_sweep(["sweep=tpe", model])
+        _, space = resolve_space(spec)
+        assert space.distributions["injection.layer"].high == (2 if model == "model=tiny" else 29)
+
+
+@pytest.mark.parametrize("command, keys", [
+    ("sweep", ["sweep=", "n_trials=", "workers=", "study=", "storage=", "heartbeat=", "grace=", "progress="]),
+    ("worker", ["study=", "storage=", "worker_index=", "max_trials="]),
+    ("best", ["study=", "storage=", "top=", "distinct=", "heldout=", "controls=", "bootstrap="]),
+    ("eval", ["injection.layer=", "memory.encoding=", "metric.answer="]),
+])
+def test_help_lists_the_commands_keys(command, keys, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    missing = [k for k in keys if k not in out]
+    assert not missing, missing
+    if command == "sweep":
+        from meminject.sweep._settings import presets
+
+        for name, (_, description) in presets().items():
+            assert description and re.search(rf"^\s+{re.escape(name)}\s+{re.escape(description)}$", out, re.M), name
+
+
+def test_presets_say_what_they_optimize():
+    from omegaconf import OmegaConf
+
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        preset = OmegaConf.load(path)
+        assert preset.objective == "mean_gain" and preset.direction == "maximize", path.name
+
+
+def test_a_local_conf_folder_adds_a_model_option(tmp_path, monkeypatch):
+    from meminject.config import compose_config
+
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "mytiny.yaml").write_text("defaults:\n  - tiny\n  - _self_\nname: mytiny\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(["model=mytiny"])
+    assert cfg.model.name == "mytiny" and cfg.model.tiny.n_layers == 3
+    assert compose_config([]).model.name == "smollm2-135m"  # the packaged default is untouched
