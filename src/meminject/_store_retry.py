@@ -228,7 +228,7 @@ def open_client(uri: str, retry_s: float) -> RetryingClient:
             return MlflowClient(tracking_uri=store_uri)
 
     try:
-        client = retrying(connect, "open the tracking store", uri, retry_s)
+        client = retrying(connect, "store opening", uri, retry_s)
     except ModuleNotFoundError as exc:
         driver = _DRIVERS.get((exc.name or "").split(".")[0])
         if driver is None:

@@ -55,8 +55,7 @@ def signals_held() -> Iterator[None]:
 
 
 def _check_coordinator() -> None:
-    coordinator = os.environ.get("MEMINJECT_COORDINATOR_PID")
-    if coordinator and os.getppid() != int(coordinator):
+    if _coordinator_gone():
         raise CoordinatorGone()
 
 
@@ -91,7 +90,9 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
         while max_trials is None or ran < max_trials:
             _check_coordinator()
             want = per_forward if max_trials is None else min(per_forward, max_trials - ran)
-            asked = _ask_trials(study, spec, space, total, want)
+            with signals_held():  # a trial asked but not yet ours to clean up would stay RUNNING
+                asked = _ask_trials(study, spec, space, total, want)
+                context.owned.update((t.number, t) for t, _ in asked)
             if not asked:
                 if waiter.should_wait(study):
                     continue  # other workers' trials still running: they finish, or go stale and come back to us
@@ -114,13 +115,32 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
                 bar.update(len(asked))
                 with contextlib.suppress(ValueError):
                     bar.set_postfix(best=f"{study.best_value:+.4f}", trial=study.best_trial.number)
-    except CoordinatorGone:
+    except BaseException as exc:
+        # Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING.
+        with signals_held():
+            _fail_owned(context, exc)
+            if isinstance(exc, CoordinatorGone) or _coordinator_gone():
+                _close_parent_if_orphaned(tracker, context.parent_run_id)
+        if not isinstance(exc, CoordinatorGone):
+            raise
         log.warning("worker %d: its sweep process has ended; stopping (rerun the sweep to resume)", number)
-        _close_parent_if_orphaned(tracker, context.parent_run_id)
     finally:
         if bar is not None:
             bar.close()
     return ran
+
+
+def _coordinator_gone() -> bool:
+    coordinator = os.environ.get("MEMINJECT_COORDINATOR_PID")
+    return bool(coordinator) and os.getppid() != int(coordinator)
+
+
+def _fail_owned(ctx: "_Context", exc: BaseException) -> None:
+    """Fail this worker's trials that are still RUNNING (asked, not yet told)."""
+    running = {t.number for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    pending = {n: t for n, t in ctx.owned.items() if n in running}
+    runs = {n: t.user_attrs.get("mlflow_run_id") for n, t in ((n, ctx.study.get_trials(deepcopy=False)[n]) for n in pending)} if pending else {}
+    _fail_pending(ctx, pending, {n: r for n, r in runs.items() if r}, exc)
 
 
 def _close_parent_if_orphaned(tracker: Any, parent_run_id: str | None) -> None:
@@ -227,6 +247,7 @@ class _Context:
 
     def __init__(self, study: optuna.Study, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker: int) -> None:
         self.study, self.spec, self.runner, self.tracker, self.parent_run_id, self.worker = study, spec, runner, tracker, parent_run_id, worker
+        self.owned: dict[int, optuna.Trial] = {}  # trials this worker asked for (told ones stay: harmless)
 
 
 def run_trials(ctx: _Context, asked: Asked) -> None:
