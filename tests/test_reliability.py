@@ -178,7 +178,11 @@ def test_endurance_1000_trials_on_4_workers_record_each_trial_once_without_leaki
 
     study = _study(storage, "endurance")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    assert len(complete) == 1000 and len(study.trials) == 1000  # nothing failed, nothing surplus
+    assert len(complete) == 1000
+    # Nothing failed: the only other trials are slots given back unrun when two workers asked
+    # for the last one of the shared budget at once (FAIL, marked surplus, never run).
+    others = [t for t in study.trials if t.state != TrialState.COMPLETE]
+    assert all(t.state == TrialState.FAIL and t.user_attrs.get("meminject.surplus") == "over budget" and "mlflow_run_id" not in t.user_attrs for t in others), others
     trial_runs, parents = _trial_runs(tracking)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     numbers = Counter(int(r.data.tags["meminject.trial_number"]) for r in trial_runs if r.info.status == "FINISHED")
