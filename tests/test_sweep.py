@@ -246,3 +246,43 @@ def test_best_names_a_study_when_the_storage_holds_several(tmp_path, monkeypatch
     assert main(["best", f"storage={tmp_path / 'optuna.journal'}"]) == 2
     err = capsys.readouterr().err
     assert "holds 2 studies; name one with study=NAME: one, two" in err
+
+
+def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_the_runs_on_resume(tmp_path, monkeypatch, capsys):
+    """MLflow fails after its retries on the 3rd trial (a lock held too long, a full disk): the
+    computed results stay COMPLETE in Optuna, the user gets one line, and the rerun writes the
+    missing runs from the study, so every complete trial has exactly one FINISHED run."""
+    from meminject.errors import TrackingError
+    from meminject.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    args = sweep_args(tmp_path, "sweep=paper_grid", "study=flaky", "injection.tweak=choice(1,2)", "memory.encoding=choice(unembed)", "progress=false")
+    real = Tracker.finish_trial
+    calls = {"n": 0}
+
+    def failing(self, run_id, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise TrackingError("tracking store sqlite:///x is locked (database is locked) after 60 s of retries")
+        return real(self, run_id, *a, **k)
+
+    monkeypatch.setattr(Tracker, "finish_trial", failing)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "are saved in the study, but MLflow" in err[0] and "rerun the same command" in err[0], err
+    study = load(tmp_path, "flaky")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3  # the third result was kept
+    monkeypatch.setattr(Tracker, "finish_trial", real)
+    assert main(args) == 0
+    capsys.readouterr()
+    study = load(tmp_path, "flaky")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3 * 2
+    runs = mlflow_runs(tmp_path, "trial")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["meminject.trial_number"]) for r in finished) == sorted(t.number for t in complete)
+    for run in finished:
+        trial = study.trials[int(run.data.tags["meminject.trial_number"])]
+        assert run.data.metrics["mean_gain"] == pytest.approx(trial.value)
+        assert int(run.data.params["injection.layer"]) == trial.params["injection.layer"]
+    assert [r.info.status for r in mlflow_runs(tmp_path, "sweep")] == ["FINISHED"]

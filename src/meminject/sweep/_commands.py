@@ -23,7 +23,8 @@ from ._settings import BEST_SETTINGS, SWEEP_SETTINGS, WORKER_SETTINGS, SweepSpec
 from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
 from ._study import ATTR_PARENT, ATTR_SPEC, budget, counted, prepare_study
-from ._worker import run_worker, signals_held
+from ._run import signals_held
+from ._worker import run_worker
 
 __all__ = ["cmd_sweep", "cmd_worker", "cmd_best", "help_epilog"]
 

@@ -21,7 +21,7 @@ from ._settings import SweepSpec
 from ._storage import default_storage_url
 from ._study import ATTR_PARENT, storage_lock
 
-__all__ = ["start_parent_run", "finalize", "best_csv"]
+__all__ = ["start_parent_run", "reconcile_runs", "finalize", "best_csv"]
 
 log = logging.getLogger("meminject")
 
@@ -52,20 +52,39 @@ def start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: T
             study.set_user_attr(ATTR_PARENT, parent)
             return
     tracker.reopen(parent)
-    _reconcile_runs(study, tracker)
+    reconcile_runs(study, spec, tracker)
 
 
-def _reconcile_runs(study: optuna.Study, tracker: Tracker) -> None:
-    """After an interruption: every complete trial's run FINISHED, every other trial's run not RUNNING."""
+def reconcile_runs(study: optuna.Study, spec: SweepSpec, tracker: Tracker) -> int:
+    """After an interruption or a tracking failure: every complete trial has a FINISHED run with
+    its params and metrics (written now from the study when MLflow missed them), and no other
+    trial's run stays RUNNING. Returns how many runs were written or completed."""
+    from ._record import reconciled_params
+    from ._trial import trial_config
+
+    parent = study.user_attrs.get(ATTR_PARENT)
+    runs = {}
+    for run in tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`meminject.study` = '{spec.study_name}' and tags.`meminject.role` = 'trial'", max_results=50_000):
+        runs.setdefault(int(run.data.tags["meminject.trial_number"]), run)
+    fixed = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if not run_id:
+        run = runs.get(t.number)
+        if t.state == TrialState.FAIL:
+            if run is not None and run.info.status == "RUNNING":
+                tracker.finish(run.info.run_id, "FAILED")
             continue
-        status = tracker.client.get_run(run_id).info.status
-        if t.state == TrialState.COMPLETE and status != "FINISHED":
-            tracker.finish(run_id, "FINISHED")
-        elif t.state == TrialState.FAIL and status == "RUNNING":
-            tracker.finish(run_id, "FAILED")
+        if run is not None and spec.objective in run.data.metrics and run.info.status == "FINISHED":
+            continue
+        run_id = run.info.run_id if run is not None else tracker.start_trial(parent, t.number, spec.study_name, {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name})
+        if spec.objective not in (run.data.metrics if run is not None else {}):
+            metrics = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("site.", "worker_index"))}
+            tracker.finish_trial(run_id, reconciled_params(trial_config(spec.overrides, t.params)), metrics, {}, terminate=False)
+            tracker.client.set_tag(run_id, "meminject.reconciled", "written on resume from the study (MLflow had missed this trial)")
+        tracker.finish(run_id, "FINISHED")
+        fixed += 1
+    if fixed:
+        log.warning("note: %d trial run(s) written or closed in MLflow from the study", fixed)
+    return fixed
 
 
 def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
@@ -86,14 +105,21 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
         log.warning("note: sweep figures skipped (%s)", first_line(exc))
     parent = study.user_attrs.get(ATTR_PARENT)
     if tracker is not None and parent:
-        tracker.log_file(parent, path)
-        if gaps is not None:
-            tracker.log_file(parent, gaps_path)
-        for figure in figures:
-            tracker.log_file(parent, figure, "figures")
-        with contextlib.suppress(ValueError):  # no complete trial yet
-            best = study.best_trial
-            tracker.log_metrics(parent, {"best_value": best.value, "best_mean_gain": best.user_attrs.get("mean_gain", best.value), "best_trial": best.number,
-                                         "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))})
-            tracker.client.set_tag(parent, "meminject.best_params", json.dumps(best.params, default=str))
+        try:
+            _log_results(study, tracker, parent, path, gaps_path if gaps is not None else None, figures)
+        except Exception as exc:  # noqa: BLE001 - the tables are on disk; the next run logs them again
+            log.warning("note: the results are in %s, but logging them on the MLflow parent run failed (%s)", path, redact(first_line(exc)))
     return path
+
+
+def _log_results(study: optuna.Study, tracker: Tracker, parent: str, path: Path, gaps_path: Path | None, figures: list[Path]) -> None:
+    tracker.log_file(parent, path)
+    if gaps_path is not None:
+        tracker.log_file(parent, gaps_path)
+    for figure in figures:
+        tracker.log_file(parent, figure, "figures")
+    with contextlib.suppress(ValueError):  # no complete trial yet
+        best = study.best_trial
+        tracker.log_metrics(parent, {"best_value": best.value, "best_mean_gain": best.user_attrs.get("mean_gain", best.value), "best_trial": best.number,
+                                     "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))})
+        tracker.client.set_tag(parent, "meminject.best_params", json.dumps(best.params, default=str))

@@ -19,7 +19,7 @@ from ..memories import word_source
 from ..site import Site
 from ..tracking import redacted_config
 
-__all__ = ["trial_params", "record_trial", "resident_mb", "ATTR_KEY"]
+__all__ = ["trial_params", "record_in_optuna", "record_in_mlflow", "reconciled_params", "resident_mb", "ATTR_KEY"]
 
 log = logging.getLogger("meminject")
 
@@ -36,9 +36,9 @@ def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int) -> dict[str
     }
 
 
-def record_trial(trial: Any, cfg: Any, evaluator: Any, result: Any, seconds: float, stacked: int, tracker: Any, run_id: str | None, objective: str) -> float:
-    """Store a trial's results in Optuna (user attributes) and MLflow (params, metrics,
-    artifacts; the run stays open until Optuna has the value). Returns the objective."""
+def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, objective: str) -> tuple[float, dict[str, Any]]:
+    """Store a trial's summary, time, memory and site as Optuna user attributes (before it is
+    told). Returns (objective value, the metrics to log)."""
     summary = dict(result.summary)
     for name, value in summary.items():
         trial.set_user_attr(name, value)
@@ -50,17 +50,27 @@ def record_trial(trial: Any, cfg: Any, evaluator: Any, result: Any, seconds: flo
         summary["worker_rss_mb"] = rss
     for name, value in Site.from_config(cfg).attrs().items():
         trial.set_user_attr(name, value)
-    if tracker is not None and run_id is not None:
-        params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked)
-        with tempfile.TemporaryDirectory() as folder:
-            artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(redacted_config(cfg))}
-            if cfg.tracking.trial_figures:
-                title = f"trial {trial.number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}"
-                figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
-                if figure is not None:
-                    artifacts["per_prompt_gains.png"] = figure
-            tracker.finish_trial(run_id, params, {**summary, "trial_seconds": seconds}, artifacts, terminate=False)
-    return float(summary[objective])
+    return float(summary[objective]), {**summary, "trial_seconds": seconds}
+
+
+def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict[str, Any], stacked: int) -> None:
+    """The trial's run: params (the whole config), metrics, per-prompt table, config, figure."""
+    params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked)
+    with tempfile.TemporaryDirectory() as folder:
+        artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(redacted_config(cfg))}
+        if cfg.tracking.trial_figures:
+            title = f"trial {trial_number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}"
+            figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
+            if figure is not None:
+                artifacts["per_prompt_gains.png"] = figure
+        tracker.finish_trial(run_id, params, metrics, artifacts, terminate=True)
+
+
+def reconciled_params(cfg: Any) -> dict[str, Any]:
+    """The params of a trial run written after the fact (from the study alone, on resume)."""
+    from ..spec import InjectionSpec
+
+    return {**flat_config(redacted_config(cfg)), **Site.from_config(cfg).record(), "hook": InjectionSpec.from_config(cfg).hook_name}
 
 
 _MALLOC_TRIM: Any = None

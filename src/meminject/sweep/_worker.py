@@ -1,4 +1,4 @@
-"""The worker loop: ask trials, run them (beating meanwhile), tell their results.
+"""The worker loop: ask trials, hand them to :mod:`._run`, until the budget or grid is used up.
 
 Any number of workers share one study. Grid points are taken atomically from the queue;
 TPE/random workers share a global budget. A worker whose trial was failed as stale by
@@ -12,46 +12,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from ..config import compose_config
-from ..recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, heartbeats, recover_stale_trials
-from ..site import trial_key
-from ..tracking import Tracker, git_commit
-from ._optuna import pop_queued_trial, storage_of, trial_id_of
-from ._record import ATTR_KEY, record_trial
+from ..errors import ConfigError
+from ..recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, recover_stale_trials
+from ..tracking import Tracker
+from ._optuna import pop_queued_trial
+from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held
 from ._settings import SweepSpec
 from ._storage import load_study, open_storage
 from ._study import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPEC, ATTR_SURPLUS, budget, canonical_params, counted, make_sampler, point_of, register_worker, space_of
-from ._trial import TrialRunner, is_out_of_memory, trial_config
-from ..errors import ConfigError, first_line
+from ._trial import TrialRunner, is_out_of_memory
 
 __all__ = ["run_worker", "CoordinatorGone"]
 
 log = logging.getLogger("meminject")
-Asked = list[tuple[optuna.Trial, dict[str, Any]]]
 
 
 class CoordinatorGone(Exception):
     """The sweep process that started this worker has ended: stop after the current trials."""
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back (delivered on exit): cleanup must not be cut in half."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _check_coordinator() -> None:
@@ -85,7 +70,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
     ran = 0
     per_forward = runner.trials_per_forward(base)
     waiter = _RunningWaiter(int(interval), int(grace))
-    context = _Context(study, spec, runner, tracker, study.user_attrs.get(ATTR_PARENT), number)
+    context = TrialContext(study, spec, runner, tracker, study.user_attrs.get(ATTR_PARENT), number)
     try:
         while max_trials is None or ran < max_trials:
             _check_coordinator()
@@ -135,12 +120,12 @@ def _coordinator_gone() -> bool:
     return bool(coordinator) and os.getppid() != int(coordinator)
 
 
-def _fail_owned(ctx: "_Context", exc: BaseException) -> None:
+def _fail_owned(ctx: TrialContext, exc: BaseException) -> None:
     """Fail this worker's trials that are still RUNNING (asked, not yet told)."""
     running = {t.number for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     pending = {n: t for n, t in ctx.owned.items() if n in running}
     runs = {n: t.user_attrs.get("mlflow_run_id") for n, t in ((n, ctx.study.get_trials(deepcopy=False)[n]) for n in pending)} if pending else {}
-    _fail_pending(ctx, pending, {n: r for n, r in runs.items() if r}, exc)
+    fail_pending(ctx, pending, {n: r for n, r in runs.items() if r}, exc)
 
 
 def _close_parent_if_orphaned(tracker: Any, parent_run_id: str | None) -> None:
@@ -242,85 +227,3 @@ def _ask_trials(study: optuna.Study, spec: SweepSpec, space: Any, total: int, wa
     return asked
 
 
-class _Context:
-    """What every trial of a worker shares."""
-
-    def __init__(self, study: optuna.Study, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker: int) -> None:
-        self.study, self.spec, self.runner, self.tracker, self.parent_run_id, self.worker = study, spec, runner, tracker, parent_run_id, worker
-        self.owned: dict[int, optuna.Trial] = {}  # trials this worker asked for (told ones stay: harmless)
-
-
-def run_trials(ctx: _Context, asked: Asked) -> None:
-    """Run asked trials (one, or several sharing stacked passes) and record each in Optuna and
-    MLflow, beating for them meanwhile (so a dead worker's trials are found stale and re-run).
-
-    If anything fails, every trial not yet told is marked FAIL in both, then the error propagates.
-    """
-    with heartbeats(storage_of(ctx.study), [trial_id_of(trial) for trial, _ in asked]):
-        _run_trials_beating(ctx, asked)
-
-
-def _run_trials_beating(ctx: _Context, asked: Asked) -> None:
-    started = time.perf_counter()
-    pending = {trial.number: trial for trial, _ in asked}  # not yet told
-    run_ids: dict[int, str] = {}
-
-    def drop(trial: optuna.Trial) -> None:
-        # This worker stalled past the grace period and another one failed the trial and
-        # re-queued its point: the retry's result counts, this one is dropped.
-        log.warning("trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number)
-        pending.pop(trial.number, None)
-        if ctx.tracker is not None and trial.number in run_ids:
-            ctx.tracker.fail(run_ids[trial.number], "stale: re-queued by another worker before this result arrived")
-
-    try:
-        cfgs = {}
-        for trial, params in asked:
-            cfg = trial_config(ctx.spec.overrides, params)
-            try:
-                trial.set_user_attr(ATTR_KEY, trial_key(cfg))
-                trial.set_user_attr("worker_index", ctx.worker)
-                if ctx.tracker is not None and ctx.parent_run_id:
-                    tags = {"meminject.sampler": ctx.spec.sampler, "meminject.sweep": ctx.spec.name, "meminject.worker": str(ctx.worker)}
-                    commit = git_commit()
-                    if commit:
-                        tags["mlflow.source.git.commit"] = commit
-                    run_ids[trial.number] = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, ctx.spec.study_name, tags)
-                    trial.set_user_attr("mlflow_run_id", run_ids[trial.number])
-            except UpdateFinishedTrialError:
-                drop(trial)
-                continue
-            cfgs[trial.number] = cfg
-        delay = float(os.environ.get("MEMINJECT_TRIAL_DELAY_S", "0") or 0)
-        if delay > 0:  # fault-injection hook of the crash-recovery tests: a window to kill a worker mid-trial
-            time.sleep(delay)
-        live = [(t, p) for t, p in asked if t.number in cfgs and t.number in pending]
-        outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live])
-        seconds = (time.perf_counter() - started) / max(1, len(live))  # stacked trials share the cost
-        for (trial, _), (evaluator, _, result) in zip(live, outcomes):
-            run_id = run_ids.get(trial.number)
-            try:
-                value = record_trial(trial, cfgs[trial.number], evaluator, result, seconds, len(live), ctx.tracker, run_id, ctx.spec.objective)
-                ctx.study.tell(trial, value)
-            except UpdateFinishedTrialError:
-                drop(trial)
-                continue
-            pending.pop(trial.number, None)
-            if ctx.tracker is not None and run_id is not None:
-                # Closed after Optuna has the value; an interruption in between is repaired on resume.
-                ctx.tracker.finish(run_id, "FINISHED")
-    except BaseException as exc:
-        with signals_held():
-            _fail_pending(ctx, pending, run_ids, exc)
-        raise
-
-
-def _fail_pending(ctx: _Context, pending: dict[int, optuna.Trial], run_ids: dict[int, str], exc: BaseException) -> None:
-    reason = f"{type(exc).__name__}: {first_line(exc)}"
-    for number, trial in pending.items():
-        with contextlib.suppress(Exception):  # the storage may be what failed
-            trial.set_user_attr("failure", reason[:500])
-        with contextlib.suppress(Exception):
-            ctx.study.tell(trial, state=TrialState.FAIL)
-        if ctx.tracker is not None and number in run_ids:
-            ctx.tracker.fail(run_ids[number], reason)

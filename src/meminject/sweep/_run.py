@@ -1,0 +1,157 @@
+"""Running asked trials: compute them (stacked when they share a layer), beat meanwhile, and
+record each result, first in Optuna (the result is safe once told), then in MLflow.
+
+* A trial that fails is FAIL in both stores; cleanup runs with SIGINT/SIGTERM held back.
+* A trial that another worker failed as stale meanwhile is dropped here, wherever that shows.
+* When MLflow fails after its retries (a store locked for too long, a full disk), the result
+  stays in Optuna and the worker stops with one line; the run is written on resume
+  (:func:`meminject.sweep._parent.reconcile_runs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from ..errors import TrackingError, first_line
+from ..recovery import heartbeats
+from ..site import trial_key
+from ..tracking import Tracker, git_commit, redact
+from ._optuna import storage_of, trial_id_of
+from ._record import ATTR_KEY, record_in_mlflow, record_in_optuna
+from ._settings import SweepSpec
+from ._trial import TrialRunner, trial_config
+
+__all__ = ["TrialContext", "run_trials", "signals_held", "fail_pending", "Asked"]
+
+log = logging.getLogger("meminject")
+Asked = list[tuple[optuna.Trial, dict[str, Any]]]
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (delivered on exit): cleanup must not be cut in half."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class TrialContext:
+    """What every trial of a worker shares."""
+
+    def __init__(self, study: optuna.Study, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker: int) -> None:
+        self.study, self.spec, self.runner, self.tracker, self.parent_run_id, self.worker = study, spec, runner, tracker, parent_run_id, worker
+        self.owned: dict[int, optuna.Trial] = {}  # trials this worker asked for (told ones stay: harmless)
+
+
+def run_trials(ctx: TrialContext, asked: Asked) -> None:
+    """Run asked trials (one, or several sharing stacked passes) and record each in Optuna and
+    MLflow, beating for them meanwhile (so a dead worker's trials are found stale and re-run).
+
+    If anything fails, every trial not yet told is marked FAIL in both, then the error propagates.
+    """
+    with heartbeats(storage_of(ctx.study), [trial_id_of(trial) for trial, _ in asked]):
+        _run_trials_beating(ctx, asked)
+
+
+def _tracking_failed(ctx: TrialContext, numbers: list[int], exc: BaseException) -> TrackingError:
+    uri = redact(ctx.tracker.uri) if ctx.tracker is not None else "-"
+    return TrackingError(f"trial(s) {', '.join(map(str, numbers))} are saved in the study, but MLflow at {uri} failed ({first_line(exc)}); "
+                         "fix the tracking store and rerun the same command: their runs are written then")
+
+
+def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
+    started = time.perf_counter()
+    pending = {trial.number: trial for trial, _ in asked}  # not yet told
+    run_ids: dict[int, str] = {}
+    tracking_error: BaseException | None = None
+    unrecorded: list[int] = []
+
+    def drop(trial: optuna.Trial) -> None:
+        # This worker stalled past the grace period and another one failed the trial and
+        # re-queued its point: the retry's result counts, this one is dropped.
+        log.warning("trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number)
+        pending.pop(trial.number, None)
+        if ctx.tracker is not None and trial.number in run_ids:
+            ctx.tracker.fail(run_ids[trial.number], "stale: re-queued by another worker before this result arrived")
+
+    try:
+        cfgs = {}
+        for trial, params in asked:
+            cfg = trial_config(ctx.spec.overrides, params)
+            try:
+                trial.set_user_attr(ATTR_KEY, trial_key(cfg))
+                trial.set_user_attr("worker_index", ctx.worker)
+                if ctx.tracker is not None and ctx.parent_run_id and tracking_error is None:
+                    try:
+                        run_ids[trial.number] = _start_run(ctx, trial.number)
+                    except Exception as exc:  # noqa: BLE001 - the store failed: compute anyway, write the run on resume
+                        tracking_error = exc
+                    else:
+                        trial.set_user_attr("mlflow_run_id", run_ids[trial.number])
+            except UpdateFinishedTrialError:
+                drop(trial)
+                continue
+            cfgs[trial.number] = cfg
+        delay = float(os.environ.get("MEMINJECT_TRIAL_DELAY_S", "0") or 0)
+        if delay > 0:  # fault-injection hook of the crash-recovery tests: a window to kill a worker mid-trial
+            time.sleep(delay)
+        live = [(t, p) for t, p in asked if t.number in cfgs and t.number in pending]
+        outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live])
+        seconds = (time.perf_counter() - started) / max(1, len(live))  # stacked trials share the cost
+        for (trial, _), (evaluator, _, result) in zip(live, outcomes):
+            try:
+                value, metrics = record_in_optuna(trial, cfgs[trial.number], result, seconds, ctx.spec.objective)
+                ctx.study.tell(trial, value)
+            except UpdateFinishedTrialError:
+                drop(trial)
+                continue
+            pending.pop(trial.number, None)
+            run_id = run_ids.get(trial.number)
+            if ctx.tracker is None or not ctx.parent_run_id:
+                continue
+            if run_id is None or tracking_error is not None:
+                unrecorded.append(trial.number)
+                continue
+            try:
+                record_in_mlflow(ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live))
+            except Exception as exc:  # noqa: BLE001 - the result is safe in Optuna; the run is written on resume
+                tracking_error = exc
+                unrecorded.append(trial.number)
+    except BaseException as exc:
+        with signals_held():
+            fail_pending(ctx, pending, run_ids, exc)
+        raise
+    if tracking_error is not None:
+        raise _tracking_failed(ctx, unrecorded, tracking_error) from tracking_error
+
+
+def _start_run(ctx: TrialContext, number: int) -> str:
+    tags = {"meminject.sampler": ctx.spec.sampler, "meminject.sweep": ctx.spec.name, "meminject.worker": str(ctx.worker)}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return ctx.tracker.start_trial(ctx.parent_run_id, number, ctx.spec.study_name, tags)
+
+
+def fail_pending(ctx: TrialContext, pending: dict[int, optuna.Trial], run_ids: dict[int, str], exc: BaseException) -> None:
+    """Fail trials not yet told, in Optuna and (best effort) MLflow."""
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
+    for number, trial in pending.items():
+        with contextlib.suppress(Exception):  # the storage may be what failed
+            trial.set_user_attr("failure", reason[:500])
+        with contextlib.suppress(Exception):
+            ctx.study.tell(trial, state=TrialState.FAIL)
+        if ctx.tracker is not None and number in run_ids:
+            ctx.tracker.fail(run_ids[number], reason)
