@@ -133,3 +133,25 @@ def test_a_torn_journal_is_repaired_on_open_and_nothing_complete_is_lost(tmp_pat
     again = _sweep(tmp_path, *grid)  # appends to the repaired journal (it stores the space again)
     assert again.wait(timeout=600) == 0, again.stdout.read()
     assert len(load(tmp_path, "torn").get_trials(states=(TrialState.COMPLETE,))) == 3 * 2
+
+
+def test_a_full_disk_under_outputs_is_one_line_and_closes_the_parent_run(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        (disk / "ballast").write_bytes(b"\0" * (256 * 1024 - 8192))  # leave a couple of pages
+        with pytest.raises(OSError):
+            (disk / "probe").write_bytes(b"\0" * 65536)
+        args = ["sweep", *TINY, f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "progress=false",
+                "sweep=paper_grid", "study=full", "injection.tweak=choice(1,2)", "memory.encoding=choice(unembed)", "tracking.trial_figures=false"]
+        proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=disk, env=env(MPLCONFIGDIR=str(tmp_path / "mpl")), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith("meminject: error: ") and "No space left on device" in lines[-1], lines[-3:]
+        assert "Traceback" not in proc.stderr
+        assert len(load(tmp_path, "full").get_trials(states=(TrialState.COMPLETE,))) == 3 * 2  # the results are kept
+        assert [r.info.status for r in mlflow_runs(tmp_path, "sweep")] == ["FAILED"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -65,6 +65,8 @@ ARG_CASES = {
     "zero trial budget": ("sweep sweep=tpe n_trials=0", "n_trials"),
     "grace not longer than the heartbeat": ("sweep sweep=tpe heartbeat=5 grace=5", "grace=5 must be longer"),
     "unreachable storage URL": ("sweep sweep=tpe storage=postgresql+psycopg2://meminject:hunter2@127.0.0.1:1/optuna", "cannot open study storage postgresql+psycopg2://meminject:***@127.0.0.1:1"),
+    "storage URL with an empty user": ("sweep sweep=tpe storage=postgresql+psycopg2://:hunter2@127.0.0.1:1/optuna", "cannot open study storage postgresql+psycopg2://:***@127.0.0.1:1/optuna"),
+    "storage URL with a password parameter": ("sweep sweep=tpe storage=postgresql+psycopg2://meminject@127.0.0.1:1/optuna?password=hunter2", "optuna?password=***"),
     "unreachable tracking server": ("sweep sweep=tpe tracking.uri=http://meminject:hunter2@127.0.0.1:1", "tracking server http://meminject:***@127.0.0.1:1 is unreachable"),
     "study exists with a different search space": ("sweep sweep=tpe study=kept n_trials=2 injection.tweak=interval(1, 3)", "exists with a different search space"),
     "unknown worker setting": ("worker study=kept colour=red", "unknown setting 'colour' for worker"),

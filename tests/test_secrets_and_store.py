@@ -3,6 +3,7 @@ created by several workers at once does not kill them; what cannot work fails in
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import sqlite3
@@ -294,3 +295,38 @@ def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monk
     with pytest.raises(TrackingError) as caught:
         quick.log_metrics(parent, {"late": 1.0})
     assert "\n" not in str(caught.value) and SECRET not in str(caught.value) and f"meminject:***@127.0.0.1:{port}" in str(caught.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["http://:{pw}@127.0.0.1:{port}", "http://u:{pw}@127.0.0.1:{port}"])
+def test_a_sweep_on_a_tracking_server_never_shows_its_password(tmp_path, form):
+    """Console, params, tags and every artifact (sweep.json, base_config.yaml, config.yaml) of a
+    whole sweep against an HTTP tracking server, for each way of writing the password."""
+    from conftest import TINY, env, mlflow_runs
+
+    port = free_port()
+    mlflow_exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    server = subprocess.Popen(
+        [mlflow_exe, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = form.format(pw=SECRET, port=port)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
+        args = ["sweep", *TINY, "sweep=paper_grid", "study=secret", "injection.tweak=choice(1)", "memory.encoding=choice(unembed)",
+                f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri={uri}", "progress=false"]
+        proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert SECRET not in proc.stdout + proc.stderr
+        runs = mlflow_runs(f"http://127.0.0.1:{port}")
+        assert len(runs) == 1 + 3
+        for run in runs:
+            assert SECRET not in json.dumps([run.data.params, run.data.tags]), run.info.run_name
+        artifacts = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
+        assert {p.name for p in artifacts} >= {"sweep.json", "base_config.yaml", "config.yaml"}
+        leaked = [str(p) for p in artifacts if SECRET.encode() in p.read_bytes()]
+        assert not leaked, leaked
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import TrackingError
+from .errors import TrackingError, first_line
 from .redaction import redact
 
 try:
@@ -63,11 +63,6 @@ _DRIVERS = {  # import name -> (database, how to install)
     "pymssql": ("SQL Server", "pip install pymssql"),
     "pyodbc": ("SQL Server", "pip install pyodbc"),
 }
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
 def quiet_run_links() -> None:

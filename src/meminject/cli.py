@@ -11,6 +11,7 @@ Every problem the user can fix ends in one line ``meminject: error: ...`` and ex
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import MemInjectError, error_line
+from .errors import MemInjectError, error_line, first_line
 
 __all__ = ["main"]
 
@@ -119,8 +120,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
         try:
             run_id = log_eval_run(cfg, result, summary, out_dir)
         except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(detail)}") from exc
+            raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}") from exc
         print(f"  MLflow run {run_id}")
     return 0
 
@@ -221,10 +221,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         client = MlflowClient(tracking_uri=tracking_uri(cfg))
         run = client.create_run(_experiment_id(client, str(cfg.tracking.experiment), tracking_uri(cfg)), run_name=f"inspect {model.name}", tags={"meminject.command": "inspect"})
-        client.log_param(run.info.run_id, "prompt", prompt[:500])
-        for path in (out_dir / "projection.csv", figure):
-            client.log_artifact(run.info.run_id, str(path))
-        client.set_terminated(run.info.run_id, "FINISHED")
+        status = "FAILED"
+        try:
+            client.log_param(run.info.run_id, "prompt", prompt[:500])
+            for path in (out_dir / "projection.csv", figure):
+                client.log_artifact(run.info.run_id, str(path))
+            status = "FINISHED"
+        finally:  # the run is always closed
+            client.set_terminated(run.info.run_id, status)
         print(f"MLflow run {run.info.run_id}")
     return 0
 
@@ -250,9 +254,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemInjectError as exc:
         print(f"meminject: error: {error_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _USER_FIXABLE_ERRNOS:
+            raise
+        # a full disk, a read-only or forbidden folder: the user's to fix, and what is recorded stays
+        print(f"meminject: error: {error_line(exc)} (free space or fix the folder's permissions, then rerun the same command: finished trials are kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # cleanup is done: a second signal must not cut the exit
+            signal.signal(signum, signal.SIG_IGN)
         print("meminject: interrupted; finished trials are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+_USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, first_line
 from .injection import embed_memory, unembed_memory
 from .models import LoadedModel
 from .runner import capture_last_position, make_batches
@@ -91,7 +91,7 @@ def _word_list_pools(memory_cfg: Any) -> dict[str, list[str]]:
         try:
             frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-            raise DataError(f"memory.word_list={path}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+            raise DataError(f"memory.word_list={path}: not a readable CSV ({first_line(exc)})") from exc
         needed = [TOP_COLUMN, *POS_COLUMNS.values()]
         missing = [c for c in needed if c not in frame.columns]
         if missing:

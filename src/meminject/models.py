@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, first_line
 from .paths import cache_dir
 
 __all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device", "SMOLLM2_GGUF"]
@@ -213,9 +213,8 @@ def _load_pretrained(name: str, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(name)
         hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - HF raises many types for "not found / offline"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"cannot load model {name!r} from Hugging Face ({first_line[:160]}); "
+            f"cannot load model {name!r} from Hugging Face ({first_line(exc, 160)}); "
             "check the name or your connection, or use model=smollm2-135m offline"
         ) from exc
     return hf_model, tokenizer
@@ -243,7 +242,7 @@ def model_shape(cfg: Any) -> dict[str, Any]:
         try:
             hf = AutoConfig.from_pretrained(str(cfg.hf_name))
         except Exception as exc:  # noqa: BLE001 - HF raises many types for "not found / offline"
-            raise ModelError(f"cannot read the config of model {cfg.hf_name!r} ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); check the name or your connection") from exc
+            raise ModelError(f"cannot read the config of model {cfg.hf_name!r} ({first_line(exc, 160)}); check the name or your connection") from exc
         layers = getattr(hf, "num_hidden_layers", None) or getattr(hf, "n_layer", None)
         heads = getattr(hf, "num_attention_heads", None) or getattr(hf, "n_head", None)
         return {"model": str(cfg.name), "n_layers": int(layers), "n_heads": int(heads)}

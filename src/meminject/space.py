@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import optuna.distributions as od
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 __all__ = ["Axis", "SearchSpace", "parse_axis", "parse_space"]
 
@@ -84,7 +84,7 @@ def parse_axis(key: str, expression: str, sizes: Mapping[str, int] | None = None
     try:
         override = OverridesParser.create().parse_overrides([f"{key}={text}"])[0]
     except HydraException as exc:
-        raise ConfigError(f"{key}={expression}: not a search-space expression ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"{key}={expression}: not a search-space expression ({first_line(exc)})") from exc
     if not override.is_sweep_override():
         raise ConfigError(f"{key}={expression}: not a search-space expression (use choice(...), range(...), interval(...))")
     sweep = override.value()

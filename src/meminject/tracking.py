@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._store_retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, sqlite_path
-from ._store_retry import first_line as _first_line
+from .errors import first_line as _first_line  # kept under its old name
 from .errors import ConfigError, TrackingError
 from .paths import mlruns_dir
 from .redaction import redact, redacted_config

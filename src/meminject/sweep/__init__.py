@@ -14,7 +14,8 @@ The package reads like Optuna's ``optuna/study/``: one private file per idea, th
 ``_storage``            opening the study storage (journal repair, drivers), finding a study
 ``_study``              the space against the model, sampler, budget, grid queue, storage lock
 ``_trial``              one trial's config; the per-worker model/evaluator cache (OOM-safe)
-``_worker``             the ask / run / tell loop with heartbeats and clean interrupts
+``_worker``             the worker loop: ask trials, wait for others, stop cleanly
+``_run``                running asked trials with heartbeats; told to Optuna, then MLflow
 ``_record``             a trial's Optuna attributes and MLflow run
 ``_results``            ranked sites, best τ per site, control gaps
 ``_heldout``            top sites re-run on held-out prompts, with controls

@@ -113,6 +113,9 @@ def _run_and_close(study, spec: SweepSpec, tracker: Tracker | None, workers: int
         parent = study.user_attrs.get(ATTR_PARENT) if tracker is not None else None
         try:
             finalize(study, tracker)
+        except BaseException:
+            status = "FAILED" if status == "FINISHED" else status  # e.g. a full disk under ./outputs
+            raise
         finally:
             if parent:
                 if status == "FINISHED" and len(counted(study)) < total:

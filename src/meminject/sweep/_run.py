@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -38,13 +39,22 @@ Asked = list[tuple[optuna.Trial, dict[str, Any]]]
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back (delivered on exit): cleanup must not be cut in half."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold SIGINT/SIGTERM back until the block ends, then raise KeyboardInterrupt if one came:
+    cleanup must not be cut in half. (A thread's signal mask would not do: the kernel hands a
+    process signal to any thread that does not block it, and Python then runs its handler in
+    the main thread anyway; so the handlers themselves are swapped for one that only notes it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be swapped in the main thread, where all cleanup runs
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            raise KeyboardInterrupt()
 
 
 class TrialContext:
@@ -77,6 +87,7 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
     run_ids: dict[int, str] = {}
     tracking_error: BaseException | None = None
     unrecorded: list[int] = []
+    told_unlogged: set[int] = set()  # in Optuna, their run not complete yet
 
     def drop(trial: optuna.Trial) -> None:
         # This worker stalled past the grace period and another one failed the trial and
@@ -118,6 +129,7 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
                 drop(trial)
                 continue
             pending.pop(trial.number, None)
+            told_unlogged.add(trial.number)
             run_id = run_ids.get(trial.number)
             if ctx.tracker is None or not ctx.parent_run_id:
                 continue
@@ -126,12 +138,16 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
                 continue
             try:
                 record_in_mlflow(ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live))
+                told_unlogged.discard(trial.number)
             except Exception as exc:  # noqa: BLE001 - the result is safe in Optuna; the run is written on resume
                 tracking_error = exc
                 unrecorded.append(trial.number)
     except BaseException as exc:
         with signals_held():
             fail_pending(ctx, pending, run_ids, exc)
+            for number in told_unlogged & set(run_ids):  # complete in Optuna: the resume writes and finishes the run
+                with contextlib.suppress(Exception):
+                    ctx.tracker.finish(run_ids[number], "KILLED")
         raise
     if tracking_error is not None:
         raise _tracking_failed(ctx, unrecorded, tracking_error) from tracking_error

@@ -131,9 +131,8 @@ def _fail_owned(ctx: TrialContext, exc: BaseException) -> None:
 def _close_parent_if_orphaned(tracker: Any, parent_run_id: str | None) -> None:
     if tracker is None or not parent_run_id:
         return
-    with contextlib.suppress(Exception):
-        if tracker.client.get_run(parent_run_id).info.status == "RUNNING":
-            tracker.finish(parent_run_id, "KILLED")
+    with contextlib.suppress(Exception):  # the coordinator can no longer close it
+        tracker.finish(parent_run_id, "KILLED")
 
 
 class _RunningWaiter:
