@@ -169,6 +169,44 @@ def test_sign_flip_test_separates_real_and_null_differences():
     assert paired_sign_flip_p(rng.normal(0.0, 0.5, size=30)) > 0.01
 
 
+def test_holm_adjusts_like_a_direct_computation():
+    from meminject.stats import holm
+
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; running max 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm(np.array([0.5, 0.9])), [1.0, 1.0])
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # Holm never reports less than the raw p, and keeps the order of the raw p-values
+        raw = rng.uniform(0, 0.2, size=7)
+        adjusted = holm(raw)
+        assert (adjusted >= raw - 1e-15).all() and (np.diff(adjusted[np.argsort(raw)]) >= -1e-15).all()
+
+
+def test_the_verdict_names_the_first_reason_a_site_fails():
+    from meminject.sweep._heldout import with_verdicts
+
+    base = {"heldout_ci_low": 0.01, "heldout_ci_high": 0.03, "gap_pos": 0.02, "gap_pos_p": 0.001, "gap_random_vector": 0.02, "gap_random_vector_p": 0.001}
+    rows = [
+        base,                                                          # holds
+        {**base, "heldout_ci_low": -0.01},                              # interval includes 0
+        {**base, "heldout_ci_low": -0.03, "heldout_ci_high": -0.01},    # hurts
+        {**base, "gap_pos": -0.01},                                     # worse than pos
+        {**base, "gap_random_vector_p": 0.2},                           # not significant
+    ]
+    verdicts = list(with_verdicts(pd.DataFrame(rows), ["pos", "random_vector"]).verdict)
+    assert verdicts[0] == "holds"
+    assert verdicts[1] == "held-out interval includes 0"
+    assert verdicts[2] == "hurts on held-out prompts"
+    assert verdicts[3] == "no better than pos"
+    assert verdicts[4].startswith("not clearly better than random_vector (Holm p=")
+    # the correction counts every site × control: the same raw p passes alone and fails among many
+    alone = with_verdicts(pd.DataFrame([{**base, "gap_random_vector_p": 0.03}]), ["pos", "random_vector"])
+    assert list(alone.verdict) == ["holds"] and alone.gap_random_vector_p_holm.iloc[0] == pytest.approx(0.03)
+    many = with_verdicts(pd.DataFrame([{**base, "gap_pos_p": 0.03, "gap_random_vector_p": 0.03}] * 3), ["pos", "random_vector"])
+    assert set(many.verdict) == {"not clearly better than pos (Holm p=0.180)"}
+
+
 def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkeypatch, capsys, shared_data):
     from meminject.cli import main
 
@@ -183,7 +221,12 @@ def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkey
     assert "held-out check of the top 3 sites (6 held-out prompts" in out
     report = pd.read_csv(tmp_path / "outputs" / "best" / "ho-heldout.csv")
     assert len(report) == 3 and (report.heldout_ci_low <= report.heldout_gain).all() and (report.heldout_gain <= report.heldout_ci_high).all()
-    assert {"gap_pos", "gap_random_vector", "gap_pos_p", "heldout_includes_zero"} <= set(report.columns)
+    assert {"gap_pos", "gap_random_vector", "gap_pos_p", "gap_pos_p_holm", "gap_random_vector_p_holm", "heldout_includes_zero", "verdict"} <= set(report.columns)
+    assert all(v in out for v in report.verdict)  # the verdict is printed too
+    from conftest import mlflow_runs
+
+    parent = mlflow_runs(tmp_path, "sweep")[0]
+    assert parent.data.tags["meminject.verdicts"].count("\n") == 2 and report.verdict.iloc[0] in parent.data.tags["meminject.verdicts"]
     # the held-out gain is what an eval on the held-out part gives
     first = report.iloc[0]
     cfg = compose_config(["model=tiny", "data.limit=20", "data.part=heldout", f"injection.layer={first['injection.layer']}", f"injection.tweak={first['injection.tweak']}"])

@@ -170,7 +170,7 @@ def test_best_ranks_sites(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(sweep_args(tmp_path, "sweep=paper_grid", "study=b", "injection.tweak=choice(1,3)", "memory.encoding=choice(unembed)")) == 0
     capsys.readouterr()
-    assert main(["best", "study=b", f"storage={tmp_path / 'optuna.journal'}", "top=3"]) == 0
+    assert main(["best", "study=b", f"storage={tmp_path / 'optuna.journal'}", "top=3", "distinct=false"]) == 0
     out = capsys.readouterr().out
     assert "6 complete trials, 6 distinct sites" in out
     import pandas as pd
@@ -178,8 +178,8 @@ def test_best_ranks_sites(tmp_path, monkeypatch, capsys):
     table = pd.read_csv(tmp_path / "outputs" / "best" / "b.csv")
     assert list(table["mean_gain"]) == sorted(table["mean_gain"], reverse=True)
     assert len(table) == 6
-    # distinct=true: the best τ of each layer, nothing else
-    assert main(["best", "study=b", f"storage={tmp_path / 'optuna.journal'}", "distinct=true"]) == 0
+    # distinct=true (the default): the best τ of each layer, nothing else
+    assert main(["best", "study=b", f"storage={tmp_path / 'optuna.journal'}"]) == 0
     assert "6 complete trials, 3 sites (best τ of each)" in capsys.readouterr().out
     distinct = pd.read_csv(tmp_path / "outputs" / "best" / "b-distinct.csv")
     expected = table.sort_values("mean_gain", ascending=False).groupby("injection.layer", sort=False).head(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bootstrap_mean_ci", "paired_sign_flip_p"]
+__all__ = ["bootstrap_mean_ci", "paired_sign_flip_p", "holm"]
 
 
 def bootstrap_mean_ci(values: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -28,3 +28,17 @@ def paired_sign_flip_p(differences: np.ndarray, *, n_perm: int = 10000, seed: in
     signs = rng.choice(np.array([-1.0, 1.0]), size=(n_perm, len(differences)))
     null = np.abs((signs * differences).mean(axis=1))
     return float((1 + np.sum(null >= observed - 1e-15)) / (n_perm + 1))
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error over all the given tests): sort
+    ascending, multiply the k-th smallest by (m - k), keep them non-decreasing, cap at 1."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted

@@ -147,11 +147,15 @@ def cmd_best(args: Sequence[str]) -> int:
     """Ranked sites of a study; with a train/held-out split, the top sites judged on held-out prompts."""
     settings, _ = parse_settings(args, BEST_SETTINGS, "best")
     top = as_positive_int(settings.get("top", 10), "top")
-    distinct = as_bool(settings.get("distinct", "false"), "distinct")
+    distinct = as_bool(settings.get("distinct", "true"), "distinct")
     heldout = settings.get("heldout", "auto").lower()
     if heldout not in ("auto", "true", "false"):
         raise ConfigError(f"heldout={heldout!r}: use true, false or auto")
     controls = [c for c in settings.get("controls", "pos,random_vector").split(",") if c]
+    from ._heldout import CONTROL_TYPES
+
+    if any(c not in CONTROL_TYPES for c in controls):  # refused before any work
+        raise ConfigError(f"controls={','.join(controls)}: choose from {', '.join(CONTROL_TYPES)}")
     n_boot = as_positive_int(settings.get("bootstrap", 2000), "bootstrap")
     study = load_study(settings.get("study"), settings.get("storage"))
     name = study.study_name
@@ -183,4 +187,7 @@ def cmd_best(args: Sequence[str]) -> int:
     print(f"held-out table: {report_path}")
     if tracker is not None and parent:
         tracker.log_file(parent, report_path)
+        verdicts = [f"{int(r['rank'])}: L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}" for _, r in report.iterrows()]
+        tracker.client.set_tag(parent, "meminject.verdicts", "\n".join(verdicts)[:5000])
+        tracker.client.set_tag(parent, "meminject.holds", str(int((report["verdict"] == "holds").sum())))
     return 0

@@ -5,9 +5,11 @@ For each of the top-k sites of a study (by train gain), on the held-out prompts:
 * held-out mean gain with a 95% bootstrap interval over prompts, and the fraction improved;
 * the **control gap**: held-out gain of the correct memory minus that of each control memory
   (``pos``, ``random``, ``random_vector``) injected at the same site, paired per prompt,
-  with a bootstrap interval and a sign-flip test.
+  with a bootstrap interval and a sign-flip test, Holm-corrected over every site × control.
 
-A site whose held-out interval includes zero is flagged (``heldout_includes_zero``), not hidden.
+Each site gets one **verdict** a user cannot misread: ``holds`` only when its held-out interval
+lies above 0 and it beats every control after the correction; otherwise the first reason it
+fails. Nothing is hidden: failing sites stay in the table with their reason.
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ import pandas as pd
 from ..config import compose_config
 from ..errors import ConfigError
 from ..site import overrides_of
-from ..stats import bootstrap_mean_ci, paired_sign_flip_p
+from ..stats import bootstrap_mean_ci, holm, paired_sign_flip_p
 from ._trial import TrialRunner
 
-__all__ = ["CONTROL_TYPES", "heldout_report", "format_heldout"]
+__all__ = ["CONTROL_TYPES", "heldout_report", "with_verdicts", "format_heldout"]
 
 CONTROL_TYPES = ("pos", "random", "random_vector")
 
 
 def heldout_report(
     base_overrides: Sequence[str], sites: pd.DataFrame, *, controls: Sequence[str] = ("pos", "random_vector"),
-    n_boot: int = 2000, seed: int = 0, runner: Any = None, axes: Sequence[str] = (),
+    n_boot: int = 2000, seed: int = 0, runner: Any = None, axes: Sequence[str] = (), alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Evaluate ranked ``sites`` (from :func:`meminject.sweep.ranked_sites`) on the held-out part."""
 
@@ -69,7 +71,35 @@ def heldout_report(
             record[f"gap_{control}_ci_high"] = c_high
             record[f"gap_{control}_p"] = paired_sign_flip_p(difference, seed=seed + 2)
         records.append(record)
-    return pd.DataFrame(records)
+    report = pd.DataFrame(records)
+    return with_verdicts(report, controls, alpha=alpha)
+
+
+def with_verdicts(report: pd.DataFrame, controls: Sequence[str], *, alpha: float = 0.05) -> pd.DataFrame:
+    """Holm-adjusted p-values over every reported site × control, and one verdict per site:
+    ``holds`` only when the held-out interval lies above 0 and the site beats every control
+    after the correction; otherwise the first reason it fails."""
+    report = report.copy()
+    columns = [f"gap_{c}_p" for c in controls]
+    if columns and not report.empty:
+        adjusted = holm(report[columns].to_numpy().ravel()).reshape(len(report), len(columns))
+        for j, control in enumerate(controls):
+            report[f"gap_{control}_p_holm"] = adjusted[:, j]
+    report["verdict"] = [_verdict(row, controls, alpha) for _, row in report.iterrows()]
+    return report
+
+
+def _verdict(row: pd.Series, controls: Sequence[str], alpha: float) -> str:
+    if row["heldout_ci_low"] <= 0.0 <= row["heldout_ci_high"]:
+        return "held-out interval includes 0"
+    if row["heldout_ci_high"] < 0.0:
+        return "hurts on held-out prompts"
+    for control in controls:
+        if row[f"gap_{control}"] <= 0.0:
+            return f"no better than {control}"
+        if row[f"gap_{control}_p_holm"] >= alpha:
+            return f"not clearly better than {control} (Holm p={row[f'gap_{control}_p_holm']:.3f})"
+    return "holds"
 
 
 def format_heldout(report: pd.DataFrame, controls: Sequence[str]) -> str:
@@ -80,8 +110,7 @@ def format_heldout(report: pd.DataFrame, controls: Sequence[str]) -> str:
         site = f"L{r['injection.layer']}{head} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}"
         text = f"  {int(r['rank']):>2} {site:<34} train {r['train_gain']:+.4f}  held-out {r['heldout_gain']:+.4f} [{r['heldout_ci_low']:+.4f}, {r['heldout_ci_high']:+.4f}] improved {r['heldout_frac_improved']:.0%}"
         for control in controls:
-            text += f"  gap vs {control} {r[f'gap_{control}']:+.4f} (p={r[f'gap_{control}_p']:.3f})"
-        if r["heldout_includes_zero"]:
-            text += "  ⚠ held-out interval includes 0"
+            text += f"  gap vs {control} {r[f'gap_{control}']:+.4f} (Holm p={r[f'gap_{control}_p_holm']:.3f})"
+        text += f"  → {r['verdict']}" if r["verdict"] == "holds" else f"  ✗ {r['verdict']}"
         lines.append(text)
     return "\n".join(lines)

@@ -53,7 +53,7 @@ BEST_SETTINGS = {
     "study": "the study (default: the only study in the storage)",
     "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
     "top": "how many sites to show and judge on held-out prompts (default 10)",
-    "distinct": "true: only the best τ of each site | false: every point (default false)",
+    "distinct": "true: only the best τ of each site | false: every point (default true)",
     "heldout": "auto | true | false: re-evaluate the top sites on held-out prompts (default auto)",
     "controls": "control memories for the held-out gaps (default pos,random_vector)",
     "bootstrap": "bootstrap resamples of the held-out intervals (default 2000)",
