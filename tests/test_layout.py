@@ -123,3 +123,20 @@ def test_a_local_conf_folder_adds_a_model_option(tmp_path, monkeypatch):
     cfg = compose_config(["model=mytiny"])
     assert cfg.model.name == "mytiny" and cfg.model.tiny.n_layers == 3
     assert compose_config([]).model.name == "smollm2-135m"  # the packaged default is untouched
+
+
+def test_a_tied_model_with_raw_weights_searches_embed_and_unembed_once(caplog):
+    """SmolLM2's W_U is W_Eᵀ as shipped (checked on the weights in test_injection): with raw
+    weights the two encodings are one point, so the axis keeps unembed; paper weights keep both."""
+    import optuna.distributions as od
+
+    from meminject.sweep import load_sweep, resolve_space
+
+    spec, _ = load_sweep(["sweep=tpe", "model.weights=raw"])
+    _, space = resolve_space(spec)
+    assert space.distributions["memory.encoding"] == od.CategoricalDistribution(("unembed", "layer"))
+    assert sum("embed and unembed are the same point" in r.getMessage() for r in caplog.records) == 1
+    spec, _ = load_sweep(["sweep=tpe", "model.weights=paper"])
+    assert resolve_space(spec)[1].distributions["memory.encoding"] == od.CategoricalDistribution(("unembed", "embed", "layer"))
+    spec, _ = load_sweep(["sweep=tpe", "model=tiny", "model.weights=raw"])  # tiny is built untied
+    assert resolve_space(spec)[1].distributions["memory.encoding"] == od.CategoricalDistribution(("unembed", "embed", "layer"))

@@ -221,21 +221,26 @@ def _load_pretrained(name: str, dtype: torch.dtype):
 
 
 def model_shape(cfg: Any) -> dict[str, Any]:
-    """Layer and head counts of the ``model`` config node, read without loading any weights
-    (a sweep's coordinator validates its space with them and holds no model copy)."""
+    """Layer and head counts of the ``model`` config node, and whether its unembedding is its
+    transposed embedding (``tied``), read without loading any weights (a sweep's coordinator
+    validates its space with them and holds no model copy)."""
     source = str(cfg.source)
     if source == "tiny":
-        return {"model": str(cfg.name), "n_layers": int(cfg.tiny.n_layers), "n_heads": int(cfg.tiny.n_heads)}
+        return {"model": str(cfg.name), "n_layers": int(cfg.tiny.n_layers), "n_heads": int(cfg.tiny.n_heads), "tied": False}  # built untied
     if source == "gguf_package":
         converted = cache_dir() / "models" / "smollm2-135m" / "config.json"
         if converted.exists():  # the de-quantized copy's plain config: a JSON read
             hf = json.loads(converted.read_text())
-            return {"model": str(cfg.name), "n_layers": int(hf["num_hidden_layers"]), "n_heads": int(hf["num_attention_heads"])}
+            return {"model": str(cfg.name), "n_layers": int(hf["num_hidden_layers"]), "n_heads": int(hf["num_attention_heads"]),
+                    "tied": bool(hf.get("tie_word_embeddings", False))}
         from gguf import GGUFReader
 
-        fields = GGUFReader(str(_smollm2_dir() / SMOLLM2_GGUF)).fields
+        reader = GGUFReader(str(_smollm2_dir() / SMOLLM2_GGUF))
+        fields = reader.fields
         value = lambda key: int(fields[key].parts[fields[key].data[0]][0])  # noqa: E731 - GGUF scalar field
-        return {"model": str(cfg.name), "n_layers": value("llama.block_count"), "n_heads": value("llama.attention.head_count")}
+        # a GGUF without its own output matrix unembeds with the token embedding (tied)
+        tied = not any(t.name == "output.weight" for t in reader.tensors)
+        return {"model": str(cfg.name), "n_layers": value("llama.block_count"), "n_heads": value("llama.attention.head_count"), "tied": tied}
     if source == "pretrained":
         from transformers import AutoConfig
 
@@ -245,7 +250,7 @@ def model_shape(cfg: Any) -> dict[str, Any]:
             raise ModelError(f"cannot read the config of model {cfg.hf_name!r} ({first_line(exc, 160)}); check the name or your connection") from exc
         layers = getattr(hf, "num_hidden_layers", None) or getattr(hf, "n_layer", None)
         heads = getattr(hf, "num_attention_heads", None) or getattr(hf, "n_head", None)
-        return {"model": str(cfg.name), "n_layers": int(layers), "n_heads": int(heads)}
+        return {"model": str(cfg.name), "n_layers": int(layers), "n_heads": int(heads), "tied": bool(getattr(hf, "tie_word_embeddings", False))}
     raise ConfigError(f"model.source={source!r} must be one of {', '.join(SOURCES)}")
 
 

@@ -46,11 +46,29 @@ def model_sizes(spec: SweepSpec, base: Any) -> dict[str, Any]:
         models = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
     shapes = [model_shape((compose_config([*spec.overrides, f"model={m}"]) if "model" in spec.params else base).model) for m in models]
     smallest = min(shapes, key=lambda s: s["n_layers"])
-    return {**smallest, "n_heads": min(s["n_heads"] for s in shapes)}
+    return {**smallest, "n_heads": min(s["n_heads"] for s in shapes), "tied": all(s["tied"] for s in shapes)}
 
 
 def space_of(spec: SweepSpec, base: Any) -> SearchSpace:
     return parse_space(spec.params, model_sizes(spec, base))
+
+
+def _collapse_tied_encodings(spec: SweepSpec, base: Any, space: SearchSpace) -> SearchSpace:
+    """With raw weights a tied model's W_U is its W_Eᵀ, so `embed` and `unembed` give the same
+    vector: the encoding axis keeps `unembed` only, and we say so once. Paper weights (folded
+    norm, centred unembedding) make them differ, so both stay."""
+    axis = space.distributions.get("memory.encoding")
+    if not isinstance(axis, od.CategoricalDistribution) or not {"embed", "unembed"} <= set(axis.choices):
+        return space
+    if str(base.model.weights) != "raw" or not model_sizes(spec, base)["tied"]:
+        return space
+    kept = [c for c in axis.choices if c != "embed"]
+    note = (f"embed and unembed are the same point for {base.model.name} with raw weights (tied: W_E = W_Uᵀ): "
+            "the encoding axis keeps unembed, each point runs once (model.weights=paper makes them differ)")
+    spec.notes.append(note)
+    log.warning("note: %s", note)
+    spec.params["memory.encoding"] = f"choice({', '.join(kept)})"
+    return space_of(spec, base)
 
 
 def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
@@ -70,6 +88,7 @@ def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
             space = SearchSpace([a for a in space.axes if a.key != "injection.head"])
             spec.params.pop("injection.head", None)
             spec.overrides.append("injection.head=0")
+    space = _collapse_tied_encodings(spec, base, space)
     # Fail before any trial: check fixed values and every discrete value of each axis.
     probe = [f"{a.key}={_first_value(a.distribution)}" for a in space.axes]
     InjectionSpec.from_config(compose_config([*spec.overrides, *probe])).validate()
