@@ -280,3 +280,17 @@ def test_sequence_metric_equals_plain_teacher_forcing(tiny, demo, cache):
         assert table.answer_logprob_after[i] == pytest.approx(after, abs=1e-4)
         assert table.answer_prob_after[i] == pytest.approx(np.exp(after), rel=1e-3, abs=1e-30)
     assert result.summary["mean_logprob_gain"] == pytest.approx((table.answer_logprob_after - table.answer_logprob_before).mean())
+
+
+def test_the_split_has_its_own_seed_so_seed_moves_the_draws_but_not_the_heldout_prompts(demo):
+    def part(*overrides):
+        cfg = compose_config(["model=tiny", "data.part=heldout", *overrides])
+        return list(load_dataset(cfg.data).frame["row"]), cfg
+
+    heldout_0, cfg_0 = part("seed=0")
+    heldout_1, cfg_1 = part("seed=1")
+    assert heldout_0 == heldout_1, "seed moved the held-out prompts"
+    assert part("data.split_seed=1")[0] != heldout_0
+    # while the control draws do follow seed
+    draws = [memory_texts(demo.frame, compose_config(["memory.type=pos", f"seed={s}"]).memory) for s in (0, 1)]
+    assert draws[0] != draws[1]

@@ -216,5 +216,6 @@ def split_part(frame: pd.DataFrame, cfg: Any) -> pd.DataFrame:
         raise ConfigError(f"data.split={fraction} must be in (0, 1)")
     if len(frame) < 2:
         raise ConfigError(f"data.split needs at least 2 prompts, the selection has {len(frame)}")
-    train, heldout = split_rows(len(frame), fraction, int(cfg.get("seed", 0)))
+    # its own seed: changing `seed` (control draws, samplers) must not move the held-out prompts
+    train, heldout = split_rows(len(frame), fraction, int(cfg.split_seed))
     return frame.iloc[train if part == "train" else heldout]
