@@ -28,6 +28,7 @@ from .memories import encode_memories, memory_texts, random_directions_like
 from .models import LoadedModel
 from .prefix import PrefixCache
 from .runner import Batch, last_position_logits, make_batches, read_logits
+from .stats import summarize, typical_norm  # noqa: F401 - summarize is re-exported
 from .spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, _as_float, _as_int  # noqa: F401 - the point of the search space; re-exported
 
 log = logging.getLogger("meminject")
@@ -40,23 +41,6 @@ class EvalResult:
     summary: dict[str, float]
     seconds: float = 0.0
     hooks: list[str] = field(default_factory=list)
-
-
-def summarize(before: np.ndarray, after: np.ndarray, explicit: np.ndarray, logprob_before: np.ndarray | None = None, logprob_after: np.ndarray | None = None) -> dict[str, float]:
-    gain = after - before
-    with np.errstate(divide="ignore", invalid="ignore"):
-        percent = np.where(before > 0, gain / before * 100.0, np.nan)
-    return {
-        "mean_gain": float(gain.mean()),
-        "median_gain": float(np.median(gain)),
-        "mean_percent_increase": float(np.nanmean(percent)) if np.isfinite(percent).any() else float("nan"),
-        "frac_improved": float((gain > 0).mean()),
-        "mean_prob_before": float(before.mean()),
-        "mean_prob_after": float(after.mean()),
-        "mean_prob_explicit": float(explicit.mean()),
-        "n_prompts": float(len(gain)),
-        **({"mean_logprob_gain": float((logprob_after - logprob_before).mean())} if logprob_before is not None else {}),
-    }
 
 
 def _rank(logits: Tensor, token: Tensor) -> Tensor:
@@ -188,26 +172,31 @@ class Evaluator:
         n = len(self.rows)
         return {"probs": np.zeros(n), "ranks": np.zeros(n, dtype=np.int64), "top": [[] for _ in range(n)], "logprobs": np.zeros(n)}
 
-    def _norm_hooks(self, batch: Batch, sums: np.ndarray) -> list[tuple[torch.nn.Module, Any]]:
-        """Pre-hooks adding each block input's residual norms (real tokens only) into ``sums``."""
-        real = batch.attention_mask.bool()
+    def _norm_hooks(self, batch: Batch, norms: list[list[np.ndarray]]) -> list[tuple[torch.nn.Module, Any]]:
+        """Pre-hooks collecting each block input's residual norms into ``norms[layer]``: real
+        tokens only, and never a sequence's first token (BOS on real models carries massive
+        activations: ~25,000 against ~165 at SmolLM2's layer 15)."""
+        mask = batch.attention_mask.bool()  # (batch, pos)
+        first = mask.int().argmax(dim=1)  # the first real position of each row (left or right padding)
+        mask = mask.clone()
+        mask[torch.arange(mask.shape[0], device=mask.device), first] = False
         hooks = []
         for layer, block in enumerate(self.model.bridge.blocks):
             def add(module, args, kwargs, layer=layer):  # noqa: ARG001 - torch pre-hook signature
                 hidden = args[0] if args else kwargs.get("hidden_states")
-                if isinstance(hidden, Tensor) and hidden.shape[:2] == real.shape:
-                    sums[layer] += float(hidden.float().norm(dim=-1)[real].sum())
+                if isinstance(hidden, Tensor) and hidden.shape[:2] == mask.shape:
+                    norms[layer].append(hidden.float().norm(dim=-1)[mask].cpu().numpy())
             hooks.append((block, add))
         return hooks
 
     def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False) -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
         out = self._empty_out()
-        norm_sums = np.zeros(self.model.n_layers)
+        norms: list[list[np.ndarray]] = [[] for _ in range(self.model.n_layers)]
         for position, batch in enumerate(batches):
             hooks = hooks_for(batch) if hooks_for else []
             handles = []
             if capture:
-                module_hooks = self._norm_hooks(batch, norm_sums)
+                module_hooks = self._norm_hooks(batch, norms)
                 if self.prefix is not None and self.prefix.layers:
                     module_hooks += self.prefix.capture_hooks(position)
                 handles = [module.register_forward_pre_hook(fn, with_kwargs=True) for module, fn in module_hooks]
@@ -218,7 +207,7 @@ class Evaluator:
                     handle.remove()
             self._read_answers(batch, logits, out)
         if capture:
-            self._residual_norms = norm_sums / max(1, sum(int(b.attention_mask.sum()) for b in batches))
+            self._residual_norms = np.array([typical_norm(np.concatenate(layer_norms)) if layer_norms else np.nan for layer_norms in norms])
         return out["probs"], out["ranks"], out["top"], out["logprobs"]
 
     @property
@@ -253,7 +242,7 @@ class Evaluator:
 
         Encoded memory, then: ``random_vector`` swaps it for a random direction of the same
         norm; ``head_subspace`` keeps the part head h can write; ``relative`` rescales it to
-        the layer's mean residual-stream norm.
+        the layer's typical residual-stream norm.
         """
         texts, vectors = self.encoded_memories(spec, memory_cfg)
         if spec.memory_type == "random_vector":
@@ -268,7 +257,8 @@ class Evaluator:
 
     @property
     def residual_norms(self) -> np.ndarray:
-        """Mean L2 norm of the residual stream entering each layer, over real prompt tokens (clean pass)."""
+        """The typical L2 norm of the residual stream entering each layer (clean pass, real
+        tokens but each prompt's first; see :func:`typical_norm`)."""
         self.clean
         return self._residual_norms
 
