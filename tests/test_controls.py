@@ -224,12 +224,13 @@ def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkey
             "injection.tweak=choice(2,6)", "memory.encoding=choice(unembed)"]
     assert main(args) == 0
     capsys.readouterr()
-    assert main(["best", "study=ho", f"storage={storage}", "top=3", "controls=pos,random_vector", "bootstrap=300"]) == 0
+    assert main(["best", "study=ho", f"storage={storage}", "top=3", "controls=pos,pos_matched,random_vector", "bootstrap=300"]) == 0
     out = capsys.readouterr().out
     assert "held-out check of the top 3 sites (6 held-out prompts" in out
     report = pd.read_csv(tmp_path / "outputs" / "best" / "ho-heldout.csv")
     assert len(report) == 3 and (report.heldout_ci_low <= report.heldout_gain).all() and (report.heldout_gain <= report.heldout_ci_high).all()
-    assert {"gap_pos", "gap_random_vector", "gap_pos_p", "gap_pos_p_holm", "gap_random_vector_p_holm", "heldout_includes_zero", "verdict"} <= set(report.columns)
+    assert {"gap_pos", "gap_pos_matched", "gap_random_vector", "gap_pos_p", "gap_pos_p_holm", "gap_pos_matched_p_holm", "gap_random_vector_p_holm", "heldout_includes_zero", "verdict"} <= set(report.columns)
+    assert not np.allclose(report.gap_pos, report.gap_pos_matched)  # matching the norm changes the control
     assert all(v in out for v in report.verdict)  # the verdict is printed too
     from conftest import mlflow_runs
 
@@ -334,3 +335,19 @@ def test_relative_scale_ignores_smollm2s_massive_bos_activations(smol, shared_da
         assert evaluator.residual_norms[layer] == pytest.approx(_typical(others), rel=1e-3), layer
         # a typical token's norm (between the quartiles), where the old BOS-inclusive mean was up to 12.8× the others' mean
         assert np.percentile(others, 25) <= evaluator.residual_norms[layer] <= np.percentile(others, 75), layer
+
+
+@pytest.mark.parametrize("kind", ["pos", "random"])
+def test_norm_matched_controls_take_the_correct_memorys_norm_per_prompt(tiny, demo, kind):
+    subset = Dataset(demo.name, demo.source, demo.frame.head(8))
+    evaluator = make_evaluator(tiny, subset)
+    spec = InjectionSpec(layer=1, tweak=2.0, memory_type=kind)
+    _, correct = evaluator.memory_vectors(InjectionSpec(layer=1, tweak=2.0), memory_cfg())
+    _, plain = evaluator.memory_vectors(spec, memory_cfg(f"memory.type={kind}"))
+    texts, matched = evaluator.memory_vectors(spec, memory_cfg(f"memory.type={kind}", "memory.match_norm=true"))
+    np.testing.assert_allclose(matched.norm(dim=-1).numpy(), correct.norm(dim=-1).numpy(), rtol=1e-5)
+    cosine = torch.nn.functional.cosine_similarity(matched, plain, dim=-1)
+    np.testing.assert_allclose(cosine.numpy(), 1.0, atol=1e-5)  # same words, same direction
+    assert not np.allclose(plain.norm(dim=-1).numpy(), correct.norm(dim=-1).numpy(), rtol=1e-3)  # unmatched differ
+    result = evaluator.evaluate(spec, memory_cfg(f"memory.type={kind}", "memory.match_norm=true"))
+    assert np.isfinite(result.summary["mean_gain"]) and len(texts) == 8

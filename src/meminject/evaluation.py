@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from .data import Dataset
@@ -240,11 +241,17 @@ class Evaluator:
     def memory_vectors(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
         """The vectors v that the injection adds as τ·v, one per prompt.
 
-        Encoded memory, then: ``random_vector`` swaps it for a random direction of the same
+        Encoded memory, then: ``pos``/``random`` controls with ``memory.match_norm`` take the
+        correct memory's norm for the same prompt; ``random_vector`` swaps it for a random direction of the same
         norm; ``head_subspace`` keeps the part head h can write; ``relative`` rescales it to
         the layer's typical residual-stream norm.
         """
         texts, vectors = self.encoded_memories(spec, memory_cfg)
+        if spec.memory_type in ("pos", "random") and memory_cfg.match_norm:
+            # the control at the correct memory's strength: only the content differs
+            correct_cfg = OmegaConf.merge(memory_cfg, {"type": "correct"})
+            _, correct = self.encoded_memories(replace(spec, memory_type="correct"), correct_cfg)
+            vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12) * correct.norm(dim=-1, keepdim=True)
         if spec.memory_type == "random_vector":
             vectors = random_directions_like(vectors, self.rows, memory_cfg)
             texts = [f"<random vector, norm of {text!r}>" for text in texts]

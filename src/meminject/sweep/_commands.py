@@ -151,7 +151,7 @@ def cmd_best(args: Sequence[str]) -> int:
     heldout = settings.get("heldout", "auto").lower()
     if heldout not in ("auto", "true", "false"):
         raise ConfigError(f"heldout={heldout!r}: use true, false or auto")
-    controls = [c for c in settings.get("controls", "pos,random_vector").split(",") if c]
+    controls = [c for c in settings.get("controls", "pos,pos_matched,random_vector").split(",") if c]
     from ._heldout import CONTROL_TYPES
 
     if any(c not in CONTROL_TYPES for c in controls):  # refused before any work

@@ -27,7 +27,12 @@ from ._trial import TrialRunner
 
 __all__ = ["CONTROL_TYPES", "heldout_report", "with_verdicts", "format_heldout"]
 
-CONTROL_TYPES = ("pos", "random", "random_vector")
+# A control is a memory type, or its norm-matched variant (same strength as the correct memory).
+CONTROLS = {
+    "pos": ["memory.type=pos"], "random": ["memory.type=random"], "random_vector": ["memory.type=random_vector"],
+    "pos_matched": ["memory.type=pos", "memory.match_norm=true"], "random_matched": ["memory.type=random", "memory.match_norm=true"],
+}
+CONTROL_TYPES = tuple(CONTROLS)
 
 
 def heldout_report(
@@ -62,7 +67,7 @@ def heldout_report(
         }
         record.pop("mean_gain", None)
         for control in controls:
-            _, _, result = runner.run(compose_config([*overrides, f"memory.type={control}"]))
+            _, _, result = runner.run(compose_config([*overrides, *CONTROLS[control]]))
             control_gains = result.per_prompt["gain"].to_numpy()
             difference = gains - control_gains  # paired: same prompts, same site
             c_low, c_high = bootstrap_mean_ci(difference, n_boot=n_boot, seed=seed + 1)

@@ -55,7 +55,7 @@ BEST_SETTINGS = {
     "top": "how many sites to show and judge on held-out prompts (default 10)",
     "distinct": "true: only the best τ of each site | false: every point (default true)",
     "heldout": "auto | true | false: re-evaluate the top sites on held-out prompts (default auto)",
-    "controls": "control memories for the held-out gaps (default pos,random_vector)",
+    "controls": "controls for the held-out gaps: pos, random, random_vector, pos_matched, random_matched (norm-matched; default pos,pos_matched,random_vector)",
     "bootstrap": "bootstrap resamples of the held-out intervals (default 2000)",
 }
 
