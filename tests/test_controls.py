@@ -254,8 +254,9 @@ def test_controls_sweep_ends_with_a_control_gap_table(tmp_path, monkeypatch, sha
     assert main(args) == 0
     gaps = pd.read_csv(tmp_path / "outputs" / "best" / "ctl-control-gaps.csv")
     assert len(gaps) == 2
-    for control in ("pos", "random", "random_vector"):
+    for control in ("pos", "pos_matched", "random", "random_matched", "random_vector"):
         np.testing.assert_allclose(gaps[f"gap_{control}"], gaps["correct"] - gaps[control])
+    assert not np.allclose(gaps["gap_pos"], gaps["gap_pos_matched"])  # both gaps reported, and they differ
 
 
 def _plain_sequence_logprob(bridge, prompt: str, answer: str, hook=None) -> float:
@@ -344,10 +345,10 @@ def test_norm_matched_controls_take_the_correct_memorys_norm_per_prompt(tiny, de
     spec = InjectionSpec(layer=1, tweak=2.0, memory_type=kind)
     _, correct = evaluator.memory_vectors(InjectionSpec(layer=1, tweak=2.0), memory_cfg())
     _, plain = evaluator.memory_vectors(spec, memory_cfg(f"memory.type={kind}"))
-    texts, matched = evaluator.memory_vectors(spec, memory_cfg(f"memory.type={kind}", "memory.match_norm=true"))
+    texts, matched = evaluator.memory_vectors(InjectionSpec(layer=1, tweak=2.0, memory_type=f"{kind}_matched"), memory_cfg(f"memory={kind}_matched"))
     np.testing.assert_allclose(matched.norm(dim=-1).numpy(), correct.norm(dim=-1).numpy(), rtol=1e-5)
     cosine = torch.nn.functional.cosine_similarity(matched, plain, dim=-1)
     np.testing.assert_allclose(cosine.numpy(), 1.0, atol=1e-5)  # same words, same direction
     assert not np.allclose(plain.norm(dim=-1).numpy(), correct.norm(dim=-1).numpy(), rtol=1e-3)  # unmatched differ
-    result = evaluator.evaluate(spec, memory_cfg(f"memory.type={kind}", "memory.match_norm=true"))
+    result = evaluator.evaluate(InjectionSpec(layer=1, tweak=2.0, memory_type=f"{kind}_matched"), memory_cfg(f"memory={kind}_matched"))
     assert np.isfinite(result.summary["mean_gain"]) and len(texts) == 8

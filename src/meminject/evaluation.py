@@ -241,13 +241,13 @@ class Evaluator:
     def memory_vectors(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
         """The vectors v that the injection adds as τ·v, one per prompt.
 
-        Encoded memory, then: ``pos``/``random`` controls with ``memory.match_norm`` take the
-        correct memory's norm for the same prompt; ``random_vector`` swaps it for a random direction of the same
+        Encoded memory, then: ``pos_matched``/``random_matched`` controls take the correct
+        memory's norm for the same prompt; ``random_vector`` swaps it for a random direction of the same
         norm; ``head_subspace`` keeps the part head h can write; ``relative`` rescales it to
         the layer's typical residual-stream norm.
         """
         texts, vectors = self.encoded_memories(spec, memory_cfg)
-        if spec.memory_type in ("pos", "random") and memory_cfg.match_norm:
+        if spec.memory_type.endswith("_matched"):
             # the control at the correct memory's strength: only the content differs
             correct_cfg = OmegaConf.merge(memory_cfg, {"type": "correct"})
             _, correct = self.encoded_memories(replace(spec, memory_type="correct"), correct_cfg)

@@ -33,7 +33,10 @@ from .runner import capture_last_position, make_batches
 
 __all__ = ["MEMORY_TYPES", "ENCODINGS", "memory_texts", "word_pools", "word_source", "encode_memories", "attn_out_hook"]
 
-MEMORY_TYPES = ("correct", "pos", "random", "random_vector")
+MEMORY_TYPES = ("correct", "pos", "random", "random_vector", "pos_matched", "random_matched")
+# A *_matched control draws the same words as its plain twin; its vectors then take the correct
+# memory's norm for the same prompt (same strength, other content: see Evaluator.memory_vectors).
+WORD_CONTROLS = {"pos": "pos", "random": "random", "pos_matched": "pos", "random_matched": "random"}
 ENCODINGS = ("unembed", "embed", "layer")
 WORD_SOURCES = ("lexicon", "paper")
 POS_COLUMNS = {"noun": "Nouns", "verb": "Verbs", "adjective": "Adjectives", "adverb": "Adverbs", "conjunction": "Conjunctions"}
@@ -59,7 +62,7 @@ def word_pools(memory_cfg: Any) -> dict[str, list[str]]:
 
 def word_source(memory_cfg: Any) -> str:
     """Where a control's words come from (recorded with results); ``-`` for non-word memories."""
-    if str(memory_cfg.type) not in ("pos", "random"):
+    if str(memory_cfg.type) not in WORD_CONTROLS:
         return "-"
     if memory_cfg.get("word_list") is not None:
         return f"word_list {memory_cfg.word_list}"
@@ -121,7 +124,7 @@ def memory_texts(frame: Any, memory_cfg: Any) -> list[str]:
 
     ``random_vector`` keeps the correct memory's text: its vector is drawn from that one's norm.
     """
-    kind = str(memory_cfg.type)
+    kind = WORD_CONTROLS.get(str(memory_cfg.type), str(memory_cfg.type))
     if kind in ("correct", "random_vector"):
         return [str(text) for text in frame["explicit_entity"]]
     if kind == "pos":

@@ -21,18 +21,14 @@ import pandas as pd
 
 from ..config import compose_config
 from ..errors import ConfigError
+from ..memories import MEMORY_TYPES
 from ..site import overrides_of
 from ..stats import bootstrap_mean_ci, holm, paired_sign_flip_p
 from ._trial import TrialRunner
 
 __all__ = ["CONTROL_TYPES", "heldout_report", "with_verdicts", "format_heldout"]
 
-# A control is a memory type, or its norm-matched variant (same strength as the correct memory).
-CONTROLS = {
-    "pos": ["memory.type=pos"], "random": ["memory.type=random"], "random_vector": ["memory.type=random_vector"],
-    "pos_matched": ["memory.type=pos", "memory.match_norm=true"], "random_matched": ["memory.type=random", "memory.match_norm=true"],
-}
-CONTROL_TYPES = tuple(CONTROLS)
+CONTROL_TYPES = tuple(t for t in MEMORY_TYPES if t != "correct")  # every memory type but the answer's
 
 
 def heldout_report(
@@ -67,7 +63,7 @@ def heldout_report(
         }
         record.pop("mean_gain", None)
         for control in controls:
-            _, _, result = runner.run(compose_config([*overrides, *CONTROLS[control]]))
+            _, _, result = runner.run(compose_config([*overrides, f"memory.type={control}"]))
             control_gains = result.per_prompt["gain"].to_numpy()
             difference = gains - control_gains  # paired: same prompts, same site
             c_low, c_high = bootstrap_mean_ci(difference, n_boot=n_boot, seed=seed + 1)
