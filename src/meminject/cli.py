@@ -242,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _quiet_libraries()
     # SIGTERM (a scheduler, `kill`) stops as cleanly as Ctrl-C: trials failed, runs closed.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    from . import interrupts
+
+    interrupts.install()
     try:
         if args.command == "inspect":
             return cmd_inspect(args)
@@ -268,10 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,16 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from ..errors import TrackingError, first_line
+from ..interrupts import held
 from ..recovery import heartbeats
 from ..site import trial_key
 from ..tracking import Tracker, git_commit, redact
@@ -37,24 +36,7 @@ log = logging.getLogger("meminject")
 Asked = list[tuple[optuna.Trial, dict[str, Any]]]
 
 
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back until the block ends, then raise KeyboardInterrupt if one came:
-    cleanup must not be cut in half. (A thread's signal mask would not do: the kernel hands a
-    process signal to any thread that does not block it, and Python then runs its handler in
-    the main thread anyway; so the handlers themselves are swapped for one that only notes it.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # handlers can only be swapped in the main thread, where all cleanup runs
-        return
-    caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if caught:
-            raise KeyboardInterrupt()
+signals_held = held  # cleanup that must not be cut in half (see meminject.interrupts)
 
 
 class TrialContext:

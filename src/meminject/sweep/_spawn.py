@@ -16,6 +16,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from .. import interrupts
 from ..errors import MemInjectError
 from ._storage import default_storage_url, open_storage
 
@@ -74,6 +75,7 @@ def _watch(study: optuna.Study, procs: list[subprocess.Popen], total: int, progr
     with tqdm(total=total, desc=study.study_name, unit="trial", dynamic_ncols=True, disable=not progress) as bar:
         while any(p.poll() is None for p in procs):
             time.sleep(1.0)
+            interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python lost in a finalizer
             complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             bar.update(max(0, len(complete) - bar.n))
             if complete:

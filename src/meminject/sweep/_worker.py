@@ -14,12 +14,14 @@ import logging
 import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from ..config import compose_config
+from .. import interrupts
 from ..errors import ConfigError
 from ..recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, recover_stale_trials
 from ..tracking import Tracker
@@ -40,6 +42,7 @@ class CoordinatorGone(Exception):
 
 
 def _check_coordinator() -> None:
+    interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python lost in a finalizer
     if _coordinator_gone():
         raise CoordinatorGone()
 
@@ -104,7 +107,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
         # Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING.
         with signals_held():
             _fail_owned(context, exc)
-            if isinstance(exc, CoordinatorGone) or _coordinator_gone():
+            if isinstance(exc, CoordinatorGone) or _coordinator_gone(wait=1.0 if isinstance(exc, KeyboardInterrupt) else 0.0):
                 _close_parent_if_orphaned(tracker, context.parent_run_id)
         if not isinstance(exc, CoordinatorGone):
             raise
@@ -115,9 +118,29 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
     return ran
 
 
-def _coordinator_gone() -> bool:
+def _coordinator_gone(wait: float = 0.0) -> bool:
+    """Whether the sweep process that started this worker has ended (or is ending).
+
+    Its death is the usual reason for a worker's SIGTERM (PR_SET_PDEATHSIG), but the signal
+    comes when its *main thread* exits: the worker may then still count a dying thread of it
+    as its parent, so the coordinator's own state is read too, for up to ``wait`` seconds.
+    """
     coordinator = os.environ.get("MEMINJECT_COORDINATOR_PID")
-    return bool(coordinator) and os.getppid() != int(coordinator)
+    if not coordinator:
+        return False
+    deadline = time.monotonic() + wait
+    while True:
+        if os.getppid() != int(coordinator):
+            return True
+        try:  # /proc/PID/stat: "pid (name) STATE ..."; Z = exited (a zombie), X = dead
+            state = Path(f"/proc/{coordinator}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return os.path.exists("/proc/self")  # no /proc entry (on Linux): gone
+        if state in ("Z", "X", "x"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _fail_owned(ctx: TrialContext, exc: BaseException) -> None:

@@ -1,0 +1,65 @@
+"""Ctrl-C and SIGTERM, handled one way everywhere: a clean stop, never a half-done cleanup.
+
+``install()`` makes the first SIGINT or SIGTERM raise :class:`KeyboardInterrupt` and note it
+in :data:`INTERRUPTED`; later ones are only noted, so they cannot cut the cleanup short. Python can lose that exception when the signal lands inside a finalizer
+or a C callback ("Exception ignored in ..."), so loops also call :func:`check`, which raises
+again while the note is set. :func:`held` defers both signals while cleanup runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator
+
+__all__ = ["INTERRUPTED", "install", "check", "held"]
+
+INTERRUPTED = threading.Event()  # set by the first SIGINT/SIGTERM of this process
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+    if INTERRUPTED.is_set():
+        # A second signal (the terminal's Ctrl-C and the coordinator's forward, or SIGTERM after
+        # SIGINT) must not cut the cleanup the first one started; check() re-raises in loops.
+        return
+    INTERRUPTED.set()
+    raise KeyboardInterrupt()
+
+
+def install() -> None:
+    """SIGINT and SIGTERM stop the process like Ctrl-C (a scheduler's SIGTERM included)."""
+    for signum in _SIGNALS:
+        signal.signal(signum, _on_signal)
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if this process was interrupted (also when the first raise was lost)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back until the block ends, then raise KeyboardInterrupt if one came:
+    cleanup must not be cut in half. (A thread's signal mask would not do: the kernel hands a
+    process signal to any thread that does not block it, and Python then runs its handler in
+    the main thread anyway; so the handlers themselves are swapped for one that only notes it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be swapped in the main thread, where all cleanup runs
+        return
+    caught: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:  # noqa: ARG001
+        INTERRUPTED.set()
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            raise KeyboardInterrupt()
