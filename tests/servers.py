@@ -46,6 +46,27 @@ def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = N
             time.sleep(0.3)
 
 
+@contextmanager
+def mlflow_server(folder: Path) -> Iterator[int]:
+    """A throw-away `mlflow server` on a free loopback port (SQLite store and artifacts in
+    ``folder``); yields the port once it answers, and stops it afterwards."""
+    import sys
+
+    port = free_port()
+    exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    server = subprocess.Popen(
+        [exe, "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def postgres_bin() -> Path | None:
     """The directory of initdb/pg_ctl (Debian keeps them out of PATH), or None."""
     for candidate in [shutil.which("pg_ctl"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import free_port, wait_http
+from servers import mlflow_server
 
 from meminject.errors import MemInjectError
 
@@ -263,16 +262,8 @@ def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monk
     on an HTTP server; the server ignores basic auth, so any password works here."""
     from meminject.tracking import Tracker
 
-    port = free_port()
-    mlflow_exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen(
-        [mlflow_exe, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://meminject:{SECRET}@127.0.0.1:{port}"
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
+    with mlflow_server(tmp_path) as port:
+        uri = f"http://meminject:{SECRET}@127.0.0.1:{port}"
         tracker = Tracker(uri, "links")
         parent = tracker.start_parent("s", {"storage": "x"}, {})
         trial = tracker.start_trial(parent, 0, "s", {})
@@ -283,9 +274,6 @@ def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monk
         out, err = capfd.readouterr()
         assert SECRET not in out + err and "View run" not in out, out + err
         quick = Tracker(uri, "links", retry_s=0.5)
-    finally:
-        server.terminate()
-        server.wait(30)
 
     from meminject.errors import TrackingError
 
@@ -304,16 +292,8 @@ def test_a_sweep_on_a_tracking_server_never_shows_its_password(tmp_path, form):
     whole sweep against an HTTP tracking server, for each way of writing the password."""
     from conftest import TINY, env, mlflow_runs
 
-    port = free_port()
-    mlflow_exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen(
-        [mlflow_exe, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    uri = form.format(pw=SECRET, port=port)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
+    with mlflow_server(tmp_path) as port:
+        uri = form.format(pw=SECRET, port=port)
         args = ["sweep", *TINY, "sweep=paper_grid", "study=secret", "injection.tweak=choice(1)", "memory.encoding=choice(unembed)",
                 f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri={uri}", "progress=false"]
         proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
@@ -327,6 +307,3 @@ def test_a_sweep_on_a_tracking_server_never_shows_its_password(tmp_path, form):
         assert {p.name for p in artifacts} >= {"sweep.json", "base_config.yaml", "config.yaml"}
         leaked = [str(p) for p in artifacts if SECRET.encode() in p.read_bytes()]
         assert not leaked, leaked
-    finally:
-        server.terminate()
-        server.wait(30)

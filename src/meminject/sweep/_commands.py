@@ -16,7 +16,7 @@ from ..errors import ConfigError, first_line
 from ..paths import outputs_dir
 from ..recovery import DEFAULT_HEARTBEAT
 from ..tracking import Tracker, redact, tracking_uri
-from ._heldout import format_heldout, heldout_report
+from ._heldout import check_controls, format_heldout, heldout_report
 from ._parent import best_csv, finalize, start_parent_run
 from ._results import distinct_sites, format_table, ranked_sites
 from ._settings import BEST_SETTINGS, SWEEP_SETTINGS, WORKER_SETTINGS, SweepSpec, as_bool, as_non_negative_int, as_positive_int, load_sweep, parse_settings, presets
@@ -152,10 +152,7 @@ def cmd_best(args: Sequence[str]) -> int:
     if heldout not in ("auto", "true", "false"):
         raise ConfigError(f"heldout={heldout!r}: use true, false or auto")
     controls = [c for c in settings.get("controls", "pos,pos_matched,random_vector").split(",") if c]
-    from ._heldout import CONTROL_TYPES
-
-    if any(c not in CONTROL_TYPES for c in controls):  # refused before any work
-        raise ConfigError(f"controls={','.join(controls)}: choose from {', '.join(CONTROL_TYPES)}")
+    check_controls(controls)  # refused before any work
     n_boot = as_positive_int(settings.get("bootstrap", 2000), "bootstrap")
     study = load_study(settings.get("study"), settings.get("storage"))
     name = study.study_name

@@ -31,15 +31,19 @@ __all__ = ["CONTROL_TYPES", "heldout_report", "with_verdicts", "format_heldout"]
 CONTROL_TYPES = tuple(t for t in MEMORY_TYPES if t != "correct")  # every memory type but the answer's
 
 
+def check_controls(controls: Sequence[str]) -> None:
+    unknown = [c for c in controls if c not in CONTROL_TYPES]
+    if unknown:
+        raise ConfigError(f"controls={','.join(unknown)}: choose from {', '.join(CONTROL_TYPES)}")
+
+
 def heldout_report(
     base_overrides: Sequence[str], sites: pd.DataFrame, *, controls: Sequence[str] = ("pos", "random_vector"),
     n_boot: int = 2000, seed: int = 0, runner: Any = None, axes: Sequence[str] = (), alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Evaluate ranked ``sites`` (from :func:`meminject.sweep.ranked_sites`) on the held-out part."""
 
-    unknown = [c for c in controls if c not in CONTROL_TYPES]
-    if unknown:
-        raise ConfigError(f"controls={','.join(unknown)}: choose from {', '.join(CONTROL_TYPES)}")
+    check_controls(controls)
     runner = runner or TrialRunner()
     base = [o for o in base_overrides if not o.startswith("data.part=")]
     records = []

@@ -26,11 +26,15 @@ log = logging.getLogger("meminject")
 ATTR_KEY = "meminject.key"  # the computed point (trial_key), as an Optuna user attribute
 
 
-def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int) -> dict[str, Any]:
-    """A trial run's MLflow params: the resolved config (redacted), the site, and what ran."""
+def _config_and_site(cfg: Any, shown: Any) -> dict[str, Any]:
+    """The flattened config as shown (redacted), and the site record."""
+    return {**flat_config(shown), **Site.from_config(cfg).record()}
+
+
+def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int, shown: Any = None) -> dict[str, Any]:
+    """A trial run's MLflow params: the resolved config (redacted: ``shown``), the site, and what ran."""
     return {
-        **flat_config(redacted_config(cfg)),
-        **Site.from_config(cfg).record(),
+        **_config_and_site(cfg, redacted_config(cfg) if shown is None else shown),
         "hook": hook, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "n_prompts": len(dataset),
         "trials_per_forward": stacked, "memory.word_source": word_source(cfg.memory),
     }
@@ -55,9 +59,10 @@ def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, objectiv
 
 def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict[str, Any], stacked: int) -> None:
     """The trial's run: params (the whole config), metrics, per-prompt table, config, figure."""
-    params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked)
+    shown = redacted_config(cfg)  # once: the params and config.yaml show the same redacted config
+    params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked, shown=shown)
     with tempfile.TemporaryDirectory() as folder:
-        artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(redacted_config(cfg))}
+        artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(shown)}
         if cfg.tracking.trial_figures:
             title = f"trial {trial_number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}"
             figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
@@ -70,7 +75,7 @@ def reconciled_params(cfg: Any) -> dict[str, Any]:
     """The params of a trial run written after the fact (from the study alone, on resume)."""
     from ..spec import InjectionSpec
 
-    return {**flat_config(redacted_config(cfg)), **Site.from_config(cfg).record(), "hook": InjectionSpec.from_config(cfg).hook_name}
+    return {**_config_and_site(cfg, redacted_config(cfg)), "hook": InjectionSpec.from_config(cfg).hook_name}
 
 
 _MALLOC_TRIM: Any = None

@@ -147,7 +147,8 @@ def _fail_owned(ctx: TrialContext, exc: BaseException) -> None:
     """Fail this worker's trials that are still RUNNING (asked, not yet told)."""
     running = {t.number for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     pending = {n: t for n, t in ctx.owned.items() if n in running}
-    runs = {n: t.user_attrs.get("mlflow_run_id") for n, t in ((n, ctx.study.get_trials(deepcopy=False)[n]) for n in pending)} if pending else {}
+    trials = ctx.study.get_trials(deepcopy=False) if pending else []  # read once: trial number = index
+    runs = {n: trials[n].user_attrs.get("mlflow_run_id") for n in pending}
     fail_pending(ctx, pending, {n: r for n, r in runs.items() if r}, exc)
 
 
