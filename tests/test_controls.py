@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import make_evaluator
+import optuna
+from conftest import compose, load, make_evaluator
 from meminject.config import compose_config
 from meminject.data import Dataset, load_dataset, split_rows
 from meminject.evaluation import InjectionSpec
@@ -352,3 +353,43 @@ def test_norm_matched_controls_take_the_correct_memorys_norm_per_prompt(tiny, de
     assert not np.allclose(plain.norm(dim=-1).numpy(), correct.norm(dim=-1).numpy(), rtol=1e-3)  # unmatched differ
     result = evaluator.evaluate(InjectionSpec(layer=1, tweak=2.0, memory_type=f"{kind}_matched"), memory_cfg(f"memory={kind}_matched"))
     assert np.isfinite(result.summary["mean_gain"]) and len(texts) == 8
+
+
+def test_word_index_injects_the_kth_word_of_the_papers_lists_into_every_prompt(demo, shared_data):
+    table = pd.read_csv(shared_data / "top_word_types.csv", dtype=str)
+    for pos, column in [*POS_COLUMNS.items(), ("top", "Top 5000 Words")]:
+        for k in (0, 7, 39):
+            texts = memory_texts(demo.frame, memory_cfg("memory.type=pos", "memory.words=paper", f"memory.pos={pos}", f"memory.word_index={k}"))
+            assert texts == [table[column].dropna().tolist()[k]] * len(demo.frame)  # the paper's head(40), repeats kept
+    with pytest.raises(Exception, match=r"memory.word_index=40 is out of range for the conjunction list .*\(0..39\)"):
+        memory_texts(demo.frame, memory_cfg("memory.type=pos", "memory.words=paper", "memory.pos=conjunction", "memory.word_index=40"))
+    with pytest.raises(Exception, match="memory.word_index=3 applies to memory.type=pos"):
+        memory_texts(demo.frame, memory_cfg("memory.type=random", "memory.word_index=3"))
+
+
+def test_a_memory_key_that_a_type_ignores_does_not_make_a_new_point(shared_data):
+    from meminject.site import trial_key
+
+    base = ["model=tiny", "memory.words=paper"]
+    assert trial_key(compose(*base, "memory.type=correct", "memory.pos=noun", "memory.word_index=3")) == trial_key(compose(*base, "memory.type=correct", "memory.pos=verb"))
+    assert trial_key(compose(*base, "memory.type=pos", "memory.pos=noun")) != trial_key(compose(*base, "memory.type=pos", "memory.pos=verb"))
+    assert trial_key(compose(*base, "memory.type=pos", "memory.word_index=1")) != trial_key(compose(*base, "memory.type=pos", "memory.word_index=2"))
+
+
+def test_controls_paper_runs_the_correct_memory_once_and_keeps_each_list_apart(tmp_path, monkeypatch, shared_data):
+    from meminject.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "sweep=controls_paper", "model=tiny", "model.device=cpu", "data.limit=6", "study=paper", f"storage={tmp_path / 'optuna.journal'}",
+            "tracking.enabled=false", "injection.layer=1", "memory.pos=choice(noun, top)", "memory.word_index=range(0, 3)"]
+    assert main(args) == 0
+    study = load(tmp_path, "paper")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 1 + 2 * 3  # the correct memory once, not once per (pos, word)
+    gaps = pd.read_csv(tmp_path / "outputs" / "best" / "paper-control-gaps.csv")
+    assert len(gaps) == 1
+    for pos in ("noun", "top"):
+        values = [t.user_attrs["mean_gain"] for t in complete if t.params.get("memory.type") == "pos" and t.params["memory.pos"] == pos]
+        assert len(values) == 3
+        np.testing.assert_allclose(gaps[f"pos/{pos}"], np.mean(values), rtol=1e-9)  # a list's control = the mean over its words
+        np.testing.assert_allclose(gaps[f"gap_pos/{pos}"], gaps["correct"] - gaps[f"pos/{pos}"])

@@ -286,3 +286,15 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
         assert run.data.metrics["mean_gain"] == pytest.approx(trial.value)
         assert int(run.data.params["injection.layer"]) == trial.params["injection.layer"]
     assert [r.info.status for r in mlflow_runs(tmp_path, "sweep")] == ["FINISHED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml")))
+def test_every_preset_runs_its_first_trials_on_tiny(tmp_path, preset, shared_data):
+    # tiny has 3 layers: every preset searches them instead of its own (a real model's) layers
+    proc = subprocess.run([sys.executable, "-m", "meminject", *sweep_args(tmp_path, f"sweep={preset}", "study=p", "n_trials=3", "injection.layer=range(0, all)")],
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path, "p")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert len(mlflow_runs(tmp_path, "trial")) == 3

@@ -32,7 +32,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     """Every enumerated config key and its allowed values, taken from the modules that own them."""
     from .data import PARTS
     from .spec import ANSWER_METRICS, POSITIONS, SCALES, SITES
-    from .memories import ENCODINGS, MEMORY_TYPES, POS_COLUMNS, WORD_SOURCES
+    from .memories import ENCODINGS, MEMORY_TYPES, POS_CHOICES, WORD_SOURCES
     from .models import SOURCES, WEIGHTS, _DTYPES
     from .runner import PADDING_SIDES
 
@@ -40,7 +40,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "model.weights": WEIGHTS, "model.source": SOURCES, "model.dtype": tuple(_DTYPES),
         "data.part": PARTS, "metric.answer": ANSWER_METRICS,
         "injection.site": SITES, "injection.positions": POSITIONS, "injection.scale": SCALES,
-        "memory.type": MEMORY_TYPES, "memory.encoding": ENCODINGS, "memory.pos": tuple(POS_COLUMNS), "memory.words": WORD_SOURCES,
+        "memory.type": MEMORY_TYPES, "memory.encoding": ENCODINGS, "memory.pos": POS_CHOICES, "memory.words": WORD_SOURCES,
         "perf.padding_side": PADDING_SIDES,
     }
 

@@ -31,7 +31,7 @@ from .injection import embed_memory, unembed_memory
 from .models import LoadedModel
 from .runner import capture_last_position, make_batches
 
-__all__ = ["MEMORY_TYPES", "ENCODINGS", "memory_texts", "word_pools", "word_source", "encode_memories", "attn_out_hook"]
+__all__ = ["MEMORY_TYPES", "POS_CHOICES", "relevant_keys", "site_pos", "ENCODINGS", "memory_texts", "word_pools", "word_source", "encode_memories", "attn_out_hook"]
 
 MEMORY_TYPES = ("correct", "pos", "random", "random_vector", "pos_matched", "random_matched")
 # A *_matched control draws the same words as its plain twin; its vectors then take the correct
@@ -41,7 +41,31 @@ ENCODINGS = ("unembed", "embed", "layer")
 WORD_SOURCES = ("lexicon", "paper")
 POS_COLUMNS = {"noun": "Nouns", "verb": "Verbs", "adjective": "Adjectives", "adverb": "Adverbs", "conjunction": "Conjunctions"}
 TOP_COLUMN = "Top 5000 Words"
+# memory.pos values: a part of speech, or `top` (the most frequent words of any part of speech:
+# the paper's "top 5000" list, kept in rank order with its repeats).
+POS_CHOICES = (*POS_COLUMNS, "top")
+# memory.* keys that change the memory's text or vector, per type (encoding and type always do).
+# Every other memory key is irrelevant to that type: trial keys and grids ignore it, so a grid over
+# memory.type × memory.pos runs the correct memory once, not once per part of speech.
+_WORD_KEYS = ("words", "lexicon_top", "word_list", "seed", "draw")
+RELEVANT_KEYS: dict[str, tuple[str, ...]] = {
+    "correct": (),
+    "random_vector": ("seed", "draw"),
+    "pos": ("pos", "word_index", *_WORD_KEYS),
+    "random": ("n_words", "top_words", *_WORD_KEYS),
+}
 _POOLS: dict[str, dict[str, list[str]]] = {}
+
+
+def relevant_keys(memory_type: str) -> tuple[str, ...]:
+    """The memory.* keys (without the prefix) that change a ``memory_type`` memory."""
+    kind = WORD_CONTROLS.get(memory_type, memory_type)
+    return ("type", "encoding", *RELEVANT_KEYS.get(kind, ()))
+
+
+def site_pos(memory_cfg: Any) -> str | None:
+    """The part of speech that names a pos control's site (None for other memory types)."""
+    return str(memory_cfg.get("pos", "noun")) if WORD_CONTROLS.get(str(memory_cfg.type)) == "pos" else None
 
 
 def word_pools(memory_cfg: Any) -> dict[str, list[str]]:
@@ -127,12 +151,20 @@ def memory_texts(frame: Any, memory_cfg: Any) -> list[str]:
     kind = WORD_CONTROLS.get(str(memory_cfg.type), str(memory_cfg.type))
     if kind in ("correct", "random_vector"):
         return [str(text) for text in frame["explicit_entity"]]
+    word_index = memory_cfg.get("word_index")
     if kind == "pos":
         pos = str(memory_cfg.get("pos", "noun"))
-        if pos not in POS_COLUMNS:
-            raise ConfigError(f"memory.pos={pos!r} is not one of {', '.join(POS_COLUMNS)}")
+        if pos not in POS_CHOICES:
+            raise ConfigError(f"memory.pos={pos!r} is not one of {', '.join(POS_CHOICES)}")
         pool = word_pools(memory_cfg)[pos]
+        if word_index is not None:  # the paper's protocol: the k-th word of the list, in every prompt
+            k = int(word_index)
+            if not 0 <= k < len(pool):
+                raise ConfigError(f"memory.word_index={k} is out of range for the {pos} list of memory.words={memory_cfg.get('words', 'lexicon')} (0..{len(pool) - 1})")
+            return [pool[k]] * len(frame["row"])
         return [pool[draw_rng(memory_cfg, row, 1).integers(len(pool))] for row in frame["row"]]
+    if word_index is not None:
+        raise ConfigError(f"memory.word_index={word_index} applies to memory.type=pos/pos_matched (memory.pos=top is the paper's top-5000 list); set memory.word_index=null")
     if kind == "random":
         n_words, top = int(memory_cfg.get("n_words", 2)), int(memory_cfg.get("top_words", 1000))
         if n_words < 1 or top < 1:

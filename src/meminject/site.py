@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .config import flat_config
+from .memories import relevant_keys, site_pos
 from .spec import InjectionSpec
 
 __all__ = ["Site", "COLUMNS", "ATTR_PREFIX", "from_attrs", "overrides_of", "trial_key", "RESULT_FREE_SECTIONS"]
@@ -45,6 +46,7 @@ class Site:
     scale: str
     tweak: float
     memory_type: str
+    memory_pos: str | None  # the part of speech of a pos control (None for other memory types)
     encoding: str
 
     @classmethod
@@ -53,7 +55,7 @@ class Site:
         return cls(
             model=str(cfg.model.name), weights=str(cfg.model.weights), layer=spec.layer,
             head=spec.head if spec.site != "layer" else None, site=spec.site, positions=spec.positions,
-            scale=spec.scale, tweak=spec.tweak, memory_type=spec.memory_type, encoding=spec.encoding,
+            scale=spec.scale, tweak=spec.tweak, memory_type=spec.memory_type, memory_pos=site_pos(cfg.memory), encoding=spec.encoding,
         )
 
     def record(self) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class Site:
 # Table columns, named by the config key each field comes from.
 COLUMNS: tuple[str, ...] = (
     "model", "weights", "injection.layer", "injection.head", "injection.site", "injection.positions",
-    "injection.scale", "injection.tweak", "memory.type", "memory.encoding",
+    "injection.scale", "injection.tweak", "memory.type", "memory.pos", "memory.encoding",
 )
 assert len(COLUMNS) == len(fields(Site))
 
@@ -101,8 +103,13 @@ def overrides_of(row: Mapping[str, Any], *, with_model: bool) -> list[str]:
 
 def trial_key(cfg: Any) -> str:
     """What a trial computes, as canonical JSON: the result-bearing config with the injection
-    replaced by its canonical point (every ``site=head`` point is its layer point)."""
+    replaced by its canonical point (every ``site=head`` point is its layer point) and without
+    the memory keys its memory type ignores (the correct memory has no part of speech)."""
     spec = InjectionSpec.from_config(cfg).canonical()
-    config = {k: v for k, v in flat_config(cfg).items() if not k.startswith(("injection.", *RESULT_FREE_SECTIONS))}
+    kept_memory = {f"memory.{k}" for k in relevant_keys(str(cfg.memory.type))}  # a key that cannot change this memory type's vectors is left out
+    config = {
+        k: v for k, v in flat_config(cfg).items()
+        if not k.startswith(("injection.", *RESULT_FREE_SECTIONS)) and (not k.startswith("memory.") or k in kept_memory)
+    }
     config["injection"] = [spec.layer, spec.tweak, spec.site, spec.head, spec.positions, spec.scale]
     return json.dumps(config, sort_keys=True, default=str)

@@ -55,15 +55,23 @@ def distinct_sites(table: pd.DataFrame) -> pd.DataFrame:
 
 def control_gaps(table: pd.DataFrame) -> pd.DataFrame | None:
     """Per site: the correct memory's mean gain minus each control's (same prompts, so the
-    mean of the paired differences); None unless the study has correct and control trials."""
+    mean of the paired differences); None unless the study has correct and control trials.
+
+    A control is its memory type, and its part of speech where the study has several
+    (``pos/noun``, ``pos/top``: the paper's per-list conditions stay apart)."""
     if table.empty or "memory.type" not in table.columns:
         return None
-    types = set(table["memory.type"])
-    if "correct" not in types or len(types) < 2:
+    frame = table.copy()
+    frame["control"] = frame["memory.type"].astype(str)
+    if "memory.pos" in frame.columns:
+        several = frame.groupby("control")["memory.pos"].transform("nunique") > 1
+        frame.loc[several, "control"] = frame.loc[several, "control"] + "/" + frame.loc[several, "memory.pos"].astype(str)
+    controls = set(frame["control"])
+    if "correct" not in controls or len(controls) < 2:
         return None
-    keys = [k for k in COLUMNS if k in table.columns and k != "memory.type"]
-    wide = table.pivot_table(index=keys, columns="memory.type", values="mean_gain", aggfunc="mean").reset_index()
-    for control in sorted(types - {"correct"}):
+    keys = [k for k in COLUMNS if k in frame.columns and k not in ("memory.type", "memory.pos")]
+    wide = frame.pivot_table(index=keys, columns="control", values="mean_gain", aggfunc="mean").reset_index()
+    for control in sorted(controls - {"correct"}):
         wide[f"gap_{control}"] = wide["correct"] - wide[control]
     return wide.sort_values("correct", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -71,6 +79,6 @@ def control_gaps(table: pd.DataFrame) -> pd.DataFrame | None:
 def format_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no complete trials yet"
-    columns = ["rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "injection.site", "injection.positions", "objective", "mean_gain", "frac_improved", "trials"]
-    shown = frame[[c for c in columns if c in frame.columns]].rename(columns=lambda c: c.split(".")[-1])
+    columns = ["rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "memory.pos", "injection.site", "injection.positions", "objective", "mean_gain", "frac_improved", "trials"]
+    shown = frame[[c for c in columns if c in frame.columns and not (c == "memory.pos" and (frame[c] == "-").all())]].rename(columns=lambda c: c.split(".")[-1])
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")

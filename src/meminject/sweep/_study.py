@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import compose_config
 from ..errors import ConfigError
 from ..spec import InjectionSpec
+from ..memories import relevant_keys
 from ..models import model_shape
 from ..space import SearchSpace, parse_space
 from ._settings import SweepSpec, check_study_name
@@ -27,7 +28,7 @@ from ._storage import default_storage_url, open_storage
 
 __all__ = [
     "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
-    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of",
+    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points",
 ]
 
 log = logging.getLogger("meminject")
@@ -120,9 +121,27 @@ def point_of(trial: FrozenTrial) -> str:
     return canonical_params(params)
 
 
+def grid_points(spec: SweepSpec, space: SearchSpace) -> list[dict[str, Any]]:
+    """The grid, each equivalent point once: a memory key that the point's memory type ignores
+    (memory.pos for the correct memory) takes its axis's first value, and repeats are dropped."""
+    fixed_type = _fixed_value(spec.overrides, ("memory", "memory.type"), "correct")  # each conf/memory preset is named by its type
+    first = {a.key: _first_value(a.distribution) for a in space.axes}
+    seen: dict[str, dict[str, Any]] = {}
+    for point in space.grid():
+        kept = {f"memory.{k}" for k in relevant_keys(str(point.get("memory.type", fixed_type)))}
+        point = {k: (first[k] if k.startswith("memory.") and k not in kept else v) for k, v in point.items()}
+        seen.setdefault(canonical_params(point), point)
+    return list(seen.values())
+
+
+def _fixed_value(overrides: list[str], keys: tuple[str, ...], default: str) -> str:
+    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") in keys]
+    return values[-1] if values else default
+
+
 def budget(spec: SweepSpec, space: SearchSpace) -> int:
     if spec.sampler == "grid":
-        total = len(space.grid())
+        total = len(grid_points(spec, space))
         return min(total, spec.n_trials) if spec.n_trials else total
     return int(spec.n_trials or 0)
 
@@ -186,7 +205,7 @@ def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int
 
 
 def _enqueue_missing(study: optuna.Study, spec: SweepSpec, space: SearchSpace) -> None:
-    points = space.grid()
+    points = grid_points(spec, space)
     if spec.n_trials is not None:
         points = points[: spec.n_trials]
     taken = {
