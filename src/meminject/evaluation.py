@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,20 +29,13 @@ from .memories import encode_memories, memory_texts, random_directions_like
 from .models import LoadedModel
 from .prefix import PrefixCache
 from .runner import Batch, last_position_logits, make_batches, read_logits
+from .result import EvalResult, Monitor, per_prompt_table
 from .stats import summarize, typical_norm  # noqa: F401 - summarize is re-exported
 from .spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, _as_float, _as_int  # noqa: F401 - the point of the search space; re-exported
 
 log = logging.getLogger("meminject")
 
-__all__ = ["InjectionSpec", "EvalResult", "Evaluator", "summarize", "SITES", "POSITIONS"]
-
-@dataclass
-class EvalResult:
-    per_prompt: pd.DataFrame
-    summary: dict[str, float]
-    seconds: float = 0.0
-    hooks: list[str] = field(default_factory=list)
-
+__all__ = ["InjectionSpec", "EvalResult", "Evaluator", "Monitor", "summarize", "SITES", "POSITIONS"]
 
 def _rank(logits: Tensor, token: Tensor) -> Tensor:
     """0 = the answer is the top token."""
@@ -70,6 +63,8 @@ class Evaluator:
         trials_per_forward: int,
         max_padding: float,
         answer_metric: str,
+        chunks: int = 1,  # not a conf/ key: a pruned sweep asks for chunks (meminject.sweep._pruning)
+        chunk_seed: int = 0,
     ):
         # No defaults here: they live in conf/ only (build from a config with from_config).
         self.model = model
@@ -81,6 +76,7 @@ class Evaluator:
         self.max_padding = float(max_padding)
         frame = dataset.frame
         self.rows = [int(r) for r in frame["row"]]
+        self.row_ids = np.asarray(self.rows)
         if answer_metric not in ANSWER_METRICS:
             raise ConfigError(f"metric.answer={answer_metric!r} is not one of {', '.join(ANSWER_METRICS)}")
         self.answer_metric = answer_metric
@@ -96,7 +92,16 @@ class Evaluator:
         for tokens, row in zip(self.obscure_tokens + self.explicit_tokens, self.rows + self.rows):
             if len(tokens) > model.n_ctx:
                 raise DataError(f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}")
-        self.obscure_batches = self._scored_batches(self.obscure_tokens)
+        # Prompts in seeded chunks (one chunk unless pruning): each chunk is a random sample of the
+        # prompts, bucketed by length on its own, so a chunk still runs in full, well-packed batches.
+        order = np.random.default_rng([int(chunk_seed), 1]).permutation(len(self.rows)) if chunks > 1 else np.arange(len(self.rows))
+        self.chunk_index = [np.sort(part) for part in np.array_split(order, max(1, min(int(chunks), len(self.rows))))]
+        self.obscure_batches: list[Batch] = []
+        self.chunk_batches: list[range] = []  # positions in obscure_batches of each chunk
+        for part in self.chunk_index:
+            batches = self._scored_batches([self.obscure_tokens[i] for i in part], part)
+            self.chunk_batches.append(range(len(self.obscure_batches), len(self.obscure_batches) + len(batches)))
+            self.obscure_batches += batches
         self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
         self._clean: dict[str, np.ndarray] | None = None
         self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
@@ -105,8 +110,8 @@ class Evaluator:
         self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
 
     @classmethod
-    def from_config(cls, model: LoadedModel, dataset: Dataset, cfg: Any) -> "Evaluator":
-        """Build from the composed config's ``perf`` group and ``top_k``."""
+    def from_config(cls, model: LoadedModel, dataset: Dataset, cfg: Any, chunks: int = 1) -> "Evaluator":
+        """Build from the composed config's ``perf`` group and ``top_k`` (``chunks``: see __init__)."""
         perf = cfg.perf
         per_forward = perf.trials_per_forward
         if str(per_forward) == "auto":
@@ -121,6 +126,7 @@ class Evaluator:
             model, dataset, max_batch_tokens=_as_int(perf.max_batch_tokens, "perf.max_batch_tokens"), padding_side=str(perf.padding_side),
             top_k=_as_int(cfg.top_k, "top_k"), prefix_cache_bytes=int(cache_mb * 2**20), trials_per_forward=per_forward,
             max_padding=_as_float(perf.max_padding, "perf.max_padding"), answer_metric=str(cfg.metric.answer),
+            chunks=chunks, chunk_seed=_as_int(cfg.seed, "seed"),
         )
 
     @property
@@ -130,20 +136,25 @@ class Evaluator:
         real = sum(int(b.attention_mask.sum()) for b in self.obscure_batches)
         return 1.0 - real / max(total, 1)
 
-    def _scored_batches(self, prompts: list[list[int]]) -> list[Batch]:
+    def _scored_batches(self, prompts: list[list[int]], index: np.ndarray | None = None) -> list[Batch]:
         """Batches of prompts with their read positions and targets.
 
         ``first_token``: the last prompt position, target the answer's first token (the paper).
         ``sequence``: the prompt is followed by the answer minus its last token (teacher forcing)
         and every answer token is read at the position before it.
         """
+        index = np.arange(len(prompts)) if index is None else np.asarray(index)
+        answers = [self.answer_ids[i] for i in index]
         if self.answer_metric == "first_token":
             sequences = prompts
-            reads = [[(len(p) - 1, ids[0])] for p, ids in zip(prompts, self.answer_ids)]
+            reads = [[(len(p) - 1, ids[0])] for p, ids in zip(prompts, answers)]
         else:
-            sequences = [p + ids[:-1] for p, ids in zip(prompts, self.answer_ids)]
-            reads = [[(len(p) - 1 + j, t) for j, t in enumerate(ids)] for p, ids in zip(prompts, self.answer_ids)]
-        return self._batches(sequences, reads=reads, prompt_lengths=[len(p) for p in prompts])
+            sequences = [p + ids[:-1] for p, ids in zip(prompts, answers)]
+            reads = [[(len(p) - 1 + j, t) for j, t in enumerate(ids)] for p, ids in zip(prompts, answers)]
+        batches = self._batches(sequences, reads=reads, prompt_lengths=[len(p) for p in prompts])
+        for batch in batches:  # batch rows -> positions among all prompts
+            batch.index = torch.as_tensor(index, dtype=torch.long)[batch.index.cpu()].to(batch.index.device)
+        return batches
 
     def _batches(self, token_lists: list[list[int]], **kwargs: Any) -> list[Batch]:
         return make_batches(
@@ -297,20 +308,25 @@ class Evaluator:
         """Evaluate one point; equivalent points (see :meth:`InjectionSpec.canonical`) share one computation."""
         return self.evaluate_many([(spec, memory_cfg)])[0]
 
-    def evaluate_many(self, points: list[tuple[InjectionSpec, Any]]) -> list[EvalResult]:
-        """Evaluate several points; those at one layer share suffix passes (``trials_per_forward``)."""
+    def evaluate_many(self, points: list[tuple[InjectionSpec, Any]], monitors: list[Monitor | None] | None = None) -> list[EvalResult]:
+        """Evaluate several points; those at one layer share suffix passes (``trials_per_forward``).
+
+        ``monitors[i]`` watches point i chunk by chunk and may stop it (see :data:`Monitor`);
+        a stopped point's partial result is returned and never cached.
+        """
         for spec, _ in points:
             spec.validate(self.model)
+        monitors = list(monitors) if monitors is not None else [None] * len(points)
         keys = [(spec.canonical(), repr(memory_cfg)) for spec, memory_cfg in points]
-        todo: dict[tuple, tuple[InjectionSpec, Any]] = {}
-        for key, (spec, memory_cfg) in zip(keys, points):
+        todo: dict[tuple, tuple[InjectionSpec, Any, Monitor | None]] = {}
+        for key, (spec, memory_cfg), monitor in zip(keys, points, monitors):
             if key in self._results:
                 self._results.move_to_end(key)
             else:
-                todo.setdefault(key, (spec.canonical(), memory_cfg))
+                todo.setdefault(key, (spec.canonical(), memory_cfg, monitor))
         fresh: dict[tuple, EvalResult] = {}
         groups: dict[tuple, list[tuple]] = {}
-        for key, (spec, _) in todo.items():
+        for key, (spec, _, _) in todo.items():
             literal = spec.site == "head" and spec.literal_hook  # only the literal per-head hook needs its own pass
             groups.setdefault((spec.layer, literal, spec.head if literal else None, spec.positions == "last"), []).append(key)
         for group in groups.values():
@@ -320,18 +336,26 @@ class Evaluator:
                     fresh[key] = result
         self.n_computed += len(fresh)
         for key, result in fresh.items():
-            self._results[key] = result
+            if not result.pruned:
+                self._results[key] = result
         results = [fresh.get(key) or self._results[key] for key in keys]
         while len(self._results) > self.max_cached_results:  # bounded: long sweeps must not grow
             self._results.popitem(last=False)
         return results
 
-    def _evaluate_group(self, points: list[tuple[InjectionSpec, Any]]) -> list[EvalResult]:
-        """Points at one layer (and site), evaluated together in stacked passes."""
+    def _chunk_values(self, out: dict[str, Any], index: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-prompt values of the prompts at ``index`` (what a monitor judges)."""
+        clean = self.clean
+        return {"gain": out["probs"][index] - clean["before"][index], "logprob_gain": out["logprobs"][index] - clean["logprob_before"][index]}
+
+    def _evaluate_group(self, points: list[tuple[InjectionSpec, Any, Monitor | None]]) -> list[EvalResult]:
+        """Points at one layer (and site), evaluated together in stacked passes, chunk by chunk:
+        after each chunk every monitor sees its point's values, and a stopped point leaves the stack."""
         started = time.perf_counter()
         clean = self.clean
-        specs = [spec for spec, _ in points]
-        memories = [self.memory_vectors(spec, memory_cfg) for spec, memory_cfg in points]
+        specs = [spec for spec, _, _ in points]
+        monitors = [monitor for _, _, monitor in points]
+        memories = [self.memory_vectors(spec, memory_cfg) for spec, memory_cfg, _ in points]
         vectors = [v for _, v in memories]
         first = specs[0]
         literal = first.site == "head" and first.literal_hook
@@ -343,55 +367,54 @@ class Evaluator:
             and self.prefix.ensure_kv(lambda position: last_position_logits(self.model, self.obscure_batches[position], []))
         )
         outs = [self._empty_out() for _ in specs]
+        active = list(range(len(specs)))
+        seen = [0] * len(specs)  # chunks each point has run
+        # the last-token pass holds every prompt's last token: one chunk
+        chunks = [(np.arange(len(self.rows)), range(1))] if last_token_only else list(zip(self.chunk_index, self.chunk_batches))
         if literal:
             self.model.bridge.set_use_attn_result(True)
         try:
-            batches = [self.prefix.last_batch] if last_token_only else self.obscure_batches
-            for position, batch in enumerate(batches):
-                hooks = self._stacked_hooks(specs, vectors, batch, last_token_only)
-                if start is not None:
-                    if last_token_only:  # every prompt's last token in one pass
-                        logits = self.prefix.last_token_logits(start, hooks, copies=len(specs))
-                    else:
-                        logits = self.prefix.last_logits(position, start, hooks, copies=len(specs))
-                    for k, out in enumerate(outs):
-                        reads = batch.read_row.shape[0]
-                        self._read_answers(batch, logits[k * reads : (k + 1) * reads], out)
-                else:  # full forwards, one trial at a time
-                    for k, out in enumerate(outs):
-                        logits = read_logits(self.model, batch, self._stacked_hooks([specs[k]], [vectors[k]], batch))
-                        self._read_answers(batch, logits, out)
+            for index, positions in chunks:
+                for position in positions:
+                    batch = self.prefix.last_batch if last_token_only else self.obscure_batches[position]
+                    self._run_batch(batch, position, start, last_token_only, [specs[k] for k in active], [vectors[k] for k in active], [outs[k] for k in active])
+                for k in list(active):
+                    seen[k] += 1
+                    # after the last chunk the point is complete: nothing left to stop
+                    if seen[k] < len(chunks) and monitors[k] is not None and monitors[k](self.row_ids[index], self._chunk_values(outs[k], index)):
+                        active.remove(k)
+                if not active:
+                    break
         finally:
             if literal:
                 self.model.bridge.set_use_attn_result(False)
         seconds = (time.perf_counter() - started) / len(specs)
-        return [self._result(spec, texts, out, clean, seconds) for spec, (texts, _), out in zip(specs, memories, outs)]
+        return [
+            self._result(spec, texts, out, clean, seconds, np.sort(np.concatenate([index for index, _ in chunks[:n]])) if n < len(chunks) else None)
+            for spec, (texts, _), out, n in zip(specs, memories, outs, seen)
+        ]
 
-    def _result(self, spec: InjectionSpec, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray], seconds: float) -> EvalResult:
-        after, rank_after, top, logprob_after = out["probs"], out["ranks"], out["top"], out["logprobs"]
-        frame = self.dataset.frame
-        gain = after - clean["before"]
-        decode = self.model.decode
-        per_prompt = pd.DataFrame(
-            {
-                "row": self.rows,
-                "obscure_sentence": frame["obscure_sentence"].tolist(),
-                "answer": frame["answer"].tolist(),
-                "memory": texts,
-                "answer_token": self.answer_token.cpu().numpy(),
-                "answer_tokens": [len(ids) if self.answer_metric == "sequence" else 1 for ids in self.answer_ids],  # tokens scored
-                "answer_token_str": [decode(t) for t in self.answer_token.cpu().tolist()],
-                "answer_prob_before": clean["before"],
-                "answer_prob_after": after,
-                "answer_prob_explicit": clean["explicit"],
-                "gain": gain,
-                "answer_logprob_before": clean["logprob_before"],
-                "answer_logprob_after": logprob_after,
-                "logprob_gain": logprob_after - clean["logprob_before"],
-                "percent_increase": np.where(clean["before"] > 0, gain / np.maximum(clean["before"], 1e-300) * 100.0, np.nan),
-                "rank_before": clean["rank_before"],
-                "rank_after": rank_after,
-                "top_k_after": ["|".join(decode(t) for t in ids) for ids in top],
-            }
-        )
-        return EvalResult(per_prompt=per_prompt, summary=summarize(clean["before"], after, clean["explicit"], clean["logprob_before"], logprob_after), seconds=seconds, hooks=[spec.hook_name])
+    def _run_batch(self, batch: Batch, position: int, start: int | None, last_token_only: bool, specs: list[InjectionSpec], vectors: list[Tensor], outs: list[dict[str, Any]]) -> None:
+        """One batch for stacked same-layer points: through the prefix cache, or full forwards."""
+        hooks = self._stacked_hooks(specs, vectors, batch, last_token_only)
+        if start is not None:
+            if last_token_only:  # every prompt's last token in one pass
+                logits = self.prefix.last_token_logits(start, hooks, copies=len(specs))
+            else:
+                logits = self.prefix.last_logits(position, start, hooks, copies=len(specs))
+            reads = batch.read_row.shape[0]
+            for k, out in enumerate(outs):
+                self._read_answers(batch, logits[k * reads : (k + 1) * reads], out)
+        else:  # full forwards, one trial at a time
+            for k, out in enumerate(outs):
+                logits = read_logits(self.model, batch, self._stacked_hooks([specs[k]], [vectors[k]], batch))
+                self._read_answers(batch, logits, out)
+
+    def _result(self, spec: InjectionSpec, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray], seconds: float, seen: np.ndarray | None = None) -> EvalResult:
+        """The result over all prompts, or (``seen``: a pruned point) over the prompts it saw."""
+        per_prompt = per_prompt_table(self, texts, out, clean)
+        keep = np.arange(len(self.rows)) if seen is None else seen
+        after, logprob_after = out["probs"], out["logprobs"]
+        summary = summarize(clean["before"][keep], after[keep], clean["explicit"][keep], clean["logprob_before"][keep], logprob_after[keep])
+        return EvalResult(per_prompt=per_prompt.iloc[keep].reset_index(drop=True), summary=summary, seconds=seconds, hooks=[spec.hook_name],
+                          pruned=seen is not None, n_prompts=len(keep))

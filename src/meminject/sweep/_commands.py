@@ -88,8 +88,10 @@ def cmd_sweep(args: Sequence[str]) -> int:
     started = time.perf_counter()
     _run_and_close(study, spec, tracker, workers, storage_url, total, progress)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     if done_before < total:
-        print(f"done: {len(complete)} complete trials ({len(complete) - done_before} new) in {time.perf_counter() - started:.1f} s")
+        new = len(complete) + len(pruned) - done_before
+        print(f"done: {len(complete)} complete trials" + (f", {len(pruned)} pruned" if pruned else "") + f" ({new} new) in {time.perf_counter() - started:.1f} s")
     print(format_table(ranked_sites(study, top=5)))
     print(f"ranked sites: {best_csv(study.study_name)}")
     return 0

@@ -18,6 +18,7 @@ from ..config import flat_config, to_yaml
 from ..memories import word_source
 from ..site import Site
 from ..tracking import redacted_config
+from ._pruning import ATTR_PROMPT_VALUES, complete_values
 
 __all__ = ["trial_params", "record_in_optuna", "record_in_mlflow", "reconciled_params", "resident_mb", "ATTR_KEY"]
 
@@ -40,12 +41,21 @@ def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int, shown: Any 
     }
 
 
-def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, objective: str) -> tuple[float, dict[str, Any]]:
+def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: Any) -> tuple[float, dict[str, Any]]:
     """Store a trial's summary, time, memory and site as Optuna user attributes (before it is
-    told). Returns (objective value, the metrics to log)."""
+    told). Returns (objective value, the metrics to log).
+
+    A pruned trial's summary covers only the prompts it saw: it is stored and logged as
+    ``partial_<name>``, so no table or chart can mistake it for a full trial's value.
+    """
     summary = dict(result.summary)
+    if result.pruned:
+        summary = {(name if name == "n_prompts" else f"partial_{name}"): value for name, value in summary.items()}
+    summary["n_prompts"] = result.n_prompts
     for name, value in summary.items():
         trial.set_user_attr(name, value)
+    if spec.pruner != "none" and not result.pruned:  # later trials are compared with it, prompt by prompt
+        trial.set_user_attr(ATTR_PROMPT_VALUES, complete_values(spec.objective, result.per_prompt))
     trial.set_user_attr("trial_seconds", seconds)
     _release_freed_memory()
     rss = resident_mb()
@@ -54,7 +64,8 @@ def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, objectiv
         summary["worker_rss_mb"] = rss
     for name, value in Site.from_config(cfg).attrs().items():
         trial.set_user_attr(name, value)
-    return float(summary[objective]), {**summary, "trial_seconds": seconds}
+    value = float(summary[f"partial_{spec.objective}" if result.pruned else spec.objective])
+    return value, {**summary, "trial_seconds": seconds}
 
 
 def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict[str, Any], stacked: int) -> None:
@@ -68,7 +79,10 @@ def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, eva
             figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
             if figure is not None:
                 artifacts["per_prompt_gains.png"] = figure
-        tracker.finish_trial(run_id, params, metrics, artifacts, terminate=True)
+        tracker.finish_trial(run_id, params, metrics, artifacts, terminate=not result.pruned)
+    if result.pruned:  # MLflow has no PRUNED status: the run finishes, tagged with its state
+        tracker.client.set_tag(run_id, "meminject.state", "PRUNED")
+        tracker.finish(run_id, "FINISHED")
 
 
 def reconciled_params(cfg: Any) -> dict[str, Any]:

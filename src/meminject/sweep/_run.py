@@ -26,6 +26,7 @@ from ..recovery import heartbeats
 from ..site import trial_key
 from ..tracking import Tracker, git_commit, redact
 from ._optuna import storage_of, trial_id_of
+from ._pruning import monitor_for
 from ._record import ATTR_KEY, record_in_mlflow, record_in_optuna
 from ._settings import SweepSpec
 from ._trial import TrialRunner, trial_config
@@ -101,12 +102,16 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
         if delay > 0:  # fault-injection hook of the crash-recovery tests: a window to kill a worker mid-trial
             time.sleep(delay)
         live = [(t, p) for t, p in asked if t.number in cfgs and t.number in pending]
-        outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live])
+        monitors = [monitor_for(t, ctx.spec.objective) if ctx.spec.pruner != "none" else None for t, _ in live]
+        outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live], monitors)
         seconds = (time.perf_counter() - started) / max(1, len(live))  # stacked trials share the cost
         for (trial, _), (evaluator, _, result) in zip(live, outcomes):
             try:
-                value, metrics = record_in_optuna(trial, cfgs[trial.number], result, seconds, ctx.spec.objective)
-                ctx.study.tell(trial, value)
+                value, metrics = record_in_optuna(trial, cfgs[trial.number], result, seconds, ctx.spec)
+                if result.pruned:  # a pruned trial is not a failed one: it keeps what it saw
+                    ctx.study.tell(trial, state=TrialState.PRUNED)
+                else:
+                    ctx.study.tell(trial, value)
             except UpdateFinishedTrialError:
                 drop(trial)
                 continue

@@ -41,6 +41,9 @@ SWEEP_SETTINGS = {
     "heartbeat": "seconds between a running trial's heartbeats (default 30)",
     "grace": "seconds without a heartbeat before a trial counts as dead and is re-run (default 120)",
     "progress": "true | false: the progress bar",
+    "pruner": "none | wilcoxon: stop trials clearly worse than the best, prompt by prompt (default: the preset's)",
+    "prune_chunks": "pruning: prompts are evaluated in this many seeded chunks, checked after each (default 4)",
+    "prune_p": "pruning: prune when the paired one-sided Wilcoxon p-value is below this (default 0.1)",
 }
 WORKER_SETTINGS = {
     "study": "the study to join (required)",
@@ -77,6 +80,14 @@ class SweepSpec:
     notes: list[str] = field(default_factory=list)
     objective: str = "mean_gain"    # the trial summary metric Optuna optimizes
     direction: str = "maximize"
+    pruner: str = "none"            # none | wilcoxon (see meminject.sweep._pruning)
+    prune_chunks: int = 4           # prompt chunks of a trial when pruning (1 when not)
+    prune_p: float = 0.1
+
+    @property
+    def chunks(self) -> int:
+        """Chunks a trial's prompts are evaluated in: pruning checks after each."""
+        return self.prune_chunks if self.pruner != "none" else 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -184,7 +195,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return overrides, axes
 
 
-_PRESET_KEYS = {"description", "objective", "direction", "sampler", "n_trials", "seed", "config", "params", "study"}
+_PRESET_KEYS = {"description", "objective", "direction", "sampler", "n_trials", "seed", "config", "params", "study", "pruner", "prune_chunks", "prune_p"}
 
 
 def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
@@ -212,6 +223,7 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     n_trials = None if n_trials in (None, "null", "None") else as_positive_int(n_trials, "n_trials")
     if sampler != "grid" and n_trials is None:
         raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
+    pruner, chunks, prune_p = _pruning(settings, preset)
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
     seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
     params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
@@ -234,5 +246,27 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         study_name=str(settings.get("study", "")),
         objective=objective,
         direction=direction,
+        pruner=pruner,
+        prune_chunks=chunks,
+        prune_p=prune_p,
     )
     return spec, settings
+
+
+def _pruning(settings: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[str, int, float]:
+    """The pruner settings: the command line's, else the preset's, else off."""
+    from ._pruning import PRUNERS
+
+    pruner = str(settings.get("pruner", preset.get("pruner", "none")))
+    if pruner not in PRUNERS:
+        raise ConfigError(f"pruner={pruner!r} is not one of {', '.join(PRUNERS)}")
+    chunks = as_positive_int(settings.get("prune_chunks", preset.get("prune_chunks", 4)), "prune_chunks")
+    if pruner != "none" and chunks < 2:
+        raise ConfigError(f"prune_chunks={chunks}: pruning needs at least 2 chunks (or pruner=none)")
+    try:
+        prune_p = float(settings.get("prune_p", preset.get("prune_p", 0.1)))
+    except ValueError as exc:
+        raise ConfigError(f"prune_p={settings.get('prune_p')!r} must be a number in (0, 1)") from exc
+    if not 0 < prune_p < 1:
+        raise ConfigError(f"prune_p={prune_p} must be in (0, 1), e.g. prune_p=0.1")
+    return pruner, chunks, prune_p

@@ -7,6 +7,7 @@ the coordinator dies (PR_SET_PDEATHSIG), and it also checks between trials.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,11 +15,11 @@ import sys
 import time
 
 import optuna
-from optuna.trial import TrialState
 
 from .. import interrupts
 from ..errors import MemInjectError
 from ._storage import default_storage_url, open_storage
+from ._study import DONE
 
 __all__ = ["spawn_workers", "die_with_parent"]
 
@@ -76,9 +77,9 @@ def _watch(study: optuna.Study, procs: list[subprocess.Popen], total: int, progr
         while any(p.poll() is None for p in procs):
             time.sleep(1.0)
             interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python lost in a finalizer
-            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            bar.update(max(0, len(complete) - bar.n))
-            if complete:
+            done = study.get_trials(deepcopy=False, states=DONE)
+            bar.update(max(0, len(done) - bar.n))
+            with contextlib.suppress(ValueError):  # no complete trial yet (only pruned ones)
                 leader = study.best_trial
                 bar.set_postfix(best=f"{leader.value:+.4f}", trial=leader.number)
-        bar.update(max(0, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) - bar.n))
+        bar.update(max(0, len(study.get_trials(deepcopy=False, states=DONE)) - bar.n))

@@ -23,11 +23,12 @@ from ..spec import InjectionSpec
 from ..memories import relevant_keys
 from ..models import model_shape
 from ..space import SearchSpace, parse_space
+from ._pruning import make_pruner
 from ._settings import SweepSpec, check_study_name
 from ._storage import default_storage_url, open_storage
 
 __all__ = [
-    "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
+    "DONE", "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
     "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points",
 ]
 
@@ -38,6 +39,8 @@ ATTR_PARENT = "meminject.mlflow_parent_run_id"    # the study's one MLflow paren
 ATTR_HEARTBEAT = "meminject.heartbeat"            # [interval, grace] seconds, for every worker
 ATTR_SURPLUS = "meminject.surplus"                # a trial given back unrun (over budget, or a duplicate point)
 ATTR_WORKERS = "meminject.workers"                # how many workers have registered (seeds their samplers)
+# A trial is done when it has its result: complete, or pruned (a pruned point is never re-run).
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def model_sizes(spec: SweepSpec, base: Any) -> dict[str, Any]:
@@ -147,8 +150,8 @@ def budget(spec: SweepSpec, space: SearchSpace) -> int:
 
 
 def counted(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that use the budget: complete or running, not given back."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)) if not t.user_attrs.get(ATTR_SURPLUS)]
+    """Trials that use the budget: complete, pruned or running, not given back."""
+    return [t for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING)) if not t.user_attrs.get(ATTR_SURPLUS)]
 
 
 @contextlib.contextmanager
@@ -185,7 +188,7 @@ def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int
     spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{base.data.name}")
     storage = open_storage(storage_url)
     with storage_lock(storage_url, storage):
-        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction, load_if_exists=True, sampler=make_sampler(spec))
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction, load_if_exists=True, sampler=make_sampler(spec), pruner=make_pruner(spec))
         stored = study.user_attrs.get(ATTR_SPEC)
         if stored is not None:
             old = SweepSpec.from_json(stored)
@@ -209,7 +212,7 @@ def _enqueue_missing(study: optuna.Study, spec: SweepSpec, space: SearchSpace) -
     if spec.n_trials is not None:
         points = points[: spec.n_trials]
     taken = {
-        point_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+        point_of(t) for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING, TrialState.WAITING))
         if not t.user_attrs.get(ATTR_SURPLUS)
     }
     for point in points:

@@ -50,7 +50,8 @@ def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> Any:
 class TrialRunner:
     """Per worker: models, datasets and evaluators loaded once and reused by every trial."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunks: int = 1) -> None:
+        self.chunks = int(chunks)  # prompt chunks per trial (pruned sweeps), see Evaluator
         self._evaluators: dict[str, Any] = {}
         self._datasets: dict[str, Any] = {}
         self.batch_scale = 1.0  # halved after each out-of-memory error
@@ -70,15 +71,17 @@ class TrialRunner:
             self._datasets[data_key] = load_dataset(cfg.data)
         key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k) + str(cfg.metric.answer)
         if key not in self._evaluators:
-            self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[data_key], cfg)
+            self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[data_key], cfg, chunks=self.chunks)
         return self._evaluators[key]
 
     def run(self, cfg: Any):
         return self.run_many([cfg])[0]
 
-    def run_many(self, cfgs: list[Any]) -> list[tuple[Any, Any, Any]]:
+    def run_many(self, cfgs: list[Any], monitors: list[Any] | None = None) -> list[tuple[Any, Any, Any]]:
         """Evaluate several trial configs; those sharing an evaluator share stacked passes.
+        ``monitors[i]`` may stop config i between prompt chunks (see ``Evaluator.evaluate_many``).
         Returns (evaluator, injection spec, result) per config, in order."""
+        monitors = list(monitors) if monitors is not None else [None] * len(cfgs)
         from ..evaluation import InjectionSpec
 
         items = []
@@ -93,7 +96,8 @@ class TrialRunner:
             by_evaluator.setdefault(id(evaluator), []).append(i)
         for indices in by_evaluator.values():
             evaluator = items[indices[0]][0]
-            for i, result in zip(indices, evaluator.evaluate_many([(items[i][1], items[i][2].memory) for i in indices])):
+            points = [(items[i][1], items[i][2].memory) for i in indices]
+            for i, result in zip(indices, evaluator.evaluate_many(points, [monitors[i] for i in indices])):
                 results[i] = result
         return [(evaluator, spec, result) for (evaluator, spec, _), result in zip(items, results)]
 

@@ -28,8 +28,9 @@ from ..tracking import Tracker
 from ._optuna import pop_queued_trial
 from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held
 from ._settings import SweepSpec
+from ._pruning import make_pruner
 from ._storage import load_study, open_storage
-from ._study import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPEC, ATTR_SURPLUS, budget, canonical_params, counted, make_sampler, point_of, register_worker, space_of
+from ._study import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPEC, ATTR_SURPLUS, DONE, budget, canonical_params, counted, make_sampler, point_of, register_worker, space_of
 from ._trial import TrialRunner, is_out_of_memory
 
 __all__ = ["run_worker", "CoordinatorGone"]
@@ -58,18 +59,18 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
     interval, grace = probe.user_attrs.get(ATTR_HEARTBEAT, DEFAULT_HEARTBEAT)
     storage = open_storage(storage_url, heartbeat=(int(interval), int(grace)), recovery=recovery)
     number = register_worker(probe, storage_url) if worker_index is None else worker_index
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec, number))
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec, number), pruner=make_pruner(spec))
     base = compose_config(spec.overrides)
     space = space_of(spec, base)
     total = budget(spec, space)
     tracker = Tracker.from_config(base)
     recovery.tracker = tracker
-    runner = TrialRunner()
+    runner = TrialRunner(chunks=spec.chunks)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), desc=study_name, unit="trial", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=len(study.get_trials(deepcopy=False, states=DONE)), desc=study_name, unit="trial", dynamic_ncols=True)
     ran = 0
     per_forward = runner.trials_per_forward(base)
     waiter = _RunningWaiter(int(interval), int(grace))
@@ -209,7 +210,7 @@ _POINTS: dict[tuple[str, int], str] = {}  # (study name, trial number) -> grid p
 def _earlier_holder(study: optuna.Study, trial: optuna.Trial, point: str) -> int | None:
     """The number of an earlier live trial holding the same grid point (two sweeps enqueued it
     at once), or None: the lowest-numbered live trial of a point runs it, later ones are given back."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)):
+    for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING, TrialState.WAITING)):
         if t.number >= trial.number or t.user_attrs.get(ATTR_SURPLUS):
             continue
         key = (study.study_name, t.number)

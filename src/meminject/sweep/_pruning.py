@@ -1,0 +1,125 @@
+"""Stopping hopeless trials early: a paired Wilcoxon test against the best trial, per prompt.
+
+A trial evaluates its prompts in seeded chunks (``prune_chunks``). After each chunk it stores
+its per-prompt values (one storage write per chunk, as a user attribute) and reports the running
+mean to Optuna; :class:`PairedWilcoxonPruner` then compares it, prompt by prompt, with the best
+complete trial on the same prompts and prunes when it is significantly worse.
+
+Why not ``optuna.pruners.WilcoxonPruner`` itself: it reads one intermediate value per prompt,
+i.e. one storage write per prompt and trial. Measured here (Optuna 5.0): 0.47 ms per report on a
+journal file, 4.5 ms on SQLite, so 0.05-0.5 s per 106-prompt trial against a 0.6-2.3 s trial.
+This pruner makes the same decision (a one-sided Wilcoxon signed-rank test of the paired
+differences, never pruning a trial whose mean is not worse) from one write per chunk, through
+Optuna's public ``BasePruner`` interface.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["PRUNERS", "ATTR_PROMPT_VALUES", "PairedWilcoxonPruner", "make_pruner", "prompt_values", "paired_wilcoxon_p", "PER_PROMPT_COLUMN"]
+
+PRUNERS = ("none", "wilcoxon")
+ATTR_PROMPT_VALUES = "meminject.prompt_values"  # {row: per-prompt objective value}, as JSON
+# The per-prompt quantity whose mean (or median, or share > 0) is each objective.
+PER_PROMPT_COLUMN = {"mean_gain": "gain", "median_gain": "gain", "frac_improved": "gain", "mean_logprob_gain": "logprob_gain"}
+
+
+def prompt_values(trial: FrozenTrial) -> dict[str, float]:
+    text = trial.user_attrs.get(ATTR_PROMPT_VALUES)
+    return json.loads(text) if text else {}
+
+
+def paired_wilcoxon_p(differences: np.ndarray) -> float:
+    """One-sided p-value that the differences (current − best, in the better direction) are
+    centred below 0: scipy's Wilcoxon signed-rank test; 1.0 when every difference is 0."""
+    from scipy.stats import wilcoxon
+
+    nonzero = differences[differences != 0]
+    if len(nonzero) == 0:
+        return 1.0
+    return float(wilcoxon(nonzero, alternative="less").pvalue)
+
+
+class PairedWilcoxonPruner(optuna.pruners.BasePruner):
+    """Prune a trial whose per-prompt values are significantly worse than the best complete trial's.
+
+    ``p_threshold``: prune when the one-sided p-value is below it. ``min_prompts``: never
+    decide on fewer paired prompts. A trial whose mean over the seen prompts is at least the
+    best trial's mean there is never pruned (the test alone could prune a better-on-average
+    trial with skewed differences).
+    """
+
+    def __init__(self, p_threshold: float = 0.1, min_prompts: int = 8) -> None:
+        self.p_threshold = float(p_threshold)
+        self.min_prompts = int(min_prompts)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        seen = prompt_values(trial)
+        if len(seen) < self.min_prompts:
+            return False
+        best = _best_complete(study)
+        if best is None:
+            return False
+        reference = prompt_values(best)
+        common = [row for row in seen if row in reference]
+        if len(common) < self.min_prompts:
+            return False
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        differences = sign * (np.array([seen[r] for r in common]) - np.array([reference[r] for r in common]))
+        if differences.mean() >= 0:
+            return False
+        return paired_wilcoxon_p(differences) < self.p_threshold
+
+
+def _best_complete(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial that stored its per-prompt values (None before the first)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    if best.state == TrialState.COMPLETE and ATTR_PROMPT_VALUES in best.user_attrs:
+        return best
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if ATTR_PROMPT_VALUES in t.user_attrs]
+    if not trials:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(trials, key=lambda t: t.value)
+
+
+def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
+    """The study's pruner from its :class:`~meminject.sweep._settings.SweepSpec`."""
+    if spec.pruner == "wilcoxon":
+        return PairedWilcoxonPruner(p_threshold=spec.prune_p)
+    return optuna.pruners.NopPruner()
+
+
+def per_prompt_values(objective: str, values: dict[str, np.ndarray]) -> np.ndarray:
+    """Each prompt's share of the objective: its gain (log-prob gain), or whether it improved."""
+    column = values[PER_PROMPT_COLUMN[objective]]
+    return (column > 0).astype(float) if objective == "frac_improved" else np.asarray(column, dtype=float)
+
+
+def monitor_for(trial: optuna.Trial, objective: str) -> Any:
+    """The evaluator's monitor of one trial: after each chunk, store the per-prompt values seen
+    so far (one write), report their mean at step = prompts seen, and ask the pruner."""
+    seen: dict[str, float] = {}
+
+    def watch(rows: np.ndarray, values: dict[str, np.ndarray]) -> bool:
+        seen.update({str(int(r)): float(v) for r, v in zip(rows, per_prompt_values(objective, values))})
+        trial.set_user_attr(ATTR_PROMPT_VALUES, json.dumps(seen))
+        trial.report(float(np.mean(list(seen.values()))), step=len(seen))
+        return trial.should_prune()
+
+    return watch
+
+
+def complete_values(objective: str, per_prompt: Any) -> str:
+    """A complete trial's per-prompt values, as stored for later trials to be compared with."""
+    values = per_prompt_values(objective, {"gain": per_prompt["gain"].to_numpy(), "logprob_gain": per_prompt["logprob_gain"].to_numpy()})
+    return json.dumps({str(int(r)): float(v) for r, v in zip(per_prompt["row"], values)})
