@@ -41,9 +41,10 @@ SWEEP_SETTINGS = {
     "heartbeat": "seconds between a running trial's heartbeats (default 30)",
     "grace": "seconds without a heartbeat before a trial counts as dead and is re-run (default 120)",
     "progress": "true | false: the progress bar",
-    "pruner": "none | wilcoxon: stop trials clearly worse than the best, prompt by prompt (default: the preset's)",
-    "prune_chunks": "pruning: prompts are evaluated in this many seeded chunks, checked after each (default 4)",
+    "pruner": "none | wilcoxon: stop trials clearly worse than the k-th best (prune_keep), prompt by prompt (default: the preset's)",
+    "prune_chunks": "pruning: prompts are evaluated in this many seeded chunks, checked after each (default 8)",
     "prune_p": "pruning: prune when the paired one-sided Wilcoxon p-value is below this (default 0.1)",
+    "prune_keep": "pruning: compare with the k-th best complete trial, so the top k always complete (default 5)",
 }
 WORKER_SETTINGS = {
     "study": "the study to join (required)",
@@ -81,8 +82,9 @@ class SweepSpec:
     objective: str = "mean_gain"    # the trial summary metric Optuna optimizes
     direction: str = "maximize"
     pruner: str = "none"            # none | wilcoxon (see meminject.sweep._pruning)
-    prune_chunks: int = 4           # prompt chunks of a trial when pruning (1 when not)
+    prune_chunks: int = 8           # prompt chunks of a trial when pruning (1 when not)
     prune_p: float = 0.1
+    prune_keep: int = 5             # trials are compared with the k-th best complete one
 
     @property
     def chunks(self) -> int:
@@ -195,7 +197,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return overrides, axes
 
 
-_PRESET_KEYS = {"description", "objective", "direction", "sampler", "n_trials", "seed", "config", "params", "study", "pruner", "prune_chunks", "prune_p"}
+_PRESET_KEYS = {"description", "objective", "direction", "sampler", "n_trials", "seed", "config", "params", "study", "pruner", "prune_chunks", "prune_p", "prune_keep"}
 
 
 def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
@@ -223,7 +225,7 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     n_trials = None if n_trials in (None, "null", "None") else as_positive_int(n_trials, "n_trials")
     if sampler != "grid" and n_trials is None:
         raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
-    pruner, chunks, prune_p = _pruning(settings, preset)
+    pruner, chunks, prune_p, keep = _pruning(settings, preset)
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
     seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
     params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
@@ -249,18 +251,19 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         pruner=pruner,
         prune_chunks=chunks,
         prune_p=prune_p,
+        prune_keep=keep,
     )
     return spec, settings
 
 
-def _pruning(settings: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[str, int, float]:
+def _pruning(settings: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[str, int, float, int]:
     """The pruner settings: the command line's, else the preset's, else off."""
     from ._pruning import PRUNERS
 
     pruner = str(settings.get("pruner", preset.get("pruner", "none")))
     if pruner not in PRUNERS:
         raise ConfigError(f"pruner={pruner!r} is not one of {', '.join(PRUNERS)}")
-    chunks = as_positive_int(settings.get("prune_chunks", preset.get("prune_chunks", 4)), "prune_chunks")
+    chunks = as_positive_int(settings.get("prune_chunks", preset.get("prune_chunks", 8)), "prune_chunks")
     if pruner != "none" and chunks < 2:
         raise ConfigError(f"prune_chunks={chunks}: pruning needs at least 2 chunks (or pruner=none)")
     try:
@@ -269,4 +272,5 @@ def _pruning(settings: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[st
         raise ConfigError(f"prune_p={settings.get('prune_p')!r} must be a number in (0, 1)") from exc
     if not 0 < prune_p < 1:
         raise ConfigError(f"prune_p={prune_p} must be in (0, 1), e.g. prune_p=0.1")
-    return pruner, chunks, prune_p
+    keep = as_positive_int(settings.get("prune_keep", preset.get("prune_keep", 5)), "prune_keep")
+    return pruner, chunks, prune_p, keep
