@@ -108,6 +108,8 @@ def main() -> int:
     parser.add_argument("--skip-upstream", action="store_true", help="skip (a), the slow per-prompt loop")
     parser.add_argument("--grid", action="store_true", help="also run the paper_grid unembed slice (all layers × τ 1..15)")
     parser.add_argument("--wiki", action="store_true", help="also time one trial on the 1,000 2WikiMultiHop prompts")
+    parser.add_argument("--device", default="auto", help="model.device: auto | cpu | cuda")
+    parser.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16 | float16 (CUDA)")
     args = parser.parse_args()
 
     from meminject.cli import _quiet_libraries
@@ -119,12 +121,13 @@ def main() -> int:
 
     _quiet_libraries()
     torch.set_grad_enabled(False)
-    cfg = compose_config([f"model={args.model}", f"model.weights={args.weights}", f"data={args.data}", "memory.encoding=unembed"])
+    model_args = [f"model={args.model}", f"model.weights={args.weights}", f"model.device={args.device}", f"model.dtype={args.dtype}"]
+    cfg = compose_config([*model_args, f"data={args.data}", "memory.encoding=unembed"])
     model = load_model(cfg.model)
     dataset = load_dataset(cfg.data)
     device = model.device
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{model.name} ({model.weights}) · {dataset.name}: {len(dataset)} prompts · {name} · torch {torch.__version__}")
+    print(f"{model.name} ({model.weights}, {args.dtype}) · {dataset.name}: {len(dataset)} prompts · {name} · torch {torch.__version__}")
     print(f"matmul throughput (2048×576 @ 576×1536, fp32): {matmul_gflops(device):.0f} GFLOP/s")
 
     evaluator = Evaluator.from_config(model, dataset, cfg)
@@ -179,7 +182,7 @@ def main() -> int:
               f"best layer {best[0][0].layer} τ={best[0][0].tweak:g} mean gain {best[1].summary['mean_gain']:+.4f}")
 
     if args.wiki:
-        wiki_cfg = compose_config([f"model={args.model}", f"model.weights={args.weights}", "data=2wikimultihop", "memory.encoding=unembed"])
+        wiki_cfg = compose_config([*model_args, "data=2wikimultihop", "memory.encoding=unembed"])
         wiki = load_dataset(wiki_cfg.data)
         wiki_eval = Evaluator.from_config(model, wiki, wiki_cfg)
         seconds_wclean, _ = timed(lambda: wiki_eval.clean)

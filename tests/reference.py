@@ -58,3 +58,16 @@ def reference_answer_probs(bridge, prompt: str, answer: str, memory: str, *, lay
             bridge.set_use_attn_result(False)
     after = torch.softmax(patched[0, -1], dim=-1)[answer_token].item()
     return before, after
+
+
+def reference_last_logits(bridge, prompt: str, memory: str, *, layer: int, tweak: float, encoding: str = "unembed") -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean, injected) logits at the prompt's last position; the memory added at hook_attn_out, every position."""
+    tokens = bridge.to_tokens(prompt)
+    vector = reference_memory_vector(bridge, memory, encoding, layer)
+
+    def add(attn_out, hook):
+        return attn_out + vector * tweak
+
+    clean = bridge(tokens)[0, -1]
+    patched = bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_attn_out", add)])[0, -1]
+    return clean, patched

@@ -30,6 +30,7 @@ def config_options(group: str) -> list[str]:
 
 def choices() -> dict[str, tuple[str, ...]]:
     """Every enumerated config key and its allowed values, taken from the modules that own them."""
+    from .damage import DAMAGES
     from .data import PARTS
     from .spec import ANSWER_METRICS, POSITIONS, SCALES, SITES
     from .memories import ENCODINGS, MEMORY_TYPES, POS_CHOICES, WORD_SOURCES
@@ -38,7 +39,7 @@ def choices() -> dict[str, tuple[str, ...]]:
 
     return {
         "model.weights": WEIGHTS, "model.source": SOURCES, "model.dtype": tuple(_DTYPES),
-        "data.part": PARTS, "metric.answer": ANSWER_METRICS,
+        "data.part": PARTS, "metric.answer": ANSWER_METRICS, "metric.damage": DAMAGES,
         "injection.site": SITES, "injection.positions": POSITIONS, "injection.scale": SCALES,
         "memory.type": MEMORY_TYPES, "memory.encoding": ENCODINGS, "memory.pos": POS_CHOICES, "memory.words": WORD_SOURCES,
         "perf.padding_side": PADDING_SIDES,
@@ -74,7 +75,15 @@ def _known_keys(base: DictConfig) -> list[str]:
     return sorted(set(flat_config(base)) | set(GROUPS) | {k for k in OmegaConf.to_container(base) if isinstance(k, str)})
 
 
+# Keys people reach for that live elsewhere, with why.
+_MOVED = {
+    "perf.dtype": "model.dtype (float32 | bfloat16 | float16 on CUDA): precision changes results, and perf.* keys never do",
+}
+
+
 def _unknown_key_error(key: str, base: DictConfig | None) -> ConfigError:
+    if key in _MOVED:
+        return ConfigError(f"unknown config key {key!r}: use {_MOVED[key]}")
     hint = ""
     if base is not None:
         # Compare leaf names within the key's section: "injection." alone must not make a match.

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from .damage import DAMAGES
 from .data import Dataset
 from .errors import ConfigError, DataError
 from .injection import head_output_component, inject, position_mask
@@ -29,19 +30,13 @@ from .memories import encode_memories, memory_texts, random_directions_like
 from .models import LoadedModel
 from .prefix import PrefixCache
 from .runner import Batch, last_position_logits, make_batches, read_logits
-from .result import EvalResult, Monitor, per_prompt_table
+from .result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers
 from .stats import summarize, typical_norm  # noqa: F401 - summarize is re-exported
 from .spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, _as_float, _as_int  # noqa: F401 - the point of the search space; re-exported
 
 log = logging.getLogger("meminject")
 
 __all__ = ["InjectionSpec", "EvalResult", "Evaluator", "Monitor", "summarize", "SITES", "POSITIONS"]
-
-def _rank(logits: Tensor, token: Tensor) -> Tensor:
-    """0 = the answer is the top token."""
-    answer_logit = logits.gather(1, token[:, None])
-    return (logits > answer_logit).sum(dim=1)
-
 
 class Evaluator:
     """Holds one (model, dataset): tokenization, the clean pass and its prefix cache are done once.
@@ -63,6 +58,7 @@ class Evaluator:
         trials_per_forward: int,
         max_padding: float,
         answer_metric: str,
+        damage: str = "kl",  # metric.damage: kl | none (meminject.damage)
         chunks: int = 1,  # not a conf/ key: a pruned sweep asks for chunks (meminject.sweep._pruning)
         chunk_seed: int = 0,
     ):
@@ -80,6 +76,9 @@ class Evaluator:
         if answer_metric not in ANSWER_METRICS:
             raise ConfigError(f"metric.answer={answer_metric!r} is not one of {', '.join(ANSWER_METRICS)}")
         self.answer_metric = answer_metric
+        if damage not in DAMAGES:
+            raise ConfigError(f"metric.damage={damage!r} is not one of {', '.join(DAMAGES)}")
+        self.damage = damage
         self.obscure_tokens = [model.tokenize(s, bos=True) for s in frame["obscure_sentence"]]
         self.explicit_tokens = [model.tokenize(s, bos=True) for s in frame["explicit_sentence"]]
         self.answer_ids: list[list[int]] = []
@@ -104,6 +103,7 @@ class Evaluator:
             self.obscure_batches += batches
         self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
         self._clean: dict[str, np.ndarray] | None = None
+        self._clean_rest: Tensor | None = None  # (prompts, vocab) clean logits at the read position (damage)
         self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
         self._vectors: OrderedDict[tuple, tuple[list[str], Tensor]] = OrderedDict()
         self.max_cached_results = 256
@@ -125,7 +125,7 @@ class Evaluator:
         return cls(
             model, dataset, max_batch_tokens=_as_int(perf.max_batch_tokens, "perf.max_batch_tokens"), padding_side=str(perf.padding_side),
             top_k=_as_int(cfg.top_k, "top_k"), prefix_cache_bytes=int(cache_mb * 2**20), trials_per_forward=per_forward,
-            max_padding=_as_float(perf.max_padding, "perf.max_padding"), answer_metric=str(cfg.metric.answer),
+            max_padding=_as_float(perf.max_padding, "perf.max_padding"), answer_metric=str(cfg.metric.answer), damage=str(cfg.metric.get("damage", "kl")),
             chunks=chunks, chunk_seed=_as_int(cfg.seed, "seed"),
         )
 
@@ -162,28 +162,6 @@ class Evaluator:
             padding_side=self.padding_side, max_padding=self.max_padding, **kwargs,
         )
 
-    def _read_answers(self, batch: Batch, logits: Tensor, out: dict[str, Any]) -> None:
-        """From one batch's logits at its read positions: log P(answer) per prompt (summed over
-        answer tokens for the sequence metric), and the first answer token's rank and top-k."""
-        logp_reads = torch.log_softmax(logits, dim=-1).gather(1, batch.read_target[:, None])[:, 0].double()
-        size = batch.tokens.shape[0]
-        logp = torch.zeros(size, dtype=torch.float64, device=logits.device).index_add_(0, batch.read_row, logp_reads)
-        # the first read of each prompt is its first answer token (reads are ordered by row, then position)
-        row_np = batch.read_row.cpu().numpy()
-        _, first = np.unique(row_np, return_index=True)
-        first = torch.as_tensor(first, device=logits.device)
-        first_logits, first_target = logits[first], batch.read_target[first]
-        index = batch.index.cpu().numpy()
-        out["probs"][index] = logp.exp().cpu().numpy()
-        out["logprobs"][index] = logp.cpu().numpy()
-        out["ranks"][index] = _rank(first_logits, first_target).cpu().numpy()
-        for row, ids in zip(index, first_logits.topk(self.top_k, dim=-1).indices.cpu().tolist()):
-            out["top"][row] = ids
-
-    def _empty_out(self) -> dict[str, Any]:
-        n = len(self.rows)
-        return {"probs": np.zeros(n), "ranks": np.zeros(n, dtype=np.int64), "top": [[] for _ in range(n)], "logprobs": np.zeros(n)}
-
     def _norm_hooks(self, batch: Batch, norms: list[list[np.ndarray]]) -> list[tuple[torch.nn.Module, Any]]:
         """Pre-hooks collecting each block input's residual norms into ``norms[layer]``: real
         tokens only, and never a sequence's first token (BOS on real models carries massive
@@ -202,7 +180,7 @@ class Evaluator:
         return hooks
 
     def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False) -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
-        out = self._empty_out()
+        out = empty_out(len(self.rows), keep_rest=capture and self.damage == "kl")
         norms: list[list[np.ndarray]] = [[] for _ in range(self.model.n_layers)]
         for position, batch in enumerate(batches):
             hooks = hooks_for(batch) if hooks_for else []
@@ -217,9 +195,10 @@ class Evaluator:
             finally:
                 for handle in handles:
                     handle.remove()
-            self._read_answers(batch, logits, out)
+            read_answers(batch, logits, out, self.top_k)
         if capture:
             self._residual_norms = np.array([typical_norm(np.concatenate(layer_norms)) if layer_norms else np.nan for layer_norms in norms])
+            self._clean_rest = out.get("rest")  # the clean side of every trial's damage (meminject.damage)
         return out["probs"], out["ranks"], out["top"], out["logprobs"]
 
     @property
@@ -366,7 +345,7 @@ class Evaluator:
             and all(spec.positions == "last" for spec in specs)
             and self.prefix.ensure_kv(lambda position: last_position_logits(self.model, self.obscure_batches[position], []))
         )
-        outs = [self._empty_out() for _ in specs]
+        outs = [empty_out(len(self.rows)) for _ in specs]
         active = list(range(len(specs)))
         seen = [0] * len(specs)  # chunks each point has run
         # the last-token pass holds every prompt's last token: one chunk
@@ -404,11 +383,11 @@ class Evaluator:
                 logits = self.prefix.last_logits(position, start, hooks, copies=len(specs))
             reads = batch.read_row.shape[0]
             for k, out in enumerate(outs):
-                self._read_answers(batch, logits[k * reads : (k + 1) * reads], out)
+                read_answers(batch, logits[k * reads : (k + 1) * reads], out, self.top_k, self._clean_rest)
         else:  # full forwards, one trial at a time
             for k, out in enumerate(outs):
                 logits = read_logits(self.model, batch, self._stacked_hooks([specs[k]], [vectors[k]], batch))
-                self._read_answers(batch, logits, out)
+                read_answers(batch, logits, out, self.top_k, self._clean_rest)
 
     def _result(self, spec: InjectionSpec, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray], seconds: float, seen: np.ndarray | None = None) -> EvalResult:
         """The result over all prompts, or (``seen``: a pruned point) over the prompts it saw."""
@@ -416,5 +395,7 @@ class Evaluator:
         keep = np.arange(len(self.rows)) if seen is None else seen
         after, logprob_after = out["probs"], out["logprobs"]
         summary = summarize(clean["before"][keep], after[keep], clean["explicit"][keep], clean["logprob_before"][keep], logprob_after[keep])
+        if self.damage != "none":
+            summary["mean_damage"] = float(out["damage"][keep].mean())
         return EvalResult(per_prompt=per_prompt.iloc[keep].reset_index(drop=True), summary=summary, seconds=seconds, hooks=[spec.hook_name],
                           pruned=seen is not None, n_prompts=len(keep))

@@ -262,6 +262,8 @@ def load_model(cfg: Any) -> LoadedModel:
         raise ConfigError(f"model.weights={weights!r} must be 'paper' or 'raw'")
     device = resolve_device(str(cfg.device))
     dtype = _resolve_dtype(str(cfg.dtype))
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError(f"model.dtype=float16 runs on CUDA only (model.device={device.type}); on a CPU use model.dtype=bfloat16 (fast with AVX512-BF16/AMX) or float32")
     key = (str(cfg.name), source, weights, str(device), str(dtype), str(cfg.get("hf_name")), repr(dict(cfg.get("tiny") or {})))
     if key in _CACHE:
         return _CACHE[key]

@@ -7,8 +7,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
-__all__ = ["EvalResult", "Monitor", "per_prompt_table"]
+from .damage import rest_kl
+from .runner import Batch
+
+__all__ = ["EvalResult", "Monitor", "per_prompt_table", "empty_out", "read_answers"]
 
 
 @dataclass
@@ -50,8 +55,49 @@ def per_prompt_table(evaluator: Any, texts: list[str], out: dict[str, Any], clea
             "answer_logprob_after": logprob_after,
             "logprob_gain": logprob_after - clean["logprob_before"],
             "percent_increase": np.where(clean["before"] > 0, gain / np.maximum(clean["before"], 1e-300) * 100.0, np.nan),
+            "damage": out["damage"],  # KL of the rest of the next-token distribution (meminject.damage)
             "rank_before": clean["rank_before"],
             "rank_after": rank_after,
             "top_k_after": ["|".join(decode(t) for t in ids) for ids in top],
         }
     )
+
+
+def empty_out(n: int, *, keep_rest: bool = False) -> dict[str, Any]:
+    """Per-prompt arrays that :func:`read_answers` fills batch by batch."""
+    out: dict[str, Any] = {"probs": np.zeros(n), "ranks": np.zeros(n, dtype=np.int64), "top": [[] for _ in range(n)], "logprobs": np.zeros(n), "damage": np.full(n, np.nan)}
+    if keep_rest:
+        out["rest"] = None  # (n, vocab) clean logits at the read position, allocated at the first batch
+    return out
+
+
+def _rank(logits: Tensor, token: Tensor) -> Tensor:
+    """0 = the answer is the top token."""
+    answer_logit = logits.gather(1, token[:, None])
+    return (logits > answer_logit).sum(dim=1)
+
+
+def read_answers(batch: Batch, logits: Tensor, out: dict[str, Any], top_k: int, clean_rest: Tensor | None = None) -> None:
+    """From one batch's logits at its read positions: log P(answer) per prompt (summed over
+    answer tokens for the sequence metric), the first answer token's rank and top-k, and (with
+    ``clean_rest``) the damage at that position; a clean pass (``out["rest"]``) keeps its logits there."""
+    logp_reads = torch.log_softmax(logits, dim=-1).gather(1, batch.read_target[:, None])[:, 0].double()
+    size = batch.tokens.shape[0]
+    logp = torch.zeros(size, dtype=torch.float64, device=logits.device).index_add_(0, batch.read_row, logp_reads)
+    # the first read of each prompt is its first answer token (reads are ordered by row, then position)
+    row_np = batch.read_row.cpu().numpy()
+    _, first = np.unique(row_np, return_index=True)
+    first = torch.as_tensor(first, device=logits.device)
+    first_logits, first_target = logits[first], batch.read_target[first]
+    index = batch.index.cpu().numpy()
+    out["probs"][index] = logp.exp().cpu().numpy()
+    out["logprobs"][index] = logp.cpu().numpy()
+    out["ranks"][index] = _rank(first_logits, first_target).cpu().numpy()
+    for row, ids in zip(index, first_logits.topk(top_k, dim=-1).indices.cpu().tolist()):
+        out["top"][row] = ids
+    if clean_rest is not None:
+        out["damage"][index] = rest_kl(clean_rest[batch.index.to(clean_rest.device)], first_logits, first_target).double().cpu().numpy()
+    if "rest" in out:
+        if out["rest"] is None:
+            out["rest"] = torch.empty(len(out["probs"]), logits.shape[-1], device=logits.device)
+        out["rest"][batch.index.to(logits.device)] = first_logits.float()

@@ -69,7 +69,7 @@ class TrialRunner:
         data_key = to_yaml(cfg.data)
         if data_key not in self._datasets:
             self._datasets[data_key] = load_dataset(cfg.data)
-        key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k) + str(cfg.metric.answer)
+        key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k) + to_yaml(cfg.metric)
         if key not in self._evaluators:
             self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[data_key], cfg, chunks=self.chunks)
         return self._evaluators[key]
