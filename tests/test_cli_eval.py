@@ -52,3 +52,88 @@ def test_eval_smollm2_handwritten_end_to_end(tmp_path, capsys, shared_data, mlfl
     assert len(table) == 106
     assert (table.answer_prob_explicit.mean() > table.answer_prob_before.mean())  # the explicit twin is easier
     assert "MLflow run" in stdout
+
+
+# ---------------------------------------------------------------- names, progress and messages (issue 16)
+
+def _prompts(tmp_path, n: int = 6, name: str = "my_prompts.csv") -> str:
+    rows = "".join(GOOD_ROW.replace("Paris is", f"Paris ({i}) is") for i in range(n))
+    return _csv(tmp_path, GOOD_HEADER + rows, name)
+
+
+def test_eval_names_the_data_file_and_shows_progress_on_stderr(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEMINJECT_PROGRESS", "1")  # bars are for terminals; captured output is not one
+    path = _prompts(tmp_path, 2)
+    code, stdout, err = run_cli(capsys, "eval", "model=tiny", "model.device=cpu", "injection.layer=1", f"data.path={path}", "tracking.enabled=false", f"output_dir={tmp_path / 'out'}")
+    assert code == 0, err
+    assert "my_prompts.csv (2 prompts)" in stdout and "demo" not in stdout.splitlines()[0]
+    # a tqdm bar on stderr (stdout stays the results), batch by batch through each pass
+    assert "eval my_prompts.csv" in err
+    assert all(f"[{stage}]" in err for stage in ("clean", "explicit", "injected")) and "1/1" in err
+
+
+def test_sweep_study_name_follows_the_data_file_and_a_refusal_names_what_differs(tmp_path, capsys, monkeypatch):
+    from conftest import sweep_args
+
+    monkeypatch.chdir(tmp_path)
+    args = sweep_args(tmp_path, f"data.path={_prompts(tmp_path)}", "n_trials=2")
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "study smoke-tiny-my_prompts " in stdout  # another file, another study (not smoke-tiny-demo)
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and "study smoke-tiny-my_prompts is complete (2 trials): nothing to run" in stdout
+    code, _, err = run_cli(capsys, *args, "injection.tweak=interval(2, 8)", "memory.type=random")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "injection.tweak: interval(1, 15) → interval(2, 8)" in lines[0] and "memory.type: correct → random" in lines[0] and "study=NEW_NAME" in lines[0]
+
+
+def test_heldout_check_shows_progress_over_sites_and_controls(capsys, monkeypatch):
+    monkeypatch.setenv("MEMINJECT_PROGRESS", "1")  # bars are for terminals; captured output is not one
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from meminject.sweep._heldout import heldout_report
+
+    class FakeRunner:
+        def run(self, cfg):
+            gains = np.linspace(-0.01, 0.02, 12) if str(cfg.memory.type) == "correct" else np.zeros(12)
+            return None, None, SimpleNamespace(per_prompt=pd.DataFrame({"gain": gains}))
+
+    sites = pd.DataFrame([{"rank": r, "model": "tiny", "weights": "raw", "injection.layer": layer, "injection.head": "-", "injection.site": "layer", "injection.positions": "all",
+                           "injection.scale": "absolute", "injection.tweak": 4.0, "memory.type": "correct", "memory.pos": "-", "memory.encoding": "unembed", "mean_gain": 0.01}
+                          for r, layer in ((1, 1), (2, 2))])
+    report = heldout_report(["model=tiny", "model.device=cpu"], sites, controls=["pos", "random_vector"], n_boot=50, runner=FakeRunner())
+    assert len(report) == 2
+    err = capsys.readouterr().err
+    assert "held-out check" in err and "6/6" in err and "L2 τ4 unembed correct" in err
+
+
+README_SHAPES = {  # each line of the README's `meminject sweep` example, by shape (numbers vary by machine)
+    "start": r"^sweep \S+: study \S+ · \w+ sampler · \d+ trials · (maximize|minimize) \w+ · axes \S+=.+$",
+    "storage": r"^  storage \S+ · workers \d+ · MLflow \S+$",
+    "done": r"^done: \d+ complete trials \(\d+ new\) in [\d.]+ s$",
+    "row": r"^\s+\d+\s+\S+\s+\d+\s+\S+\s+[\d.]+\s+\w+\s+\w+\s+\w+\s+\w+\s+-?[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+$",
+    "ranked": r"^ranked sites: \S+\.csv$",
+}
+
+
+def test_readme_sweep_example_has_the_shape_of_a_real_run(tmp_path, capsys, monkeypatch):
+    import re
+    from pathlib import Path
+
+    from conftest import ROOT, sweep_args
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("$ meminject sweep\n", 1)[1].split("```", 1)[0].splitlines()
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(capsys, *sweep_args(tmp_path, "n_trials=3"))  # seeded (sweep seed 0), tiny model
+    assert code == 0, err
+    out = stdout.splitlines()
+    for name, shape in README_SHAPES.items():
+        assert any(re.match(shape, line) for line in block), f"README example lacks its {name} line"
+        assert any(re.match(shape, line) for line in out), f"meminject sweep prints no {name} line like the README's: {stdout}"
+    header = next(line for line in block if line.split()[:2] == ["rank", "model"])
+    assert header.split() == next(line for line in out if line.split()[:2] == ["rank", "model"]).split()  # the same columns
+    assert re.search(r"\d+/\d+ \[", err)  # the progress bar goes to stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -58,6 +60,27 @@ def test_inspect_command_writes_table_and_heatmap(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 
 
+def test_heads_figure_is_a_readable_layers_by_heads_grid(tiny, tmp_path):
+    import os
+
+    from PIL import Image
+
+    from meminject.inspect_heads import head_grid, heatmap
+
+    table = project_attention_outputs(tiny, PROMPT, heads=True, top_k=3, answer=" Revolutionary").table
+    grid = head_grid(table)
+    assert grid.values.shape == (tiny.n_layers, tiny.n_heads) and grid.per_head and grid.value_name == "answer logit"
+    last = table[(table.position == table.position.max()) & (table["head"] == 0) & (table.layer == 1)].iloc[0]
+    assert grid.labels.loc[1, 0] == f"r{int(last.answer_rank)}\n{last.answer_logit:.1f}"  # each cell: the answer's rank and logit
+    folder = Path(os.environ.get("MEMINJECT_TEST_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    long_title = f"tiny: {PROMPT!r} + 'George Washington' at L1 τ=4 and a few more words to wrap"
+    width, height = Image.open(heatmap(table, folder / "heads.png", long_title, answer=" Revolutionary")).size
+    assert width >= 700 and height >= 500 and width / height < 3  # no single squeezed column
+    without_answer = head_grid(project_attention_outputs(tiny, PROMPT, heads=False, top_k=3).table)
+    assert without_answer.values.shape == (tiny.n_layers, 1) and without_answer.value_name == "top-token logit"
+
+
 def test_inspect_without_a_prompt_is_one_clear_error(capsys):
     assert main(["inspect", "model=tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -69,12 +92,12 @@ def test_sweep_figures_exist_with_their_axes(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     args = ["sweep", "model=tiny", "model.device=cpu", "data.limit=8", "sweep=paper_grid", "study=fig", f"storage={tmp_path / 'j'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "injection.tweak=choice(1,3)", "memory.encoding=choice(unembed,embed)"]
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "injection.tweak=choice(1,3)", "memory.encoding=choice(unembed,embed)", "tracking.trial_figures=true"]
     assert main(args) == 0
     folder = tmp_path / "outputs" / "figures" / "fig"
     heat = Image.open(folder / "gain_heatmap.png")
-    assert heat.size[0] >= 2 * heat.size[1] - 4  # two square-ish panels side by side (unembed, embed)
-    assert (folder / "optimization_history.png").stat().st_size > 5000
+    assert heat.size[0] > heat.size[1]  # two panels side by side (unembed, embed); contents: test_figures.py
+    assert (folder / "optimization_history.png").stat().st_size > 5000 and (folder / "trials_scatter.png").exists()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

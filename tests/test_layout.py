@@ -111,7 +111,9 @@ def test_presets_say_what_they_optimize():
 
     for path in sorted((ROOT / "sweeps").glob("*.yaml")):
         preset = OmegaConf.load(path)
-        assert preset.objective == "mean_gain" and preset.direction == "maximize", path.name
+        objectives = list(preset.objective) if not isinstance(preset.objective, str) else [preset.objective]
+        directions = list(preset.direction) if not isinstance(preset.direction, str) else [preset.direction]
+        assert objectives[0] == "mean_gain" and directions[0] == "maximize" and len(objectives) == len(directions), path.name
 
 
 def test_a_local_conf_folder_adds_a_model_option(tmp_path, monkeypatch):

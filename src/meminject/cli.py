@@ -4,6 +4,7 @@
     meminject sweep  [sweep=NAME] [workers=N] [key=value ...]   search injection sites
     meminject worker study=NAME [storage=URL]   join a running sweep from another shell/machine
     meminject best   [study=NAME] [top=10]   ranked injection sites of a study
+    meminject ui     [port=5000] [open=true]   the MLflow UI, opened on the runs table
 
 Every problem the user can fix ends in one line ``meminject: error: ...`` and exit status 2.
 """
@@ -33,6 +34,7 @@ HELP = {
     "worker": "Join an existing sweep's study (study=NAME storage=URL) as one more worker process.",
     "best": "Print the ranked injection sites of a study (study=NAME top=K) and write them as CSV.",
     "inspect": "Project every layer's (and head's) attention output into vocabulary space for one prompt (the paper's head projector).",
+    "ui": "Start the MLflow UI on this project's tracking store (127.0.0.1) and print the URL of the experiment's runs table; Ctrl-C stops it.",
 }
 
 EPILOG = """examples:
@@ -41,6 +43,7 @@ EPILOG = """examples:
   meminject sweep sweep=tpe data=handwritten n_trials=40 workers=2
   meminject best top=10
   meminject inspect --prompt "The first president of the United States fought in the" --answer " Revolutionary" --heads
+  meminject ui open=true
 
 Overrides use Hydra syntax (key=value); config groups: model, data, memory, injection, tracking, perf.
 See README.md for the search-space grammar and running many workers."""
@@ -78,6 +81,38 @@ def _default_output_dir(command: str, tag: str) -> Path:
     return outputs_dir(command) / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
 
 
+def _data_label(data_cfg, dataset) -> str:
+    """How the data is named in a header: the file for data.path (not the default preset's name)."""
+    if data_cfg.get("path"):
+        part = str(data_cfg.get("part", "all"))
+        return Path(str(data_cfg.path)).name + ("" if part == "all" else f":{part}")
+    return dataset.name
+
+
+def _progress_bar(desc: str, total: int):
+    """A tqdm bar on stderr (stdout stays the results)."""
+    from .progress import progress_bar
+
+    return progress_bar(total, desc, "prompt")
+
+
+def _batch_progress(bar):
+    """The callback for ``Evaluator.progress(stage, done, total)``: one call per batch of a
+    pass (``stage`` e.g. "clean" or "injected"); the bar shows that pass's batches."""
+
+    def report(stage: str, done: int, total: int) -> None:
+        if bar.disable:  # not a terminal (see meminject.progress)
+            return
+        if bar.total != total or bar.unit != "batch":
+            bar.reset(total=total)
+            bar.unit = "batch"
+        bar.set_description_str(f"{bar.desc.split(' [')[0]} [{stage}]", refresh=False)
+        bar.n = done
+        bar.refresh()
+
+    return report
+
+
 def cmd_eval(overrides: Sequence[str]) -> int:
     from .config import compose_config, to_yaml
     from .data import load_dataset
@@ -95,8 +130,12 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     model = load_model(cfg.model)
     spec.validate(model)
     started = time.perf_counter()
-    evaluator = Evaluator.from_config(model, dataset, cfg)
-    result = evaluator.evaluate(spec, cfg.memory)
+    with _progress_bar(f"eval {_data_label(cfg.data, dataset)}", len(dataset)) as bar:
+        evaluator = Evaluator.from_config(model, dataset, cfg)
+        if hasattr(evaluator, "progress"):  # batch-level progress, where the engine reports it
+            evaluator.progress = _batch_progress(bar)
+        result = evaluator.evaluate(spec, cfg.memory)
+        bar.update(bar.total - bar.n)
     wall = time.perf_counter() - started
     out_dir = Path(cfg.output_dir) if cfg.output_dir else _default_output_dir("eval", f"{model.name}-L{spec.layer}-t{spec.tweak:g}-{spec.encoding}")
     # Write everything into a temporary folder and rename it: no half-written results.
@@ -112,7 +151,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
         shutil.rmtree(out_dir)
     tmp_dir.rename(out_dir)
     s = result.summary
-    print(f"{model.name} ({model.weights} weights) · {dataset.name} ({len(dataset)} prompts) · {result.hooks[0]} · τ={spec.tweak:g} · {spec.memory_type}/{spec.encoding} · positions={spec.positions}")
+    print(f"{model.name} ({model.weights} weights) · {_data_label(cfg.data, dataset)} ({len(dataset)} prompts) · {result.hooks[0]} · τ={spec.tweak:g} · {spec.memory_type}/{spec.encoding} · positions={spec.positions}")
     print(f"  P(answer) before {s['mean_prob_before']:.4f}   after {s['mean_prob_after']:.4f}   explicit {s['mean_prob_explicit']:.4f}")
     print(f"  mean gain {s['mean_gain']:+.4f}   median gain {s['median_gain']:+.4f}   mean % increase {s['mean_percent_increase']:+.1f}   improved {s['frac_improved']:.0%}")
     print(f"  {wall:.2f} s · per-prompt table: {out_dir / 'per_prompt.csv'}")
@@ -142,6 +181,12 @@ def _epilog(name: str) -> str:
             return help_epilog(name) + "\n\n" + EPILOG
         except Exception:  # noqa: BLE001 - help must print even if a user preset is broken
             return EPILOG
+    if name == "ui":
+        from .ui import UI_SETTINGS
+
+        width = max(map(len, UI_SETTINGS)) + 2
+        keys = "\n".join(f"  {k + '=':<{width}} {v}" for k, v in UI_SETTINGS.items())
+        return f"ui keys (key=value):\n{keys}\n  tracking.uri=URL  the store to show (default: sqlite:///mlruns/mlflow.db of this folder)\n\n{EPILOG}"
     return (EVAL_EPILOG + "\n\n" + EPILOG) if name == "eval" else EPILOG
 
 
@@ -210,7 +255,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else _default_output_dir("inspect", model.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "projection.csv", index=False)
-    figure = heatmap(after.table if args.inject else before.table, out_dir / "heads.png", title)
+    figure = heatmap(after.table if args.inject else before.table, out_dir / "heads.png", title, answer=answer)
     print(title)
     print(format_table(table, answer is not None))
     print(f"table: {out_dir / 'projection.csv'} · figure: {figure}")
@@ -250,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "eval":
             return cmd_eval(args.overrides)
+        if args.command == "ui":
+            from .ui import cmd_ui
+
+            return cmd_ui(args.overrides)
         from . import sweep
 
         return {"sweep": sweep.cmd_sweep, "worker": sweep.cmd_worker, "best": sweep.cmd_best}[args.command](args.overrides)

@@ -181,7 +181,8 @@ def load_dataset(cfg: Any) -> Dataset:
     if sample is not None:
         frame = frame.sample(n=min(int(sample), len(frame)), random_state=int(cfg.get("seed", 0))).sort_index()
     frame = split_part(frame.reset_index(drop=True), cfg)
-    name = str(cfg.get("name") or (path.stem if path else "data"))
+    # data.path replaces the preset's file, so it names the data too (else `demo` would label any CSV)
+    name = path.stem if cfg.get("path") else str(cfg.get("name") or (path.stem if path else "data"))
     part = str(cfg.get("part", "all"))
     return Dataset(name=name if part == "all" else f"{name}:{part}", source=source, frame=frame.reset_index(drop=True))
 

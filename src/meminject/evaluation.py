@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -104,6 +104,7 @@ class Evaluator:
         self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
         self._clean: dict[str, np.ndarray] | None = None
         self._clean_rest: Tensor | None = None  # (prompts, vocab) clean logits at the read position (damage)
+        self.progress: Callable[[str, int, int], None] | None = None  # (stage, batches done, batches) after each batch
         self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
         self._vectors: OrderedDict[tuple, tuple[list[str], Tensor]] = OrderedDict()
         self.max_cached_results = 256
@@ -179,7 +180,7 @@ class Evaluator:
             hooks.append((block, add))
         return hooks
 
-    def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False) -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
+    def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False, stage: str = "clean") -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
         out = empty_out(len(self.rows), keep_rest=capture and self.damage == "kl")
         norms: list[list[np.ndarray]] = [[] for _ in range(self.model.n_layers)]
         for position, batch in enumerate(batches):
@@ -196,6 +197,8 @@ class Evaluator:
                 for handle in handles:
                     handle.remove()
             read_answers(batch, logits, out, self.top_k)
+            if self.progress is not None:
+                self.progress(stage, position + 1, len(batches))
         if capture:
             self._residual_norms = np.array([typical_norm(np.concatenate(layer_norms)) if layer_norms else np.nan for layer_norms in norms])
             self._clean_rest = out.get("rest")  # the clean side of every trial's damage (meminject.damage)
@@ -209,7 +212,7 @@ class Evaluator:
         """
         if self._clean is None:
             before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=True)
-            explicit, _, _, logprob_explicit = self._answer_probs(self._scored_batches(self.explicit_tokens))
+            explicit, _, _, logprob_explicit = self._answer_probs(self._scored_batches(self.explicit_tokens), stage="explicit")
             self._clean = {"before": before, "rank_before": rank_before, "explicit": explicit, "logprob_before": logprob_before, "logprob_explicit": logprob_explicit}
             if self.prefix is not None:
                 log.debug(self.prefix.describe())
@@ -357,6 +360,8 @@ class Evaluator:
                 for position in positions:
                     batch = self.prefix.last_batch if last_token_only else self.obscure_batches[position]
                     self._run_batch(batch, position, start, last_token_only, [specs[k] for k in active], [vectors[k] for k in active], [outs[k] for k in active])
+                    if self.progress is not None:
+                        self.progress("injected", position + 1, 1 if last_token_only else len(self.obscure_batches))
                 for k in list(active):
                     seen[k] += 1
                     # after the last chunk the point is complete: nothing left to stop

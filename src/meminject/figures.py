@@ -1,16 +1,20 @@
-"""Figures people would rather look at than read: sweep heatmaps, Optuna's history and
-importances, and per-trial per-prompt gains. PNG, made with matplotlib's Agg backend."""
+"""Figures people would rather look at than read: the sweep's layer × τ heatmap and trial
+scatter (drawn in :mod:`meminject._heatmap`), Optuna's history and importances, and
+per-trial per-prompt gains. PNG, made with matplotlib's Agg backend."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["gain_heatmaps", "optuna_figures", "per_prompt_gains", "sweep_figures"]
+from ._heatmap import GAIN_LABEL, HeatmapData, ScatterData, draw_gain_heatmap, draw_trial_scatter, tweak_axis
+
+__all__ = ["gain_heatmaps", "trial_frame", "trial_scatter", "optuna_figures", "per_prompt_gains", "sweep_figures", "pareto_figure", "GAIN_LABEL"]
 
 log = logging.getLogger("meminject")
 
@@ -24,39 +28,60 @@ def _plt():
     return plt
 
 
-def gain_heatmaps(sites: pd.DataFrame, path: Path) -> Path | None:
-    """Layer × τ heatmap of mean gain, one panel per (encoding, memory type): the paper's grid view.
+def _tweak_search(study) -> dict[str, Any]:
+    """How τ was searched, from the trials' Optuna distributions: an interval's bounds, or a
+    grid's values (nothing when τ was fixed)."""
+    import optuna.distributions as od
 
-    Continuous τ (TPE) is binned into at most 12 intervals; empty cells stay blank.
-    """
+    for trial in study.get_trials(deepcopy=False) if study is not None else []:
+        dist = trial.distributions.get("injection.tweak")
+        if isinstance(dist, od.CategoricalDistribution):
+            return {"choices": [float(c) for c in dist.choices]}
+        if isinstance(dist, (od.FloatDistribution, od.IntDistribution)):
+            return {"low": float(dist.low), "high": float(dist.high)}
+    return {}
+
+
+def gain_heatmaps(sites: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None) -> HeatmapData | None:
+    """Layer × τ heatmap of train mean gain, one panel per (encoding, memory type): the paper's
+    grid view, on every layer of the model (``n_layers``) and the searched τ interval."""
     if sites.empty or "injection.layer" not in sites or "injection.tweak" not in sites:
         return None
-    plt = _plt()
-    frame = sites.copy()
-    frame["tweak"] = frame["injection.tweak"].astype(float)
-    if frame["tweak"].nunique() > 15:
-        frame["tweak"] = pd.cut(frame["tweak"], bins=min(12, frame["tweak"].nunique())).apply(lambda b: round(b.mid, 2)).astype(float)
-    panels = list(frame.groupby(["memory.encoding", "memory.type"], sort=True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    limit = float(np.nanmax(np.abs(frame["mean_gain"]))) or 1e-12
-    for ax, ((encoding, kind), group) in zip(axes[0], panels):
-        grid = group.pivot_table(index="injection.layer", columns="tweak", values="mean_gain", aggfunc="mean")
-        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", origin="lower", cmap="RdBu", vmin=-limit, vmax=limit)
-        ax.set_title(f"{encoding} / {kind}", fontsize=10)
-        ax.set_xlabel("tweak factor τ")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(grid.shape[1]), [f"{t:g}" for t in grid.columns], rotation=90, fontsize=7)
-        ax.set_yticks(range(grid.shape[0]), [str(int(v)) for v in grid.index], fontsize=7)
-        fig.colorbar(image, ax=ax, label="mean gain")
-    fig.suptitle("mean answer-probability gain by layer and τ")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    tweaks = tweak_axis(sites["injection.tweak"].astype(float).tolist(), **_tweak_search(study))
+    return draw_gain_heatmap(sites, path, n_layers=n_layers, tweaks=tweaks)
 
 
-def optuna_figures(study, folder: Path) -> list[Path]:
-    """Optuna's optimization history and (with 2+ searched parameters) parameter importances."""
+def trial_frame(study) -> pd.DataFrame:
+    """One row per complete or pruned trial with a site: layer, τ, encoding, state and gain
+    (``mean_gain`` of a complete trial; ``partial_mean_gain`` of a pruned one)."""
+    from optuna.trial import TrialState
+
+    from .site import from_attrs
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        site = from_attrs(t.user_attrs)
+        if not site or "injection.layer" not in site or "injection.tweak" not in site:
+            continue
+        complete = t.state == TrialState.COMPLETE
+        gain = t.user_attrs.get("mean_gain", t.value) if complete else t.user_attrs.get("partial_mean_gain")
+        rows.append({"trial": t.number, "state": "COMPLETE" if complete else "PRUNED", "layer": int(site["injection.layer"]), "tweak": float(site["injection.tweak"]),
+                     "encoding": str(site.get("memory.encoding", "-")), "memory_type": str(site.get("memory.type", "-")), "gain": np.nan if gain is None else float(gain)})
+    return pd.DataFrame(rows, columns=["trial", "state", "layer", "tweak", "encoding", "memory_type", "gain"])
+
+
+def trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None) -> ScatterData | None:
+    """Every trial at (τ, layer), coloured by train mean gain; pruned trials as grey crosses."""
+    if trials.empty:
+        return None
+    search = _tweak_search(study)
+    span = (search["low"], search["high"]) if "low" in search else ((min(search["choices"]), max(search["choices"])) if "choices" in search else None)
+    return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span)
+
+
+def optuna_figures(study, folder: Path, target: str = GAIN_LABEL) -> list[Path]:
+    """Optuna's optimization history and (with 2+ searched parameters) parameter importances,
+    with the objective named (``target``) instead of Optuna's generic "Objective Value"."""
     plt = _plt()
     import optuna.visualization.matplotlib as ovm
 
@@ -65,7 +90,12 @@ def optuna_figures(study, folder: Path) -> list[Path]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-                ax = make(study)
+                ax = make(study, target_name=target)
+            if name == "param_importances.png" and ax.get_legend() is not None:
+                ax.get_legend().remove()  # one series named after the objective: the title says it
+                for loc in ("left", "center", "right"):
+                    ax.set_title("", loc=loc)
+                ax.set_title(f"importance of each searched parameter for the {target}", fontsize=10)
             ax.figure.set_size_inches(7, 4.5)
             ax.figure.tight_layout()
             ax.figure.savefig(folder / name, dpi=110)
@@ -101,12 +131,49 @@ def per_prompt_gains(per_prompt: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-def sweep_figures(study, sites: pd.DataFrame, folder: Path) -> list[Path]:
-    """All sweep-level figures into ``folder``; returns the files made."""
+def sweep_figures(study, sites: pd.DataFrame, folder: Path, n_layers: int = 0, target: str = GAIN_LABEL) -> list[Path]:
+    """All sweep-level figures into ``folder``; returns the files made. ``n_layers``: the
+    model's layer count, so the layer axes show every layer, explored or not."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    heat = gain_heatmaps(sites, folder / "gain_heatmap.png")
+    heat = gain_heatmaps(sites, folder / "gain_heatmap.png", n_layers=n_layers, study=study)
     if heat is not None:
-        made.append(heat)
-    made += optuna_figures(study, folder)
+        made.append(heat.path)
+    scatter = trial_scatter(trial_frame(study), folder / "trials_scatter.png", n_layers=n_layers, study=study)
+    if scatter is not None:
+        made.append(scatter.path)
+    made += optuna_figures(study, folder, target)
     return made
+
+
+def pareto_figure(ranked: pd.DataFrame, heldout: pd.DataFrame | None, path: Path, spec: Any = None) -> Path | None:
+    """Gain against damage for every site: the train Pareto front joined and marked, and each
+    front site's held-out point (with its intervals) beside its train point, joined by a line."""
+    if ranked.empty or "mean_damage" not in ranked or "pareto" not in ranked:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    rest = ranked[~ranked["pareto"]]
+    front = ranked[ranked["pareto"]].sort_values("mean_damage")
+    ax.scatter(rest["mean_damage"], rest["mean_gain"], s=14, color="0.7", label=f"other sites ({len(rest)})", zorder=1)
+    ax.plot(front["mean_damage"], front["mean_gain"], "-o", color="tab:blue", markersize=6, label=f"train Pareto front ({len(front)})", zorder=3)
+    if heldout is not None and not heldout.empty and "heldout_damage" in heldout:
+        for _, r in heldout.iterrows():
+            ax.plot([r["train_damage"], r["heldout_damage"]], [r["train_gain"], r["heldout_gain"]], color="tab:orange", linewidth=0.6, alpha=0.7, zorder=2)
+        ax.errorbar(heldout["heldout_damage"], heldout["heldout_gain"],
+                    xerr=[heldout["heldout_damage"] - heldout["heldout_damage_ci_low"], heldout["heldout_damage_ci_high"] - heldout["heldout_damage"]],
+                    yerr=[heldout["heldout_gain"] - heldout["heldout_ci_low"], heldout["heldout_ci_high"] - heldout["heldout_gain"]],
+                    fmt="D", color="tab:orange", markersize=5, elinewidth=0.8, capsize=2, label="held-out (95% intervals)", zorder=4)
+        for _, r in heldout.iterrows():
+            ax.annotate(f"L{r['injection.layer']} τ{float(r['injection.tweak']):.3g}", (r["train_damage"], r["train_gain"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points", color="tab:blue")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("mean damage: KL of the rest of the next-token distribution (lower is gentler)")
+    ax.set_ylabel("mean gain (train; held-out in orange)")
+    study = f"{spec.study_name}: " if spec is not None else ""
+    ax.set_title(f"{study}gain against collateral damage, per site", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -23,7 +24,7 @@ from torch import Tensor
 from .injection import inject, position_mask
 from .models import LoadedModel
 
-__all__ = ["Projection", "project_attention_outputs", "heatmap"]
+__all__ = ["Projection", "project_attention_outputs", "heatmap", "head_grid", "HeadGrid"]
 
 
 @dataclass
@@ -101,28 +102,70 @@ def project_attention_outputs(
     return Projection(table=pd.DataFrame(rows), tokens=[model.decode(t) for t in token_ids])
 
 
-def heatmap(table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Layers × heads at the last position; colour = the answer's logit (or the top logit)."""
+MAX_LABELLED_CELLS = 400  # up to this many cells every cell carries its numbers; beyond, the best ones
+
+
+@dataclass
+class HeadGrid:
+    """What :func:`heatmap` draws: layers × units (heads, or the layer's whole attention output)."""
+
+    values: pd.DataFrame          # colour: the answer's logit (or the top token's logit)
+    labels: pd.DataFrame          # the text of each cell: answer rank and logit (or top token and logit)
+    value_name: str
+    per_head: bool
+
+
+def head_grid(table: pd.DataFrame) -> HeadGrid:
+    """The last position's layers × heads grid (layers × 'all' without per-head rows)."""
+    last = table[table["position"] == table["position"].max()]
+    per_head = last[last["head"] != "all"]  # (DataFrame.head is a method: index by name)
+    data = per_head if not per_head.empty else last
+    has_answer = data["answer_logit"].notna().all()
+    if has_answer:
+        data = data.assign(value=data["answer_logit"].astype(float), label=[f"r{int(r)}\n{v:.1f}" for r, v in zip(data["answer_rank"], data["answer_logit"])])
+    else:
+        tops = [float(v.split()[0]) for v in data["top_logits"]]
+        data = data.assign(value=tops, label=[f"{t.split('|')[0].strip()[:8]!s}\n{v:.1f}" for t, v in zip(data["top_tokens"], tops)])
+    values = data.pivot_table(index="layer", columns="head", values="value", aggfunc="first")
+    labels = data.pivot(index="layer", columns="head", values="label").reindex(index=values.index, columns=values.columns)
+    return HeadGrid(values, labels, "answer logit" if has_answer else "top-token logit", not per_head.empty)
+
+
+def heatmap(table: pd.DataFrame, path: Path, title: str, answer: str | None = None) -> Path:
+    """Layers × heads at the last position, one readable cell each: colour = the answer's
+    logit (or the top token's), text = the answer's rank (r0 = top-1) and logit, or the top
+    token; the prompt and answer in a wrapped title, a colour bar of normal size."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    last = table[table["position"] == table["position"].max()]
-    per_head = last[last["head"] != "all"]  # (DataFrame.head is a method: index by name)
-    data = per_head if not per_head.empty else last
-    value = "answer_logit" if data["answer_logit"].notna().all() else None
-    if value is None:
-        data = data.assign(top_logit=[float(v.split()[0]) for v in data["top_logits"]])
-        value = "top_logit"
-    grid = data.pivot_table(index="layer", columns="head", values=value, aggfunc="first")
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * grid.shape[1], 1.0 + 0.25 * grid.shape[0]))
-    image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", origin="lower")
-    ax.set_xlabel("head" if not per_head.empty else "attention output")
+    grid = head_grid(table)
+    n_layers, n_units = grid.values.shape
+    width = max(6.5, 0.75 * n_units + 2.8)
+    height = max(4.5, 0.42 * n_layers + 2.2)
+    fig, ax = plt.subplots(figsize=(width, height))
+    values = grid.values.to_numpy(dtype=float)
+    image = ax.imshow(values, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
+    cells = n_layers * n_units
+    shown = np.argsort(np.nan_to_num(values, nan=-np.inf), axis=None)[::-1][: cells if cells <= MAX_LABELLED_CELLS else 15]
+    low, high = np.nanmin(values), np.nanmax(values)
+    for flat in shown:
+        i, j = np.unravel_index(flat, values.shape)
+        bright = (values[i, j] - low) / ((high - low) or 1) > 0.6  # viridis is light at the top: dark text there
+        ax.text(j, i, grid.labels.iat[i, j], ha="center", va="center", fontsize=6.5, linespacing=0.95, color="black" if bright else "white")
+    ax.set_xlabel("head" if grid.per_head else "attention output (all heads)")
     ax.set_ylabel("layer")
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label=value.replace("_", " "))
+    ax.set_xticks(range(n_units), [str(c) for c in grid.values.columns])
+    ax.set_yticks(range(n_layers), [str(int(v)) for v in grid.values.index], fontsize=7 if n_layers > 24 else 9)
+    heading = title + (f" → answer {answer!r}" if answer else "")
+    what = "cell: answer rank (r0 = top-1) and logit" if grid.value_name == "answer logit" else "cell: top token and its logit"
+    if cells > MAX_LABELLED_CELLS:
+        what += "; the 15 highest cells labelled"
+    ax.set_title("\n".join(textwrap.wrap(heading, width=int(width * 11))) + f"\n({what}, last position)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03, label=grid.value_name)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ._store_retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, sqlite_path
 from .errors import first_line as _first_line  # kept under its old name
@@ -17,7 +17,27 @@ from .errors import ConfigError, TrackingError
 from .paths import mlruns_dir
 from .redaction import redact, redacted_config
 
-__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run", "retry_seconds", "Tracker", "TrackingError"]
+__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run", "retry_seconds", "Tracker", "TrackingError", "site_label", "EXPERIMENT_KIND"]
+
+# MLflow 3 opens an experiment on its GenAI overview unless it is marked as model development.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def site_label(site: Mapping[str, Any]) -> str:
+    """A site record (table columns, :data:`meminject.site.COLUMNS`) as a short run name:
+    ``L24 τ8.32 embed correct`` (``h3`` for a head site, ``pos/noun`` for a pos control)."""
+    layer, head, tweak = site.get("injection.layer"), site.get("injection.head"), site.get("injection.tweak")
+    parts = [f"L{layer}"]
+    if head not in (None, "-") and str(site.get("injection.site", "layer")) != "layer" and head == head:
+        parts.append(f"h{int(head)}")
+    if tweak is not None:
+        parts.append(f"τ{float(tweak):.3g}")
+    kind = str(site.get("memory.type", "correct"))
+    pos = site.get("memory.pos")
+    if pos not in (None, "-") and pos == pos:
+        kind += f"/{pos}"
+    parts += [str(site.get("memory.encoding", "")), kind]
+    return " ".join(p for p in parts if p)
 
 # Importing this module is enough: cli.py's `inspect` makes its own MlflowClient.
 quiet_run_links()
@@ -60,7 +80,7 @@ def _experiment_id(client: Any, name: str, uri: str, retry_s: float | None = Non
             return experiment.experiment_id
         kwargs = {} if uri.startswith("http") else {"artifact_location": _artifact_root(uri)}
         try:
-            return client.create_experiment(name, **kwargs)
+            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]), **kwargs)
         except TrackingError:
             raise  # the store stayed unavailable: asking again would wait as long once more
         except Exception:  # noqa: BLE001 - another worker (or an mlflow server's client) created it first
@@ -181,10 +201,12 @@ class Tracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def start_trial(self, parent_run_id: str, trial_number: int, study_name: str, tags: dict[str, str]) -> str:
+    def start_trial(self, parent_run_id: str, trial_number: int, study_name: str, tags: dict[str, str], site: str | None = None) -> str:
+        """A nested trial run, named by its ``site`` (:func:`site_label`) when known: the runs
+        table then reads as the sites it holds, not as trial numbers."""
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial {trial_number}",
+            run_name=site or f"trial {trial_number}",
             tags={"mlflow.parentRunId": parent_run_id, "meminject.role": "trial", "meminject.study": study_name, "meminject.trial_number": str(trial_number), **tags},
         )
         return run.info.run_id
@@ -222,6 +244,15 @@ class Tracker:
 
     def log_text(self, run_id: str, name: str, text: str) -> None:
         self.client.log_text(run_id, text, name)
+
+    def log_table(self, run_id: str, frame: Any, name: str) -> None:
+        """A table artifact (``mlflow.log_table``): the MLflow UI renders it as a table."""
+        shown = frame.astype(object).where(frame.notna(), None)  # JSON: no NaN, no numpy scalars
+        self.client.log_table(run_id, data=shown.map(lambda v: v.item() if hasattr(v, "item") else v), artifact_file=name)
+
+    def describe(self, run_id: str, text: str) -> None:
+        """The run's description (shown on its page in the MLflow UI)."""
+        self.client.set_tag(run_id, "mlflow.note.content", text[:5000])
 
     def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)

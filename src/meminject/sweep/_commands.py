@@ -16,6 +16,7 @@ from ..errors import ConfigError, first_line
 from ..paths import outputs_dir
 from ..recovery import DEFAULT_HEARTBEAT
 from ..tracking import Tracker, redact, tracking_uri
+from ..figures import pareto_figure
 from ._heldout import check_controls, format_heldout, heldout_report
 from ._parent import best_csv, finalize, start_parent_run
 from ._results import distinct_sites, format_table, ranked_sites
@@ -74,7 +75,8 @@ def cmd_sweep(args: Sequence[str]) -> int:
     start_parent_run(study, spec, base, tracker, storage_url)
     total = budget(spec, space)
     where = redact(storage_url or default_storage_url())
-    print(f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {total} trials · {spec.direction} {spec.objective} · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}")
+    goal = " and ".join(f"{d} {o}" for o, d in zip(spec.all_objectives(), spec.all_directions())) + (f" subject to {spec.constraint}" if spec.constraint else "")
+    print(f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {total} trials · {goal} · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}")
     print(f"  storage {where} · workers {workers}" + (f" · MLflow {redact(tracking_uri(base))}" if tracker else ""))
     done_before = len(counted(study))
     if done_before >= total and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
@@ -158,16 +160,22 @@ def cmd_best(args: Sequence[str]) -> int:
     n_boot = as_positive_int(settings.get("bootstrap", 2000), "bootstrap")
     study = load_study(settings.get("study"), settings.get("storage"))
     name = study.study_name
-    table = ranked_sites(study)
-    if distinct:
+    spec = SweepSpec.from_json(study.user_attrs[ATTR_SPEC]) if ATTR_SPEC in study.user_attrs else None
+    ranked = table = ranked_sites(study)
+    multi = spec is not None and spec.multi and not table.empty
+    if multi:  # every Pareto-optimal site: each τ of a site is its own trade-off
+        table = table[table["pareto"]].reset_index(drop=True)
+        table["rank"] = range(1, len(table) + 1)
+        unit = f"Pareto-optimal sites ({', '.join(f'{d} {o}' for o, d in zip(spec.all_objectives(), spec.all_directions()))})"
+    elif distinct:
         table = distinct_sites(table)
-    path = outputs_dir("best") / f"{name}{'-distinct' if distinct else ''}.csv"
+    path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
-    unit = "sites (best τ of each)" if distinct else "distinct sites"
+    if not multi:
+        unit = "sites (best τ of each)" if distinct else "distinct sites"
     print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}")
     print(format_table(table.head(top)))
     print(f"table: {path}")
-    spec = SweepSpec.from_json(study.user_attrs[ATTR_SPEC]) if ATTR_SPEC in study.user_attrs else None
     base = compose_config(spec.overrides) if spec else None
     tracker = Tracker.from_config(base) if base is not None else None
     parent = study.user_attrs.get(ATTR_PARENT)
@@ -178,14 +186,23 @@ def cmd_best(args: Sequence[str]) -> int:
         raise ConfigError(f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible")
     if table.empty or heldout == "false" or not has_split:
         return 0
-    report = heldout_report(spec.overrides, table.head(top), controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))
+    overrides = list(spec.overrides)
+    if str(base.model.dtype) != "float32":  # a lower-precision sweep ranks; the verdicts are float32's
+        print(f"note: the sweep ran in {base.model.dtype}; the held-out check re-evaluates its sites in float32")
+        overrides.append("model.dtype=float32")
+    report = heldout_report(overrides, table.head(top), controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))
     report_path = outputs_dir("best") / f"{name}-heldout.csv"
     report.to_csv(report_path, index=False)
     print(f"\nheld-out check of the top {len(report)} sites ({int(report['heldout_prompts'].iloc[0])} held-out prompts; 95% bootstrap intervals):")
-    print(format_heldout(report, controls))
+    print(format_heldout(report, controls, with_damage=multi))
     print(f"held-out table: {report_path}")
+    figure = pareto_figure(ranked, report, outputs_dir("figures", name) / "pareto_front.png", spec) if multi else None
+    if figure is not None:
+        print(f"figure: {figure}")
     if tracker is not None and parent:
         tracker.log_file(parent, report_path)
+        if figure is not None:
+            tracker.log_file(parent, figure, "figures")
         verdicts = [f"{int(r['rank'])}: L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}" for _, r in report.iterrows()]
         tracker.client.set_tag(parent, "meminject.verdicts", "\n".join(verdicts)[:5000])
         tracker.client.set_tag(parent, "meminject.holds", str(int((report["verdict"] == "holds").sum())))

@@ -22,8 +22,10 @@ import pandas as pd
 from ..config import compose_config
 from ..errors import ConfigError
 from ..memories import MEMORY_TYPES
+from ..progress import progress_bar
 from ..site import overrides_of
 from ..stats import bootstrap_mean_ci, holm, paired_sign_flip_p
+from ..tracking import site_label
 from ._trial import TrialRunner
 
 __all__ = ["CONTROL_TYPES", "heldout_report", "with_verdicts", "format_heldout"]
@@ -47,37 +49,54 @@ def heldout_report(
     runner = runner or TrialRunner()
     base = [o for o in base_overrides if not o.startswith("data.part=")]
     records = []
-    for _, site in sites.iterrows():
-        overrides = [*base, *overrides_of(site, with_model="model" in axes), "data.part=heldout"]
-        cfg = compose_config(overrides)
-        if cfg.data.get("split") is None:
-            raise ConfigError("this study has no train/held-out split (data.split); rerun the sweep with data.split=0.7")
-        _, _, correct = runner.run(cfg)
-        gains = correct.per_prompt["gain"].to_numpy()
-        low, high = bootstrap_mean_ci(gains, n_boot=n_boot, seed=seed)
-        record = {
-            **{k: site[k] for k in site.index if k not in ("mean_prob_before", "mean_prob_after")},
-            "train_gain": site["mean_gain"],
-            "heldout_gain": float(gains.mean()),
-            "heldout_ci_low": low,
-            "heldout_ci_high": high,
-            "heldout_frac_improved": float((gains > 0).mean()),
-            "heldout_includes_zero": bool(low <= 0.0 <= high),
-            "heldout_prompts": len(gains),
-        }
-        record.pop("mean_gain", None)
-        for control in controls:
-            _, _, result = runner.run(compose_config([*overrides, f"memory.type={control}"]))
-            control_gains = result.per_prompt["gain"].to_numpy()
-            difference = gains - control_gains  # paired: same prompts, same site
-            c_low, c_high = bootstrap_mean_ci(difference, n_boot=n_boot, seed=seed + 1)
-            record[f"gap_{control}"] = float(difference.mean())
-            record[f"gap_{control}_ci_low"] = c_low
-            record[f"gap_{control}_ci_high"] = c_high
-            record[f"gap_{control}_p"] = paired_sign_flip_p(difference, seed=seed + 2)
-        records.append(record)
+    # one step per evaluation (a site, then each control at it), on stderr: minutes otherwise silent
+    bar = progress_bar(len(sites) * (1 + len(controls)), "held-out check", "eval")
+    with bar:
+        for _, site in sites.iterrows():
+            records.append(_judge_site(runner, base, site, controls, axes, n_boot, seed, bar))
     report = pd.DataFrame(records)
     return with_verdicts(report, controls, alpha=alpha)
+
+
+def _judge_site(runner: Any, base: list[str], site: pd.Series, controls: Sequence[str], axes: Sequence[str], n_boot: int, seed: int, bar: Any) -> dict[str, Any]:
+    """One site on the held-out prompts: its gain with an interval, and its gap to each control."""
+    label = site_label(site.to_dict())
+    bar.set_postfix_str(label, refresh=False)
+    overrides = [*base, *overrides_of(site, with_model="model" in axes), "data.part=heldout"]
+    cfg = compose_config(overrides)
+    if cfg.data.get("split") is None:
+        raise ConfigError("this study has no train/held-out split (data.split); rerun the sweep with data.split=0.7")
+    _, _, correct = runner.run(cfg)
+    bar.update()
+    gains = correct.per_prompt["gain"].to_numpy()
+    low, high = bootstrap_mean_ci(gains, n_boot=n_boot, seed=seed)
+    record = {
+        **{k: site[k] for k in site.index if k not in ("mean_prob_before", "mean_prob_after")},
+        "train_gain": site["mean_gain"],
+        "heldout_gain": float(gains.mean()),
+        "heldout_ci_low": low,
+        "heldout_ci_high": high,
+        "heldout_frac_improved": float((gains > 0).mean()),
+        "heldout_includes_zero": bool(low <= 0.0 <= high),
+        "heldout_prompts": len(gains),
+    }
+    damage = correct.per_prompt["damage"].to_numpy() if "damage" in correct.per_prompt else np.array([np.nan])
+    if np.isfinite(damage).all():  # metric.damage=kl: the held-out damage, with its interval
+        d_low, d_high = bootstrap_mean_ci(damage, n_boot=n_boot, seed=seed + 3)
+        record.update({"train_damage": site.get("mean_damage"), "heldout_damage": float(damage.mean()), "heldout_damage_ci_low": d_low, "heldout_damage_ci_high": d_high})
+    record.pop("mean_gain", None)
+    record.pop("mean_damage", None)
+    for control in controls:
+        _, _, result = runner.run(compose_config([*overrides, f"memory.type={control}"]))
+        control_gains = result.per_prompt["gain"].to_numpy()
+        difference = gains - control_gains  # paired: same prompts, same site
+        c_low, c_high = bootstrap_mean_ci(difference, n_boot=n_boot, seed=seed + 1)
+        record[f"gap_{control}"] = float(difference.mean())
+        record[f"gap_{control}_ci_low"] = c_low
+        record[f"gap_{control}_ci_high"] = c_high
+        record[f"gap_{control}_p"] = paired_sign_flip_p(difference, seed=seed + 2)
+        bar.update()
+    return record
 
 
 def with_verdicts(report: pd.DataFrame, controls: Sequence[str], *, alpha: float = 0.05) -> pd.DataFrame:
@@ -107,13 +126,15 @@ def _verdict(row: pd.Series, controls: Sequence[str], alpha: float) -> str:
     return "holds"
 
 
-def format_heldout(report: pd.DataFrame, controls: Sequence[str]) -> str:
+def format_heldout(report: pd.DataFrame, controls: Sequence[str], with_damage: bool = False) -> str:
     lines = []
     for _, r in report.iterrows():
         head = r.get("injection.head")
         head = "" if head is None or head == "-" or (isinstance(head, float) and np.isnan(head)) else f" h{head}"
         site = f"L{r['injection.layer']}{head} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}"
         text = f"  {int(r['rank']):>2} {site:<34} train {r['train_gain']:+.4f}  held-out {r['heldout_gain']:+.4f} [{r['heldout_ci_low']:+.4f}, {r['heldout_ci_high']:+.4f}] improved {r['heldout_frac_improved']:.0%}"
+        if with_damage and "heldout_damage" in r:
+            text += f"  damage train {r['train_damage']:.4f} held-out {r['heldout_damage']:.4f} [{r['heldout_damage_ci_low']:.4f}, {r['heldout_damage_ci_high']:.4f}]"
         for control in controls:
             text += f"  gap vs {control} {r[f'gap_{control}']:+.4f} (Holm p={r[f'gap_{control}_p_holm']:.3f})"
         text += f"  → {r['verdict']}" if r["verdict"] == "holds" else f"  ✗ {r['verdict']}"

@@ -15,11 +15,12 @@ from optuna.trial import TrialState
 from ..config import flat_config, to_yaml
 from ..paths import outputs_dir
 from ..errors import first_line
-from ..tracking import Tracker, redact, redacted_config
+from ..site import from_attrs
+from ..tracking import Tracker, redact, redacted_config, site_label
 from ._results import control_gaps, ranked_sites
 from ._settings import SweepSpec
 from ._storage import default_storage_url
-from ._study import ATTR_PARENT, storage_lock
+from ._study import ATTR_PARENT, ATTR_SPEC, model_sizes, storage_lock
 
 __all__ = ["start_parent_run", "reconcile_runs", "finalize", "best_csv"]
 
@@ -40,7 +41,7 @@ def start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: T
     with storage_lock(storage_url, storage_of(study)):
         parent = study.user_attrs.get(ATTR_PARENT)
         if not parent:
-            params = {"sweep": spec.name, "sampler": spec.sampler, "n_trials": spec.n_trials, "seed": spec.seed, "objective": spec.objective, "direction": spec.direction,
+            params = {"sweep": spec.name, "sampler": spec.sampler, "n_trials": spec.n_trials, "seed": spec.seed, "objective": ",".join(spec.all_objectives()), "direction": ",".join(spec.all_directions()), "constraint": spec.constraint or "-",
                       "model": base.model.name, "weights": base.model.weights, "dataset": base.data.name, "storage": redact(storage_url or default_storage_url())}
             params.update({f"space.{k}": v for k, v in spec.params.items()})
             params.update({f"config.{k}": v for k, v in flat_config(redacted_config(base)).items()})
@@ -67,19 +68,23 @@ def reconcile_runs(study: optuna.Study, spec: SweepSpec, tracker: Tracker) -> in
     for run in tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`meminject.study` = '{spec.study_name}' and tags.`meminject.role` = 'trial'", max_results=50_000):
         runs.setdefault(int(run.data.tags["meminject.trial_number"]), run)
     fixed = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         run = runs.get(t.number)
         if t.state == TrialState.FAIL:
             if run is not None and run.info.status == "RUNNING":
                 tracker.finish(run.info.run_id, "FAILED")
             continue
-        if run is not None and spec.objective in run.data.metrics and run.info.status == "FINISHED":
+        metric = spec.objective if t.state == TrialState.COMPLETE else f"partial_{spec.objective}"  # what the trial's run must show
+        if run is not None and metric in run.data.metrics and run.info.status == "FINISHED":
             continue
-        run_id = run.info.run_id if run is not None else tracker.start_trial(parent, t.number, spec.study_name, {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name})
-        if spec.objective not in (run.data.metrics if run is not None else {}):
+        site = site_label(from_attrs(t.user_attrs)) if from_attrs(t.user_attrs) else None  # the name a live trial's run gets
+        run_id = run.info.run_id if run is not None else tracker.start_trial(parent, t.number, spec.study_name, {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name}, site=site)
+        if metric not in (run.data.metrics if run is not None else {}):
             metrics = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("site.", "worker_index"))}
             tracker.finish_trial(run_id, reconciled_params(trial_config(spec.overrides, t.params)), metrics, {}, terminate=False)
             tracker.client.set_tag(run_id, "meminject.reconciled", "written on resume from the study (MLflow had missed this trial)")
+        if t.state == TrialState.PRUNED:
+            tracker.client.set_tag(run_id, "meminject.state", "PRUNED")
         tracker.finish(run_id, "FINISHED")
         fixed += 1
     if fixed:
@@ -100,7 +105,7 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
     try:
         from ..figures import sweep_figures
 
-        figures = sweep_figures(study, table, outputs_dir("figures", study.study_name))
+        figures = sweep_figures(study, table, outputs_dir("figures", study.study_name), n_layers=_n_layers(study), target=_target(study))
     except Exception as exc:  # noqa: BLE001 - a figure must never cost the results
         log.warning("note: sweep figures skipped (%s)", first_line(exc))
     parent = study.user_attrs.get(ATTR_PARENT)
@@ -112,12 +117,62 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
     return path
 
 
+def _spec(study: optuna.Study) -> SweepSpec | None:
+    stored = study.user_attrs.get(ATTR_SPEC)
+    return SweepSpec.from_json(stored) if stored else None
+
+
+def _n_layers(study: optuna.Study) -> int:
+    """The model's layer count from the stored spec (configs only, no weights): the figures'
+    layer axis shows every layer, explored or not. 0 when unknown (then: the layers seen)."""
+    from ..config import compose_config
+
+    spec = _spec(study)
+    try:
+        return int(model_sizes(spec, compose_config(spec.overrides))["n_layers"]) if spec else 0
+    except Exception:  # noqa: BLE001 - e.g. a local model config gone since the sweep
+        return 0
+
+
+def _target(study: optuna.Study) -> str:
+    """The objective as figures and descriptions name it: sweeps run on the train part."""
+    spec = _spec(study)
+    objective = spec.objective if spec else "mean_gain"
+    return f"train {objective.replace('_', ' ')}"
+
+
+def _description(study: optuna.Study, table: Any) -> str:
+    """The parent run's description (``mlflow.note.content``): study, objective, best site."""
+    spec = _spec(study)
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    lines = [f"**Study** `{study.study_name}`" + (f": sweep `{spec.name}`, {spec.sampler} sampler, {n_complete} of {spec.n_trials or 'all'} trials complete." if spec else ".")]
+    if spec:
+        objective = " and ".join(f"{d} `{o}`" for o, d in zip(spec.all_objectives(), spec.all_directions())) + (f" subject to `{spec.constraint}`" if spec.constraint else "")
+        lines.append(f"**Objective**: {objective} (on the train part of the prompts); searched: "
+                     + ", ".join(f"`{k}={v}`" for k, v in spec.params.items()) + ".")
+    if not table.empty:
+        best = table.iloc[0]
+        lines.append(f"**Best site**: {site_label(best.to_dict())}, {_target(study)} {float(best['mean_gain']):+.4f} (trial {int(best['best_trial'])}). "
+                     "Ranked sites: the `ranked_sites.json` table artifact; figures under `figures/`. `meminject best` judges the top sites on held-out prompts.")
+    return "\n\n".join(lines)
+
+
 def _log_results(study: optuna.Study, tracker: Tracker, parent: str, path: Path, gaps_path: Path | None, figures: list[Path]) -> None:
+    import pandas as pd
+
+    table = pd.read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
+    tracker.describe(parent, _description(study, table))
+    if not table.empty:
+        # rendered as a table in the MLflow UI, whose table reads a dotted name as a nested field: short names
+        tracker.log_table(parent, table.rename(columns=lambda c: c.split(".")[-1]), "ranked_sites.json")
     tracker.log_file(parent, path)
     if gaps_path is not None:
         tracker.log_file(parent, gaps_path)
     for figure in figures:
         tracker.log_file(parent, figure, "figures")
+    if len(study.directions) > 1:
+        tracker.log_metrics(parent, {"n_pareto": len(study.best_trials), "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))})
+        return
     with contextlib.suppress(ValueError):  # no complete trial yet
         best = study.best_trial
         tracker.log_metrics(parent, {"best_value": best.value, "best_mean_gain": best.user_attrs.get("mean_gain", best.value), "best_trial": best.number,

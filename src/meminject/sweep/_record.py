@@ -28,8 +28,10 @@ ATTR_KEY = "meminject.key"  # the computed point (trial_key), as an Optuna user 
 
 
 def _config_and_site(cfg: Any, shown: Any) -> dict[str, Any]:
-    """The flattened config as shown (redacted), and the site record."""
-    return {**flat_config(shown), **Site.from_config(cfg).record()}
+    """The flattened config as shown (redacted), and the site record's other columns (where a
+    column is a config key, the config's value stands: memory.pos is "-" in the record of a
+    memory type that ignores it, but the config still says what it was)."""
+    return {**Site.from_config(cfg).record(), **flat_config(shown)}
 
 
 def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int, shown: Any = None) -> dict[str, Any]:
@@ -41,9 +43,9 @@ def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int, shown: Any 
     }
 
 
-def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: Any) -> tuple[float, dict[str, Any]]:
+def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: Any) -> tuple[float | list[float], dict[str, Any]]:
     """Store a trial's summary, time, memory and site as Optuna user attributes (before it is
-    told). Returns (objective value, the metrics to log).
+    told). Returns (the objective value, or values of a multi-objective study; the metrics to log).
 
     A pruned trial's summary covers only the prompts it saw: it is stored and logged as
     ``partial_<name>``, so no table or chart can mistake it for a full trial's value.
@@ -64,8 +66,10 @@ def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: An
         summary["worker_rss_mb"] = rss
     for name, value in Site.from_config(cfg).attrs().items():
         trial.set_user_attr(name, value)
-    value = float(summary[f"partial_{spec.objective}" if result.pruned else spec.objective])
-    return value, {**summary, "trial_seconds": seconds}
+    if result.pruned:
+        return float(summary[f"partial_{spec.objective}"]), {**summary, "trial_seconds": seconds}
+    values = [float(summary[name]) for name in spec.all_objectives()]
+    return (values if spec.multi else values[0]), {**summary, "trial_seconds": seconds}
 
 
 def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict[str, Any], stacked: int) -> None:

@@ -6,24 +6,31 @@ complete trial's Optuna attributes, so the table has exactly the site's columns.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import optuna
 from optuna.trial import TrialState
 
 from ..site import COLUMNS, from_attrs
 
-__all__ = ["ranked_sites", "distinct_sites", "control_gaps", "format_table"]
+__all__ = ["ranked_sites", "distinct_sites", "control_gaps", "format_table", "pareto_mask"]
 
 
 def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
-    """Complete trials grouped by injection site, best objective first."""
+    """Complete trials grouped by injection site, best objective first.
+
+    A multi-objective study's table marks its Pareto-optimal sites (``pareto``) and lists them
+    first; a constrained study's marks the sites within the bound (``feasible``), listed first.
+    """
+    spec = _spec(study)
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = from_attrs(t.user_attrs)
         if not record:
             continue
-        record.update({"mean_gain": t.user_attrs.get("mean_gain", t.value), "objective": t.value, "frac_improved": t.user_attrs.get("frac_improved"),
-                       "mean_prob_after": t.user_attrs.get("mean_prob_after"), "mean_prob_before": t.user_attrs.get("mean_prob_before"), "trial": t.number})
+        attrs = t.user_attrs
+        record.update({"mean_gain": attrs.get("mean_gain", t.values[0]), "objective": t.values[0], "mean_damage": attrs.get("mean_damage"), "frac_improved": attrs.get("frac_improved"),
+                       "mean_prob_after": attrs.get("mean_prob_after"), "mean_prob_before": attrs.get("mean_prob_before"), "trial": t.number})
         rows.append(record)
     if not rows:
         return pd.DataFrame()
@@ -31,15 +38,42 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
     keys = [k for k in COLUMNS if k in frame.columns]
     frame[keys] = frame[keys].astype(object).where(frame[keys].notna(), "-")
     grouped = frame.groupby(keys, dropna=False, sort=False).agg(
-        mean_gain=("mean_gain", "mean"), objective=("objective", "mean"), frac_improved=("frac_improved", "mean"), mean_prob_before=("mean_prob_before", "mean"),
-        mean_prob_after=("mean_prob_after", "mean"), trials=("trial", "count"), best_trial=("trial", "min"),
+        mean_gain=("mean_gain", "mean"), objective=("objective", "mean"), mean_damage=("mean_damage", "mean"), frac_improved=("frac_improved", "mean"),
+        mean_prob_before=("mean_prob_before", "mean"), mean_prob_after=("mean_prob_after", "mean"), trials=("trial", "count"), best_trial=("trial", "min"),
     ).reset_index()
-    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
-    grouped = grouped.sort_values("objective", ascending=ascending, kind="stable").reset_index(drop=True)
+    if grouped["mean_damage"].isna().all():
+        grouped = grouped.drop(columns="mean_damage")  # metric.damage=none
+    order = ["objective"]
+    ascending = [study.directions[0] == optuna.study.StudyDirection.MINIMIZE]
+    if spec is not None and spec.multi:
+        grouped["pareto"] = pareto_mask(grouped[spec.all_objectives()].to_numpy(dtype=float), spec.all_directions())
+        order, ascending = ["pareto", *order], [False, *ascending]
+    if spec is not None and spec.bound() is not None:
+        metric, op, bound = spec.bound()
+        grouped["feasible"] = grouped[metric] <= bound if op == "<=" else grouped[metric] >= bound
+        order, ascending = ["feasible", *order], [False, *ascending]
+    grouped = grouped.sort_values(order, ascending=ascending, kind="stable").reset_index(drop=True)
     if (grouped["objective"] == grouped["mean_gain"]).all():
         grouped = grouped.drop(columns="objective")  # the objective is the mean gain: one column says it
     grouped.insert(0, "rank", range(1, len(grouped) + 1))
     return grouped.head(top) if top else grouped
+
+
+def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
+    """Rows not dominated by any other row (at least as good in every objective, better in one)."""
+    signed = values * np.array([1.0 if d == "maximize" else -1.0 for d in directions])  # larger is better
+    at_least = (signed[:, None, :] >= signed[None, :, :]).all(axis=2)
+    better = (signed[:, None, :] > signed[None, :, :]).any(axis=2)
+    dominated = (at_least & better).any(axis=0)  # row j is dominated when some row i beats it
+    return ~dominated
+
+
+def _spec(study: optuna.Study):
+    from ._settings import SweepSpec
+    from ._study import ATTR_SPEC
+
+    text = study.user_attrs.get(ATTR_SPEC)
+    return SweepSpec.from_json(text) if text else None
 
 
 def distinct_sites(table: pd.DataFrame) -> pd.DataFrame:
@@ -79,6 +113,6 @@ def control_gaps(table: pd.DataFrame) -> pd.DataFrame | None:
 def format_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no complete trials yet"
-    columns = ["rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "memory.pos", "injection.site", "injection.positions", "objective", "mean_gain", "frac_improved", "trials"]
+    columns = ["rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "memory.pos", "injection.site", "injection.positions", "objective", "mean_gain", "mean_damage", "pareto", "feasible", "frac_improved", "trials"]
     shown = frame[[c for c in columns if c in frame.columns and not (c == "memory.pos" and (frame[c] == "-").all())]].rename(columns=lambda c: c.split(".")[-1])
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")

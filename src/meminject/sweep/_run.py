@@ -89,7 +89,7 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
                 trial.set_user_attr("worker_index", ctx.worker)
                 if ctx.tracker is not None and ctx.parent_run_id and tracking_error is None:
                     try:
-                        run_ids[trial.number] = _start_run(ctx, trial.number)
+                        run_ids[trial.number] = _start_run(ctx, trial.number, cfg)
                     except Exception as exc:  # noqa: BLE001 - the store failed: compute anyway, write the run on resume
                         tracking_error = exc
                     else:
@@ -140,12 +140,22 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
         raise _tracking_failed(ctx, unrecorded, tracking_error) from tracking_error
 
 
-def _start_run(ctx: TrialContext, number: int) -> str:
+def _start_run(ctx: TrialContext, number: int, cfg: Any = None) -> str:
+    """The trial's MLflow run, named by its site (``L24 τ8.32 embed correct``); ``cfg`` is the
+    trial's config (rebuilt from the asked trial's params when not given: cached, cheap)."""
+    from ..site import Site
+    from ..tracking import site_label
+
     tags = {"meminject.sampler": ctx.spec.sampler, "meminject.sweep": ctx.spec.name, "meminject.worker": str(ctx.worker)}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    return ctx.tracker.start_trial(ctx.parent_run_id, number, ctx.spec.study_name, tags)
+    site = None
+    with contextlib.suppress(Exception):  # a name is a nicety: never cost the trial its run
+        if cfg is None and number in ctx.owned:
+            cfg = trial_config(ctx.spec.overrides, ctx.owned[number].params)
+        site = site_label(Site.from_config(cfg).record()) if cfg is not None else None
+    return ctx.tracker.start_trial(ctx.parent_run_id, number, ctx.spec.study_name, tags, site=site)
 
 
 def fail_pending(ctx: TrialContext, pending: dict[int, optuna.Trial], run_ids: dict[int, str], exc: BaseException) -> None:

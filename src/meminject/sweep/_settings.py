@@ -26,9 +26,10 @@ __all__ = [
     "SAMPLERS", "DIRECTIONS", "check_study_name", "as_positive_int", "as_non_negative_int", "as_bool",
 ]
 
-SAMPLERS = ("grid", "tpe", "random")
+SAMPLERS = ("grid", "tpe", "random", "nsga2")
 DIRECTIONS = ("maximize", "minimize")
-OBJECTIVES = ("mean_gain", "median_gain", "frac_improved", "mean_logprob_gain")  # trial summary metrics
+OBJECTIVES = ("mean_gain", "median_gain", "frac_improved", "mean_logprob_gain", "mean_damage")  # trial summary metrics
+_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 # Each command's own keys (everything else on a sweep command line is config): key -> help.
 SWEEP_SETTINGS = {
@@ -37,7 +38,8 @@ SWEEP_SETTINGS = {
     "workers": "worker processes on this machine (0: prepare the study only; default 1)",
     "study": "study name (letters, digits, . _ -; default <preset>-<model>-<data>)",
     "storage": "Optuna storage: a journal file path or an RDB URL (default ./mlruns/optuna.journal)",
-    "sampler": "override the preset's sampler: grid | tpe | random",
+    "sampler": "override the preset's sampler: grid | tpe | random | nsga2 (multi-objective)",
+    "constraint": "maximize the objective subject to a metric bound, e.g. constraint='mean_damage<=0.05' (TPE, NSGA-II)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30)",
     "grace": "seconds without a heartbeat before a trial counts as dead and is re-run (default 120)",
     "progress": "true | false: the progress bar",
@@ -79,12 +81,32 @@ class SweepSpec:
     params: dict[str, str]          # searched axes: config key -> grammar expression
     study_name: str = ""
     notes: list[str] = field(default_factory=list)
-    objective: str = "mean_gain"    # the trial summary metric Optuna optimizes
+    objective: str = "mean_gain"    # the trial summary metric Optuna optimizes (the first of several)
     direction: str = "maximize"
+    objectives: list[str] = field(default_factory=list)  # a multi-objective study: every objective, in order
+    directions: list[str] = field(default_factory=list)
+    constraint: str | None = None   # "metric<=bound" or "metric>=bound": feasible trials only win
     pruner: str = "none"            # none | wilcoxon (see meminject.sweep._pruning)
     prune_chunks: int = 8           # prompt chunks of a trial when pruning (1 when not)
     prune_p: float = 0.1
     prune_keep: int = 5             # trials are compared with the k-th best complete one
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    def all_objectives(self) -> list[str]:
+        return self.objectives if self.multi else [self.objective]
+
+    def all_directions(self) -> list[str]:
+        return self.directions if self.multi else [self.direction]
+
+    def bound(self) -> tuple[str, str, float] | None:
+        """The constraint as (metric, "<=" or ">=", bound), or None."""
+        if not self.constraint:
+            return None
+        metric, op, value = _CONSTRAINT.match(self.constraint).groups()
+        return metric, op, float(value)
 
     @property
     def chunks(self) -> int:
@@ -197,7 +219,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return overrides, axes
 
 
-_PRESET_KEYS = {"description", "objective", "direction", "sampler", "n_trials", "seed", "config", "params", "study", "pruner", "prune_chunks", "prune_p", "prune_keep"}
+_PRESET_KEYS = {"description", "objective", "direction", "directions", "constraint", "sampler", "n_trials", "seed", "config", "params", "study", "pruner", "prune_chunks", "prune_p", "prune_keep"}
 
 
 def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
@@ -213,11 +235,9 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     unknown = set(preset) - _PRESET_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_PRESET_KEYS))})")
-    objective, direction = str(preset.get("objective", "mean_gain")), str(preset.get("direction", "maximize"))
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"{path}: objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"{path}: direction={direction!r} is not one of {', '.join(DIRECTIONS)}")
+    objectives, directions = _objectives(path, preset)
+    objective, direction = objectives[0], directions[0]
+    constraint = _constraint(settings.get("constraint", preset.get("constraint")))
     sampler = str(settings.get("sampler", preset.get("sampler", "tpe")))
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -226,6 +246,8 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     if sampler != "grid" and n_trials is None:
         raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
     pruner, chunks, prune_p, keep = _pruning(settings, preset)
+    if pruner != "none" and len(objectives) > 1:
+        raise ConfigError(f"pruner={pruner}: Optuna prunes single-objective studies only; use pruner=none with objective {objectives}")
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
     seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
     params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
@@ -248,12 +270,41 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         study_name=str(settings.get("study", "")),
         objective=objective,
         direction=direction,
+        objectives=objectives if len(objectives) > 1 else [],
+        directions=directions if len(objectives) > 1 else [],
+        constraint=constraint,
         pruner=pruner,
         prune_chunks=chunks,
         prune_p=prune_p,
         prune_keep=keep,
     )
     return spec, settings
+
+
+def _objectives(path: Path, preset: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """``objective: mean_gain`` or ``objective: [mean_gain, mean_damage]``, with as many directions."""
+    objectives = preset.get("objective", "mean_gain")
+    directions = preset.get("direction", preset.get("directions", "maximize"))
+    objectives = [str(o) for o in objectives] if isinstance(objectives, list) else [str(objectives)]
+    directions = [str(d) for d in directions] if isinstance(directions, list) else [str(directions)]
+    for objective in objectives:
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"{path}: objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
+    for direction in directions:
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"{path}: direction={direction!r} is not one of {', '.join(DIRECTIONS)}")
+    if len(directions) != len(objectives) or len(set(objectives)) != len(objectives):
+        raise ConfigError(f"{path}: {len(objectives)} distinct objective(s) need as many directions (got objective={objectives}, direction={directions})")
+    return objectives, directions
+
+
+def _constraint(text: Any) -> str | None:
+    if text in (None, "", "null", "None"):
+        return None
+    match = _CONSTRAINT.match(str(text))
+    if not match or match.group(1) not in OBJECTIVES:
+        raise ConfigError(f"constraint={text!r}: use METRIC<=BOUND or METRIC>=BOUND with a metric of {', '.join(OBJECTIVES)}, e.g. constraint='mean_damage<=0.05'")
+    return str(text).replace(" ", "")
 
 
 def _pruning(settings: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[str, int, float, int]:

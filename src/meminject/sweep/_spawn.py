@@ -7,7 +7,6 @@ the coordinator dies (PR_SET_PDEATHSIG), and it also checks between trials.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import optuna
 from .. import interrupts
 from ..errors import MemInjectError
 from ._storage import default_storage_url, open_storage
-from ._study import DONE
+from ._study import DONE, leader
 
 __all__ = ["spawn_workers", "die_with_parent"]
 
@@ -79,7 +78,5 @@ def _watch(study: optuna.Study, procs: list[subprocess.Popen], total: int, progr
             interrupts.check()  # a Ctrl-C whose KeyboardInterrupt Python lost in a finalizer
             done = study.get_trials(deepcopy=False, states=DONE)
             bar.update(max(0, len(done) - bar.n))
-            with contextlib.suppress(ValueError):  # no complete trial yet (only pruned ones)
-                leader = study.best_trial
-                bar.set_postfix(best=f"{leader.value:+.4f}", trial=leader.number)
+            bar.set_postfix(**leader(study))
         bar.update(max(0, len(study.get_trials(deepcopy=False, states=DONE)) - bar.n))

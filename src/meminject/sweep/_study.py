@@ -11,7 +11,8 @@ import contextlib
 import fcntl
 import json
 import logging
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import optuna
 import optuna.distributions as od
@@ -29,7 +30,7 @@ from ._storage import default_storage_url, open_storage
 
 __all__ = [
     "DONE", "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
-    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points",
+    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "leader", "create_kwargs",
 ]
 
 log = logging.getLogger("meminject")
@@ -93,6 +94,10 @@ def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
             spec.params.pop("injection.head", None)
             spec.overrides.append("injection.head=0")
     space = _collapse_tied_encodings(spec, base, space)
+    bound = spec.bound()
+    needs_damage = "mean_damage" in spec.all_objectives() or (bound is not None and bound[0] == "mean_damage")
+    if needs_damage and str(base.metric.get("damage", "kl")) == "none":
+        raise ConfigError("this sweep optimizes or bounds mean_damage, but metric.damage=none turns the measure off; use metric.damage=kl")
     # Fail before any trial: check fixed values and every discrete value of each axis.
     probe = [f"{a.key}={_first_value(a.distribution)}" for a in space.axes]
     InjectionSpec.from_config(compose_config([*spec.overrides, *probe])).validate()
@@ -109,9 +114,45 @@ def _first_value(distribution: od.BaseDistribution) -> Any:
 
 def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     seed = spec.seed + seed_offset  # the first worker of a study runs with the sweep's own seed
+    constraints = constraints_func(spec)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=spec.multi)
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid points are queued; random needs no model of the objective
+
+
+def constraints_func(spec: SweepSpec) -> Callable[[FrozenTrial], list[float]] | None:
+    """Optuna's ``constraints_func`` for ``constraint=metric<=bound``: a value <= 0 is feasible,
+    read from the metric's user attribute (stored before the trial is told)."""
+    bound = spec.bound()
+    if bound is None:
+        return None
+    metric, op, value = bound
+
+    def constraints(trial: FrozenTrial) -> list[float]:
+        measured = trial.user_attrs.get(metric)
+        if measured is None:  # a failed or pruned trial: infeasible
+            return [float("inf")]
+        return [float(measured) - value if op == "<=" else value - float(measured)]
+
+    return constraints
+
+
+def create_kwargs(spec: SweepSpec) -> dict[str, Any]:
+    """How the study optimizes: one direction, or several (multi-objective)."""
+    return {"directions": spec.all_directions()} if spec.multi else {"direction": spec.direction}
+
+
+def leader(study: optuna.Study) -> dict[str, Any]:
+    """The progress bar's postfix: the best trial so far, or the size of the Pareto front."""
+    try:
+        if len(study.directions) > 1:
+            return {"front": len(study.best_trials)}
+        best = study.best_trial
+        return {"best": f"{best.value:+.4f}", "trial": best.number}
+    except ValueError:  # no complete trial yet (only pruned or running ones)
+        return {}
 
 
 def canonical_params(params: dict[str, Any]) -> str:
@@ -185,17 +226,27 @@ def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
 def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int, int] | None = None) -> tuple[optuna.Study, SearchSpace, Any]:
     """Create or resume the study; enqueue missing grid points; store the sweep spec."""
     base, space = resolve_space(spec)
-    spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{base.data.name}")
+    # data.path names the data by its file (its stem, in the study name's alphabet): another file is another study
+    data = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(base.data.path)).stem) if base.data.get("path") else base.data.name
+    spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{data}")
     storage = open_storage(storage_url)
     with storage_lock(storage_url, storage):
-        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction, load_if_exists=True, sampler=make_sampler(spec), pruner=make_pruner(spec))
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, load_if_exists=True, sampler=make_sampler(spec), pruner=make_pruner(spec), **create_kwargs(spec))
         stored = study.user_attrs.get(ATTR_SPEC)
         if stored is not None:
             old = SweepSpec.from_json(stored)
-            if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides) or old.objective != spec.objective:
+            if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides) or old.all_objectives() != spec.all_objectives() or old.constraint != spec.constraint:
+                from ..redaction import redact
+
+                def keyed(s: SweepSpec) -> dict[str, str]:  # each setting once, by key: sampler, objective, fixed overrides, axes
+                    fixed = dict(o.lstrip("+").split("=", 1) for o in s.overrides if "=" in o)
+                    return {"sampler": s.sampler, "objective": ",".join(s.all_objectives()), "constraint": str(s.constraint), **fixed, **{k: str(v) for k, v in s.params.items()}}
+
+                before, after = keyed(old), keyed(spec)
+                changed = [f"{k}: {redact(before.get(k, '(unset)'))} → {redact(after.get(k, '(unset)'))}" for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
                 raise ConfigError(
-                    f"study {spec.study_name!r} exists with a different search space or config "
-                    f"({old.sampler}: {old.params}); resume it unchanged, or pass study=NEW_NAME"
+                    f"study {spec.study_name!r} exists with a different search space or config ({'; '.join(changed) or 'override order'}); "
+                    "resume it unchanged, or pass study=NEW_NAME"
                 )
         else:
             study.set_user_attr(ATTR_SPEC, spec.to_json())

@@ -30,7 +30,7 @@ from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held
 from ._settings import SweepSpec
 from ._pruning import make_pruner
 from ._storage import load_study, open_storage
-from ._study import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPEC, ATTR_SURPLUS, DONE, budget, canonical_params, counted, make_sampler, point_of, register_worker, space_of
+from ._study import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPEC, ATTR_SURPLUS, DONE, budget, canonical_params, counted, leader, make_sampler, point_of, register_worker, space_of
 from ._trial import TrialRunner, is_out_of_memory
 
 __all__ = ["run_worker", "CoordinatorGone"]
@@ -102,8 +102,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
             ran += len(asked)
             if bar is not None:
                 bar.update(len(asked))
-                with contextlib.suppress(ValueError):
-                    bar.set_postfix(best=f"{study.best_value:+.4f}", trial=study.best_trial.number)
+                bar.set_postfix(**leader(study))
     except BaseException as exc:
         # Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING.
         with signals_held():

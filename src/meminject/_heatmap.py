@@ -1,0 +1,228 @@
+"""The sweep's layer × τ views: a gain heatmap and a trial scatter, for grid and continuous
+searches alike.
+
+Both share one layer axis (every layer of the model, explored or not), one τ axis (grid
+values as exact columns, a continuous interval binned evenly) and one colour scale: diverging,
+centred at 0, with robust limits (a percentile of |gain|) so that one outlier cannot wash out
+the best cells; cells beyond the limits are hatched and say so in the legend. Unexplored
+cells are grey, never the white of a zero gain. The functions return the data they drew
+(:class:`HeatmapData`, :class:`ScatterData`), so tests check the numbers behind the pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["TweakAxis", "tweak_axis", "robust_limit", "HeatmapData", "draw_gain_heatmap", "ScatterData", "draw_trial_scatter", "GAIN_LABEL"]
+
+GAIN_LABEL = "train mean gain"  # sweeps optimize on the train part (data.part=train)
+UNEXPLORED = "#b0b0b0"          # grey: distinct from the white of a zero gain on RdBu
+CMAP = "RdBu"                   # red = the injection hurts, blue = it helps
+MAX_EXACT = 15                  # up to this many distinct τ values keep exact columns
+MARKERS = {"unembed": "o", "embed": "s", "layer": "^"}
+
+
+@dataclass
+class TweakAxis:
+    """τ columns: exact values (``edges`` None) or even bins over the searched interval."""
+
+    values: list[float]
+    edges: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.values) if self.edges is None else len(self.edges) - 1
+
+    def column(self, tweak: float) -> int:
+        if self.edges is None:
+            return int(np.argmin([abs(v - tweak) for v in self.values]))
+        return int(np.clip(np.searchsorted(self.edges, tweak, side="right") - 1, 0, self.n - 1))
+
+
+def tweak_axis(tweaks: Sequence[float], *, low: float | None = None, high: float | None = None, choices: Sequence[float] | None = None) -> TweakAxis:
+    """Exact columns for a grid (or few values), else even bins over [low, high] (the searched
+    interval when known, else the data's range): 1-wide bins when the span is a whole number
+    from 6 to 20 (interval(1, 15) → 14 bins), 10 bins otherwise."""
+    if choices is not None and len(choices) <= MAX_EXACT:
+        return TweakAxis(sorted(float(c) for c in choices))
+    distinct = sorted({float(t) for t in tweaks})
+    if low is None or high is None:
+        if len(distinct) <= MAX_EXACT:
+            return TweakAxis(distinct)
+        low, high = distinct[0], distinct[-1]
+    span = float(high) - float(low)
+    n_bins = int(round(span)) if 6 <= span <= 20 and abs(span - round(span)) < 1e-9 else 10
+    edges = np.linspace(float(low), float(high), n_bins + 1)
+    return TweakAxis([(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])], edges)
+
+
+def robust_limit(values: np.ndarray, percentile: float = 90.0) -> float:
+    """Symmetric colour limit: the ``percentile`` of |gain|, so a few outliers are clipped
+    (and marked) instead of setting the scale for every other cell."""
+    finite = np.abs(np.asarray(values, dtype=float))
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 1e-12
+    limit = float(np.percentile(finite, percentile))
+    return limit if limit > 0 else (float(finite.max()) or 1e-12)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class HeatmapData:
+    """What the heatmap drew: one (n_layers, n_tweak_columns) grid per panel, NaN = unexplored."""
+
+    path: Path
+    layers: np.ndarray
+    tweaks: TweakAxis
+    grids: dict[str, np.ndarray]
+    limit: float
+    clipped: dict[str, np.ndarray] = field(default_factory=dict)
+    annotated: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+def _layer_ticks(ax, n_layers: int, axis: str = "y") -> None:
+    step = 1 if n_layers <= 36 else math.ceil(n_layers / 30)
+    ticks = list(range(0, n_layers, step))
+    (ax.set_yticks if axis == "y" else ax.set_xticks)(ticks, [str(t) for t in ticks], fontsize=7)
+
+
+def _tweak_ticks(ax, axis: TweakAxis) -> None:
+    if axis.edges is None:
+        ax.set_xticks(range(axis.n), [f"{v:g}" for v in axis.values], fontsize=7)
+    else:  # ticks on the bin edges: the bins read as intervals
+        ax.set_xticks(np.arange(axis.n + 1) - 0.5, [_fmt(e) for e in axis.edges], fontsize=7, rotation=90 if axis.n > 10 else 0)
+
+
+def draw_gain_heatmap(sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks: TweakAxis, annotate: int = 3) -> HeatmapData:
+    """Layer × τ grid of train mean gain (mean over the sites in a cell), one panel per
+    (encoding, memory type), all on the same axes and one colour scale; the ``annotate``
+    best cells of each panel carry their value."""
+    plt = _plt()
+    from matplotlib.patches import Patch, Rectangle
+
+    frame = sites.copy()
+    frame["layer"] = frame["injection.layer"].astype(int)
+    frame["column"] = [tweaks.column(float(t)) for t in frame["injection.tweak"]]
+    keys = [k for k in ("memory.encoding", "memory.type") if k in frame]
+    n_layers = max(n_layers, int(frame["layer"].max()) + 1)
+    grids: dict[str, np.ndarray] = {}
+    for name, group in frame.groupby(keys, sort=True) if keys else [((), frame)]:
+        grid = np.full((n_layers, tweaks.n), np.nan)
+        means = group.groupby(["layer", "column"])["mean_gain"].mean()
+        for (layer, column), value in means.items():
+            grid[layer, column] = value
+        grids[" / ".join(map(str, name if isinstance(name, tuple) else (name,)))] = grid
+    limit = robust_limit(np.concatenate([g.ravel() for g in grids.values()]))
+    cmap = plt.get_cmap(CMAP).with_extremes(bad=UNEXPLORED)
+    width = max(3.4, 0.34 * tweaks.n + 1.3)
+    height = max(3.6, 0.2 * n_layers + 1.9)
+    fig, axes = plt.subplots(1, len(grids), figsize=(max(7.0, width * len(grids) + 1.4), height), squeeze=False, sharey=True)
+    data = HeatmapData(path, np.arange(n_layers), tweaks, grids, limit)
+    image = None
+    for ax, (name, grid) in zip(axes[0], grids.items()):
+        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", origin="lower", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        clipped = np.isfinite(grid) & (np.abs(grid) > limit)
+        data.clipped[name] = clipped
+        for layer, column in zip(*np.nonzero(clipped)):
+            ax.add_patch(Rectangle((column - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0.8))
+        order = np.argsort(np.where(np.isfinite(grid), grid, -np.inf), axis=None)[::-1][:annotate]
+        data.annotated[name] = []
+        for flat in order:
+            layer, column = np.unravel_index(flat, grid.shape)
+            if not np.isfinite(grid[layer, column]):
+                break
+            value = grid[layer, column]
+            ax.text(column, layer, f"{value:+.3f}" if abs(value) >= 5e-4 or value == 0 else f"{value:+.1e}", ha="center", va="center", fontsize=6, fontweight="bold", color="white",
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": (0, 0, 0, 0.6), "linewidth": 0})  # readable over any colour or hatch
+            data.annotated[name].append((int(layer), int(column)))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("τ (tweak factor)" + (", binned" if tweaks.edges is not None else ""))
+        _tweak_ticks(ax, tweaks)
+        _layer_ticks(ax, n_layers)
+        ax.set_xlim(-0.5, tweaks.n - 0.5)
+        ax.set_ylim(-0.5, n_layers - 0.5)
+    axes[0][0].set_ylabel("layer")
+    bar = fig.colorbar(image, ax=list(axes[0]), extend="both", fraction=0.04, pad=0.02)
+    bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+    handles = [Patch(facecolor=UNEXPLORED, label="not explored"), Patch(facecolor="0.25", edgecolor="white", hatch="///", label=f"beyond ±{_fmt(limit)} (clipped)")]
+    fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.0, 0.0))
+    fig.suptitle(f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} of each panel labelled)", fontsize=10)
+    fig.subplots_adjust(bottom=0.1 + 2.6 / (height * 6.4), top=1 - 0.75 / height, left=0.08, right=0.86, wspace=0.08)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return data
+
+
+@dataclass
+class ScatterData:
+    """What the scatter drew: the complete trials (coloured) and the pruned ones (grey ×)."""
+
+    path: Path
+    complete: pd.DataFrame
+    pruned: pd.DataFrame
+    limit: float
+    clipped: int
+
+
+def draw_trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int, tweak_range: tuple[float, float] | None = None) -> ScatterData:
+    """Every trial at (τ, layer): complete trials coloured by train mean gain on the heatmap's
+    scale, one marker shape per encoding; pruned trials as small grey crosses (they never
+    reached a full-data gain, so they are not coloured)."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    complete = trials[trials["state"] == "COMPLETE"]
+    pruned = trials[trials["state"] == "PRUNED"]
+    limit = robust_limit(complete["gain"].to_numpy(dtype=float)) if not complete.empty else 1e-12
+    n_layers = max(n_layers, int(trials["layer"].max()) + 1) if not trials.empty else n_layers
+    fig, ax = plt.subplots(figsize=(9.0, max(4.5, 0.17 * n_layers + 2.4)))
+    handles = []
+    points = None
+    for encoding, group in complete.groupby("encoding", sort=True):
+        marker = MARKERS.get(str(encoding), "D")
+        points = ax.scatter(group["tweak"], group["layer"], c=group["gain"], cmap=CMAP, vmin=-limit, vmax=limit, marker=marker, s=46, edgecolors="0.2", linewidths=0.5, zorder=3)
+        handles.append(Line2D([], [], marker=marker, linestyle="", markerfacecolor="white", markeredgecolor="0.2", label=f"{encoding} ({len(group)})"))
+    beyond = complete[np.abs(complete["gain"]) > limit]
+    if not beyond.empty:
+        ax.scatter(beyond["tweak"], beyond["layer"], s=130, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
+        handles.append(Line2D([], [], marker="o", linestyle="", markersize=10, markerfacecolor="none", markeredgecolor="black", label=f"beyond ±{_fmt(limit)} (clipped)"))
+    if not pruned.empty:
+        ax.scatter(pruned["tweak"], pruned["layer"], marker="x", s=18, color="0.55", linewidths=0.9, zorder=2)
+        handles.append(Line2D([], [], marker="x", linestyle="", color="0.55", label=f"pruned ({len(pruned)})"))
+    if points is not None:
+        bar = fig.colorbar(points, ax=ax, extend="both", fraction=0.035, pad=0.02)
+        bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+    if tweak_range is not None:
+        pad = 0.02 * (tweak_range[1] - tweak_range[0] or 1)
+        ax.set_xlim(tweak_range[0] - pad, tweak_range[1] + pad)
+    ax.set_ylim(-0.5, n_layers - 0.5)
+    _layer_ticks(ax, n_layers)
+    ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
+    ax.set_xlabel("τ (tweak factor)")
+    ax.set_ylabel("layer")
+    ax.set_title(f"trials: {len(complete)} complete (coloured), {len(pruned)} pruned", fontsize=10)
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(handles), fontsize=8, frameon=False, title="marker: encoding (trials)", title_fontsize=8)
+    fig.subplots_adjust(left=0.07, right=0.9, top=0.93, bottom=0.17)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return ScatterData(path, complete, pruned, limit, len(beyond))
