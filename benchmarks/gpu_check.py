@@ -42,9 +42,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-forward", type=int, default=16, help="perf.trials_per_forward on the GPU")
     parser.add_argument("--subset", type=int, default=40, help="prompts compared with the CPU")
+    parser.add_argument("--device", default="cuda", help="cuda (the check); cpu only to smoke-test this script")
+    parser.add_argument("--limit", type=int, default=None, help="2WikiMultiHop prompts of the grid (default: all 1,000)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device visible: this script measures the GPU path only")
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("no CUDA device visible: this script measures the GPU path (--device cpu only smoke-tests it)")
         return 2
     from scipy.stats import spearmanr
 
@@ -53,36 +56,39 @@ def main() -> int:
 
     _quiet_libraries()
     torch.set_grad_enabled(False)
-    print(f"{torch.cuda.get_device_name()} · torch {torch.__version__} · CUDA {torch.version.cuda}")
+    print(f"{torch.cuda.get_device_name() if cuda else 'CPU'} · torch {torch.__version__} · CUDA {torch.version.cuda}")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    wiki = ["data=2wikimultihop", *([f"data.limit={args.limit}"] if args.limit else [])]
     values = {}
     for dtype in ("float32", "bfloat16"):
-        torch.cuda.reset_peak_memory_stats()
-        evaluator, cfg = evaluator_for("cuda", dtype, ["data=2wikimultihop"], args.per_forward)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        evaluator, cfg = evaluator_for(args.device, dtype, wiki, args.per_forward)
         started = time.perf_counter()
         evaluator.clean
-        torch.cuda.synchronize()
+        sync()
         clean_s = time.perf_counter() - started
         points = grid(evaluator, cfg)
         started = time.perf_counter()
         results = evaluator.evaluate_many(points)
-        torch.cuda.synchronize()
+        sync()
         grid_s = time.perf_counter() - started
         values[dtype] = np.array([r.summary["mean_gain"] for r in results])
         best = int(values[dtype].argmax())
         print(f"{dtype}: {len(evaluator.rows)} prompts · clean pass {clean_s:.1f} s · {len(points)} trials in {grid_s:.1f} s = {len(points) / grid_s:.1f} trials/s "
-              f"(goal: < 60 s) · peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB · best L{points[best][0].layer} τ={points[best][0].tweak:g} {values[dtype][best]:+.4f}",
+              f"(goal: < 60 s) · peak GPU memory {torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan'):.2f} GiB · best L{points[best][0].layer} τ={points[best][0].tweak:g} {values[dtype][best]:+.4f}",
               flush=True)
     top = lambda v: set(np.argsort(-v)[:5])  # noqa: E731
-    print(f"ranking float32 vs bfloat16 on CUDA: Spearman {spearmanr(values['float32'], values['bfloat16']).statistic:.4f}, "
+    print(f"ranking float32 vs bfloat16 on {args.device}: Spearman {spearmanr(values['float32'], values['bfloat16']).statistic:.4f}, "
           f"top-5 overlap {len(top(values['float32']) & top(values['bfloat16']))}/5, max |Δ mean gain| {np.abs(values['float32'] - values['bfloat16']).max():.2e}")
     subset = ["data=2wikimultihop", f"data.limit={args.subset}"]
     sites = [InjectionSpec(layer=layer, tweak=4.0) for layer in (3, 15, 27)]
     cpu, cfg = evaluator_for("cpu", "float32", subset, 1)
     reference = [r.per_prompt["answer_prob_after"].to_numpy() for r in cpu.evaluate_many([(s, cfg.memory) for s in sites])]
     for dtype in ("float32", "bfloat16"):
-        gpu, cfg = evaluator_for("cuda", dtype, subset, args.per_forward)
+        gpu, cfg = evaluator_for(args.device, dtype, subset, args.per_forward)
         got = [r.per_prompt["answer_prob_after"].to_numpy() for r in gpu.evaluate_many([(s, cfg.memory) for s in sites])]
-        print(f"CPU float32 vs CUDA {dtype} on {args.subset} prompts × {len(sites)} sites: max |ΔP(answer)| {max(np.abs(a - b).max() for a, b in zip(reference, got)):.2e}")
+        print(f"CPU float32 vs {args.device} {dtype} on {args.subset} prompts × {len(sites)} sites: max |ΔP(answer)| {max(np.abs(a - b).max() for a, b in zip(reference, got)):.2e}")
     return 0
 
 

@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tpe-trials", type=int, default=60)
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--grids-only", action="store_true", help="only the exhaustive and the pruned grid")
     args = parser.parse_args()
     grid = ["sweep=paper_grid", f"injection.layer={args.layers}", "memory.encoding=choice(unembed)"]
     tpe = ["sweep=tpe", f"injection.layer={args.layers}", "injection.tweak=range(1, 16)", "memory.encoding=choice(unembed)", f"n_trials={args.tpe_trials}"]
@@ -96,7 +97,7 @@ def main() -> None:
         rows.append(("pruned grid", wall_p, len(found), n_pruned, max(found.values()), int(top(found, 1) == top5[:1]), len(set(top(found, 5)) & set(top5)), time_to(pruned, t0, 0.9 * best)))
         print(rows[-1], flush=True)
 
-        for label, extra in (("tpe", []), ("tpe+prune", ["pruner=wilcoxon"])):
+        for label, extra in (("tpe", []), ("tpe+prune", ["pruner=wilcoxon"])) if not args.grids_only else ():
             reach = []
             for seed in range(args.seeds):
                 wall_t, t0, study = run_arm(folder, f"{label.replace('+', '-')}-{seed}", *tpe, f"seed={seed}", *extra)
@@ -109,7 +110,7 @@ def main() -> None:
             median = statistics.median(r if r is not None else float("inf") for r in reach)
             print(f"{label}: reached 90% of the exhaustive best in {len(hit)}/{len(reach)} seeds; median {median:.0f} s = {100 * median / wall_x:.1f}% of the exhaustive wall time", flush=True)
 
-        if not args.no_bf16:
+        if not args.no_bf16 and not args.grids_only:
             from scipy.stats import spearmanr
 
             wall_b, t0, bf16 = run_arm(folder, "bf16", *grid, "model.dtype=bfloat16")

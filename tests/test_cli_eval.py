@@ -97,7 +97,14 @@ def test_heldout_check_shows_progress_over_sites_and_controls(capsys, monkeypatc
     from meminject.sweep._heldout import heldout_report
 
     class FakeRunner:
+        engine = SimpleNamespace(progress=None)
+
+        def evaluator(self, cfg):
+            return self.engine
+
         def run(self, cfg):
+            if self.engine.progress is not None:
+                self.engine.progress("injected", 1, 3)  # what an Evaluator reports after each batch
             gains = np.linspace(-0.01, 0.02, 12) if str(cfg.memory.type) == "correct" else np.zeros(12)
             return None, None, SimpleNamespace(per_prompt=pd.DataFrame({"gain": gains}))
 
@@ -107,7 +114,7 @@ def test_heldout_check_shows_progress_over_sites_and_controls(capsys, monkeypatc
     report = heldout_report(["model=tiny", "model.device=cpu"], sites, controls=["pos", "random_vector"], n_boot=50, runner=FakeRunner())
     assert len(report) == 2
     err = capsys.readouterr().err
-    assert "held-out check" in err and "6/6" in err and "L2 τ4 unembed correct" in err
+    assert "held-out check" in err and "6/6" in err and "L2 τ4 unembed correct" in err and "[injected batch 1/3]" in err
 
 
 README_SHAPES = {  # each line of the README's `meminject sweep` example, by shape (numbers vary by machine)

@@ -85,18 +85,22 @@ def test_the_pruner_is_a_one_sided_paired_wilcoxon_test_against_the_best_trial()
         seen = {r: best_values[r] + shift + float(rng.normal(0, 0.01)) for r in list(best_values)[:12]}
         current = _frozen(seen, TrialState.RUNNING)
         differences = np.array([seen[r] - best_values[r] for r in seen])
-        direct = differences.mean() < 0 and wilcoxon(differences, alternative="less").pvalue < 0.1
+        margin = 0.1 * abs(np.mean([best_values[r] for r in seen]))  # within 10% of the reference's mean: never pruned
+        direct = differences.mean() < -margin and wilcoxon(differences, alternative="less").pvalue < 0.1
         assert pruner.prune(_Study(best), current) == direct
         if expected is not None:
             assert direct == expected
         flipped = PairedWilcoxonPruner(p_threshold=0.1, keep=1).prune(_Study(best, direction="minimize"), current)
-        assert flipped == (differences.mean() > 0 and wilcoxon(-differences, alternative="less").pvalue < 0.1)
+        assert flipped == (differences.mean() > margin and wilcoxon(-differences, alternative="less").pvalue < 0.1)
     # keep=2: the reference is the second-best trial, and no pruning before there are two
     clearly_worse = _frozen({r: best_values[r] - 0.05 for r in list(best_values)[:12]}, TrialState.RUNNING)
     assert not PairedWilcoxonPruner(keep=2).prune(_Study(best), clearly_worse)
     runner_up = _frozen({r: v - 0.049 for r, v in best_values.items()})
     assert not PairedWilcoxonPruner(keep=2).prune(_Study(best, runner_up), _frozen({r: best_values[r] - 0.048 for r in list(best_values)[:12]}, TrialState.RUNNING))
     assert PairedWilcoxonPruner(keep=1).prune(_Study(best, runner_up), _frozen({r: best_values[r] - 0.048 for r in list(best_values)[:12]}, TrialState.RUNNING))
+    neighbour = _frozen({r: best_values[r] * 0.95 for r in list(best_values)[:12]}, TrialState.RUNNING)  # 5% worse on every prompt
+    assert not pruner.prune(_Study(best), neighbour), "a consistently but slightly worse neighbour is kept (margin)"
+    assert PairedWilcoxonPruner(p_threshold=0.1, keep=1, margin=0.0).prune(_Study(best), neighbour)
     assert paired_wilcoxon_p(np.zeros(10)) == 1.0
     few = _frozen({"0": -1.0, "1": -1.0}, TrialState.RUNNING)
     assert not pruner.prune(_Study(best), few), "never on fewer than min_prompts prompts"

@@ -34,7 +34,7 @@ UI_SETTINGS = {
 VIEW_KEY = "meminject-runs"  # the saved view of the runs table (an experiment tag MLflow's UI reads)
 # Columns of the saved view: the objective and the site of each trial (MLflow's column keys).
 VIEW_COLUMNS = [
-    "metrics.`mean_gain`", "metrics.`frac_improved`", "metrics.`mean_prob_after`",
+    "metrics.`mean_gain`", "metrics.`mean_damage`", "metrics.`frac_improved`", "metrics.`mean_prob_after`", "metrics.`n_prompts`",
     "params.`injection.layer`", "params.`injection.tweak`", "params.`memory.encoding`", "params.`memory.type`", "params.`injection.site`",
 ]
 STARTUP_S = 180.0  # a cold MLflow server (imports, store migration) on a busy 2-core machine

@@ -66,6 +66,8 @@ def _judge_site(runner: Any, base: list[str], site: pd.Series, controls: Sequenc
     cfg = compose_config(overrides)
     if cfg.data.get("split") is None:
         raise ConfigError("this study has no train/held-out split (data.split); rerun the sweep with data.split=0.7")
+    if not bar.disable:  # batches of each pass, beside the site (the clean pass alone takes a while)
+        runner.evaluator(cfg).progress = lambda stage, done, total: bar.set_postfix_str(f"{label} [{stage} batch {done}/{total}]")
     _, _, correct = runner.run(cfg)
     bar.update()
     gains = correct.per_prompt["gain"].to_numpy()

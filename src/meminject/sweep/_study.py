@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -262,6 +263,10 @@ def _enqueue_missing(study: optuna.Study, spec: SweepSpec, space: SearchSpace) -
     points = grid_points(spec, space)
     if spec.n_trials is not None:
         points = points[: spec.n_trials]
+    if spec.pruner != "none":
+        # A pruned grid runs in a seeded random order: in the grid's own order (layer 0 first)
+        # the k-th best trial, every trial's reference, stays weak for long and little is pruned.
+        random.Random(spec.seed).shuffle(points)
     taken = {
         point_of(t) for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING, TrialState.WAITING))
         if not t.user_attrs.get(ATTR_SURPLUS)
