@@ -147,32 +147,47 @@ def sweep_figures(study, sites: pd.DataFrame, folder: Path, n_layers: int = 0, t
 
 
 def pareto_figure(ranked: pd.DataFrame, heldout: pd.DataFrame | None, path: Path, spec: Any = None) -> Path | None:
-    """Gain against damage for every site: the train Pareto front joined and marked, and each
-    front site's held-out point (with its intervals) beside its train point, joined by a line."""
+    """Gain against damage for every site (left, damage on a log axis), and the Pareto front
+    zoomed (right): the train front joined, each front site's held-out point with its 95%
+    intervals beside its train point, numbered by its rank in `best`'s table."""
     if ranked.empty or "mean_damage" not in ranked or "pareto" not in ranked:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    rest = ranked[~ranked["pareto"]]
-    front = ranked[ranked["pareto"]].sort_values("mean_damage")
-    ax.scatter(rest["mean_damage"], rest["mean_gain"], s=14, color="0.7", label=f"other sites ({len(rest)})", zorder=1)
-    ax.plot(front["mean_damage"], front["mean_gain"], "-o", color="tab:blue", markersize=6, label=f"train Pareto front ({len(front)})", zorder=3)
+    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    rest = ranked[~ranked["pareto"].astype(bool)]
+    front = ranked[ranked["pareto"].astype(bool)].sort_values("mean_damage")
+    tiny = max(float(ranked["mean_damage"][ranked["mean_damage"] > 0].min()) if (ranked["mean_damage"] > 0).any() else 1e-6, 1e-9)
+    for ax in (whole, zoom):
+        ax.scatter(rest["mean_damage"], rest["mean_gain"], s=14, color="0.7", label=f"other sites ({len(rest)})", zorder=1)
+        ax.plot(front["mean_damage"], front["mean_gain"], "-o", color="tab:blue", markersize=5, label=f"train Pareto front ({len(front)})", zorder=3)
+        ax.axhline(0, color="black", linewidth=0.6)
+    whole.set_xscale("log")  # damage spans decades; a τ=0 point (damage 0) sits at the left edge
+    whole.set_xlim(left=tiny / 2)
+    whole.scatter(np.full(int((ranked["mean_damage"] <= 0).sum()), tiny / 2), ranked.loc[ranked["mean_damage"] <= 0, "mean_gain"], s=14, color="0.7", clip_on=False)
+    whole.set_title("every site (damage on a log scale)", fontsize=10)
+    lows, highs = [front["mean_gain"].min()], [front["mean_gain"].max()]
+    right = float(front["mean_damage"].max())
     if heldout is not None and not heldout.empty and "heldout_damage" in heldout:
         for _, r in heldout.iterrows():
-            ax.plot([r["train_damage"], r["heldout_damage"]], [r["train_gain"], r["heldout_gain"]], color="tab:orange", linewidth=0.6, alpha=0.7, zorder=2)
-        ax.errorbar(heldout["heldout_damage"], heldout["heldout_gain"],
-                    xerr=[heldout["heldout_damage"] - heldout["heldout_damage_ci_low"], heldout["heldout_damage_ci_high"] - heldout["heldout_damage"]],
-                    yerr=[heldout["heldout_gain"] - heldout["heldout_ci_low"], heldout["heldout_ci_high"] - heldout["heldout_gain"]],
-                    fmt="D", color="tab:orange", markersize=5, elinewidth=0.8, capsize=2, label="held-out (95% intervals)", zorder=4)
-        for _, r in heldout.iterrows():
-            ax.annotate(f"L{r['injection.layer']} τ{float(r['injection.tweak']):.3g}", (r["train_damage"], r["train_gain"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points", color="tab:blue")
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("mean damage: KL of the rest of the next-token distribution (lower is gentler)")
-    ax.set_ylabel("mean gain (train; held-out in orange)")
+            zoom.plot([r["train_damage"], r["heldout_damage"]], [r["train_gain"], r["heldout_gain"]], color="tab:orange", linewidth=0.6, alpha=0.7, zorder=2)
+            zoom.annotate(str(int(r["rank"])), (r["train_damage"], r["train_gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points", color="tab:blue")
+        zoom.errorbar(heldout["heldout_damage"], heldout["heldout_gain"],
+                      xerr=[heldout["heldout_damage"] - heldout["heldout_damage_ci_low"], heldout["heldout_damage_ci_high"] - heldout["heldout_damage"]],
+                      yerr=[heldout["heldout_gain"] - heldout["heldout_ci_low"], heldout["heldout_ci_high"] - heldout["heldout_gain"]],
+                      fmt="D", color="tab:orange", markersize=4, elinewidth=0.7, capsize=2, label="held-out, 95% intervals (number: rank in best)", zorder=4)
+        lows.append(heldout["heldout_ci_low"].min())
+        highs.append(heldout["heldout_ci_high"].max())
+        right = max(right, float(heldout["heldout_damage_ci_high"].max()))
+    pad = 0.08 * (max(highs) - min(lows) or 1e-3)
+    zoom.set_ylim(min(lows) - pad, max(highs) + pad)
+    zoom.set_xlim(-0.03 * right, 1.08 * right)
+    zoom.set_title("the Pareto front, zoomed: train (blue) and held-out (orange)", fontsize=10)
+    for ax in (whole, zoom):
+        ax.set_xlabel("mean damage: KL of the rest of the next-token distribution")
+    whole.set_ylabel("mean gain (train)")
+    zoom.legend(fontsize=8, loc="lower right")
     study = f"{spec.study_name}: " if spec is not None else ""
-    ax.set_title(f"{study}gain against collateral damage, per site", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{study}answer-probability gain against collateral damage, per site (lower damage is gentler)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
