@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor
@@ -25,7 +24,7 @@ from torch import Tensor
 from .damage import DAMAGES
 from .data import Dataset
 from .errors import ConfigError, DataError
-from .injection import head_output_component, inject, position_mask
+from .injection import head_output_component, stacked_hooks
 from .memories import encode_memories, memory_texts, random_directions_like
 from .models import LoadedModel
 from .prefix import PrefixCache
@@ -262,29 +261,6 @@ class Evaluator:
         self.clean
         return self._residual_norms
 
-    def _stacked_hooks(self, specs: list[InjectionSpec], vectors: list[Tensor], batch: Batch, last_token_only: bool = False) -> list[tuple[str, Any]]:
-        """One hook for ``len(specs)`` same-layer trials stacked along the batch axis.
-
-        ``last_token_only``: the pass carries only each prompt's last token (sequence length 1).
-        """
-        spec = specs[0]
-        index = batch.index.to(self.model.device)
-        memory = torch.cat([v[index] for v in vectors])  # (copies * batch, d_model)
-        tweak = torch.cat([torch.full((len(index),), float(s.tweak), device=self.model.device) for s in specs])
-        if last_token_only:
-            mask = torch.ones(len(specs) * len(index), 1, device=self.model.device)
-        else:
-            mask = torch.cat([position_mask(batch.attention_mask, batch.prompt_last, s.positions) for s in specs])
-        if spec.site == "head" and spec.literal_hook:
-            def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
-                result = result.clone()
-                result[:, :, spec.head, :] = inject(result[:, :, spec.head, :], memory.to(result.dtype), tweak, mask)
-                return result
-            return [(spec.hook_name, add_to_head)]
-
-        def add_to_layer(attn_out: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, d_model)
-            return inject(attn_out, memory.to(attn_out.dtype), tweak, mask)
-        return [(spec.hook_name, add_to_layer)]
 
     def evaluate(self, spec: InjectionSpec, memory_cfg: Any) -> EvalResult:
         """Evaluate one point; equivalent points (see :meth:`InjectionSpec.canonical`) share one computation."""
@@ -380,7 +356,7 @@ class Evaluator:
 
     def _run_batch(self, batch: Batch, position: int, start: int | None, last_token_only: bool, specs: list[InjectionSpec], vectors: list[Tensor], outs: list[dict[str, Any]]) -> None:
         """One batch for stacked same-layer points: through the prefix cache, or full forwards."""
-        hooks = self._stacked_hooks(specs, vectors, batch, last_token_only)
+        hooks = stacked_hooks(specs, vectors, batch, self.model.device, last_token_only)
         if start is not None:
             if last_token_only:  # every prompt's last token in one pass
                 logits = self.prefix.last_token_logits(start, hooks, copies=len(specs))
@@ -391,7 +367,7 @@ class Evaluator:
                 read_answers(batch, logits[k * reads : (k + 1) * reads], out, self.top_k, self._clean_rest)
         else:  # full forwards, one trial at a time
             for k, out in enumerate(outs):
-                logits = read_logits(self.model, batch, self._stacked_hooks([specs[k]], [vectors[k]], batch))
+                logits = read_logits(self.model, batch, stacked_hooks([specs[k]], [vectors[k]], batch, self.model.device))
                 read_answers(batch, logits, out, self.top_k, self._clean_rest)
 
     def _result(self, spec: InjectionSpec, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray], seconds: float, seen: np.ndarray | None = None) -> EvalResult:

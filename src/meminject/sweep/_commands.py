@@ -23,7 +23,7 @@ from ._results import distinct_sites, format_table, ranked_sites
 from ._settings import BEST_SETTINGS, SWEEP_SETTINGS, WORKER_SETTINGS, SweepSpec, as_bool, as_non_negative_int, as_positive_int, load_sweep, parse_settings, presets
 from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
-from ._study import ATTR_PARENT, ATTR_SPEC, budget, counted, prepare_study
+from ._study import ATTR_PARENT, budget, counted, prepare_study, stored_spec
 from ._run import signals_held
 from ._worker import run_worker
 
@@ -160,7 +160,7 @@ def cmd_best(args: Sequence[str]) -> int:
     n_boot = as_positive_int(settings.get("bootstrap", 2000), "bootstrap")
     study = load_study(settings.get("study"), settings.get("storage"))
     name = study.study_name
-    spec = SweepSpec.from_json(study.user_attrs[ATTR_SPEC]) if ATTR_SPEC in study.user_attrs else None
+    spec = stored_spec(study)
     ranked = table = ranked_sites(study)
     multi = spec is not None and spec.multi and not table.empty
     if multi:  # every Pareto-optimal site: each τ of a site is its own trade-off

@@ -20,7 +20,7 @@ from ..tracking import Tracker, redact, redacted_config, site_label
 from ._results import control_gaps, ranked_sites
 from ._settings import SweepSpec
 from ._storage import default_storage_url
-from ._study import ATTR_PARENT, ATTR_SPEC, model_sizes, storage_lock
+from ._study import ATTR_PARENT, model_sizes, storage_lock, stored_spec
 
 __all__ = ["start_parent_run", "reconcile_runs", "finalize", "best_csv"]
 
@@ -117,17 +117,12 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
     return path
 
 
-def _spec(study: optuna.Study) -> SweepSpec | None:
-    stored = study.user_attrs.get(ATTR_SPEC)
-    return SweepSpec.from_json(stored) if stored else None
-
-
 def _n_layers(study: optuna.Study) -> int:
     """The model's layer count from the stored spec (configs only, no weights): the figures'
     layer axis shows every layer, explored or not. 0 when unknown (then: the layers seen)."""
     from ..config import compose_config
 
-    spec = _spec(study)
+    spec = stored_spec(study)
     try:
         return int(model_sizes(spec, compose_config(spec.overrides))["n_layers"]) if spec else 0
     except Exception:  # noqa: BLE001 - e.g. a local model config gone since the sweep
@@ -136,14 +131,14 @@ def _n_layers(study: optuna.Study) -> int:
 
 def _target(study: optuna.Study) -> str:
     """The objective as figures and descriptions name it: sweeps run on the train part."""
-    spec = _spec(study)
+    spec = stored_spec(study)
     objective = spec.objective if spec else "mean_gain"
     return f"train {objective.replace('_', ' ')}"
 
 
 def _description(study: optuna.Study, table: Any) -> str:
     """The parent run's description (``mlflow.note.content``): study, objective, best site."""
-    spec = _spec(study)
+    spec = stored_spec(study)
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     lines = [f"**Study** `{study.study_name}`" + (f": sweep `{spec.name}`, {spec.sampler} sampler, {n_complete} of {spec.n_trials or 'all'} trials complete." if spec else ".")]
     if spec:

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..site import COLUMNS, from_attrs
+from ._study import stored_spec
 
 __all__ = ["ranked_sites", "distinct_sites", "control_gaps", "format_table", "pareto_mask"]
 
@@ -22,7 +23,7 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
     A multi-objective study's table marks its Pareto-optimal sites (``pareto``) and lists them
     first; a constrained study's marks the sites within the bound (``feasible``), listed first.
     """
-    spec = _spec(study)
+    spec = stored_spec(study)
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = from_attrs(t.user_attrs)
@@ -66,14 +67,6 @@ def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
     better = (signed[:, None, :] > signed[None, :, :]).any(axis=2)
     dominated = (at_least & better).any(axis=0)  # row j is dominated when some row i beats it
     return ~dominated
-
-
-def _spec(study: optuna.Study):
-    from ._settings import SweepSpec
-    from ._study import ATTR_SPEC
-
-    text = study.user_attrs.get(ATTR_SPEC)
-    return SweepSpec.from_json(text) if text else None
 
 
 def distinct_sites(table: pd.DataFrame) -> pd.DataFrame:

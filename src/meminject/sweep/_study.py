@@ -31,7 +31,7 @@ from ._storage import default_storage_url, open_storage
 
 __all__ = [
     "DONE", "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
-    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "leader", "create_kwargs",
+    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "leader", "create_kwargs", "stored_spec",
 ]
 
 log = logging.getLogger("meminject")
@@ -111,6 +111,12 @@ def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
 
 def _first_value(distribution: od.BaseDistribution) -> Any:
     return distribution.choices[0] if isinstance(distribution, od.CategoricalDistribution) else distribution.low
+
+
+def stored_spec(study: optuna.Study) -> SweepSpec | None:
+    """The sweep spec a study was created with (None for a study made outside meminject)."""
+    text = study.user_attrs.get(ATTR_SPEC)
+    return SweepSpec.from_json(text) if text else None
 
 
 def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
