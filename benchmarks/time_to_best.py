@@ -11,7 +11,9 @@ slice (every layer × τ 1..15). Every arm runs in this process through ``meminj
 MLflow off: its per-trial cost is benchmarks/trial_overhead.py's subject):
 
   exhaustive    the grid, every point
-  pruned grid   the same grid, pruner=wilcoxon
+  pruned grid   the same grid, pruner=mean (layer by layer, same-layer trials stacked per pass)
+  pruned grid (wilcoxon)   the same with the signed-rank test
+  pruned grid, 1 trial per pass   pruner=mean with perf.trials_per_forward=1 (what stacking buys)
   tpe / tpe+prune   TPE over the same points, with and without pruning, --seeds seeds
   bf16 grid     the grid with model.dtype=bfloat16 (speed, and ranking agreement with float32)
 
@@ -72,7 +74,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tpe-trials", type=int, default=60)
     parser.add_argument("--no-bf16", action="store_true")
-    parser.add_argument("--grids-only", action="store_true", help="only the exhaustive and the pruned grid")
+    parser.add_argument("--grids-only", action="store_true", help="only the exhaustive and the pruned grids")
+    parser.add_argument("--pruned-only-default", action="store_true", help="one pruned grid (pruner=mean, stacked), not the wilcoxon and one-trial-per-pass variants")
     args = parser.parse_args()
     grid = ["sweep=paper_grid", f"injection.layer={args.layers}", "memory.encoding=choice(unembed)"]
     tpe = ["sweep=tpe", f"injection.layer={args.layers}", "injection.tweak=range(1, 16)", "memory.encoding=choice(unembed)", f"n_trials={args.tpe_trials}"]
@@ -91,13 +94,16 @@ def main() -> None:
         print(f"exhaustive: {len(reference)} points in {wall_x:.0f} s (mean trial {trial_s:.2f} s); best {top5[0]} train gain {best:+.4f}; top 5 {top5}", flush=True)
         rows.append(("exhaustive grid", wall_x, len(reference), 0, best, 1, 5, time_to(exhaustive, t0, 0.9 * best)))
 
-        wall_p, t0, pruned = run_arm(folder, "pruned", *grid, "pruner=wilcoxon")
-        found = points(pruned)
-        n_pruned = sum(t.state.name == "PRUNED" for t in pruned.trials)
-        rows.append(("pruned grid", wall_p, len(found), n_pruned, max(found.values()), int(top(found, 1) == top5[:1]), len(set(top(found, 5)) & set(top5)), time_to(pruned, t0, 0.9 * best)))
-        print(rows[-1], flush=True)
+        arms = [("pruned grid", "pruned", ["pruner=mean"]), ("pruned grid (wilcoxon)", "pruned-wilcoxon", ["pruner=wilcoxon"]),
+                ("pruned grid, 1 trial per pass", "pruned-unstacked", ["pruner=mean", "perf.trials_per_forward=1"])]
+        for label, name, extra in arms[: 1 if args.pruned_only_default else 3]:
+            wall_p, t0, pruned = run_arm(folder, name, *grid, *extra)
+            found = points(pruned)
+            n_pruned = sum(t.state.name == "PRUNED" for t in pruned.trials)
+            rows.append((label, wall_p, len(found), n_pruned, max(found.values()), int(top(found, 1) == top5[:1]), len(set(top(found, 5)) & set(top5)), time_to(pruned, t0, 0.9 * best)))
+            print(rows[-1], flush=True)
 
-        for label, extra in (("tpe", []), ("tpe+prune", ["pruner=wilcoxon"])) if not args.grids_only else ():
+        for label, extra in (("tpe", []), ("tpe+prune", ["pruner=mean"])) if not args.grids_only else ():
             reach = []
             for seed in range(args.seeds):
                 wall_t, t0, study = run_arm(folder, f"{label.replace('+', '-')}-{seed}", *tpe, f"seed={seed}", *extra)

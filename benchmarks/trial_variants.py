@@ -11,7 +11,9 @@ median of --repeat runs at slightly different τ (no result-cache hits). Variant
   baseline    metric.damage=none, one chunk (a trial before this round)
   damage      metric.damage=kl (the default): target <= 1.3× the baseline
   chunks=8    metric.damage=none, prompts in 8 seeded chunks (what a pruned trial that is not
-              stopped costs): should stay at the baseline (each chunk bucketed on its own)
+              stopped costs, one trial per pass: a TPE sweep)
+  chunks=8 ×8 the same, 8 same-layer trials stacked per pass (a pruned grid: its points come
+              layer by layer); per trial
   bfloat16    metric.damage=none, model.dtype=bfloat16
 """
 
@@ -28,6 +30,7 @@ VARIANTS = {
     "baseline": (["metric.damage=none"], 1),
     "damage": (["metric.damage=kl"], 1),
     "chunks=8": (["metric.damage=none"], 8),
+    "chunks=8 ×8": (["metric.damage=none", "perf.trials_per_forward=8"], 8),
     "bfloat16": (["metric.damage=none", "model.dtype=bfloat16"], 1),
 }
 
@@ -54,10 +57,11 @@ def main() -> None:
         per_layer = []
         for layer in layers:
             times = []
+            stack = evaluator.trials_per_forward
             for k in range(args.repeat):
                 started = time.perf_counter()
-                evaluator.evaluate(InjectionSpec(layer=layer, tweak=4.0 + 1e-6 * k), cfg.memory)
-                times.append(time.perf_counter() - started)
+                evaluator.evaluate_many([(InjectionSpec(layer=layer, tweak=4.0 + 1e-6 * (k * stack + j)), cfg.memory) for j in range(stack)])
+                times.append((time.perf_counter() - started) / stack)
             per_layer.append(statistics.median(times))
         totals[name] = sum(per_layer)
         print(f"{name:10s} " + "  ".join(f"L{layer} {t:.3f}s" for layer, t in zip(layers, per_layer)) + f"  total {totals[name]:.3f}s", flush=True)

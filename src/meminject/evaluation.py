@@ -110,12 +110,18 @@ class Evaluator:
         self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
 
     @classmethod
-    def from_config(cls, model: LoadedModel, dataset: Dataset, cfg: Any, chunks: int = 1) -> "Evaluator":
-        """Build from the composed config's ``perf`` group and ``top_k`` (``chunks``: see __init__)."""
+    def from_config(cls, model: LoadedModel, dataset: Dataset, cfg: Any, chunks: int = 1, stack_chunks: bool = False) -> "Evaluator":
+        """Build from the composed config's ``perf`` group and ``top_k`` (``chunks``: see __init__).
+
+        ``perf.trials_per_forward=auto`` stacks 8 trials on CUDA, and on a CPU too when
+        ``stack_chunks`` (a pruned grid, whose asked points share a layer): one chunk of ~10
+        prompts runs in small batches, 1.6-2.2× its share of a single pass, while 8 stacked run at
+        0.9× (benchmarks/trial_variants.py). Full-size CPU batches gain nothing from stacking.
+        """
         perf = cfg.perf
         per_forward = perf.trials_per_forward
         if str(per_forward) == "auto":
-            per_forward = 8 if model.device.type == "cuda" else 1
+            per_forward = 8 if model.device.type == "cuda" or (stack_chunks and chunks > 1) else 1
         per_forward = _as_int(per_forward, "perf.trials_per_forward")
         cache_mb = _as_float(perf.prefix_cache_mb, "perf.prefix_cache_mb")
         if per_forward < 1:

@@ -50,8 +50,9 @@ def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> Any:
 class TrialRunner:
     """Per worker: models, datasets and evaluators loaded once and reused by every trial."""
 
-    def __init__(self, chunks: int = 1) -> None:
+    def __init__(self, chunks: int = 1, stack_chunks: bool = False) -> None:
         self.chunks = int(chunks)  # prompt chunks per trial (pruned sweeps), see Evaluator
+        self.stack_chunks = bool(stack_chunks)  # a pruned grid: stack its chunked trials on a CPU too
         self._evaluators: dict[str, Any] = {}
         self._datasets: dict[str, Any] = {}
         self.batch_scale = 1.0  # halved after each out-of-memory error
@@ -71,7 +72,7 @@ class TrialRunner:
             self._datasets[data_key] = load_dataset(cfg.data)
         key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k) + to_yaml(cfg.metric)
         if key not in self._evaluators:
-            self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[data_key], cfg, chunks=self.chunks)
+            self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[data_key], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks)
         return self._evaluators[key]
 
     def run(self, cfg: Any):

@@ -65,7 +65,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
     total = budget(spec, space)
     tracker = Tracker.from_config(base)
     recovery.tracker = tracker
-    runner = TrialRunner(chunks=spec.chunks)
+    runner = TrialRunner(chunks=spec.chunks, stack_chunks=spec.sampler == "grid")  # grid points come in same-layer runs (see _study)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -113,6 +113,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
             raise
         log.warning("worker %d: its sweep process has ended; stopping (rerun the sweep to resume)", number)
     finally:
+        context.close()  # the last trials' MLflow runs are written before the worker returns
         if bar is not None:
             bar.close()
     return ran
