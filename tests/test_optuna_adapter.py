@@ -41,30 +41,3 @@ def test_a_trial_finished_elsewhere_refuses_and_the_storage_stays_usable(tmp_pat
     mine.tell(later, 1.0)
     assert optuna.load_study(study_name="s", storage=_journal(tmp_path / "j.log")).trials[later.number].user_attrs == {"ok": 1}
 
-
-def test_the_tracking_writer_writes_in_order_reports_failures_and_drains():
-    import threading
-    import time
-
-    from meminject.sweep._writer import TrackingWriter
-
-    writer, order, gate = TrackingWriter(), [], threading.Event()
-
-    def write(n):
-        def run():
-            gate.wait(5)
-            order.append(n)
-            if n == 2:
-                raise OSError("disk full")
-        return run
-
-    gate.set()
-    for n in range(4):
-        writer.submit(n, write(n))
-    time.sleep(0.2)
-    assert order == [] and writer.check() == ([], None), "held until released (the next forward passes)"
-    writer.release()
-    written, failed, error = writer.drain()
-    assert order == [0, 1, 2, 3] and written == {0, 1, 3} and failed == [2] and isinstance(error, OSError)
-    assert writer.drain() == (set(), [], None), "a settled write is reported once"
-    writer.close()

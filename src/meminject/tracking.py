@@ -171,6 +171,7 @@ class Tracker:
         self.retry_s = float(retry_s)
         # every call (also search.py's tracker.client.get_run/set_tag) retries transient errors
         self.client = open_client(uri, self.retry_s)
+        self._artifact_uris: dict[str, str] = {}  # trial run id -> its artifact URI, until the run is finished
         try:
             self.experiment_id = _experiment_id(self.client, experiment, uri)
         except MlflowException as exc:
@@ -209,6 +210,7 @@ class Tracker:
             run_name=site or f"trial {trial_number}",
             tags={"mlflow.parentRunId": parent_run_id, "meminject.role": "trial", "meminject.study": study_name, "meminject.trial_number": str(trial_number), **tags},
         )
+        self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     def finish_trial(self, run_id: str, params: dict[str, Any], metrics: dict[str, float], artifacts: dict[str, str | Path], terminate: bool = True) -> None:
@@ -231,11 +233,18 @@ class Tracker:
                     shutil.copyfile(content, Path(folder) / name)
                 else:
                     (Path(folder) / name).write_text(content)
-            self.client.log_artifacts(run_id, folder)
+            uri = self._artifact_uris.pop(run_id, None)
+            if uri is None:
+                self.client.log_artifacts(run_id, folder)
+            else:  # the run's artifact store, known since its creation: no get_run round trip per trial
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                get_artifact_repository(uri, tracking_uri=self.uri).log_artifacts(folder)
         if terminate:
             self.client.set_terminated(run_id, "FINISHED")
 
     def fail(self, run_id: str, reason: str) -> None:
+        self._artifact_uris.pop(run_id, None)
         try:
             self.client.set_tag(run_id, "meminject.failure", reason[:500])
             self.client.set_terminated(run_id, "FAILED")

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: An
     if spec.pruner != "none" and not result.pruned:  # later trials are compared with it, prompt by prompt
         attrs[ATTR_PROMPT_VALUES] = complete_values(spec.objective, result.per_prompt)
     attrs["trial_seconds"] = seconds
+    release_freed_memory()
     rss = resident_mb()
     if rss is not None:  # the worker's memory after each trial: a per-trial leak shows as a slope
         attrs["worker_rss_mb"] = summary["worker_rss_mb"] = rss
@@ -95,14 +97,18 @@ def reconciled_params(cfg: Any) -> dict[str, Any]:
 
 
 _MALLOC_TRIM: Any = None
+_TRIM_EVERY_S = 5.0  # at most this often: a trim costs ~14 ms in a SmolLM2 worker (2% of its trial)
+_last_trim = float("-inf")
 
 
 def release_freed_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them after the figure's and the
-    tracker's large short-lived buffers, which reads as a slow climb over thousands of trials).
-    ~10 ms in a SmolLM2 worker: the worker runs it on its writer thread, after each trial's run
-    (ctypes lets go of the GIL for the call)."""
-    global _MALLOC_TRIM
+    tracker's large short-lived buffers, which reads as a slow climb over thousands of trials),
+    at most every few seconds: the climb is over thousands of trials, and a trim walks the whole
+    heap while holding its lock (no other thread allocates meanwhile)."""
+    global _MALLOC_TRIM, _last_trim
+    if time.monotonic() - _last_trim < _TRIM_EVERY_S:
+        return
     if _MALLOC_TRIM is None:
         try:
             _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
@@ -110,6 +116,7 @@ def release_freed_memory() -> None:
             _MALLOC_TRIM = False
     if _MALLOC_TRIM:
         _MALLOC_TRIM(0)
+    _last_trim = time.monotonic()
 
 
 def resident_mb() -> float | None:

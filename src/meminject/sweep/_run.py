@@ -27,10 +27,9 @@ from ..site import trial_key
 from ..tracking import Tracker, git_commit, redact
 from ._optuna import set_user_attrs, storage_of, trial_id_of
 from ._pruning import monitor_for
-from ._record import ATTR_KEY, record_in_mlflow, record_in_optuna, release_freed_memory
+from ._record import ATTR_KEY, record_in_mlflow, record_in_optuna
 from ._settings import SweepSpec
 from ._trial import TrialRunner, trial_config
-from ._writer import TrackingWriter
 
 __all__ = ["TrialContext", "run_trials", "signals_held", "fail_pending", "Asked"]
 
@@ -47,14 +46,6 @@ class TrialContext:
     def __init__(self, study: optuna.Study, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker: int) -> None:
         self.study, self.spec, self.runner, self.tracker, self.parent_run_id, self.worker = study, spec, runner, tracker, parent_run_id, worker
         self.owned: dict[int, optuna.Trial] = {}  # trials this worker asked for (told ones stay: harmless)
-        self.writer = TrackingWriter()  # told trials' MLflow runs, written while the next trial computes
-
-    def close(self) -> None:
-        """Wait for the queued MLflow writes (a failed one is written on resume) and stop the writer."""
-        _, failed, error = self.writer.drain()
-        self.writer.close()
-        if error is not None:
-            log.warning("%s", _tracking_failed(self, failed, error))
 
 
 def run_trials(ctx: TrialContext, asked: Asked) -> None:
@@ -110,7 +101,6 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
             time.sleep(delay)
         live = [(t, p) for t, p in asked if t.number in cfgs and t.number in pending]
         monitors = [monitor_for(t, ctx.spec.objective) if ctx.spec.pruner != "none" else None for t, _ in live]
-        ctx.writer.release()  # the last trials' runs are written while these compute
         outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live], monitors)
         seconds = (time.perf_counter() - started) / max(1, len(live))  # stacked trials share the cost
         for (trial, _), (evaluator, _, result) in zip(live, outcomes):
@@ -127,36 +117,25 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
             told_unlogged.add(trial.number)
             run_id = run_ids.get(trial.number)
             if ctx.tracker is None or not ctx.parent_run_id:
-                ctx.writer.submit(trial.number, release_freed_memory)
                 continue
             if run_id is None or tracking_error is not None:
                 unrecorded.append(trial.number)
                 continue
-            # the result is safe in Optuna: its run is written while the next trial computes
-            ctx.writer.submit(trial.number, _mlflow_write(ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live)))
+            try:
+                record_in_mlflow(ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live))
+                told_unlogged.discard(trial.number)
+            except Exception as exc:  # noqa: BLE001 - the result is safe in Optuna; the run is written on resume
+                tracking_error = exc
+                unrecorded.append(trial.number)
     except BaseException as exc:
         with signals_held():
             fail_pending(ctx, pending, run_ids, exc)
-            written, _, _ = ctx.writer.drain()
-            for number in (told_unlogged - written) & set(run_ids):  # complete in Optuna: the resume writes and finishes the run
+            for number in told_unlogged & set(run_ids):  # complete in Optuna: the resume writes and finishes the run
                 with contextlib.suppress(Exception):
                     ctx.tracker.finish(run_ids[number], "KILLED")
         raise
-    failed, write_error = ctx.writer.check()  # this batch's writes, or earlier ones, that failed
-    if tracking_error is None and write_error is not None:
-        tracking_error = write_error
     if tracking_error is not None:
-        raise _tracking_failed(ctx, sorted({*failed, *unrecorded}), tracking_error) from tracking_error
-
-
-def _mlflow_write(tracker: Tracker, run_id: str, number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict[str, Any], stacked: int) -> Any:
-    """One told trial's MLflow run, as a write for the background writer (then freed heap pages go back)."""
-
-    def write() -> None:
-        record_in_mlflow(tracker, run_id, number, cfg, evaluator, result, metrics, stacked)
-        release_freed_memory()
-
-    return write
+        raise _tracking_failed(ctx, unrecorded, tracking_error) from tracking_error
 
 
 def _start_run(ctx: TrialContext, number: int, cfg: Any = None) -> str:

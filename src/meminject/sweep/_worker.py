@@ -113,7 +113,6 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
             raise
         log.warning("worker %d: its sweep process has ended; stopping (rerun the sweep to resume)", number)
     finally:
-        context.close()  # the last trials' MLflow runs are written before the worker returns
         if bar is not None:
             bar.close()
     return ran
