@@ -12,7 +12,7 @@ MLflow off: its per-trial cost is benchmarks/trial_overhead.py's subject):
 
   exhaustive    the grid, every point
   pruned grid   the same grid, pruner=mean (layer by layer, same-layer trials stacked per pass)
-  pruned grid (wilcoxon)   the same with the signed-rank test
+  pruned grid, prune_p=0.05   more aggressive (and, over seeds, less safe: benchmarks/pruning_replay.py)
   pruned grid, 1 trial per pass   pruner=mean with perf.trials_per_forward=1 (what stacking buys)
   tpe / tpe+prune   TPE over the same points, with and without pruning, --seeds seeds
   bf16 grid     the grid with model.dtype=bfloat16 (speed, and ranking agreement with float32)
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--tpe-trials", type=int, default=60)
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--grids-only", action="store_true", help="only the exhaustive and the pruned grids")
-    parser.add_argument("--pruned-only-default", action="store_true", help="one pruned grid (pruner=mean, stacked), not the wilcoxon and one-trial-per-pass variants")
+    parser.add_argument("--pruned-only-default", action="store_true", help="one pruned grid (the defaults), not the prune_p=0.05 and one-trial-per-pass variants")
     args = parser.parse_args()
     grid = ["sweep=paper_grid", f"injection.layer={args.layers}", "memory.encoding=choice(unembed)"]
     tpe = ["sweep=tpe", f"injection.layer={args.layers}", "injection.tweak=range(1, 16)", "memory.encoding=choice(unembed)", f"n_trials={args.tpe_trials}"]
@@ -94,7 +94,7 @@ def main() -> None:
         print(f"exhaustive: {len(reference)} points in {wall_x:.0f} s (mean trial {trial_s:.2f} s); best {top5[0]} train gain {best:+.4f}; top 5 {top5}", flush=True)
         rows.append(("exhaustive grid", wall_x, len(reference), 0, best, 1, 5, time_to(exhaustive, t0, 0.9 * best)))
 
-        arms = [("pruned grid", "pruned", ["pruner=mean"]), ("pruned grid (wilcoxon)", "pruned-wilcoxon", ["pruner=wilcoxon"]),
+        arms = [("pruned grid", "pruned", ["pruner=mean"]), ("pruned grid, prune_p=0.05", "pruned-p05", ["pruner=mean", "prune_p=0.05"]),
                 ("pruned grid, 1 trial per pass", "pruned-unstacked", ["pruner=mean", "perf.trials_per_forward=1"])]
         for label, name, extra in arms[: 1 if args.pruned_only_default else 3]:
             wall_p, t0, pruned = run_arm(folder, name, *grid, *extra)

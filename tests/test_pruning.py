@@ -93,7 +93,8 @@ def test_the_pruner_is_a_one_sided_paired_test_against_the_kth_best_trial(test):
     rng = np.random.default_rng(0)
     best_values = {str(r): float(v) for r, v in enumerate(rng.normal(0.05, 0.02, 30))}
     best = _frozen(best_values)
-    pruner = PairedPruner(test=test, p_threshold=0.05, keep=1)
+    assert (PairedPruner().p_threshold, PairedPruner().margin, PairedPruner().min_prompts) == (0.01, 0.5, 16)  # the defaults the README states
+    pruner = PairedPruner(test=test, p_threshold=0.05, keep=1, min_prompts=8, margin=0.2)
     for shift, expected in [(-0.03, True), (-0.001, None), (0.01, False)]:
         seen = {r: best_values[r] + shift + float(rng.normal(0, 0.01)) for r in list(best_values)[:12]}
         current = _frozen(seen, TrialState.RUNNING)
@@ -103,18 +104,19 @@ def test_the_pruner_is_a_one_sided_paired_test_against_the_kth_best_trial(test):
         assert pruner.prune(_Study(best), current) == direct
         if expected is not None:
             assert direct == expected
-        flipped = PairedPruner(test=test, p_threshold=0.05, keep=1).prune(_Study(best, direction="minimize"), current)
+        flipped = PairedPruner(test=test, p_threshold=0.05, keep=1, min_prompts=8, margin=0.2).prune(_Study(best, direction="minimize"), current)
         assert flipped == (differences.mean() > margin and p_value(-differences) < 0.05)
     # keep=2: the reference is the second-best trial, and no pruning before there are two
     clearly_worse = _frozen({r: best_values[r] - 0.05 for r in list(best_values)[:12]}, TrialState.RUNNING)
-    assert not PairedPruner(test=test, keep=2).prune(_Study(best), clearly_worse)
+    assert not PairedPruner(test=test, keep=2, min_prompts=8).prune(_Study(best), clearly_worse)
     runner_up = _frozen({r: v - 0.049 for r, v in best_values.items()})
     nearly = _frozen({r: best_values[r] - 0.048 + float(rng.normal(0, 1e-4)) for r in list(best_values)[:12]}, TrialState.RUNNING)
-    assert not PairedPruner(test=test, keep=2).prune(_Study(best, runner_up), nearly)
-    assert PairedPruner(test=test, keep=1).prune(_Study(best, runner_up), nearly)
+    assert not PairedPruner(test=test, keep=2, min_prompts=8).prune(_Study(best, runner_up), nearly)
+    assert PairedPruner(test=test, keep=1, min_prompts=8).prune(_Study(best, runner_up), nearly)
+    assert not PairedPruner(test=test, keep=1).prune(_Study(best, runner_up), nearly), "12 prompts: fewer than the default 16"
     neighbour = _frozen({r: best_values[r] * 0.9 for r in list(best_values)[:12]}, TrialState.RUNNING)  # 10% worse on every prompt
     assert not pruner.prune(_Study(best), neighbour), "a consistently but slightly worse neighbour is kept (margin)"
-    assert PairedPruner(test=test, p_threshold=0.05, keep=1, margin=0.0).prune(_Study(best), neighbour)
+    assert PairedPruner(test=test, p_threshold=0.05, keep=1, margin=0.0, min_prompts=8).prune(_Study(best), neighbour)
     few = _frozen({"0": -1.0, "1": -1.0}, TrialState.RUNNING)
     assert not pruner.prune(_Study(best), few), "never on fewer than min_prompts prompts"
 
@@ -142,8 +144,8 @@ def test_a_mean_carried_by_few_prompts_is_kept_by_the_mean_test_and_pruned_by_wi
     seen = _frozen({r: values[r] for r in list(values)[:20]}, TrialState.RUNNING)  # half seen, one big gain among them
     study = _Study(_frozen(reference))
     assert np.mean(list(values.values())) > 0.002 > np.mean(list(prompt_values(seen).values()))
-    assert PairedPruner(test="wilcoxon", keep=1).prune(study, seen)
-    assert not PairedPruner(test="mean", keep=1).prune(study, seen)
+    assert PairedPruner(test="wilcoxon", keep=1, p_threshold=0.05, margin=0.2).prune(study, seen)
+    assert not PairedPruner(test="mean", keep=1, p_threshold=0.05, margin=0.2).prune(study, seen)
 
 
 def _sweep(tmp_path, *extra):

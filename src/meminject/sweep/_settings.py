@@ -45,7 +45,7 @@ SWEEP_SETTINGS = {
     "progress": "true | false: the progress bar",
     "pruner": "none | mean | wilcoxon: stop trials clearly worse than the k-th best (prune_keep), prompt by prompt, in a paired t-test of the mean or a signed-rank test (default: the preset's)",
     "prune_chunks": "pruning: prompts are evaluated in this many seeded chunks, checked after each (default 8)",
-    "prune_p": "pruning: prune when the paired one-sided p-value is below this (default 0.05)",
+    "prune_p": "pruning: prune when the paired one-sided p-value is below this (default 0.01; 0.05 prunes more, and sometimes good sites)",
     "prune_keep": "pruning: compare with the k-th best complete trial, so the top k always complete (default 5)",
 }
 WORKER_SETTINGS = {
@@ -88,7 +88,7 @@ class SweepSpec:
     constraint: str | None = None   # "metric<=bound" or "metric>=bound": feasible trials only win
     pruner: str = "none"            # none | mean | wilcoxon (see meminject.sweep._pruning)
     prune_chunks: int = 8           # prompt chunks of a trial when pruning (1 when not)
-    prune_p: float = 0.05
+    prune_p: float = 0.01
     prune_keep: int = 5             # trials are compared with the k-th best complete one
 
     @property
@@ -318,10 +318,10 @@ def _pruning(settings: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[st
     if pruner != "none" and chunks < 2:
         raise ConfigError(f"prune_chunks={chunks}: pruning needs at least 2 chunks (or pruner=none)")
     try:
-        prune_p = float(settings.get("prune_p", preset.get("prune_p", 0.05)))
+        prune_p = float(settings.get("prune_p", preset.get("prune_p", 0.01)))
     except ValueError as exc:
         raise ConfigError(f"prune_p={settings.get('prune_p')!r} must be a number in (0, 1)") from exc
     if not 0 < prune_p < 1:
-        raise ConfigError(f"prune_p={prune_p} must be in (0, 1), e.g. prune_p=0.05")
+        raise ConfigError(f"prune_p={prune_p} must be in (0, 1), e.g. prune_p=0.01")
     keep = as_positive_int(settings.get("prune_keep", preset.get("prune_keep", 5)), "prune_keep")
     return pruner, chunks, prune_p, keep
