@@ -271,6 +271,7 @@ def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monk
         tracker.fail(tracker.start_trial(parent, 1, "s", {}), "boom")
         tracker.finish(parent)
         assert tracker.client.get_run(trial).info.status == "FINISHED"
+        assert [a.path for a in tracker.client.list_artifacts(trial)] == ["per_prompt.csv"]  # through the server's artifact store
         out, err = capfd.readouterr()
         assert SECRET not in out + err and "View run" not in out, out + err
         quick = Tracker(uri, "links", retry_s=0.5)

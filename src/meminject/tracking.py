@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._store_retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, sqlite_path
+from ._store_retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, retrying, sqlite_path
 from .errors import first_line as _first_line  # kept under its old name
 from .errors import ConfigError, TrackingError
 from .paths import mlruns_dir
@@ -239,7 +239,8 @@ class Tracker:
             else:  # the run's artifact store, known since its creation: no get_run round trip per trial
                 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-                get_artifact_repository(uri, tracking_uri=self.uri).log_artifacts(folder)
+                repository = get_artifact_repository(uri, tracking_uri=self.uri)
+                retrying(lambda: repository.log_artifacts(folder), "log_artifacts", self.uri, self.retry_s)
         if terminate:
             self.client.set_terminated(run_id, "FINISHED")
 

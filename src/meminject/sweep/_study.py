@@ -273,7 +273,7 @@ def pruned_grid_order(points: list[dict[str, Any]], seed: int) -> list[dict[str,
     reference, stays weak for long and little is pruned. Layer by layer, because a worker asks
     ``trials_per_forward`` queued points at once and points of one layer share each chunk's
     suffix pass: a chunk of ~10 prompts alone runs at 1.6-2.2× its share of a full pass, stacked
-    at 0.9× (benchmarks/time_to_best.py measures both orders).
+    at 0.9× (benchmarks/time_to_best.py runs the pruned grid with and without stacking).
     """
     rng = random.Random(seed)
     runs: dict[str, list[dict[str, Any]]] = {}
