@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--layers", default="all", help="all, or comma-separated layers")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--cache", default=None, help="an .npz file: the exhaustive grid is read from it, or computed and written there")
+    parser.add_argument("--prune-p", type=float, default=None, help="the pruner's p threshold (default: PairedPruner's)")
+    parser.add_argument("--margin", type=float, default=None)
+    parser.add_argument("--min-prompts", type=int, default=None)
     args = parser.parse_args()
     from meminject.models import model_shape
     from meminject.config import compose_config
@@ -106,7 +109,8 @@ def main() -> None:
     print(f"the top site's 5 best prompts carry {100 * carried:.0f}% of its summed gain")
     print("| test | compute share (mean, max over seeds) | top-1 kept | top-5 kept per seed |\n|---|---|---|---|")
     for test in ("mean", "wilcoxon"):
-        pruner = PairedPruner(test=test)
+        settings = {"p_threshold": args.prune_p, "margin": args.margin, "min_prompts": args.min_prompts}
+        pruner = PairedPruner(test=test, **{k: v for k, v in settings.items() if v is not None})
         shares, top1, kept = [], 0, []
         for seed in range(args.seeds):
             share, complete = replay(gains, seconds, points, pruner, seed)

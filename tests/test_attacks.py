@@ -104,6 +104,29 @@ def test_an_interrupt_with_two_workers_leaves_nothing_running_and_resumes_at_onc
     _nothing_running(tmp_path, "intr")
 
 
+def test_a_sigterm_while_a_trial_run_is_being_created_leaves_no_run_running(tmp_path):
+    """The signal lands just after MLflow created the trial's run, before meminject knew its id:
+    the run must still be closed (signals are held while it is created)."""
+    from conftest import sweep_args
+
+    script = f"""
+import os, signal, sys
+from meminject.cli import main
+from meminject.tracking import Tracker
+real = Tracker.start_trial
+def start_then_terminated(self, *a, **k):
+    run_id = real(self, *a, **k)
+    os.kill(os.getpid(), signal.SIGTERM)  # delivered before start_trial returns
+    return run_id
+Tracker.start_trial = start_then_terminated
+sys.exit(main({sweep_args(tmp_path, "sweep=paper_grid", "study=t", "injection.tweak=choice(1,2)", "memory.encoding=choice(unembed)")!r}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    _nothing_running(tmp_path, "t")
+    assert [r.info.status for r in mlflow_runs(tmp_path, "trial")] == ["FAILED"]
+
+
 def test_workers_end_with_a_killed_coordinator(tmp_path):
     psutil = pytest.importorskip("psutil")
     grid = ["sweep=paper_grid", "study=orphan", "workers=2", "injection.tweak=choice(1,2,3,4,5,6)", "memory.encoding=choice(unembed,embed)"]

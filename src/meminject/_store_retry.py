@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import TrackingError, first_line
+from .interrupts import INTERRUPTED
 from .redaction import redact
 
 try:
@@ -113,7 +114,8 @@ def _transient_one(exc: BaseException) -> bool | None:
 
 def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float) -> T:
     """``call()``, retried with exponential backoff (50 ms doubling to 2 s, jittered so workers
-    do not retry in step) while it fails transiently, for ``retry_s`` seconds at most."""
+    do not retry in step) while it fails transiently, for ``retry_s`` seconds at most, and not
+    after Ctrl-C/SIGTERM (a call made with signals held must not keep the user waiting)."""
     deadline = time.monotonic() + max(0.0, retry_s)
     delay = 0.05
     while True:
@@ -125,7 +127,7 @@ def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float) -> T:
                 raise
             error = exc
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or INTERRUPTED.is_set():  # interrupted (signals held meanwhile): no more waiting
             # raised outside the except block: the message is the line, no chained context shown
             raise TrackingError(
                 f"MLflow {what} failed at {redact(uri)}: {redact(first_line(error))} (still failing after tracking.retry_s={retry_s:g} s); "

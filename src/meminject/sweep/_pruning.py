@@ -94,7 +94,7 @@ class PairedPruner(optuna.pruners.BasePruner):
     # Defaults: in replays of the exhaustive unembed grid on SmolLM2 (handwritten, and the first
     # 200 2WikiMultiHop prompts; 8 seeds each, benchmarks/pruning_replay.py) these kept the top-1
     # and all top-5 sites in all 16 replays at ~50% of the grid's compute; p < 0.05 (margin 0.2,
-    # 8 prompts) spent ~33% but lost every top-5 site in 2 of the 16.
+    # 8 prompts) spent ~33% but lost every top-5 site in 3 of the 16.
     def __init__(self, test: str = "mean", p_threshold: float = 0.01, keep: int = 5, min_prompts: int = 16, margin: float = 0.5) -> None:
         self.test = _TESTS[test]
         self.p_threshold = float(p_threshold)

@@ -88,7 +88,8 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
                 attrs = {ATTR_KEY: trial_key(cfg), "worker_index": ctx.worker}
                 if ctx.tracker is not None and ctx.parent_run_id and tracking_error is None:
                     try:
-                        run_ids[trial.number] = attrs["mlflow_run_id"] = _start_run(ctx, trial.number, cfg)
+                        with signals_held():  # a run created but not yet in run_ids could never be closed
+                            run_ids[trial.number] = attrs["mlflow_run_id"] = _start_run(ctx, trial.number, cfg)
                     except Exception as exc:  # noqa: BLE001 - the store failed: compute anyway, write the run on resume
                         tracking_error = exc
                 set_user_attrs(trial, attrs)
