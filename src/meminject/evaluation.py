@@ -24,14 +24,14 @@ from torch import Tensor
 from .damage import DAMAGES
 from .data import Dataset
 from .errors import ConfigError, DataError
-from .injection import head_output_component, stacked_hooks
+from .injection import head_output_component
 from .memories import encode_memories, memory_texts, random_directions_like
 from .models import LoadedModel
 from .prefix import PrefixCache
 from .runner import Batch, last_position_logits, make_batches, read_logits
 from .result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers
 from .stats import summarize, typical_norm  # noqa: F401 - summarize is re-exported
-from .spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, _as_float, _as_int  # noqa: F401 - the point of the search space; re-exported
+from .spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, _as_float, _as_int, stacked_hooks  # noqa: F401 - the point of the search space; re-exported
 
 log = logging.getLogger("meminject")
 

@@ -12,17 +12,11 @@ adds ``τ·v`` to one head's ``hook_result``; head results are summed into
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
-
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .runner import Batch
-    from .spec import InjectionSpec
-
-__all__ = ["inject", "position_mask", "stacked_hooks", "unembed_memory", "embed_memory", "multi_hot", "head_output_component"]
+__all__ = ["inject", "position_mask", "unembed_memory", "embed_memory", "multi_hot", "head_output_component"]
 
 
 def inject(
@@ -79,30 +73,3 @@ def head_output_component(
     """
     W_O_head = W_O_head.to(memory.dtype)
     return (memory @ torch.linalg.pinv(W_O_head)) @ W_O_head
-
-
-def stacked_hooks(specs: Sequence[InjectionSpec], vectors: Sequence[Float[Tensor, "n d_model"]], batch: Batch, device: torch.device,
-                  last_token_only: bool = False) -> list[tuple[str, Callable]]:
-    """One hook for ``len(specs)`` same-layer trials stacked along the batch axis.
-
-    ``vectors[k]`` holds trial k's memory per prompt (rows indexed by ``batch.index``);
-    ``last_token_only``: the pass carries only each prompt's last token (sequence length 1).
-    """
-    spec = specs[0]
-    index = batch.index.to(device)
-    memory = torch.cat([v[index] for v in vectors])  # (copies * batch, d_model)
-    tweak = torch.cat([torch.full((len(index),), float(s.tweak), device=device) for s in specs])
-    if last_token_only:
-        mask = torch.ones(len(specs) * len(index), 1, device=device)
-    else:
-        mask = torch.cat([position_mask(batch.attention_mask, batch.prompt_last, s.positions) for s in specs])
-    if spec.site == "head" and spec.literal_hook:
-        def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
-            result = result.clone()
-            result[:, :, spec.head, :] = inject(result[:, :, spec.head, :], memory.to(result.dtype), tweak, mask)
-            return result
-        return [(spec.hook_name, add_to_head)]
-
-    def add_to_layer(attn_out: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, d_model)
-        return inject(attn_out, memory.to(attn_out.dtype), tweak, mask)
-    return [(spec.hook_name, add_to_layer)]

@@ -1,23 +1,29 @@
 """One point of the search space: where a memory goes, how strongly, which memory, how encoded.
 
 :class:`InjectionSpec` is the engine's view of a trial; :mod:`meminject.site` derives the
-site record (tables, Optuna attributes, MLflow params) from it.
+site record (tables, Optuna attributes, MLflow params) from it. :func:`stacked_hooks` turns
+same-layer points into one hook (the formula itself is :mod:`meminject.injection`'s).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from .errors import ConfigError
+from .injection import inject, position_mask
 
 if TYPE_CHECKING:
     from .models import LoadedModel
+    from .runner import Batch
 
-__all__ = ["InjectionSpec", "SITES", "SCALES", "POSITIONS", "ANSWER_METRICS"]
+__all__ = ["InjectionSpec", "stacked_hooks", "SITES", "SCALES", "POSITIONS", "ANSWER_METRICS"]
 
 SITES = ("layer", "head", "head_subspace")
 SCALES = ("absolute", "relative")
@@ -113,3 +119,30 @@ def _as_float(value: Any, key: str) -> float:
         return float(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}={value!r} must be a number") from exc
+
+
+def stacked_hooks(specs: Sequence[InjectionSpec], vectors: Sequence[Float[Tensor, "n d_model"]], batch: Batch, device: torch.device,
+                  last_token_only: bool = False) -> list[tuple[str, Callable]]:
+    """One hook for ``len(specs)`` same-layer trials stacked along the batch axis.
+
+    ``vectors[k]`` holds trial k's memory per prompt (rows indexed by ``batch.index``);
+    ``last_token_only``: the pass carries only each prompt's last token (sequence length 1).
+    """
+    spec = specs[0]
+    index = batch.index.to(device)
+    memory = torch.cat([v[index] for v in vectors])  # (copies * batch, d_model)
+    tweak = torch.cat([torch.full((len(index),), float(s.tweak), device=device) for s in specs])
+    if last_token_only:
+        mask = torch.ones(len(specs) * len(index), 1, device=device)
+    else:
+        mask = torch.cat([position_mask(batch.attention_mask, batch.prompt_last, s.positions) for s in specs])
+    if spec.site == "head" and spec.literal_hook:
+        def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
+            result = result.clone()
+            result[:, :, spec.head, :] = inject(result[:, :, spec.head, :], memory.to(result.dtype), tweak, mask)
+            return result
+        return [(spec.hook_name, add_to_head)]
+
+    def add_to_layer(attn_out: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, d_model)
+        return inject(attn_out, memory.to(attn_out.dtype), tweak, mask)
+    return [(spec.hook_name, add_to_layer)]

@@ -21,7 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # noqa: F401 - re-exported
+from optuna.storages.journal import JournalStorage
+from optuna.storages.journal._storage import JournalOperation
 
 __all__ = ["BaseHeartbeat", "is_heartbeat_enabled", "pop_queued_trial", "set_user_attrs", "storage_of"]
 
@@ -62,10 +65,6 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     another worker meanwhile; every record written is still replayed first, so the storage's
     view stays whole for the next call.
     """
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.storages.journal import JournalStorage
-    from optuna.storages.journal._storage import JournalOperation
-
     storage = trial.storage
     if not isinstance(storage, JournalStorage) or not attrs:
         for key, value in attrs.items():

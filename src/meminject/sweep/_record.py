@@ -22,7 +22,7 @@ from ..tracking import redacted_config
 from ._optuna import set_user_attrs
 from ._pruning import ATTR_PROMPT_VALUES, complete_values
 
-__all__ = ["trial_params", "record_in_optuna", "record_in_mlflow", "reconciled_params", "release_freed_memory", "resident_mb", "ATTR_KEY"]
+__all__ = ["trial_params", "record_in_optuna", "record_in_mlflow", "reconciled_params", "resident_mb", "ATTR_KEY"]
 
 log = logging.getLogger("meminject")
 
@@ -60,7 +60,7 @@ def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: An
     if spec.pruner != "none" and not result.pruned:  # later trials are compared with it, prompt by prompt
         attrs[ATTR_PROMPT_VALUES] = complete_values(spec.objective, result.per_prompt)
     attrs["trial_seconds"] = seconds
-    release_freed_memory()
+    _release_freed_memory()
     rss = resident_mb()
     if rss is not None:  # the worker's memory after each trial: a per-trial leak shows as a slope
         attrs["worker_rss_mb"] = summary["worker_rss_mb"] = rss
@@ -101,11 +101,11 @@ _TRIM_EVERY_S = 5.0  # at most this often: a trim costs ~14 ms in a SmolLM2 work
 _last_trim = float("-inf")
 
 
-def release_freed_memory() -> None:
+def _release_freed_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them after the figure's and the
     tracker's large short-lived buffers, which reads as a slow climb over thousands of trials),
     at most every few seconds: the climb is over thousands of trials, and a trim walks the whole
-    heap while holding its lock (no other thread allocates meanwhile)."""
+    heap."""
     global _MALLOC_TRIM, _last_trim
     if time.monotonic() - _last_trim < _TRIM_EVERY_S:
         return
