@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import compose, make_evaluator, sweep_args
+from conftest import TINY, compose, make_evaluator, sweep_args
 from meminject.evaluation import InjectionSpec
 
 
@@ -52,3 +52,31 @@ def test_best_rechecks_a_bfloat16_sweep_in_float32(tmp_path, monkeypatch, capsys
     assert main(["best", "study=bf", f"storage={tmp_path / 'optuna.journal'}", "top=1", "controls=random_vector", "bootstrap=100"]) == 0
     assert "the sweep ran in bfloat16; the held-out check re-evaluates its sites in float32" in capsys.readouterr().out
     assert dtypes and set(dtypes) == {"float32"}
+
+
+def test_best_ranks_a_bfloat16_sweeps_top_sites_by_their_float32_values(tmp_path, monkeypatch, capsys):
+    """Without a held-out part too: the shown metrics are float32's (equal to a float32 run of
+    the same site), the order is theirs, and the sweep's own value and rank stay beside them."""
+    import pandas as pd
+
+    from meminject.cli import main
+    from meminject.config import compose_config
+    from meminject.sweep._trial import TrialRunner
+
+    monkeypatch.chdir(tmp_path)
+    fixed = ["data.limit=12", "data.part=all"]
+    assert main(sweep_args(tmp_path, "study=bf", "n_trials=6", "model.dtype=bfloat16", *fixed)) == 0
+    capsys.readouterr()
+    assert main(["best", "study=bf", f"storage={tmp_path / 'optuna.journal'}", "top=4", "distinct=false"]) == 0
+    out = capsys.readouterr().out
+    assert "the sweep ran in bfloat16; its top 4 sites were re-evaluated in float32 on the same prompts and are ranked by that" in out
+    table = pd.read_csv(tmp_path / "outputs" / "best" / "bf.csv")
+    head = table.head(4)
+    assert list(head["rank"]) == [1, 2, 3, 4] and sorted(head["sweep_rank"]) == [1, 2, 3, 4]
+    assert list(head["mean_gain"]) == sorted(head["mean_gain"], reverse=True)
+    runner = TrialRunner()
+    for _, site in head.iterrows():
+        cfg = compose_config([*TINY, *fixed, f"injection.layer={site['injection.layer']}", f"injection.tweak={site['injection.tweak']}",
+                              f"memory.encoding={site['memory.encoding']}", "model.dtype=float32"])
+        assert site["mean_gain"] == pytest.approx(runner.run(cfg)[2].summary["mean_gain"], abs=1e-7)
+        assert site["bfloat16"] != site["mean_gain"]  # the sweep's own value is kept beside it

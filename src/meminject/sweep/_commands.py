@@ -18,6 +18,7 @@ from ..recovery import DEFAULT_HEARTBEAT
 from ..tracking import Tracker, redact, tracking_uri
 from ..figures import pareto_figure
 from ._heldout import check_controls, format_heldout, heldout_report
+from ._recheck import float32_recheck
 from ._parent import best_csv, finalize, start_parent_run
 from ._results import distinct_sites, format_table, ranked_sites
 from ._settings import BEST_SETTINGS, SWEEP_SETTINGS, WORKER_SETTINGS, SweepSpec, as_bool, as_non_negative_int, as_positive_int, load_sweep, parse_settings, presets
@@ -169,14 +170,19 @@ def cmd_best(args: Sequence[str]) -> int:
         unit = f"Pareto-optimal sites ({', '.join(f'{d} {o}' for o, d in zip(spec.all_objectives(), spec.all_directions()))})"
     elif distinct:
         table = distinct_sites(table)
+    base = compose_config(spec.overrides) if spec else None
+    lower = base is not None and str(base.model.dtype) != "float32"
+    if lower and not multi and not table.empty:  # a lower-precision sweep ranks; float32 decides its top sites
+        table = float32_recheck(spec, table, str(base.model.dtype), top)
     path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
     if not multi:
         unit = "sites (best τ of each)" if distinct else "distinct sites"
     print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}")
+    if lower and not multi and not table.empty:
+        print(f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)")
     print(format_table(table.head(top)))
     print(f"table: {path}")
-    base = compose_config(spec.overrides) if spec else None
     tracker = Tracker.from_config(base) if base is not None else None
     parent = study.user_attrs.get(ATTR_PARENT)
     if tracker is not None and parent:
@@ -187,7 +193,7 @@ def cmd_best(args: Sequence[str]) -> int:
     if table.empty or heldout == "false" or not has_split:
         return 0
     overrides = list(spec.overrides)
-    if str(base.model.dtype) != "float32":  # a lower-precision sweep ranks; the verdicts are float32's
+    if lower:  # the verdicts are float32's too
         print(f"note: the sweep ran in {base.model.dtype}; the held-out check re-evaluates its sites in float32")
         overrides.append("model.dtype=float32")
     report = heldout_report(overrides, table.head(top), controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))

@@ -106,6 +106,6 @@ def control_gaps(table: pd.DataFrame) -> pd.DataFrame | None:
 def format_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no complete trials yet"
-    columns = ["rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "memory.pos", "injection.site", "injection.positions", "objective", "mean_gain", "mean_damage", "pareto", "feasible", "frac_improved", "trials"]
+    columns = ["rank", "sweep_rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "memory.pos", "injection.site", "injection.positions", "objective", "mean_gain", "bfloat16", "float16", "mean_damage", "pareto", "feasible", "frac_improved", "trials"]
     shown = frame[[c for c in columns if c in frame.columns and not (c == "memory.pos" and (frame[c] == "-").all())]].rename(columns=lambda c: c.split(".")[-1])
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
