@@ -75,6 +75,24 @@ def test_redacted_config_hides_every_url_with_credentials():
     assert shown.tracking.uri == "http://:***@127.0.0.1:5000" and shown.storage == "postgresql+psycopg2://meminject:***@db:5432/optuna"
     assert shown.overrides[1] == "injection.layer=3" and shown.nested.n == 3 and shown.tracking.experiment == "meminject"
     assert SECRET in cfg.storage  # a copy: the config in use keeps its password
+    from meminject.redaction import redacted_container
+
+    assert redacted_container(cfg) == OmegaConf.to_container(shown)  # what trial runs are logged from
+
+
+@pytest.mark.parametrize("overrides", [[], ["model=smollm2-135m", "data=2wikimultihop", "data.split=0.7"], ["model=tiny", "memory.type=pos", "metric.damage=kl"]])
+def test_to_yaml_writes_what_omegaconf_writes(overrides):
+    """The fast YAML writer of every trial's config.yaml: text for text OmegaConf's, also for
+    strings a YAML reader would take for something else (quoted) and non-ASCII text."""
+    from omegaconf import OmegaConf
+
+    from meminject.config import compose_config, to_yaml
+
+    cfg = compose_config(overrides)
+    assert to_yaml(cfg) == OmegaConf.to_yaml(cfg, resolve=True)
+    tricky = OmegaConf.create({"a": "1e-5", "b": "true", "c": "no", "d": "007", "e": "τ=4 · “memory”", "f": None, "g": [1, 2.5, "x: y"], "h": {"i": "null", "j": ""}, "k": "0x1F", "l": "3.0"})
+    assert to_yaml(tricky) == OmegaConf.to_yaml(tricky, resolve=True)
+    assert to_yaml(OmegaConf.to_container(tricky)) == OmegaConf.to_yaml(tricky)
 
 
 def test_retry_setting_is_in_the_config():

@@ -8,6 +8,7 @@
   which otherwise gives up after sqlite3's default 5 s; and the first creation of a database
   is serialized by ``fcntl.flock`` on ``<db>.lock``: two processes migrating one fresh file
   at once can crash one of them in alembic.
+* SQLite commits in WAL mode with ``synchronous=NORMAL`` (see :func:`_fast_sqlite_commits`).
 * A missing database driver (``psycopg2`` for ``postgresql://``) is a one-line install hint.
 * MLflow's "🏃 View run ... at: http://user:password@host/..." lines are switched off.
 """
@@ -206,12 +207,47 @@ def creation_lock(uri: str) -> Iterator[None]:
             handle.close()  # closing releases the flock
 
 
+_FAST_COMMIT_FILES: set[str] = set()  # real paths of the SQLite stores opened in this process
+
+
+def _fast_sqlite_commits(path: Path) -> None:
+    """WAL journal and ``synchronous=NORMAL`` on every connection MLflow opens to this store.
+
+    In SQLite's default (rollback journal, full sync) every commit waits for the disk, and a
+    trial's run takes ~8 commits: measured here 17 ms per run (create, 72 params, 15 metrics,
+    close) against 12 ms in WAL with NORMAL. A process killed mid-sweep still loses no committed
+    write; only an OS crash or power cut can lose the last few, and the file stays consistent.
+    WAL also lets readers (the MLflow UI) read while a worker writes. The engine is MLflow's,
+    so this is a SQLAlchemy "connect" listener on every engine, acting on these files only.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    _FAST_COMMIT_FILES.add(os.path.realpath(path))
+    if not event.contains(Engine, "connect", _on_connect):
+        event.listen(Engine, "connect", _on_connect)
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    try:
+        main = [row[2] for row in dbapi_connection.execute("PRAGMA database_list") if row[1] == "main"]
+        if main and os.path.realpath(main[0]) in _FAST_COMMIT_FILES:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")  # kept in the file: once is enough, repeating is free
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # per connection
+    except sqlite3.Error:  # locked by another process at this moment: this connection stays as correct, only slower
+        pass
+
+
 def open_client(uri: str, retry_s: float) -> RetryingClient:
     """An MLflow client for ``uri`` whose store is open (created on first use), with retries."""
     from mlflow.tracking import MlflowClient
 
     quiet_run_links()
     store_uri = _store_uri(uri, retry_s)
+    if sqlite_path(uri) is not None:
+        _fast_sqlite_commits(sqlite_path(uri))
 
     def connect() -> Any:
         with creation_lock(uri):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["redact", "redacted_config"]
+__all__ = ["redact", "redacted_config", "redacted_container"]
 
 MASK = "***"
 
@@ -97,7 +97,16 @@ def redacted_config(cfg: Any) -> Any:
     """
     from omegaconf import OmegaConf
 
-    return OmegaConf.create(_redact_values(OmegaConf.to_container(cfg, resolve=True)))
+    return OmegaConf.create(redacted_container(cfg))
+
+
+def redacted_container(cfg: Any) -> dict[str, Any]:
+    """:func:`redacted_config` as plain data (a dict of dicts), without building a new
+    DictConfig: what a trial's params and config.yaml are made from (OmegaConf.create costs
+    ~2 ms, a share of a fast trial)."""
+    from omegaconf import OmegaConf
+
+    return _redact_values(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
 
 def _redact_values(value: Any) -> Any:

@@ -215,7 +215,6 @@ class Tracker:
 
     def finish_trial(self, run_id: str, params: dict[str, Any], metrics: dict[str, float], artifacts: dict[str, str | Path], terminate: bool = True) -> None:
         """Params and metrics in one batch, artifacts (texts, or files to copy) in one upload."""
-        import shutil
         import tempfile
         import time as _time
 
@@ -227,20 +226,21 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()], params=param_items[:100])
         if len(param_items) > 100:
             self.log_params(run_id, dict((p.key, p.value) for p in param_items[100:]))
-        with tempfile.TemporaryDirectory() as folder:
-            for name, content in artifacts.items():
-                if isinstance(content, Path):
-                    shutil.copyfile(content, Path(folder) / name)
-                else:
-                    (Path(folder) / name).write_text(content)
-            uri = self._artifact_uris.pop(run_id, None)
-            if uri is None:
-                self.client.log_artifacts(run_id, folder)
-            else:  # the run's artifact store, known since its creation: no get_run round trip per trial
-                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        uri = self._artifact_uris.pop(run_id, None)
+        local = _local_folder(uri)
+        if local is not None:  # a folder on this machine (the default store): written in place, no copy
+            local.mkdir(parents=True, exist_ok=True)
+            _write_artifacts(local, artifacts)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                _write_artifacts(Path(folder), artifacts)
+                if uri is None:
+                    self.client.log_artifacts(run_id, folder)
+                else:  # the run's artifact store, known since its creation: no get_run round trip per trial
+                    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-                repository = get_artifact_repository(uri, tracking_uri=self.uri)
-                retrying(lambda: repository.log_artifacts(folder), "log_artifacts", self.uri, self.retry_s)
+                    repository = get_artifact_repository(uri, tracking_uri=self.uri)
+                    retrying(lambda: repository.log_artifacts(folder), "log_artifacts", self.uri, self.retry_s)
         if terminate:
             self.client.set_terminated(run_id, "FINISHED")
 
@@ -273,3 +273,29 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+
+def _write_artifacts(folder: Path, artifacts: dict[str, str | Path]) -> None:
+    import shutil
+
+    for name, content in artifacts.items():
+        if isinstance(content, Path):
+            shutil.copyfile(content, folder / name)
+        else:
+            (folder / name).write_text(content)
+
+
+def _local_folder(uri: str | None) -> Path | None:
+    """The folder of a ``file:`` (or scheme-less) artifact URI; None for remote stores
+    (``mlflow-artifacts:``, ``s3:``, …), which take MLflow's upload."""
+    if not uri:
+        return None
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(url2pathname(parsed.path))
+    if parsed.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None

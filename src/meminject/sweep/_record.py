@@ -18,7 +18,7 @@ from typing import Any
 from ..config import flat_config, to_yaml
 from ..memories import word_source
 from ..site import Site
-from ..tracking import redacted_config
+from ..redaction import redacted_container
 from ._optuna import set_user_attrs
 from ._pruning import ATTR_PROMPT_VALUES, complete_values
 
@@ -39,7 +39,7 @@ def _config_and_site(cfg: Any, shown: Any) -> dict[str, Any]:
 def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int, shown: Any = None) -> dict[str, Any]:
     """A trial run's MLflow params: the resolved config (redacted: ``shown``), the site, and what ran."""
     return {
-        **_config_and_site(cfg, redacted_config(cfg) if shown is None else shown),
+        **_config_and_site(cfg, redacted_container(cfg) if shown is None else shown),
         "hook": hook, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "n_prompts": len(dataset),
         "trials_per_forward": stacked, "memory.word_source": word_source(cfg.memory),
     }
@@ -74,7 +74,7 @@ def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: An
 
 def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict[str, Any], stacked: int) -> None:
     """The trial's run: params (the whole config), metrics, per-prompt table, config, figure."""
-    shown = redacted_config(cfg)  # once: the params and config.yaml show the same redacted config
+    shown = redacted_container(cfg)  # once: the params and config.yaml show the same redacted config
     params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked, shown=shown)
     with tempfile.TemporaryDirectory() as folder:
         artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(shown)}
@@ -93,7 +93,7 @@ def reconciled_params(cfg: Any) -> dict[str, Any]:
     """The params of a trial run written after the fact (from the study alone, on resume)."""
     from ..spec import InjectionSpec
 
-    return {**_config_and_site(cfg, redacted_config(cfg)), "hook": InjectionSpec.from_config(cfg).hook_name}
+    return {**_config_and_site(cfg, redacted_container(cfg)), "hook": InjectionSpec.from_config(cfg).hook_name}
 
 
 _MALLOC_TRIM: Any = None
