@@ -326,3 +326,22 @@ def test_a_sweep_on_a_tracking_server_never_shows_its_password(tmp_path, form):
         assert {p.name for p in artifacts} >= {"sweep.json", "base_config.yaml", "config.yaml"}
         leaked = [str(p) for p in artifacts if SECRET.encode() in p.read_bytes()]
         assert not leaked, leaked
+
+
+def test_the_sqlite_store_commits_in_wal_mode_and_other_sqlite_files_are_left_alone(tmp_path, monkeypatch):
+    """The MLflow store's connections run in WAL with synchronous=NORMAL (a commit is an append,
+    not a disk flush); an Optuna SQLite storage in the same process keeps SQLite's defaults."""
+    from conftest import sweep_args
+    from meminject.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [a if not a.startswith("storage=") else f"storage=sqlite:///{tmp_path / 'optuna.db'}" for a in sweep_args(tmp_path, "study=wal", "n_trials=2")]
+    assert main(args) == 0
+    journal = {name: sqlite3.connect(tmp_path / name).execute("PRAGMA journal_mode").fetchone()[0] for name in ("mlflow.db", "optuna.db")}
+    assert journal == {"mlflow.db": "wal", "optuna.db": "delete"}
+    from sqlalchemy import create_engine, text
+
+    with create_engine(f"sqlite:///{tmp_path / 'mlflow.db'}").connect() as connection:  # any engine on the store's file
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+    with create_engine(f"sqlite:///{tmp_path / 'optuna.db'}").connect() as connection:
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL, SQLite's default
