@@ -57,12 +57,15 @@ def make_batches(
     max_padding: float = 1.0,
     reads: Sequence[Sequence[tuple[int, int]]] | None = None,
     prompt_lengths: Sequence[int] | None = None,
+    floor_tokens: int = 0,
 ) -> list[Batch]:
     """Group prompts into padded batches of at most ``max_batch_tokens`` (padded) tokens.
 
     Sorting by length first (bucketing) keeps padding small: prompts of similar length
     share a batch, and a batch is closed early when padding would exceed ``max_padding``
-    of its tokens (padded tokens are computed and thrown away).
+    of its tokens (padded tokens are computed and thrown away). With ``floor_tokens`` the
+    length-sorted prompts are cut where a cost model says (:func:`_cheapest_groups`) instead:
+    for a few prompts on a CPU, fewer forwards beat less padding.
 
     ``reads[i]`` lists (position in sequence i, target token) pairs whose logits are read;
     by default each sequence's last token. ``prompt_lengths[i]`` marks where the prompt ends
@@ -71,18 +74,21 @@ def make_batches(
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i])) if sort_by_length else list(range(len(token_lists)))
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = max([len(token_lists[j]) for j in current] + [len(token_lists[i])])
-        padded = width * (len(current) + 1)
-        real = sum(len(token_lists[j]) for j in current) + len(token_lists[i])
-        if current and (padded > max_batch_tokens or 1.0 - real / padded > max_padding):
+    if floor_tokens > 0 and sort_by_length:
+        groups = _cheapest_groups(order, [len(token_lists[i]) for i in order], max_batch_tokens, floor_tokens)
+    else:
+        groups = []
+        current: list[int] = []
+        for i in order:
+            width = max([len(token_lists[j]) for j in current] + [len(token_lists[i])])
+            padded = width * (len(current) + 1)
+            real = sum(len(token_lists[j]) for j in current) + len(token_lists[i])
+            if current and (padded > max_batch_tokens or 1.0 - real / padded > max_padding):
+                groups.append(current)
+                current = []
+            current.append(i)
+        if current:
             groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
     batches = []
     for group in groups:
         width = max(len(token_lists[i]) for i in group)
@@ -115,6 +121,32 @@ def make_batches(
             )
         )
     return batches
+
+
+def _cheapest_groups(order: list[int], lengths: list[int], max_batch_tokens: int, floor_tokens: int) -> list[list[int]]:
+    """Contiguous groups of the length-sorted prompts with the least total cost, where a forward
+    of ``n`` prompts padded to width ``w`` costs ``floor_tokens / 4 + max(n * w, floor_tokens)``
+    (in tokens): on a CPU a forward of fewer tokens than ~``floor_tokens`` takes about as long as
+    one of that many (matmul efficiency), and each forward has a fixed cost of its own (per-layer
+    Python). Dynamic programming over the cut points: O(prompts × prompts per forward)."""
+    fixed_tokens = floor_tokens / 4
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost of the first j prompts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = lengths[j - 1]  # sorted: the group's last prompt is its widest
+        for i in range(j - 1, -1, -1):
+            padded = width * (j - i)
+            if padded > max_batch_tokens and i < j - 1:
+                break
+            cost = best[i] + fixed_tokens + max(padded, floor_tokens)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def _forward(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook], **kwargs) -> Tensor:
