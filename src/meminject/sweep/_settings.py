@@ -58,7 +58,7 @@ WORKER_SETTINGS = {
 BEST_SETTINGS = {
     "study": "the study (default: the only study in the storage)",
     "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
-    "top": "how many sites to show and judge on held-out prompts (default 10)",
+    "top": "how many sites to show and judge on held-out prompts, and to re-rank in float32 after a bfloat16/float16 sweep (default 10)",
     "distinct": "true: only the best τ of each site | false: every point (default true)",
     "heldout": "auto | true | false: re-evaluate the top sites on held-out prompts (default auto)",
     "controls": "controls for the held-out gaps: pos, random, random_vector, pos_matched, random_matched (norm-matched; default pos,pos_matched,random_vector)",
