@@ -5,6 +5,7 @@ Run by hand (not a test)::
     HF_HUB_OFFLINE=1 MEMINJECT_DATA_DIR=../shared/data python benchmarks/pruning_replay.py                  # handwritten, ~6 min
     HF_HUB_OFFLINE=1 MEMINJECT_DATA_DIR=../shared/data python benchmarks/pruning_replay.py --data 2wikimultihop --limit 200   # ~15 min
     ... --cache grid.npz     # keep the exhaustive grid: later replays are instant
+    ... --dtype bfloat16 --cache bf16.npz --reference grid.npz   # the pruned grid in bf16, judged after best's float32 re-check
 
 SmolLM2 (raw weights), the train part, correct memory, unembed: every layer × τ 1..15 is
 evaluated once on every prompt (per-prompt gains and each point's time). Then, for each seed,
@@ -28,7 +29,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def exhaustive(data: str, limit: int | None, layers: list[int]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
+def exhaustive(data: str, limit: int | None, layers: list[int], dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """(gains: points × prompts, seconds per point, the points as (layer, τ))."""
     from meminject.cli import _quiet_libraries
     from meminject.config import compose_config
@@ -37,7 +38,7 @@ def exhaustive(data: str, limit: int | None, layers: list[int]) -> tuple[np.ndar
     from meminject.models import load_model
 
     _quiet_libraries()
-    overrides = ["model=smollm2-135m", "model.device=cpu", "model.weights=raw", "memory.encoding=unembed", "metric.damage=none", "data.part=train", f"data={data}"]
+    overrides = ["model=smollm2-135m", "model.device=cpu", "model.weights=raw", "memory.encoding=unembed", "metric.damage=none", "data.part=train", f"data={data}", f"model.dtype={dtype}"]
     cfg = compose_config(overrides + ([f"data.limit={limit}"] if limit else []))
     evaluator = Evaluator.from_config(load_model(cfg.model), load_dataset(cfg.data), cfg)
     evaluator.clean
@@ -87,6 +88,9 @@ def main() -> None:
     parser.add_argument("--prune-p", type=float, default=None, help="the pruner's p threshold (default: PairedPruner's)")
     parser.add_argument("--margin", type=float, default=None)
     parser.add_argument("--min-prompts", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", help="the grid's precision (bfloat16: the pruned grid in bf16)")
+    parser.add_argument("--reference", default=None, help="a float32 grid's .npz (--cache of a float32 run): the top sites are "
+                        "float32's, and each replay's 10 best complete points are re-ranked by their float32 values, as `meminject best` does")
     args = parser.parse_args()
     from meminject.models import model_shape
     from meminject.config import compose_config
@@ -98,13 +102,14 @@ def main() -> None:
         saved = np.load(args.cache)
         gains, seconds, points = saved["gains"], saved["seconds"], [(int(l), float(t)) for l, t in saved["points"]]
     else:
-        gains, seconds, points = exhaustive(args.data, args.limit, layers)
+        gains, seconds, points = exhaustive(args.data, args.limit, layers, args.dtype)
         if args.cache:
             np.savez(args.cache, gains=gains, seconds=seconds, points=np.array(points))
-    means = gains.mean(axis=1)
-    top5 = list(np.argsort(-means)[:5])
-    print(f"{args.data}: {gains.shape[1]} train prompts, {len(points)} points in {seconds.sum():.0f} s; top 5 "
-          + ", ".join(f"L{points[i][0]} τ{points[i][1]:g} {means[i]:+.4f}" for i in top5))
+    means = gains.mean(axis=1)  # what the sweep ranks by
+    truth = np.load(args.reference)["gains"].mean(axis=1) if args.reference else means  # what decides
+    top5 = list(np.argsort(-truth)[:5])
+    print(f"{args.data}: {gains.shape[1]} train prompts, {len(points)} points in {seconds.sum():.0f} s ({args.dtype}); top 5{' (float32)' if args.reference else ''} "
+          + ", ".join(f"L{points[i][0]} τ{points[i][1]:g} {truth[i]:+.4f}" for i in top5))
     carried = np.sort(gains[top5[0]])[::-1][:5].sum() / gains[top5[0]].sum()
     print(f"the top site's 5 best prompts carry {100 * carried:.0f}% of its summed gain")
     print("| test | compute share (mean, max over seeds) | top-1 kept | top-5 kept per seed |\n|---|---|---|---|")
@@ -116,6 +121,8 @@ def main() -> None:
             share, complete = replay(gains, seconds, points, pruner, seed)
             shares.append(share)
             ranked = sorted(complete, key=lambda i: -means[i])
+            if args.reference:  # `best`: the sweep's top 10, re-ranked in float32
+                ranked = sorted(ranked[:10], key=lambda i: -truth[i])
             top1 += ranked[0] == top5[0]
             kept.append(len(set(ranked[:5]) & set(top5)))
         print(f"| {test} | {100 * np.mean(shares):.0f}%, {100 * max(shares):.0f}% | {top1}/{args.seeds} | {kept} (mean {np.mean(kept):.1f}) |", flush=True)

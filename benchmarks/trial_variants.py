@@ -15,6 +15,10 @@ median of --repeat runs at slightly different τ (no result-cache hits). Variant
   chunks=8 ×8 the same, 8 same-layer trials stacked per pass (a pruned grid: its points come
               layer by layer); per trial
   bfloat16    metric.damage=none, model.dtype=bfloat16
+
+For each one-trial-per-pass variant it also times the floor of the same forwards (layers L..N
+on the same batches, no hooks: trial_throughput.py's floor): what a chunk costs beyond it is
+meminject's; what the forwards cost beyond a single pass is the CPU's, for small batches.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ VARIANTS = {
     "chunks=8 ×8": (["metric.damage=none", "perf.trials_per_forward=8"], 8),
     "bfloat16": (["metric.damage=none", "model.dtype=bfloat16"], 1),
 }
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -65,6 +75,11 @@ def main() -> None:
             per_layer.append(statistics.median(times))
         totals[name] = sum(per_layer)
         print(f"{name:10s} " + "  ".join(f"L{layer} {t:.3f}s" for layer, t in zip(layers, per_layer)) + f"  total {totals[name]:.3f}s", flush=True)
+        if evaluator.trials_per_forward == 1 and evaluator.prefix is not None and "bfloat16" not in name:
+            # the floor of these very forwards: layers L..N on the same batches, no hooks, no reads
+            floor = sum(statistics.median(_timed(lambda: [evaluator.prefix.last_logits(p, layer, []) for p in range(len(evaluator.obscure_batches))])
+                                          for _ in range(args.repeat)) for layer in layers)
+            print(f"{'':10s} its {len(evaluator.obscure_batches)} forwards without hooks: {floor:.3f}s, so the trial is {totals[name] / floor:.2f}× their floor", flush=True)
     base = totals["baseline"]
     for name, total in totals.items():
         print(f"{name:10s} {total / base:5.2f}× the baseline")

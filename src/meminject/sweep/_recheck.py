@@ -47,7 +47,8 @@ def float32_recheck(spec: Any, ranked: pd.DataFrame, dtype: str, top: int, runne
         if column in table.columns:
             key = spec.objective if column == "objective" else column
             table[column] = [float(s[key]) if key in s else float("nan") for s in summaries]
-    table = table.sort_values(objective, ascending=spec.direction == "minimize", kind="stable").reset_index(drop=True)
+    keys = (["feasible"] if "feasible" in table.columns else []) + [objective]  # a constrained study lists its feasible sites first
+    table = table.sort_values(keys, ascending=[False] * (len(keys) - 1) + [spec.direction == "minimize"], kind="stable").reset_index(drop=True)
     table = pd.concat([table, rest.assign(sweep_rank=rest["rank"], **{dtype: rest[objective]})], ignore_index=True)
     table["rank"] = range(1, len(table) + 1)
     return table
