@@ -246,8 +246,9 @@ def open_client(uri: str, retry_s: float) -> RetryingClient:
 
     quiet_run_links()
     store_uri = _store_uri(uri, retry_s)
-    if sqlite_path(uri) is not None:
-        _fast_sqlite_commits(sqlite_path(uri))
+    database = sqlite_path(uri)
+    if database is not None:
+        _fast_sqlite_commits(database)
 
     def connect() -> Any:
         with creation_lock(uri):

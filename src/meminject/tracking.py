@@ -227,19 +227,21 @@ class Tracker:
         if len(param_items) > 100:
             self.log_params(run_id, dict((p.key, p.value) for p in param_items[100:]))
         uri = self._artifact_uris.pop(run_id, None)
-        local = _local_folder(uri)
-        if local is not None:  # a folder on this machine (the default store): written in place, no copy
-            local.mkdir(parents=True, exist_ok=True)
-            _write_artifacts(local, artifacts)
-        else:
+        if uri is None:
             with tempfile.TemporaryDirectory() as folder:
                 _write_artifacts(Path(folder), artifacts)
-                if uri is None:
-                    self.client.log_artifacts(run_id, folder)
-                else:  # the run's artifact store, known since its creation: no get_run round trip per trial
-                    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+                self.client.log_artifacts(run_id, folder)
+        else:  # the run's artifact store, known since its creation: no get_run round trip per trial
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+            from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-                    repository = get_artifact_repository(uri, tracking_uri=self.uri)
+            repository = get_artifact_repository(uri, tracking_uri=self.uri)
+            if isinstance(repository, LocalArtifactRepository):  # a folder here (the default store): written in place, no copy
+                Path(repository.artifact_dir).mkdir(parents=True, exist_ok=True)
+                _write_artifacts(Path(repository.artifact_dir), artifacts)
+            else:
+                with tempfile.TemporaryDirectory() as folder:
+                    _write_artifacts(Path(folder), artifacts)
                     retrying(lambda: repository.log_artifacts(folder), "log_artifacts", self.uri, self.retry_s)
         if terminate:
             self.client.set_terminated(run_id, "FINISHED")
@@ -283,19 +285,3 @@ def _write_artifacts(folder: Path, artifacts: dict[str, str | Path]) -> None:
             shutil.copyfile(content, folder / name)
         else:
             (folder / name).write_text(content)
-
-
-def _local_folder(uri: str | None) -> Path | None:
-    """The folder of a ``file:`` (or scheme-less) artifact URI; None for remote stores
-    (``mlflow-artifacts:``, ``s3:``, …), which take MLflow's upload."""
-    if not uri:
-        return None
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        return Path(url2pathname(parsed.path))
-    if parsed.scheme == "" and uri.startswith("/"):
-        return Path(uri)
-    return None

@@ -172,14 +172,15 @@ def cmd_best(args: Sequence[str]) -> int:
         table = distinct_sites(table)
     base = compose_config(spec.overrides) if spec else None
     lower = base is not None and str(base.model.dtype) != "float32"
-    if lower and not multi and not table.empty:  # a lower-precision sweep ranks; float32 decides its top sites
+    rechecked = lower and not multi and not table.empty  # a lower-precision sweep ranks; float32 decides its top sites
+    if rechecked:
         table = float32_recheck(spec, table, str(base.model.dtype), top)
     path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
     if not multi:
         unit = "sites (best τ of each)" if distinct else "distinct sites"
     print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}")
-    if lower and not multi and not table.empty:
+    if rechecked:
         print(f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)")
     print(format_table(table.head(top)))
     print(f"table: {path}")

@@ -7,6 +7,7 @@ touched, the dataset's hash, the per-prompt table, the config and a per-prompt g
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -76,9 +77,10 @@ def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, eva
     """The trial's run: params (the whole config), metrics, per-prompt table, config, figure."""
     shown = redacted_container(cfg)  # once: the params and config.yaml show the same redacted config
     params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked, shown=shown)
-    with tempfile.TemporaryDirectory() as folder:
-        artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(shown)}
-        if cfg.tracking.trial_figures:
+    artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(shown)}
+    # a folder for the optional figure only: no temporary folder per trial when figures are off
+    with tempfile.TemporaryDirectory() if cfg.tracking.trial_figures else contextlib.nullcontext() as folder:
+        if folder is not None:
             title = f"trial {trial_number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}"
             figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
             if figure is not None:
