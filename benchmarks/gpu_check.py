@@ -22,10 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def evaluator_for(device: str, dtype: str, data: list[str], per_forward: int):
-    from meminject.config import compose_config
-    from meminject.data import load_dataset
-    from meminject.evaluation import Evaluator
-    from meminject.models import load_model
+    from meminject.config._compose import compose_config
+    from meminject.data._dataset import load_dataset
+    from meminject.engine._evaluation import Evaluator
+    from meminject.engine._models import load_model
 
     cfg = compose_config(["model=smollm2-135m", "model.weights=raw", f"model.device={device}", f"model.dtype={dtype}", *data,
                           "memory.encoding=unembed", f"perf.trials_per_forward={per_forward}", "perf.max_batch_tokens=65536"])
@@ -33,7 +33,7 @@ def evaluator_for(device: str, dtype: str, data: list[str], per_forward: int):
 
 
 def grid(evaluator, cfg):
-    from meminject.evaluation import InjectionSpec
+    from meminject.engine._evaluation import InjectionSpec
 
     return [(InjectionSpec(layer=layer, tweak=float(tau)), cfg.memory) for layer in range(evaluator.model.n_layers) for tau in range(1, 16)]
 
@@ -52,7 +52,7 @@ def main() -> int:
     from scipy.stats import spearmanr
 
     from meminject.cli import _quiet_libraries
-    from meminject.evaluation import InjectionSpec
+    from meminject.engine._evaluation import InjectionSpec
 
     _quiet_libraries()
     torch.set_grad_enabled(False)

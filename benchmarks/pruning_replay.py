@@ -32,10 +32,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def exhaustive(data: str, limit: int | None, layers: list[int], dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """(gains: points × prompts, seconds per point, the points as (layer, τ))."""
     from meminject.cli import _quiet_libraries
-    from meminject.config import compose_config
-    from meminject.data import load_dataset
-    from meminject.evaluation import Evaluator, InjectionSpec
-    from meminject.models import load_model
+    from meminject.config._compose import compose_config
+    from meminject.data._dataset import load_dataset
+    from meminject.engine._evaluation import Evaluator, InjectionSpec
+    from meminject.engine._models import load_model
 
     _quiet_libraries()
     overrides = ["model=smollm2-135m", "model.device=cpu", "model.weights=raw", "memory.encoding=unembed", "metric.damage=none", "data.part=train", f"data={data}", f"model.dtype={dtype}"]
@@ -92,8 +92,8 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="a float32 grid's .npz (--cache of a float32 run): the top sites are "
                         "float32's, and each replay's 10 best complete points are re-ranked by their float32 values, as `meminject best` does")
     args = parser.parse_args()
-    from meminject.models import model_shape
-    from meminject.config import compose_config
+    from meminject.engine._models import model_shape
+    from meminject.config._compose import compose_config
     from meminject.sweep._pruning import PairedPruner
 
     n_layers = model_shape(compose_config(["model=smollm2-135m"]).model)["n_layers"] if args.layers == "all" else None

@@ -85,8 +85,8 @@ def main() -> None:
     import pandas as pd
 
     from meminject.cli import main as meminject
-    from meminject.models import load_model
-    from meminject.config import compose_config
+    from meminject.engine._models import load_model
+    from meminject.config._compose import compose_config
 
     load_model(compose_config(["model=smollm2-135m", "model.device=cpu", "model.weights=raw"]).model)  # once, outside every arm
     rows = []

@@ -76,7 +76,7 @@ def main() -> None:
 
     from meminject.cli import main as cli
     from meminject.sweep import _commands, _run, _trial, _worker
-    from meminject import figures
+    from meminject.sweep import _figures as figures
 
     wrap(_commands, "run_worker", LOOP)
     wrap(_worker, "_ask_trials", "ask (sampler, budget)")

@@ -66,8 +66,8 @@ def upstream_trial(model, frame, vectors, layer: int, tweak: float) -> np.ndarra
 
 def plain_batched_trial(model, evaluator, vectors, layer: int, tweak: float) -> np.ndarray:
     """(b) One right-padded batch of every prompt; full forwards and full logits; nothing cached."""
-    from meminject.injection import inject, position_mask
-    from meminject.runner import make_batches
+    from meminject.engine._injection import inject, position_mask
+    from meminject.engine._runner import make_batches
 
     bridge = model.bridge
     answer = evaluator.answer_token
@@ -113,11 +113,11 @@ def main() -> int:
     args = parser.parse_args()
 
     from meminject.cli import _quiet_libraries
-    from meminject.config import compose_config
-    from meminject.data import load_dataset
-    from meminject.evaluation import Evaluator, InjectionSpec
-    from meminject.memories import encode_memories
-    from meminject.models import load_model
+    from meminject.config._compose import compose_config
+    from meminject.data._dataset import load_dataset
+    from meminject.engine._evaluation import Evaluator, InjectionSpec
+    from meminject.engine._memories import encode_memories
+    from meminject.engine._models import load_model
 
     _quiet_libraries()
     torch.set_grad_enabled(False)
@@ -173,7 +173,7 @@ def main() -> int:
     print(f"max |ΔP(answer)| per prompt: (a)-(c) {diffs['a-c']:.2e} · (b)-(c) {diffs['b-c']:.2e} · (a)-(b) {diffs['a-b']:.2e}")
 
     if args.grid:
-        from meminject.prefix import PrefixCache  # noqa: F401 - the grid uses the same evaluator
+        from meminject.engine._prefix import PrefixCache  # noqa: F401 - the grid uses the same evaluator
 
         points = [(InjectionSpec(layer=layer, tweak=float(tweak)), memory_cfg) for layer in range(model.n_layers) for tweak in range(1, 16)]
         seconds_grid, results = timed(lambda: evaluator.evaluate_many(points))

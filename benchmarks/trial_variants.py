@@ -52,10 +52,10 @@ def main() -> None:
     parser.add_argument("--data", default="handwritten")
     args = parser.parse_args()
     from meminject.cli import _quiet_libraries
-    from meminject.config import compose_config
-    from meminject.data import load_dataset
-    from meminject.evaluation import Evaluator, InjectionSpec
-    from meminject.models import load_model
+    from meminject.config._compose import compose_config
+    from meminject.data._dataset import load_dataset
+    from meminject.engine._evaluation import Evaluator, InjectionSpec
+    from meminject.engine._models import load_model
 
     _quiet_libraries()
     layers = [int(x) for x in args.layers.split(",")]

@@ -30,7 +30,7 @@ def shared_data() -> Path:
 
 
 def compose(*overrides: str):
-    from meminject.config import compose_config
+    from meminject.config._compose import compose_config
 
     return compose_config(list(overrides))
 
@@ -42,28 +42,28 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def tiny(tiny_cfg):
-    from meminject.models import load_model
+    from meminject.engine._models import load_model
 
     return load_model(tiny_cfg.model)
 
 
 @pytest.fixture(scope="session")
 def tiny_paper():
-    from meminject.models import load_model
+    from meminject.engine._models import load_model
 
     return load_model(compose("model=tiny", "model.device=cpu", "model.weights=paper").model)
 
 
 @pytest.fixture(scope="session")
 def demo(tiny_cfg):
-    from meminject.data import load_dataset
+    from meminject.data._dataset import load_dataset
 
     return load_dataset(tiny_cfg.data)
 
 
 @pytest.fixture(scope="session")
 def smol():
-    from meminject.models import load_model
+    from meminject.engine._models import load_model
 
     return load_model(compose("model=smollm2-135m", "model.device=cpu", "model.weights=raw").model)
 
@@ -120,7 +120,7 @@ def complete_points(study) -> Counter:
 
 def make_evaluator(model, dataset, **overrides):
     """An Evaluator with the conf/ defaults (conf/perf/default.yaml, top_k, metric), overridden."""
-    from meminject.evaluation import Evaluator
+    from meminject.engine._evaluation import Evaluator
 
     cfg = compose("model=tiny", "model.device=cpu")
     perf = cfg.perf

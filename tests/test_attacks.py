@@ -112,7 +112,7 @@ def test_a_sigterm_while_a_trial_run_is_being_created_leaves_no_run_running(tmp_
     script = f"""
 import os, signal, sys
 from meminject.cli import main
-from meminject.tracking import Tracker
+from meminject.tracking._tracker import Tracker
 real = Tracker.start_trial
 def start_then_terminated(self, *a, **k):
     run_id = real(self, *a, **k)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from meminject.cli import main
-from meminject.errors import MemInjectError
+from meminject.core._errors import MemInjectError
 from meminject.sweep import open_storage
 
 GOOD_HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
@@ -164,7 +164,7 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 @settings(max_examples=150, deadline=None)
 @given(lo=finite, hi=finite)
 def test_interval_keeps_its_bounds_or_refuses_inverted(lo, hi):
-    from meminject.space import parse_space
+    from meminject.sweep._space import parse_space
 
     expression = f"interval({lo!r}, {hi!r})"
     if lo <= hi:  # low == high is a one-value interval, as in Optuna
@@ -178,7 +178,7 @@ def test_interval_keeps_its_bounds_or_refuses_inverted(lo, hi):
 @settings(max_examples=150, deadline=None)
 @given(start=st.integers(0, 40), stop=st.integers(0, 40), step=st.integers(1, 5))
 def test_range_means_python_range_in_every_sampler_or_is_refused(start, stop, step):
-    from meminject.space import parse_space
+    from meminject.sweep._space import parse_space
 
     expected = list(range(start, stop, step))
     try:
@@ -196,7 +196,7 @@ def test_range_means_python_range_in_every_sampler_or_is_refused(start, stop, st
 @settings(max_examples=150, deadline=None)
 @given(values=st.lists(st.sampled_from(["unembed", "embed", "layer"]), min_size=1, max_size=3, unique=True))
 def test_choice_keeps_its_values_in_order(values):
-    from meminject.space import parse_space
+    from meminject.sweep._space import parse_space
 
     space = parse_space({"memory.encoding": f"choice({', '.join(values)})"}, {"n_layers": 4, "n_heads": 2})
     assert list(space.distributions["memory.encoding"].choices) == values
@@ -219,8 +219,8 @@ def test_dataset_loader_loads_valid_rows_exactly_or_refuses_in_one_message(rows,
 
     from pandas._libs.parsers import STR_NA_VALUES
 
-    from meminject.config import compose_config
-    from meminject.data import load_dataset
+    from meminject.config._compose import compose_config
+    from meminject.data._dataset import load_dataset
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

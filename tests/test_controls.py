@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 
 import optuna
 from conftest import compose, load, make_evaluator
-from meminject.config import compose_config
-from meminject.data import Dataset, load_dataset, split_rows
-from meminject.evaluation import InjectionSpec
-from meminject.injection import head_output_component
-from meminject.memories import POS_COLUMNS, memory_texts, word_pools
-from meminject.stats import bootstrap_mean_ci, paired_sign_flip_p
+from meminject.config._compose import compose_config
+from meminject.data._dataset import Dataset, load_dataset, split_rows
+from meminject.engine._evaluation import InjectionSpec
+from meminject.engine._injection import head_output_component
+from meminject.engine._memories import POS_COLUMNS, memory_texts, word_pools
+from meminject.sweep._stats import bootstrap_mean_ci, paired_sign_flip_p
 
 
 def memory_cfg(*overrides: str):
@@ -35,7 +35,7 @@ def test_lexicon_pools_are_unambiguous_common_words_of_their_part_of_speech():
     from lemminflect import getAllLemmas
     from wordfreq import top_n_list, zipf_frequency
 
-    from meminject.lexicon import CLOSED_CLASS, CONJUNCTIONS, LEXICON_POS, lexicon_pools
+    from meminject.data._lexicon import CLOSED_CLASS, CONJUNCTIONS, LEXICON_POS, lexicon_pools
 
     pools = word_pools(memory_cfg())  # memory.words=lexicon is the default
     assert pools is lexicon_pools(5000)
@@ -59,7 +59,7 @@ def test_lexicon_pools_are_unambiguous_common_words_of_their_part_of_speech():
 
 
 def test_word_source_is_recorded():
-    from meminject.memories import word_source
+    from meminject.engine._memories import word_source
 
     assert word_source(memory_cfg()) == "-"
     assert word_source(memory_cfg("memory.type=pos")).startswith("lexicon wordfreq ")
@@ -179,7 +179,7 @@ def test_sign_flip_test_separates_real_and_null_differences():
 
 
 def test_holm_adjusts_like_a_direct_computation():
-    from meminject.stats import holm
+    from meminject.sweep._stats import holm
 
     p = np.array([0.01, 0.04, 0.03, 0.005])
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; running max 0.02, 0.03, 0.06, 0.06
@@ -240,7 +240,7 @@ def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkey
     # the held-out gain is what an eval on the held-out part gives
     first = report.iloc[0]
     cfg = compose_config(["model=tiny", "data.limit=20", "data.part=heldout", f"injection.layer={first['injection.layer']}", f"injection.tweak={first['injection.tweak']}"])
-    from meminject.models import load_model
+    from meminject.engine._models import load_model
 
     result = make_evaluator(load_model(cfg.model), load_dataset(cfg.data)).evaluate(InjectionSpec.from_config(cfg), cfg.memory)
     assert result.summary["mean_gain"] == pytest.approx(first.heldout_gain, abs=1e-9)
@@ -319,7 +319,7 @@ def test_relative_scale_ignores_smollm2s_massive_bos_activations(smol, shared_da
     if hf is None:
         from transformers import AutoModelForCausalLM
 
-        from meminject.paths import cache_dir
+        from meminject.core._paths import cache_dir
 
         hf = AutoModelForCausalLM.from_pretrained(cache_dir() / "models" / "smollm2-135m", dtype=torch.float32).eval()
     per_layer: dict[int, list] = {layer: [] for layer in (5, 15, 25, 29)}
@@ -368,7 +368,7 @@ def test_word_index_injects_the_kth_word_of_the_papers_lists_into_every_prompt(d
 
 
 def test_a_memory_key_that_a_type_ignores_does_not_make_a_new_point(shared_data):
-    from meminject.site import trial_key
+    from meminject.sweep._site import trial_key
 
     base = ["model=tiny", "memory.words=paper"]
     assert trial_key(compose(*base, "memory.type=correct", "memory.pos=noun", "memory.word_index=3")) == trial_key(compose(*base, "memory.type=correct", "memory.pos=verb"))

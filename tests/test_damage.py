@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import make_evaluator
-from meminject.data import Dataset
-from meminject.evaluation import InjectionSpec
+from meminject.data._dataset import Dataset
+from meminject.engine._evaluation import InjectionSpec
 from reference import reference_last_logits
 
 

@@ -49,9 +49,9 @@ def test_smoke_sweep_two_workers_optuna_and_mlflow_agree(tmp_path, smol):
         assert run.data.params["model"] == "smollm2-135m"
 
     # The best trial's gain is what a fresh in-process evaluation of that point gives.
-    from meminject.config import compose_config
-    from meminject.data import load_dataset
-    from meminject.evaluation import InjectionSpec
+    from meminject.config._compose import compose_config
+    from meminject.data._dataset import load_dataset
+    from meminject.engine._evaluation import InjectionSpec
 
     best = study.best_trial
     cfg = compose_config(["model.weights=raw", "data.limit=8", "data.part=train", "memory.type=correct", *(f"{k}={v}" for k, v in best.params.items())])

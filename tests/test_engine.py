@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import make_evaluator
-from meminject.data import Dataset
-from meminject.evaluation import InjectionSpec
+from meminject.data._dataset import Dataset
+from meminject.engine._evaluation import InjectionSpec
 from omegaconf import OmegaConf
 from reference import reference_answer_probs
 
@@ -95,7 +95,7 @@ def test_summary_metrics_follow_the_per_prompt_table(tiny, demo):
 
 @pytest.mark.slow
 def test_smollm2_subset_batched_equals_reference(smol, shared_data):
-    from meminject.data import read_prompt_csv
+    from meminject.data._dataset import read_prompt_csv
 
     frame = read_prompt_csv(shared_data / "handwritten_obscure_explicit_data.csv").head(6)
     subset = Dataset("handwritten", "shared", frame)

@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import make_evaluator
-from meminject.data import Dataset
-from meminject.evaluation import Evaluator, InjectionSpec
-from meminject.prefix import choose_cached_layers
+from meminject.data._dataset import Dataset
+from meminject.engine._evaluation import Evaluator, InjectionSpec
+from meminject.engine._prefix import choose_cached_layers
 from reference import reference_answer_probs
 
 
@@ -107,7 +107,7 @@ def test_cache_report_names_layers_and_size(tiny, demo):
 @pytest.mark.slow
 @pytest.mark.parametrize("positions", ["all", "last"])
 def test_smollm2_prefix_path_equals_reference(smol, shared_data, positions):
-    from meminject.data import read_prompt_csv
+    from meminject.data._dataset import read_prompt_csv
 
     frame = read_prompt_csv(shared_data / "handwritten_obscure_explicit_data.csv").head(5)
     subset = Dataset("handwritten", "shared", frame)

@@ -13,8 +13,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from meminject.figures import gain_heatmaps, optuna_figures, sweep_figures, trial_frame, trial_scatter
-from meminject._heatmap import UNEXPLORED, robust_limit, tweak_axis
+from meminject.sweep._figures import gain_heatmaps, optuna_figures, sweep_figures, trial_frame, trial_scatter
+from meminject.sweep._heatmap import UNEXPLORED, robust_limit, tweak_axis
 
 N_LAYERS = 30
 

@@ -26,8 +26,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.testing.pytest_storages import StorageTestCase
 from optuna.trial import FrozenTrial, TrialState
 
-from meminject import recovery
-from meminject.recovery import HeartbeatJournalStorage
+from meminject.sweep import _recovery as recovery
+from meminject.sweep._recovery import HeartbeatJournalStorage
 
 INTERVAL, GRACE = 1, 2
 # "heartbeat is supposed to be used with optimize" (we ask/tell by hand) and the
@@ -38,7 +38,7 @@ _real_time = time.time
 
 
 class _Clock:
-    """Stands in for the ``time`` module inside meminject.recovery: real time plus an offset."""
+    """Stands in for the ``time`` module inside meminject.sweep._recovery: real time plus an offset."""
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -281,7 +281,7 @@ def test_recovery_imports_first_without_an_import_cycle() -> None:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", "import meminject.recovery"], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", "import meminject.sweep._recovery"], check=True, timeout=60)
 
 
 def test_recovery_uses_no_private_optuna_name() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from meminject.injection import embed_memory, inject, multi_hot, position_mask, unembed_memory
-from meminject.memories import encode_memories
+from meminject.engine._injection import embed_memory, inject, multi_hot, position_mask, unembed_memory
+from meminject.engine._memories import encode_memories
 from reference import reference_memory_vector
 
 
@@ -54,7 +54,7 @@ def test_each_encoding_matches_the_reference_formula(tiny):
 @pytest.mark.slow
 def test_paper_weights_change_unembed_memories_raw_keeps_tied_smollm2(smol):
     from conftest import compose
-    from meminject.models import load_model
+    from meminject.engine._models import load_model
 
     # Raw SmolLM2: the unembedding is the transposed embedding (tied weights), as shipped.
     torch.testing.assert_close(smol.W_U, smol.W_E.T)

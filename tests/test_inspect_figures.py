@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from meminject.cli import main
-from meminject.inspect_heads import project_attention_outputs
+from meminject.views._inspect import project_attention_outputs
 
 PROMPT = "The first president of the United States fought in the"
 
@@ -65,7 +65,7 @@ def test_heads_figure_is_a_readable_layers_by_heads_grid(tiny, tmp_path):
 
     from PIL import Image
 
-    from meminject.inspect_heads import head_grid, heatmap
+    from meminject.views._inspect import head_grid, heatmap
 
     table = project_attention_outputs(tiny, PROMPT, heads=True, top_k=3, answer=" Revolutionary").table
     grid = head_grid(table)

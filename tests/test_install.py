@@ -38,7 +38,7 @@ def test_a_wheel_in_a_fresh_venv_evaluates_and_sweeps_from_an_empty_folder(tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     run_env = {k: v for k, v in env().items() if k not in ("PYTHONPATH", "MEMINJECT_ROOT")}
-    where = _run(str(python), "-c", "import meminject, meminject.paths as p; print(meminject.__file__); print(p.conf_dir())", cwd=empty, env=run_env).stdout
+    where = _run(str(python), "-c", "import meminject, meminject.core._paths as p; print(meminject.__file__); print(p.conf_dir())", cwd=empty, env=run_env).stdout
     assert str(venv) in where and str(ROOT) not in where, where
     meminject = str(venv / "bin" / "meminject")
     out = _run(meminject, "eval", "model=tiny", "injection.layer=1", "data.limit=4", cwd=empty, env=run_env).stdout

@@ -22,7 +22,7 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import TrialState
 
-from meminject.journal import repair_torn_journal
+from meminject.sweep._journal import repair_torn_journal
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 STUDY = "torn"

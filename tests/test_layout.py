@@ -74,7 +74,7 @@ def test_optunas_private_api_is_used_in_the_adapter_only():
 
 
 def test_the_coordinator_reads_model_sizes_without_loading_weights(monkeypatch):
-    import meminject.models as models
+    import meminject.engine._models as models
     from meminject.sweep import load_sweep, resolve_space
 
     def refuse(*args, **kwargs):
@@ -117,7 +117,7 @@ def test_presets_say_what_they_optimize():
 
 
 def test_a_local_conf_folder_adds_a_model_option(tmp_path, monkeypatch):
-    from meminject.config import compose_config
+    from meminject.config._compose import compose_config
 
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "mytiny.yaml").write_text("defaults:\n  - tiny\n  - _self_\nname: mytiny\n")

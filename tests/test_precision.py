@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY, compose, make_evaluator, sweep_args
-from meminject.evaluation import InjectionSpec
+from meminject.engine._evaluation import InjectionSpec
 
 
 def test_the_bfloat16_path_runs_and_stays_close_to_float32(demo):
-    from meminject.models import load_model
+    from meminject.engine._models import load_model
 
     memory = compose("model=tiny").memory
     results = {}
@@ -25,8 +25,8 @@ def test_the_bfloat16_path_runs_and_stays_close_to_float32(demo):
 
 
 def test_float16_on_a_cpu_is_refused_with_what_to_use():
-    from meminject.errors import ConfigError
-    from meminject.models import load_model
+    from meminject.core._errors import ConfigError
+    from meminject.engine._models import load_model
 
     with pytest.raises(ConfigError, match="float16 runs on CUDA only.*bfloat16"):
         load_model(compose("model=tiny", "model.device=cpu", "model.dtype=float16").model)
@@ -60,7 +60,7 @@ def test_best_ranks_a_bfloat16_sweeps_top_sites_by_their_float32_values(tmp_path
     import pandas as pd
 
     from meminject.cli import main
-    from meminject.config import compose_config
+    from meminject.config._compose import compose_config
     from meminject.sweep._trial import TrialRunner
 
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from conftest import compose, env, load, make_evaluator, mlflow_runs, sweep_args
-from meminject.evaluation import InjectionSpec
+from meminject.engine._evaluation import InjectionSpec
 from meminject.sweep._pruning import ATTR_PROMPT_VALUES, PairedPruner, paired_mean_p, paired_wilcoxon_p, prompt_values
 
 POINTS = [
@@ -217,7 +217,7 @@ def test_a_pruned_grid_runs_layer_by_layer_in_seeded_random_order():
 
 
 def test_auto_stacking_is_on_for_chunked_grid_trials_on_a_cpu_only(tiny, demo):
-    from meminject.evaluation import Evaluator
+    from meminject.engine._evaluation import Evaluator
 
     cfg = compose("model=tiny", "model.device=cpu")
     assert cfg.perf.trials_per_forward == "auto"
@@ -238,7 +238,7 @@ def test_cost_based_batches_are_the_cheapest_contiguous_cut(lengths, max_tokens,
     """The dynamic programme against every way of cutting the length-sorted prompts."""
     import itertools
 
-    from meminject.runner import _cheapest_groups
+    from meminject.engine._runner import _cheapest_groups
 
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     ordered = [lengths[i] for i in order]

@@ -113,9 +113,9 @@ def test_downloads_are_checked_against_the_pinned_sha256(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from meminject.config import compose_config
-    from meminject.data import load_dataset
-    from meminject.errors import DataError
+    from meminject.config._compose import compose_config
+    from meminject.data._dataset import load_dataset
+    from meminject.core._errors import DataError
 
     served = tmp_path / "served"
     served.mkdir()
@@ -149,9 +149,9 @@ def test_downloads_are_checked_against_the_pinned_sha256(tmp_path, monkeypatch):
 
 
 def test_cached_model_weights_are_safetensors_not_pickle():
-    from meminject.config import compose_config
-    from meminject.models import load_model
-    from meminject.paths import cache_dir
+    from meminject.config._compose import compose_config
+    from meminject.engine._models import load_model
+    from meminject.core._paths import cache_dir
 
     load_model(compose_config(["model=smollm2-135m", "model.device=cpu", "model.weights=raw"]).model)
     folder = cache_dir() / "models" / "smollm2-135m"
@@ -210,7 +210,7 @@ def test_out_of_memory_fails_the_trial_cleanly_and_the_worker_goes_on_with_small
     import torch
 
     from meminject.cli import main
-    from meminject.evaluation import Evaluator
+    from meminject.engine._evaluation import Evaluator
 
     original = Evaluator.evaluate_many
     budgets: list[int] = []
@@ -253,7 +253,7 @@ def test_out_of_memory_fails_the_trial_cleanly_and_the_worker_goes_on_with_small
 def test_a_workers_fast_trial_config_equals_the_full_compose(params):
     from omegaconf import OmegaConf
 
-    from meminject.config import compose_config
+    from meminject.config._compose import compose_config
     from meminject.sweep import trial_config
 
     overrides = [*TINY, "data.part=train", "seed=3", "memory.pos=verb"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from servers import mlflow_server
 
-from meminject.errors import MemInjectError
+from meminject.core._errors import MemInjectError
 
 SECRET = "hunter2"
 
@@ -41,7 +41,7 @@ SECRET = "hunter2"
     ],
 )
 def test_redact_hides_every_password(text, expected):
-    from meminject.tracking import redact
+    from meminject.tracking._tracker import redact
 
     assert redact(text) == expected
     assert SECRET not in redact(text) and "ss@word" not in redact(text)
@@ -53,7 +53,7 @@ def test_redact_hides_every_password(text, expected):
      "http://h/?tokenizer=gpt2", "https://example.org/@someone"],
 )
 def test_redact_leaves_text_without_secrets_alone(text):
-    from meminject.tracking import redact
+    from meminject.tracking._tracker import redact
 
     assert redact(text) == text
     assert redact(None) is None
@@ -62,7 +62,7 @@ def test_redact_leaves_text_without_secrets_alone(text):
 def test_redacted_config_hides_every_url_with_credentials():
     from omegaconf import OmegaConf
 
-    from meminject.tracking import redacted_config
+    from meminject.tracking._tracker import redacted_config
 
     cfg = OmegaConf.create({
         "tracking": {"uri": "http://:hunter2@127.0.0.1:5000", "experiment": "meminject"},
@@ -75,7 +75,7 @@ def test_redacted_config_hides_every_url_with_credentials():
     assert shown.tracking.uri == "http://:***@127.0.0.1:5000" and shown.storage == "postgresql+psycopg2://meminject:***@db:5432/optuna"
     assert shown.overrides[1] == "injection.layer=3" and shown.nested.n == 3 and shown.tracking.experiment == "meminject"
     assert SECRET in cfg.storage  # a copy: the config in use keeps its password
-    from meminject.redaction import redacted_container
+    from meminject.core._redaction import redacted_container
 
     assert redacted_container(cfg) == OmegaConf.to_container(shown)  # what trial runs are logged from
 
@@ -86,7 +86,7 @@ def test_to_yaml_writes_what_omegaconf_writes(overrides):
     strings a YAML reader would take for something else (quoted) and non-ASCII text."""
     from omegaconf import OmegaConf
 
-    from meminject.config import compose_config, to_yaml
+    from meminject.config._compose import compose_config, to_yaml
 
     cfg = compose_config(overrides)
     assert to_yaml(cfg) == OmegaConf.to_yaml(cfg, resolve=True)
@@ -96,8 +96,8 @@ def test_to_yaml_writes_what_omegaconf_writes(overrides):
 
 
 def test_retry_setting_is_in_the_config():
-    from meminject.config import compose_config
-    from meminject.tracking import retry_seconds
+    from meminject.config._compose import compose_config
+    from meminject.tracking._tracker import retry_seconds
 
     assert compose_config([]).tracking.retry_s == 60
     assert retry_seconds(compose_config(["tracking.retry_s=2.5"])) == 2.5
@@ -114,7 +114,7 @@ def test_transient_errors_are_retried_and_others_raise_at_once():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, TEMPORARILY_UNAVAILABLE
 
-    from meminject._store_retry import retrying
+    from meminject.tracking._retry import retrying
 
     transient = [
         sqlite3.OperationalError("database is locked"),
@@ -149,8 +149,8 @@ def test_transient_errors_are_retried_and_others_raise_at_once():
 def test_a_store_that_stays_down_fails_in_one_redacted_line():
     from mlflow.exceptions import MlflowException
 
-    from meminject._store_retry import retrying
-    from meminject.errors import TrackingError
+    from meminject.tracking._retry import retrying
+    from meminject.core._errors import TrackingError
 
     uri = f"http://meminject:{SECRET}@127.0.0.1:1"
 
@@ -193,7 +193,7 @@ def test_workers_wait_for_a_locked_sqlite_store(tmp_path):
     used to fail with "database is locked"; now it waits, and the run is recorded."""
     import mlflow.tracking  # noqa: F401 - imported before the lock: the store opens at once, well inside the lock
 
-    from meminject.tracking import Tracker
+    from meminject.tracking._tracker import Tracker
 
     db = tmp_path / "mlflow.db"
     holder = _locked(db, 6.5)
@@ -206,8 +206,8 @@ def test_workers_wait_for_a_locked_sqlite_store(tmp_path):
 
 
 def test_a_lock_held_past_retry_s_fails_in_one_line(tmp_path):
-    from meminject.errors import TrackingError
-    from meminject.tracking import Tracker
+    from meminject.core._errors import TrackingError
+    from meminject.tracking._tracker import Tracker
 
     db = tmp_path / "mlflow.db"
     holder = _locked(db, 3.0)
@@ -221,7 +221,7 @@ def test_a_lock_held_past_retry_s_fails_in_one_line(tmp_path):
 
 
 def _create_at_once(uri: str, barrier, results) -> None:
-    from meminject.tracking import Tracker
+    from meminject.tracking._tracker import Tracker
 
     try:
         barrier.wait(60)
@@ -261,7 +261,7 @@ def test_processes_creating_a_fresh_database_together(tmp_path):
     ],
 )
 def test_a_missing_database_driver_is_one_line(monkeypatch, scheme, module, hint):
-    from meminject.tracking import Tracker
+    from meminject.tracking._tracker import Tracker
 
     monkeypatch.setitem(sys.modules, module, None)  # `import <module>` raises ModuleNotFoundError
     with pytest.raises(MemInjectError) as caught:
@@ -278,7 +278,7 @@ def test_a_missing_database_driver_is_one_line(monkeypatch, scheme, module, hint
 def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monkeypatch):
     """MLflow 3 prints "🏃 View run <name> at: http://user:password@host/#/..." when a run ends
     on an HTTP server; the server ignores basic auth, so any password works here."""
-    from meminject.tracking import Tracker
+    from meminject.tracking._tracker import Tracker
 
     with mlflow_server(tmp_path) as port:
         uri = f"http://meminject:{SECRET}@127.0.0.1:{port}"
@@ -294,7 +294,7 @@ def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monk
         assert SECRET not in out + err and "View run" not in out, out + err
         quick = Tracker(uri, "links", retry_s=0.5)
 
-    from meminject.errors import TrackingError
+    from meminject.core._errors import TrackingError
 
     # the server is gone: one line, no password (MLflow's own HTTP retries turned down to keep it short)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

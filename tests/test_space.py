@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meminject.errors import ConfigError
-from meminject.space import parse_axis, parse_space
+from meminject.core._errors import ConfigError
+from meminject.sweep._space import parse_axis, parse_space
 
 SIZES = {"n_layers": 30, "n_heads": 9, "model": "smollm2-135m"}
 

@@ -211,7 +211,7 @@ def test_stacked_trials_give_the_same_grid_as_one_at_a_time(tmp_path, monkeypatc
 def test_every_trial_run_logs_the_whole_resolved_config_and_its_hook(tmp_path, monkeypatch):
     """The params of a trial run are the flattened resolved config (redacted) plus the hook:
     every key that differs between two trials, and every key at all, is there with its value."""
-    from meminject.config import flat_config
+    from meminject.config._compose import flat_config
     from meminject.sweep import SweepSpec, trial_config
     from meminject.sweep._study import ATTR_SPEC
 
@@ -252,8 +252,8 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
     """MLflow fails after its retries on the 3rd trial (a lock held too long, a full disk): the
     computed results stay COMPLETE in Optuna, the user gets one line, and the rerun writes the
     missing runs from the study, so every complete trial has exactly one FINISHED run."""
-    from meminject.errors import TrackingError
-    from meminject.tracking import Tracker
+    from meminject.core._errors import TrackingError
+    from meminject.tracking._tracker import Tracker
 
     monkeypatch.chdir(tmp_path)
     args = sweep_args(tmp_path, "sweep=paper_grid", "study=flaky", "injection.tweak=choice(1,2)", "memory.encoding=choice(unembed)", "progress=false")

@@ -5,8 +5,8 @@ Memory injections (Sakarvadia et al. 2023, arXiv 2309.05605) add an encoded "mem
 :func:`meminject.injection.inject`; evaluation is :class:`meminject.evaluation.Evaluator`.
 """
 
-from .errors import ConfigError, DataError, MemInjectError, ModelError
-from .injection import embed_memory, inject, unembed_memory
+from .core._errors import ConfigError, DataError, MemInjectError, ModelError
+from .engine._injection import embed_memory, inject, unembed_memory
 
 __all__ = ["MemInjectError", "ConfigError", "DataError", "ModelError", "inject", "unembed_memory", "embed_memory"]
 __version__ = "0.1.0"

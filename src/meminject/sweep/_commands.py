@@ -11,12 +11,12 @@ from typing import Sequence
 
 from optuna.trial import TrialState
 
-from ..config import compose_config
-from ..errors import ConfigError, first_line
-from ..paths import outputs_dir
-from ..recovery import DEFAULT_HEARTBEAT
-from ..tracking import Tracker, redact, tracking_uri
-from ..figures import pareto_figure
+from ..config import load_run_config
+from ..core._errors import ConfigError, first_line
+from ..core._paths import outputs_dir
+from ._recovery import DEFAULT_HEARTBEAT
+from ..tracking._tracker import Tracker, redact, tracking_uri
+from ._figures import pareto_figure
 from ._heldout import check_controls, format_heldout, heldout_report
 from ._recheck import float32_recheck
 from ._parent import best_csv, finalize, start_parent_run
@@ -71,7 +71,7 @@ def cmd_sweep(args: Sequence[str]) -> int:
     progress = as_bool(settings.get("progress", "true"), "progress")
     heartbeat = _heartbeat_setting(settings)
     storage_url = settings.get("storage")
-    tracker = _tracker(compose_config(spec.overrides))
+    tracker = _tracker(load_run_config(spec.overrides))
     study, space, base = prepare_study(spec, storage_url, heartbeat)
     start_parent_run(study, spec, base, tracker, storage_url)
     total = budget(spec, space)
@@ -170,11 +170,11 @@ def cmd_best(args: Sequence[str]) -> int:
         unit = f"Pareto-optimal sites ({', '.join(f'{d} {o}' for o, d in zip(spec.all_objectives(), spec.all_directions()))})"
     elif distinct:
         table = distinct_sites(table)
-    base = compose_config(spec.overrides) if spec else None
-    lower = base is not None and str(base.model.dtype) != "float32"
+    base = load_run_config(spec.overrides) if spec else None
+    lower = base is not None and base.model.dtype != "float32"
     rechecked = lower and not multi and not table.empty  # a lower-precision sweep ranks; float32 decides its top sites
     if rechecked:
-        table = float32_recheck(spec, table, str(base.model.dtype), top)
+        table = float32_recheck(spec, table, base.model.dtype, top)
     path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
     if not multi:
@@ -188,7 +188,7 @@ def cmd_best(args: Sequence[str]) -> int:
     parent = study.user_attrs.get(ATTR_PARENT)
     if tracker is not None and parent:
         tracker.log_file(parent, path)
-    has_split = base is not None and base.data.split is not None and str(base.data.part) == "train"
+    has_split = base is not None and base.data.split is not None and base.data.part == "train"
     if heldout == "true" and not has_split:
         raise ConfigError(f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible")
     if table.empty or heldout == "false" or not has_split:

@@ -19,13 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import compose_config
-from ..errors import ConfigError
-from ..memories import MEMORY_TYPES
-from ..progress import progress_bar
-from ..site import overrides_of
-from ..stats import bootstrap_mean_ci, holm, paired_sign_flip_p
-from ..tracking import site_label
+from ..config import with_values
+from ..core._errors import ConfigError
+from ..engine._memories import MEMORY_TYPES
+from ..core._progress import progress_bar
+from ._site import site_config, site_label
+from ._stats import bootstrap_mean_ci, holm, paired_sign_flip_p
 from ._trial import TrialRunner
 
 __all__ = ["CONTROL_TYPES", "heldout_report", "with_verdicts", "format_heldout"]
@@ -62,9 +61,8 @@ def _judge_site(runner: Any, base: list[str], site: pd.Series, controls: Sequenc
     """One site on the held-out prompts: its gain with an interval, and its gap to each control."""
     label = site_label(site.to_dict())
     bar.set_postfix_str(label, refresh=False)
-    overrides = [*base, *overrides_of(site, with_model="model" in axes), "data.part=heldout"]
-    cfg = compose_config(overrides)
-    if cfg.data.get("split") is None:
+    cfg = site_config(base, site.to_dict(), with_model="model" in axes, extra=["data.part=heldout"])
+    if cfg.data.split is None:
         raise ConfigError("this study has no train/held-out split (data.split); rerun the sweep with data.split=0.7")
     if not bar.disable:  # batches of each pass, beside the site (the clean pass alone takes a while)
         runner.evaluator(cfg).progress = lambda stage, done, total: bar.set_postfix_str(f"{label} [{stage} batch {done}/{total}]")
@@ -89,7 +87,7 @@ def _judge_site(runner: Any, base: list[str], site: pd.Series, controls: Sequenc
     record.pop("mean_gain", None)
     record.pop("mean_damage", None)
     for control in controls:
-        _, _, result = runner.run(compose_config([*overrides, f"memory.type={control}"]))
+        _, _, result = runner.run(with_values(cfg, {"memory.type": control}))
         control_gains = result.per_prompt["gain"].to_numpy()
         difference = gains - control_gains  # paired: same prompts, same site
         c_low, c_high = bootstrap_mean_ci(difference, n_boot=n_boot, seed=seed + 1)

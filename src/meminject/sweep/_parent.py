@@ -12,11 +12,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..config import flat_config, to_yaml
-from ..paths import outputs_dir
-from ..errors import first_line
-from ..site import from_attrs
-from ..tracking import Tracker, redact, redacted_config, site_label
+from ..config._compose import flat_config, to_yaml
+from ..core._paths import outputs_dir
+from ..core._errors import first_line
+from ._site import from_attrs, site_label
+from ..tracking._tracker import Tracker, redact, redacted_container
 from ._results import control_gaps, ranked_sites
 from ._settings import SweepSpec
 from ._storage import default_storage_url
@@ -44,12 +44,12 @@ def start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: T
             params = {"sweep": spec.name, "sampler": spec.sampler, "n_trials": spec.n_trials, "seed": spec.seed, "objective": ",".join(spec.all_objectives()), "direction": ",".join(spec.all_directions()), "constraint": spec.constraint or "-",
                       "model": base.model.name, "weights": base.model.weights, "dataset": base.data.name, "storage": redact(storage_url or default_storage_url())}
             params.update({f"space.{k}": v for k, v in spec.params.items()})
-            params.update({f"config.{k}": v for k, v in flat_config(redacted_config(base)).items()})
+            params.update({f"config.{k}": v for k, v in flat_config(redacted_container(base)).items()})
             parent = tracker.start_parent(spec.study_name, params, {"meminject.sampler": spec.sampler})
             shown = json.loads(spec.to_json())
             shown["overrides"] = [redact(o) for o in shown["overrides"]]
             tracker.log_text(parent, "sweep.json", json.dumps(shown, indent=2))
-            tracker.log_text(parent, "base_config.yaml", to_yaml(redacted_config(base)))
+            tracker.log_text(parent, "base_config.yaml", to_yaml(redacted_container(base)))
             study.set_user_attr(ATTR_PARENT, parent)
             return
     tracker.reopen(parent)
@@ -103,7 +103,7 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
         gaps.to_csv(gaps_path, index=False)
     figures = []
     try:
-        from ..figures import sweep_figures
+        from ._figures import sweep_figures
 
         figures = sweep_figures(study, table, outputs_dir("figures", study.study_name), n_layers=_n_layers(study), target=_target(study))
     except Exception as exc:  # noqa: BLE001 - a figure must never cost the results
@@ -120,11 +120,11 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
 def _n_layers(study: optuna.Study) -> int:
     """The model's layer count from the stored spec (configs only, no weights): the figures'
     layer axis shows every layer, explored or not. 0 when unknown (then: the layers seen)."""
-    from ..config import compose_config
+    from ..config import load_run_config
 
     spec = stored_spec(study)
     try:
-        return int(model_sizes(spec, compose_config(spec.overrides))["n_layers"]) if spec else 0
+        return int(model_sizes(spec, load_run_config(spec.overrides))["n_layers"]) if spec else 0
     except Exception:  # noqa: BLE001 - e.g. a local model config gone since the sweep
         return 0
 

@@ -13,10 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import compose_config
-from ..progress import progress_bar
-from ..site import overrides_of
-from ..tracking import site_label
+from ..core._progress import progress_bar
+from ._site import site_config, site_label
 from ._trial import TrialRunner
 
 __all__ = ["float32_recheck"]
@@ -35,7 +33,7 @@ def float32_recheck(spec: Any, ranked: pd.DataFrame, dtype: str, top: int, runne
     with progress_bar(len(sites), "float32 re-check", "eval") as bar:
         for _, site in sites.iterrows():
             bar.set_postfix_str(site_label(site.to_dict()), refresh=False)
-            cfg = compose_config([*spec.overrides, *overrides_of(site, with_model="model" in spec.params), "model.dtype=float32"])
+            cfg = site_config(spec.overrides, site.to_dict(), with_model="model" in spec.params, extra=["model.dtype=float32"])
             _, _, result = runner.run(cfg)
             summaries.append(result.summary)
             bar.update()

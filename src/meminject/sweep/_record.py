@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import flat_config, to_yaml
-from ..memories import word_source
-from ..site import Site
-from ..redaction import redacted_container
+from ..config._compose import flat_config, to_yaml
+from ..engine._memories import word_source
+from ._site import Site
+from ..core._redaction import redacted_container
+from ..config import RunConfig
 from ._optuna import set_user_attrs
 from ._pruning import ATTR_PROMPT_VALUES, complete_values
 
@@ -30,14 +31,14 @@ log = logging.getLogger("meminject")
 ATTR_KEY = "meminject.key"  # the computed point (trial_key), as an Optuna user attribute
 
 
-def _config_and_site(cfg: Any, shown: Any) -> dict[str, Any]:
+def _config_and_site(cfg: RunConfig, shown: dict[str, Any]) -> dict[str, Any]:
     """The flattened config as shown (redacted), and the site record's other columns (where a
     column is a config key, the config's value stands: memory.pos is "-" in the record of a
     memory type that ignores it, but the config still says what it was)."""
     return {**Site.from_config(cfg).record(), **flat_config(shown)}
 
 
-def trial_params(cfg: Any, *, hook: str, dataset: Any, stacked: int, shown: Any = None) -> dict[str, Any]:
+def trial_params(cfg: RunConfig, *, hook: str, dataset: Any, stacked: int, shown: Any = None) -> dict[str, Any]:
     """A trial run's MLflow params: the resolved config (redacted: ``shown``), the site, and what ran."""
     return {
         **_config_and_site(cfg, redacted_container(cfg) if shown is None else shown),
@@ -81,7 +82,7 @@ def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, eva
     # a folder for the optional figure only: no temporary folder per trial when figures are off
     with tempfile.TemporaryDirectory() if cfg.tracking.trial_figures else contextlib.nullcontext() as folder:
         if folder is not None:
-            title = f"trial {trial_number}: L{cfg.injection.layer} τ={float(cfg.injection.tweak):.3g} {cfg.memory.encoding}/{cfg.memory.type}"
+            title = f"trial {trial_number}: {Site.from_config(cfg).label}"
             figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
             if figure is not None:
                 artifacts["per_prompt_gains.png"] = figure
@@ -91,11 +92,9 @@ def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, eva
         tracker.finish(run_id, "FINISHED")
 
 
-def reconciled_params(cfg: Any) -> dict[str, Any]:
+def reconciled_params(cfg: RunConfig) -> dict[str, Any]:
     """The params of a trial run written after the fact (from the study alone, on resume)."""
-    from ..spec import InjectionSpec
-
-    return {**_config_and_site(cfg, redacted_container(cfg)), "hook": InjectionSpec.from_config(cfg).hook_name}
+    return {**_config_and_site(cfg, redacted_container(cfg)), "hook": cfg.point.hook_name}
 
 
 _MALLOC_TRIM: Any = None
@@ -138,7 +137,7 @@ def resident_mb() -> float | None:
 
 def _trial_figure(per_prompt: Any, path: Path, title: str) -> Path | None:
     """The trial's sorted per-prompt gains as a PNG (never fails the trial)."""
-    from ..figures import per_prompt_gains
+    from ._figures import per_prompt_gains
 
     try:
         return per_prompt_gains(per_prompt, path, title)

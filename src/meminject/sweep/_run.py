@@ -20,11 +20,11 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from ..errors import TrackingError, first_line
-from ..interrupts import held
-from ..recovery import heartbeats
-from ..site import trial_key
-from ..tracking import Tracker, git_commit, redact
+from ..core._errors import TrackingError, first_line
+from ..core._interrupts import held
+from ._recovery import heartbeats
+from ._site import trial_key
+from ..tracking._tracker import Tracker, git_commit, redact
 from ._optuna import set_user_attrs, storage_of, trial_id_of
 from ._pruning import monitor_for
 from ._record import ATTR_KEY, record_in_mlflow, record_in_optuna
@@ -142,8 +142,7 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
 def _start_run(ctx: TrialContext, number: int, cfg: Any = None) -> str:
     """The trial's MLflow run, named by its site (``L24 τ8.32 embed correct``); ``cfg`` is the
     trial's config (rebuilt from the asked trial's params when not given: cached, cheap)."""
-    from ..site import Site
-    from ..tracking import site_label
+    from ._site import Site
 
     tags = {"meminject.sampler": ctx.spec.sampler, "meminject.sweep": ctx.spec.name, "meminject.worker": str(ctx.worker)}
     commit = git_commit()
@@ -153,7 +152,7 @@ def _start_run(ctx: TrialContext, number: int, cfg: Any = None) -> str:
     with contextlib.suppress(Exception):  # a name is a nicety: never cost the trial its run
         if cfg is None and number in ctx.owned:
             cfg = trial_config(ctx.spec.overrides, ctx.owned[number].params)
-        site = site_label(Site.from_config(cfg).record()) if cfg is not None else None
+        site = Site.from_config(cfg).label if cfg is not None else None
     return ctx.tracker.start_trial(ctx.parent_run_id, number, ctx.spec.study_name, tags, site=site)
 
 

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import OmegaConf
 
-from ..errors import ConfigError, first_line
-from ..paths import preset_dirs
+from ..core._errors import ConfigError, first_line
+from ..core._paths import preset_dirs
 
 __all__ = [
     "SweepSpec", "load_sweep", "parse_settings", "presets", "SWEEP_SETTINGS", "WORKER_SETTINGS", "BEST_SETTINGS",

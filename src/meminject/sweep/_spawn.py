@@ -15,8 +15,8 @@ import time
 
 import optuna
 
-from .. import interrupts
-from ..errors import MemInjectError
+from ..core import _interrupts as interrupts
+from ..core._errors import MemInjectError
 from ._storage import default_storage_url, open_storage
 from ._study import DONE, leader
 

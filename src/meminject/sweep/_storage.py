@@ -13,9 +13,9 @@ from typing import Any
 
 import optuna
 
-from ..errors import ConfigError, first_line
-from ..paths import mlruns_dir
-from ..tracking import redact
+from ..core._errors import ConfigError, first_line
+from ..core._paths import mlruns_dir
+from ..tracking._tracker import redact
 
 __all__ = ["default_storage_url", "open_storage", "load_study", "study_names"]
 
@@ -37,8 +37,8 @@ def _db_driver_hint(url: str, exc: BaseException) -> str | None:
 def open_storage(url: str | None, heartbeat: tuple[int, int] | None = None, recovery: Any = None) -> optuna.storages.BaseStorage:
     """Open the study storage; with ``heartbeat=(interval, grace)`` running trials beat and
     stale ones go to ``recovery`` (a stale-trial callback)."""
-    from ..journal import repair_torn_journal
-    from ..recovery import HeartbeatJournalStorage
+    from ._journal import repair_torn_journal
+    from ._recovery import HeartbeatJournalStorage
 
     url = url or default_storage_url()
     beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1], "heartbeat_stale_trial_callback": recovery}

@@ -19,12 +19,12 @@ import optuna
 import optuna.distributions as od
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import compose_config
-from ..errors import ConfigError
-from ..spec import InjectionSpec
-from ..memories import relevant_keys
-from ..models import model_shape
-from ..space import SearchSpace, parse_space
+from ..config import RunConfig, load_run_config, needs_compose, with_values
+from ..core._errors import ConfigError
+from ..engine._spec import InjectionSpec
+from ..engine._memories import relevant_keys
+from ..engine._models import model_shape
+from ._space import SearchSpace, parse_space
 from ._pruning import make_pruner
 from ._settings import SweepSpec, check_study_name
 from ._storage import default_storage_url, open_storage
@@ -45,28 +45,29 @@ ATTR_WORKERS = "meminject.workers"                # how many workers have regist
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def model_sizes(spec: SweepSpec, base: Any) -> dict[str, Any]:
+def model_sizes(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
     """Layer/head counts of the sweep's model(s), from configs alone (the smallest over a model axis)."""
-    models = [str(base.model.name)]
+    configs = [base.model]
     if "model" in spec.params:
-        models = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
-    shapes = [model_shape((compose_config([*spec.overrides, f"model={m}"]) if "model" in spec.params else base).model) for m in models]
+        names = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
+        configs = [load_run_config([*spec.overrides, f"model={m}"]).model for m in names]  # one compose per model, per process
+    shapes = [model_shape(model) for model in configs]
     smallest = min(shapes, key=lambda s: s["n_layers"])
     return {**smallest, "n_heads": min(s["n_heads"] for s in shapes), "tied": all(s["tied"] for s in shapes)}
 
 
-def space_of(spec: SweepSpec, base: Any) -> SearchSpace:
+def space_of(spec: SweepSpec, base: RunConfig) -> SearchSpace:
     return parse_space(spec.params, model_sizes(spec, base))
 
 
-def _collapse_tied_encodings(spec: SweepSpec, base: Any, space: SearchSpace) -> SearchSpace:
+def _collapse_tied_encodings(spec: SweepSpec, base: RunConfig, space: SearchSpace) -> SearchSpace:
     """With raw weights a tied model's W_U is its W_Eᵀ, so `embed` and `unembed` give the same
     vector: the encoding axis keeps `unembed` only, and we say so once. Paper weights (folded
     norm, centred unembedding) make them differ, so both stay."""
     axis = space.distributions.get("memory.encoding")
     if not isinstance(axis, od.CategoricalDistribution) or not {"embed", "unembed"} <= set(axis.choices):
         return space
-    if str(base.model.weights) != "raw" or not model_sizes(spec, base)["tied"]:
+    if base.model.weights != "raw" or not model_sizes(spec, base)["tied"]:
         return space
     kept = [c for c in axis.choices if c != "embed"]
     note = (f"embed and unembed are the same point for {base.model.name} with raw weights (tied: W_E = W_Uᵀ): "
@@ -77,16 +78,16 @@ def _collapse_tied_encodings(spec: SweepSpec, base: Any, space: SearchSpace) -> 
     return space_of(spec, base)
 
 
-def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
+def resolve_space(spec: SweepSpec) -> tuple[RunConfig, SearchSpace]:
     """Validate every axis against the model(s) and collapse a degenerate head axis."""
-    base = compose_config(spec.overrides)
+    base = load_run_config(spec.overrides)
     space = space_of(spec, base)
     # The paper's head site adds τ·v to one head's result, which is summed into the
     # attention output: every head gives the layer's result. Searching heads would only
     # repeat points, so the axis is dropped (head 0 is recorded) and we say so once.
     if "injection.head" in space.keys:
         sites = space.distributions.get("injection.site")
-        site_values = list(sites.choices) if isinstance(sites, od.CategoricalDistribution) else [str(base.injection.site)]
+        site_values = list(sites.choices) if isinstance(sites, od.CategoricalDistribution) else [base.injection.site]
         if all(str(s) in ("head", "layer") for s in site_values) and not base.injection.literal_hook:
             note = "the head axis is degenerate for site=head/layer (every head adds to the same summed attention output): collapsed to head 0, each layer point runs once"
             spec.notes.append(note)
@@ -97,16 +98,34 @@ def resolve_space(spec: SweepSpec) -> tuple[Any, SearchSpace]:
     space = _collapse_tied_encodings(spec, base, space)
     bound = spec.bound()
     needs_damage = "mean_damage" in spec.all_objectives() or (bound is not None and bound[0] == "mean_damage")
-    if needs_damage and str(base.metric.get("damage", "kl")) == "none":
+    if needs_damage and base.metric.damage == "none":
         raise ConfigError("this sweep optimizes or bounds mean_damage, but metric.damage=none turns the measure off; use metric.damage=kl")
-    # Fail before any trial: check fixed values and every discrete value of each axis.
-    probe = [f"{a.key}={_first_value(a.distribution)}" for a in space.axes]
-    InjectionSpec.from_config(compose_config([*spec.overrides, *probe])).validate()
-    for axis in space.axes:
-        if axis.key.startswith(("injection.", "memory.")):
-            for value in axis.discrete_values or []:
-                InjectionSpec.from_config(compose_config([*spec.overrides, *probe, f"{axis.key}={value}"])).validate()
+    _check_axis_values(spec, base, space)
     return base, space
+
+
+def _check_axis_values(spec: SweepSpec, base: RunConfig, space: SearchSpace) -> None:
+    """Fail before any trial: the fixed values, and every discrete value (and both ends of an
+    interval) of each axis, each checked against one base point as its dataclass is built; a
+    group or root axis (``model``, ``data.*``) takes one compose with its first values."""
+    first = {a.key: _first_value(a.distribution) for a in space.axes}
+    composed = [k for k in first if needs_compose([k])]
+    probe = load_run_config([*spec.overrides, *(f"{k}={first[k]}" for k in composed)]) if composed else base
+    probe = with_values(probe, {k: v for k, v in first.items() if k not in composed})
+    InjectionSpec.from_config(probe).validate()
+    for axis in space.axes:
+        if axis.key in composed:
+            continue
+        for value in _checked_values(axis.distribution):
+            InjectionSpec.from_config(with_values(probe, {axis.key: value})).validate()
+
+
+def _checked_values(distribution: od.BaseDistribution) -> list[Any]:
+    if isinstance(distribution, od.CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, od.IntDistribution) and not distribution.log:
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    return [distribution.low, distribution.high]
 
 
 def _first_value(distribution: od.BaseDistribution) -> Any:
@@ -175,7 +194,7 @@ def point_of(trial: FrozenTrial) -> str:
 def grid_points(spec: SweepSpec, space: SearchSpace) -> list[dict[str, Any]]:
     """The grid, each equivalent point once: a memory key that the point's memory type ignores
     (memory.pos for the correct memory) takes its axis's first value, and repeats are dropped."""
-    fixed_type = _fixed_value(spec.overrides, ("memory", "memory.type"), "correct")  # each conf/memory preset is named by its type
+    fixed_type = load_run_config(spec.overrides).memory.type  # composed once per process
     first = {a.key: _first_value(a.distribution) for a in space.axes}
     seen: dict[str, dict[str, Any]] = {}
     for point in space.grid():
@@ -183,11 +202,6 @@ def grid_points(spec: SweepSpec, space: SearchSpace) -> list[dict[str, Any]]:
         point = {k: (first[k] if k.startswith("memory.") and k not in kept else v) for k, v in point.items()}
         seen.setdefault(canonical_params(point), point)
     return list(seen.values())
-
-
-def _fixed_value(overrides: list[str], keys: tuple[str, ...], default: str) -> str:
-    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") in keys]
-    return values[-1] if values else default
 
 
 def budget(spec: SweepSpec, space: SearchSpace) -> int:
@@ -234,7 +248,7 @@ def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int
     """Create or resume the study; enqueue missing grid points; store the sweep spec."""
     base, space = resolve_space(spec)
     # data.path names the data by its file (its stem, in the study name's alphabet): another file is another study
-    data = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(base.data.path)).stem) if base.data.get("path") else base.data.name
+    data = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(base.data.path)).stem) if base.data.path else base.data.name
     spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{data}")
     storage = open_storage(storage_url)
     with storage_lock(storage_url, storage):
@@ -243,7 +257,7 @@ def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int
         if stored is not None:
             old = SweepSpec.from_json(stored)
             if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides) or old.all_objectives() != spec.all_objectives() or old.constraint != spec.constraint:
-                from ..redaction import redact
+                from ..core._redaction import redact
 
                 def keyed(s: SweepSpec) -> dict[str, str]:  # each setting once, by key: sampler, objective, fixed overrides, axes
                     fixed = dict(o.lstrip("+").split("=", 1) for o in s.overrides if "=" in o)

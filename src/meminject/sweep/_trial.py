@@ -7,44 +7,29 @@ An out-of-memory error halves the batch budget for what follows instead of endin
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import gc
 from typing import Any, Sequence
 
-from omegaconf import OmegaConf
-
-from ..config import compose_config, to_yaml
-from ..errors import MemInjectError
+from ..config import RunConfig, load_run_config, needs_compose, with_values
+from ..core._errors import MemInjectError
 
 __all__ = ["trial_config", "TrialRunner", "is_out_of_memory"]
 
-_BASE_CONFIGS: dict[tuple[str, ...], Any] = {}
-_FAST_KEYS = ("injection.", "memory.")  # leaf keys no interpolation in conf/ reads
 
-
-def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> Any:
+def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> RunConfig:
     """The config of one trial: the sweep's fixed overrides plus the trial's sampled values.
 
-    A Hydra compose costs ~0.2 s, more than a whole trial of a small model; a worker composes
-    the base once and sets the sampled injection/memory leaves on a copy (what the override
-    would do: no interpolation reads them). Group choices (``model=...``) and other keys take
-    the full compose. Both give the same config (tested).
+    The fixed part is composed once per process (:func:`load_run_config`); the sampled
+    injection and memory leaves are set on it as typed values, checked as when built. A group
+    choice (``model=...``) or another key takes a compose of its own, also once per distinct
+    value. Both give the same config (tested).
     """
-    full = [*overrides, *(f"{k}={v}" for k, v in params.items())]
-    if not all(k.startswith(_FAST_KEYS) for k in params):
-        return compose_config(full)
-    key = tuple(overrides)
-    if key not in _BASE_CONFIGS:
-        if len(_BASE_CONFIGS) > 16:
-            _BASE_CONFIGS.clear()
-        _BASE_CONFIGS[key] = compose_config(list(overrides))
-    cfg = copy.deepcopy(_BASE_CONFIGS[key])
-    try:
-        for name, value in params.items():
-            OmegaConf.update(cfg, name, value, merge=False)
-    except Exception:  # noqa: BLE001 - an unknown key: let the compose say it properly
-        return compose_config(full)
-    return cfg
+    if needs_compose(list(params)):
+        composed = {k: v for k, v in params.items() if needs_compose([k])}
+        base = load_run_config([*overrides, *(f"{k}={v}" for k, v in composed.items())])
+        return with_values(base, {k: v for k, v in params.items() if k not in composed})
+    return with_values(load_run_config(overrides), params)
 
 
 class TrialRunner:
@@ -53,26 +38,27 @@ class TrialRunner:
     def __init__(self, chunks: int = 1, stack_chunks: bool = False) -> None:
         self.chunks = int(chunks)  # prompt chunks per trial (pruned sweeps), see Evaluator
         self.stack_chunks = bool(stack_chunks)  # a pruned grid: stack its chunked trials on a CPU too
-        self._evaluators: dict[str, Any] = {}
-        self._datasets: dict[str, Any] = {}
+        self._evaluators: dict[tuple, Any] = {}
+        self._datasets: dict[Any, Any] = {}
         self.batch_scale = 1.0  # halved after each out-of-memory error
 
-    def evaluator(self, cfg: Any):
-        from ..data import load_dataset
-        from ..evaluation import Evaluator
-        from ..models import load_model
+    def evaluator(self, cfg: RunConfig):
+        """The evaluator of a trial's (model, data, perf, metric, top_k, seed): keyed by those
+        settings themselves (frozen dataclasses), so equal settings share one clean pass."""
+        from ..data._dataset import load_dataset
+        from ..engine._evaluation import Evaluator
+        from ..engine._models import load_model
 
         if self.batch_scale < 1.0:  # after an OOM: smaller batches and cache, one trial per pass
-            cfg = copy.deepcopy(cfg)
-            cfg.perf.max_batch_tokens = max(1, int(int(cfg.perf.max_batch_tokens) * self.batch_scale))
-            cfg.perf.prefix_cache_mb = float(cfg.perf.prefix_cache_mb) * self.batch_scale
-            cfg.perf.trials_per_forward = 1
-        data_key = to_yaml(cfg.data)
-        if data_key not in self._datasets:
-            self._datasets[data_key] = load_dataset(cfg.data)
-        key = to_yaml(cfg.model) + data_key + to_yaml(cfg.perf) + str(cfg.top_k) + to_yaml(cfg.metric)
+            perf = cfg.perf
+            cfg = dataclasses.replace(cfg, perf=dataclasses.replace(
+                perf, max_batch_tokens=max(1, int(perf.max_batch_tokens * self.batch_scale)),
+                prefix_cache_mb=perf.prefix_cache_mb * self.batch_scale, trials_per_forward=1))
+        if cfg.data not in self._datasets:
+            self._datasets[cfg.data] = load_dataset(cfg.data)
+        key = (cfg.model, cfg.data, cfg.perf, cfg.top_k, cfg.metric, cfg.seed)
         if key not in self._evaluators:
-            self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[data_key], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks)
+            self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[cfg.data], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks)
         return self._evaluators[key]
 
     def run(self, cfg: Any):
@@ -83,7 +69,7 @@ class TrialRunner:
         ``monitors[i]`` may stop config i between prompt chunks (see ``Evaluator.evaluate_many``).
         Returns (evaluator, injection spec, result) per config, in order."""
         monitors = list(monitors) if monitors is not None else [None] * len(cfgs)
-        from ..evaluation import InjectionSpec
+        from ..engine._evaluation import InjectionSpec
 
         items = []
         for cfg in cfgs:

@@ -20,11 +20,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..config import compose_config
-from .. import interrupts
-from ..errors import ConfigError
-from ..recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, recover_stale_trials
-from ..tracking import Tracker
+from ..config import load_run_config
+from ..core import _interrupts as interrupts
+from ..core._errors import ConfigError
+from ._recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, recover_stale_trials
+from ..tracking._tracker import Tracker
 from ._optuna import pop_queued_trial
 from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held
 from ._settings import SweepSpec
@@ -60,7 +60,7 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
     storage = open_storage(storage_url, heartbeat=(int(interval), int(grace)), recovery=recovery)
     number = register_worker(probe, storage_url) if worker_index is None else worker_index
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec, number), pruner=make_pruner(spec))
-    base = compose_config(spec.overrides)
+    base = load_run_config(spec.overrides)
     space = space_of(spec, base)
     total = budget(spec, space)
     tracker = Tracker.from_config(base)

@@ -9,56 +9,38 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ._store_retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, retrying, sqlite_path
-from .errors import first_line as _first_line  # kept under its old name
-from .errors import ConfigError, TrackingError
-from .paths import mlruns_dir
-from .redaction import redact, redacted_config
+from ._retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, retrying, sqlite_path
+from ..core._errors import first_line as _first_line  # kept under its old name
+from ..config._compose import flat_config
+from ..core._errors import ConfigError, TrackingError
+from ..core._paths import mlruns_dir
+from ..core._redaction import redact, redacted_config, redacted_container
 
-__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run", "retry_seconds", "Tracker", "TrackingError", "site_label", "EXPERIMENT_KIND"]
+if TYPE_CHECKING:
+    from ..config._schema import RunConfig
+
+__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run", "retry_seconds", "Tracker", "TrackingError", "EXPERIMENT_KIND"]
 
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model development.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-def site_label(site: Mapping[str, Any]) -> str:
-    """A site record (table columns, :data:`meminject.site.COLUMNS`) as a short run name:
-    ``L24 τ8.32 embed correct`` (``h3`` for a head site, ``pos/noun`` for a pos control)."""
-    layer, head, tweak = site.get("injection.layer"), site.get("injection.head"), site.get("injection.tweak")
-    parts = [f"L{layer}"]
-    if head not in (None, "-") and str(site.get("injection.site", "layer")) != "layer" and head == head:
-        parts.append(f"h{int(head)}")
-    if tweak is not None:
-        parts.append(f"τ{float(tweak):.3g}")
-    kind = str(site.get("memory.type", "correct"))
-    pos = site.get("memory.pos")
-    if pos not in (None, "-") and pos == pos:
-        kind += f"/{pos}"
-    parts += [str(site.get("memory.encoding", "")), kind]
-    return " ".join(p for p in parts if p)
-
 # Importing this module is enough: cli.py's `inspect` makes its own MlflowClient.
 quiet_run_links()
 
 
-def tracking_uri(cfg: Any) -> str:
-    if cfg.tracking.get("uri"):
-        return str(cfg.tracking.uri)
+def tracking_uri(run: RunConfig) -> str:
+    """``tracking.uri``, or the SQLite store in this folder's ``mlruns/``."""
+    if run.tracking.uri:
+        return run.tracking.uri
     return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
 
 
-def retry_seconds(cfg: Any) -> float:
-    """``tracking.retry_s``: how long transient store errors are retried."""
-    value = cfg.tracking.get("retry_s", DEFAULT_RETRY_S)
-    try:
-        seconds = float(DEFAULT_RETRY_S if value is None else value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds >= 0 or isinstance(value, bool):
-        raise ConfigError(f"tracking.retry_s must be a number of seconds >= 0, got {value!r}")
-    return seconds
+def retry_seconds(run: RunConfig) -> float:
+    """``tracking.retry_s``: how long transient store errors are retried (checked when built)."""
+    return run.tracking.retry_s
 
 
 def _artifact_root(uri: str | None = None) -> str:
@@ -97,9 +79,10 @@ def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
     run = client.create_run(experiment_id, run_name=f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak}", tags={"meminject.command": "eval"})
     run_id = run.info.run_id
     try:
-        params = {"model": summary["model"], "weights": summary["weights"], "dataset": summary["dataset"], "dataset_hash": summary["dataset_hash"], "hook": summary["hook"], "memory.word_source": summary.get("word_source", "-")}
-        params.update({f"injection.{k}": v for k, v in cfg.injection.items()})
-        params.update({f"memory.{k}": v for k, v in cfg.memory.items()})
+        # the same flat, redacted config a sweep's trial run logs, with the hook it touched
+        params = {**flat_config(redacted_container(cfg)), "model": summary["model"], "weights": summary["weights"], "dataset": summary["dataset"],
+                  "dataset_hash": summary["dataset_hash"], "n_prompts": summary.get("n_prompts", "-"), "hook": summary["hook"],
+                  "memory.word_source": summary.get("word_source", "-")}
         for key, value in params.items():
             client.log_param(run_id, key, str(value))
         for key, value in summary.items():
@@ -147,7 +130,7 @@ def git_commit() -> str | None:
     """The checkout's commit, when meminject runs from a git checkout."""
     import subprocess
 
-    from .paths import project_root
+    from ..core._paths import project_root
 
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=5)
@@ -178,7 +161,7 @@ class Tracker:
             raise ConfigError(f"tracking store {redact(uri)} refused the experiment {experiment!r}: {redact(_first_line(exc))}") from exc
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "Tracker | None":
+    def from_config(cls, cfg: RunConfig) -> "Tracker | None":
         if not cfg.tracking.enabled:
             return None
         return cls(tracking_uri(cfg), str(cfg.tracking.experiment), retry_seconds(cfg))

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import optuna.distributions as od
 
-from .errors import ConfigError, first_line
+from ..core._errors import ConfigError, first_line
 
 __all__ = ["Axis", "SearchSpace", "parse_axis", "parse_space"]
 

@@ -26,58 +26,34 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import ConfigError, DataError, first_line
-from .injection import embed_memory, unembed_memory
-from .models import LoadedModel
-from .runner import capture_last_position, make_batches
+from ..core._errors import ConfigError, DataError, first_line
+from ..config._point import attn_out_hook
+from ..config._choices import ENCODINGS, MEMORY_TYPES, POS_CHOICES, POS_COLUMNS, WORD_CONTROLS, WORD_SOURCES, relevant_keys  # noqa: F401 - re-exported
+from ._injection import embed_memory, unembed_memory
+from ._models import LoadedModel
+from ._runner import capture_last_position, make_batches
 
 __all__ = ["MEMORY_TYPES", "POS_CHOICES", "relevant_keys", "site_pos", "ENCODINGS", "memory_texts", "word_pools", "word_source", "encode_memories", "attn_out_hook"]
 
-MEMORY_TYPES = ("correct", "pos", "random", "random_vector", "pos_matched", "random_matched")
-# A *_matched control draws the same words as its plain twin; its vectors then take the correct
-# memory's norm for the same prompt (same strength, other content: see Evaluator.memory_vectors).
-WORD_CONTROLS = {"pos": "pos", "random": "random", "pos_matched": "pos", "random_matched": "random"}
-ENCODINGS = ("unembed", "embed", "layer")
-WORD_SOURCES = ("lexicon", "paper")
-POS_COLUMNS = {"noun": "Nouns", "verb": "Verbs", "adjective": "Adjectives", "adverb": "Adverbs", "conjunction": "Conjunctions"}
 TOP_COLUMN = "Top 5000 Words"
-# memory.pos values: a part of speech, or `top` (the most frequent words of any part of speech:
-# the paper's "top 5000" list, kept in rank order with its repeats).
-POS_CHOICES = (*POS_COLUMNS, "top")
-# memory.* keys that change the memory's text or vector, per type (encoding and type always do).
-# Every other memory key is irrelevant to that type: trial keys and grids ignore it, so a grid over
-# memory.type × memory.pos runs the correct memory once, not once per part of speech.
-_WORD_KEYS = ("words", "lexicon_top", "word_list", "seed", "draw")
-RELEVANT_KEYS: dict[str, tuple[str, ...]] = {
-    "correct": (),
-    "random_vector": ("seed", "draw"),
-    "pos": ("pos", "word_index", *_WORD_KEYS),
-    "random": ("n_words", "top_words", *_WORD_KEYS),
-}
 _POOLS: dict[str, dict[str, list[str]]] = {}
-
-
-def relevant_keys(memory_type: str) -> tuple[str, ...]:
-    """The memory.* keys (without the prefix) that change a ``memory_type`` memory."""
-    kind = WORD_CONTROLS.get(memory_type, memory_type)
-    return ("type", "encoding", *RELEVANT_KEYS.get(kind, ()))
 
 
 def site_pos(memory_cfg: Any) -> str | None:
     """The part of speech that names a pos control's site (None for other memory types)."""
-    return str(memory_cfg.get("pos", "noun")) if WORD_CONTROLS.get(str(memory_cfg.type)) == "pos" else None
+    return str(memory_cfg.pos) if WORD_CONTROLS.get(str(memory_cfg.type)) == "pos" else None
 
 
 def word_pools(memory_cfg: Any) -> dict[str, list[str]]:
     """Word pools by part of speech (and ``top``, most frequent first): from the lexicon, or
     from a word-list CSV (``memory.word_list=PATH``, or ``memory.words=paper``)."""
-    source = str(memory_cfg.get("words", "lexicon"))
+    source = str(memory_cfg.words)
     if source not in WORD_SOURCES:
         raise ConfigError(f"memory.words={source!r}: use lexicon (wordfreq + lemminflect) or paper (the paper's word list)")
-    if source == "lexicon" and memory_cfg.get("word_list") is None:
-        from .lexicon import lexicon_pools
+    if source == "lexicon" and memory_cfg.word_list is None:
+        from ..data._lexicon import lexicon_pools
 
-        top_n = int(memory_cfg.get("lexicon_top", 5000))
+        top_n = int(memory_cfg.lexicon_top)
         if top_n < 100:
             raise ConfigError(f"memory.lexicon_top={top_n}: use at least 100 words")
         return lexicon_pools(top_n)
@@ -88,27 +64,24 @@ def word_source(memory_cfg: Any) -> str:
     """Where a control's words come from (recorded with results); ``-`` for non-word memories."""
     if str(memory_cfg.type) not in WORD_CONTROLS:
         return "-"
-    if memory_cfg.get("word_list") is not None:
+    if memory_cfg.word_list is not None:
         return f"word_list {memory_cfg.word_list}"
-    if str(memory_cfg.get("words", "lexicon")) == "paper":
+    if str(memory_cfg.words) == "paper":
         return "paper top_word_types.csv"
-    from .lexicon import lexicon_versions
+    from ..data._lexicon import lexicon_versions
 
     versions = " + ".join(f"{name} {v}" for name, v in lexicon_versions().items())
-    return f"lexicon {versions} (top {int(memory_cfg.get('lexicon_top', 5000))})"
+    return f"lexicon {versions} (top {int(memory_cfg.lexicon_top)})"
 
 
 def _word_list_pools(memory_cfg: Any) -> dict[str, list[str]]:
     """Pools from the paper's word-list CSV (columns Top 5000 Words, Nouns, Verbs, ...)."""
     import pandas as pd
-    from omegaconf import OmegaConf
 
-    from .data import resolve_data_file
+    from ..data._dataset import FileRef, resolve_data_file
 
-    node = OmegaConf.create({
-        "path": memory_cfg.get("word_list"), "source": "file", "file": "top_word_types.csv", "dir": None,
-        "url": memory_cfg.get("word_list_url"), "sha256": memory_cfg.get("word_list_sha256"),
-    })
+    node = FileRef(path=memory_cfg.word_list, source="file", file="top_word_types.csv", dir=None,
+                   url=memory_cfg.word_list_url, sha256=memory_cfg.word_list_sha256)
     try:
         path, _ = resolve_data_file(node)
     except DataError as exc:
@@ -135,12 +108,7 @@ def _word_list_pools(memory_cfg: Any) -> dict[str, list[str]]:
 
 def draw_rng(memory_cfg: Any, row: int, salt: int = 0) -> np.random.Generator:
     """The generator of one prompt's control draw: seeded by (seed, draw, row, salt)."""
-    return np.random.default_rng([int(memory_cfg.get("seed", 0)), int(memory_cfg.get("draw", 0)), int(row), int(salt)])
-
-
-def attn_out_hook(layer: int) -> str:
-    """The hook the paper's head injection reduces to: the layer's summed attention output."""
-    return f"blocks.{layer}.hook_attn_out"
+    return np.random.default_rng([int(memory_cfg.seed), int(memory_cfg.draw), int(row), int(salt)])
 
 
 def memory_texts(frame: Any, memory_cfg: Any) -> list[str]:
@@ -151,22 +119,22 @@ def memory_texts(frame: Any, memory_cfg: Any) -> list[str]:
     kind = WORD_CONTROLS.get(str(memory_cfg.type), str(memory_cfg.type))
     if kind in ("correct", "random_vector"):
         return [str(text) for text in frame["explicit_entity"]]
-    word_index = memory_cfg.get("word_index")
+    word_index = memory_cfg.word_index
     if kind == "pos":
-        pos = str(memory_cfg.get("pos", "noun"))
+        pos = str(memory_cfg.pos)
         if pos not in POS_CHOICES:
             raise ConfigError(f"memory.pos={pos!r} is not one of {', '.join(POS_CHOICES)}")
         pool = word_pools(memory_cfg)[pos]
         if word_index is not None:  # the paper's protocol: the k-th word of the list, in every prompt
             k = int(word_index)
             if not 0 <= k < len(pool):
-                raise ConfigError(f"memory.word_index={k} is out of range for the {pos} list of memory.words={memory_cfg.get('words', 'lexicon')} (0..{len(pool) - 1})")
+                raise ConfigError(f"memory.word_index={k} is out of range for the {pos} list of memory.words={memory_cfg.words} (0..{len(pool) - 1})")
             return [pool[k]] * len(frame["row"])
         return [pool[draw_rng(memory_cfg, row, 1).integers(len(pool))] for row in frame["row"]]
     if word_index is not None:
         raise ConfigError(f"memory.word_index={word_index} applies to memory.type=pos/pos_matched (memory.pos=top is the paper's top-5000 list); set memory.word_index=null")
     if kind == "random":
-        n_words, top = int(memory_cfg.get("n_words", 2)), int(memory_cfg.get("top_words", 1000))
+        n_words, top = int(memory_cfg.n_words), int(memory_cfg.top_words)
         if n_words < 1 or top < 1:
             raise ConfigError(f"memory.n_words={n_words} and memory.top_words={top} must be >= 1")
         pool = word_pools(memory_cfg)["top"][:top]

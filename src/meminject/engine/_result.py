@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .damage import rest_kl
-from .runner import Batch
+from ._damage import rest_kl
+from ._runner import Batch
 
 __all__ = ["EvalResult", "Monitor", "per_prompt_table", "empty_out", "read_answers"]
 

@@ -19,9 +19,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..config._choices import DAMAGES  # noqa: F401 - metric.damage, re-exported
+
 __all__ = ["DAMAGES", "rest_logprobs", "rest_kl"]
 
-DAMAGES = ("kl", "none")  # metric.damage
 
 
 def rest_logprobs(logits: Float[Tensor, "n d_vocab"], answer: Int[Tensor, "n"]) -> Float[Tensor, "n d_vocab"]:

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError
+from ..core._errors import ConfigError
 
 __all__ = ["UI_SETTINGS", "cmd_ui", "runs_url", "VIEW_KEY"]
 
@@ -81,9 +81,9 @@ def _port(value: str) -> int:
 def _store(cfg: Any) -> str:
     """The tracking store to serve: a SQLite file that exists (a server URL is refused: it
     already has a UI)."""
-    from ._store_retry import sqlite_path
-    from .redaction import redact
-    from .tracking import tracking_uri
+    from ..tracking._retry import sqlite_path
+    from ..core._redaction import redact
+    from ..tracking._tracker import tracking_uri
 
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
@@ -98,7 +98,7 @@ def _experiment(uri: str, name: str) -> str:
     """The experiment's id; marks it as model development and saves the runs-table view."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import EXPERIMENT_KIND
+    from ..tracking._tracker import EXPERIMENT_KIND
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
@@ -128,7 +128,7 @@ def runs_url(base: str, experiment_id: str, view: bool = True) -> str:
 
 
 def _server(uri: str, port: int, log_path: Path) -> subprocess.Popen:
-    from .tracking import _artifact_root
+    from ..tracking._tracker import _artifact_root
 
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--artifacts-destination", _artifact_root(uri),
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -166,13 +166,13 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 def cmd_ui(args: Sequence[str]) -> int:
-    from ._store_retry import sqlite_path
-    from .config import compose_config
+    from ..config import load_run_config
+    from ..tracking._retry import sqlite_path
 
     settings, overrides = _parse(args)
     opening = _bool(settings.get("open", "false"), "open")
     port = _port(settings.get("port", "5000"))
-    cfg = compose_config(overrides)  # unknown keys are refused by name
+    cfg = load_run_config(overrides)  # unknown keys are refused by name
     uri = _store(cfg)
     experiment_id = _experiment(uri, settings.get("experiment") or str(cfg.tracking.experiment))
     base = f"http://127.0.0.1:{port}"
@@ -192,7 +192,7 @@ def cmd_ui(args: Sequence[str]) -> int:
             time.sleep(0.5)
         raise ConfigError(f"the MLflow server stopped by itself (status {server.returncode}; log: {log_path})")
     except KeyboardInterrupt:
-        from .interrupts import held
+        from ..core._interrupts import held
 
         with held():
             _stop(server)

@@ -88,7 +88,7 @@ def _redact_after_scheme(rest: str) -> str:
     return rest[: max(at, 0)] + _SECRET_PARAM.sub(lambda m: m.group(1) + MASK, rest[max(at, 0) :])
 
 
-def redacted_config(cfg: Any) -> Any:
+def redacted_config(cfg: Any) -> Any:  # noqa: D401 - an OmegaConf node, for callers that merge it
     """A resolved copy of the config with every URL's password hidden (for saved configs).
 
     Not only ``tracking.uri``: any string value (a study storage URL, an override kept in the
@@ -104,6 +104,10 @@ def redacted_container(cfg: Any) -> dict[str, Any]:
     """:func:`redacted_config` as plain data (a dict of dicts), without building a new
     DictConfig: what a trial's params and config.yaml are made from (OmegaConf.create costs
     ~2 ms, a share of a fast trial)."""
+    if isinstance(cfg, dict):
+        return _redact_values(cfg)
+    if hasattr(cfg, "to_container"):  # a RunConfig
+        return _redact_values(cfg.to_container())
     from omegaconf import OmegaConf
 
     return _redact_values(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))

@@ -15,8 +15,9 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError, first_line
-from .paths import conf_dir, user_conf_dir
+from ..core._errors import ConfigError, first_line
+from ._choices import CHOICES
+from ..core._paths import conf_dir, user_conf_dir
 
 __all__ = ["compose_config", "config_options", "flat_config", "to_yaml", "check_choices", "choices"]
 
@@ -29,21 +30,8 @@ def config_options(group: str) -> list[str]:
 
 
 def choices() -> dict[str, tuple[str, ...]]:
-    """Every enumerated config key and its allowed values, taken from the modules that own them."""
-    from .damage import DAMAGES
-    from .data import PARTS
-    from .spec import ANSWER_METRICS, POSITIONS, SCALES, SITES
-    from .memories import ENCODINGS, MEMORY_TYPES, POS_CHOICES, WORD_SOURCES
-    from .models import SOURCES, WEIGHTS, _DTYPES
-    from .runner import PADDING_SIDES
-
-    return {
-        "model.weights": WEIGHTS, "model.source": SOURCES, "model.dtype": tuple(_DTYPES),
-        "data.part": PARTS, "metric.answer": ANSWER_METRICS, "metric.damage": DAMAGES,
-        "injection.site": SITES, "injection.positions": POSITIONS, "injection.scale": SCALES,
-        "memory.type": MEMORY_TYPES, "memory.encoding": ENCODINGS, "memory.pos": POS_CHOICES, "memory.words": WORD_SOURCES,
-        "perf.padding_side": PADDING_SIDES,
-    }
+    """Every enumerated config key and its allowed values (:data:`._choices.CHOICES`)."""
+    return dict(CHOICES)
 
 
 def check_choices(cfg: DictConfig) -> None:

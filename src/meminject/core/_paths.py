@@ -15,7 +15,7 @@ import importlib.resources
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from ._errors import ConfigError
 
 __all__ = ["project_root", "conf_dir", "user_conf_dir", "preset_dirs", "cache_dir", "mlruns_dir", "outputs_dir"]
 

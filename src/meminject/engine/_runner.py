@@ -9,11 +9,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .models import LoadedModel
+from ..config._choices import PADDING_SIDES
+from ._models import LoadedModel
 
 __all__ = ["Batch", "make_batches", "last_position_logits", "read_logits", "capture_last_position"]
 
-PADDING_SIDES = ("right", "left")  # right is exact for causal models; left is masked and re-positioned
 
 Hook = tuple[str, Callable]
 

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import TrackingError, first_line
-from .interrupts import INTERRUPTED
-from .redaction import redact
+from ..core._errors import TrackingError, first_line
+from ..core._interrupts import INTERRUPTED
+from ..core._redaction import redact
 
 try:
     import fcntl

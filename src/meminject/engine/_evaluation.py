@@ -14,24 +14,27 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from .damage import DAMAGES
-from .data import Dataset
-from .errors import ConfigError, DataError
-from .injection import head_output_component
-from .memories import encode_memories, memory_texts, random_directions_like
-from .models import LoadedModel
-from .prefix import PrefixCache
-from .runner import Batch, last_position_logits, make_batches, read_logits
-from .result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers
-from .stats import summarize, typical_norm  # noqa: F401 - summarize is re-exported
-from .spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, _as_float, _as_int, stacked_hooks  # noqa: F401 - the point of the search space; re-exported
+from ..config._point import memory_key
+from ..core._errors import ConfigError, DataError
+from ..data._dataset import Dataset
+from ._damage import DAMAGES
+from ._injection import head_output_component
+from ._memories import encode_memories, memory_texts, random_directions_like
+from ._models import LoadedModel
+from ._prefix import PrefixCache
+from ._runner import Batch, last_position_logits, make_batches, read_logits
+from ._result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers
+from ._stats import summarize, typical_norm  # noqa: F401 - summarize is re-exported
+from ._spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, stacked_hooks  # noqa: F401 - the point of the search space; re-exported
+
+if TYPE_CHECKING:
+    from ..config._schema import RunConfig
 
 log = logging.getLogger("meminject")
 
@@ -119,29 +122,22 @@ class Evaluator:
         self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
 
     @classmethod
-    def from_config(cls, model: LoadedModel, dataset: Dataset, cfg: Any, chunks: int = 1, stack_chunks: bool = False) -> "Evaluator":
-        """Build from the composed config's ``perf`` group and ``top_k`` (``chunks``: see __init__).
+    def from_config(cls, model: LoadedModel, dataset: Dataset, run: RunConfig, chunks: int = 1, stack_chunks: bool = False) -> "Evaluator":
+        """Build from the run's ``perf`` and ``metric`` settings and ``top_k`` (``chunks``: see __init__).
 
         ``perf.trials_per_forward=auto`` stacks 8 trials on CUDA, and on a CPU too when
         ``stack_chunks`` (a pruned grid, whose asked points share a layer): one chunk of ~10
         prompts runs in small batches, 1.6-2.2× its share of a single pass, while 8 stacked run at
         0.9× (benchmarks/trial_variants.py). Full-size CPU batches gain nothing from stacking.
         """
-        perf = cfg.perf
+        perf = run.perf
         per_forward = perf.trials_per_forward
-        if str(per_forward) == "auto":
+        if per_forward == "auto":
             per_forward = 8 if model.device.type == "cuda" or (stack_chunks and chunks > 1) else 1
-        per_forward = _as_int(per_forward, "perf.trials_per_forward")
-        cache_mb = _as_float(perf.prefix_cache_mb, "perf.prefix_cache_mb")
-        if per_forward < 1:
-            raise ConfigError(f"perf.trials_per_forward={per_forward} must be >= 1 (or auto)")
-        if cache_mb < 0:
-            raise ConfigError(f"perf.prefix_cache_mb={cache_mb:g} must be >= 0 (0 turns the cache off)")
         return cls(
-            model, dataset, max_batch_tokens=_as_int(perf.max_batch_tokens, "perf.max_batch_tokens"), padding_side=str(perf.padding_side),
-            top_k=_as_int(cfg.top_k, "top_k"), prefix_cache_bytes=int(cache_mb * 2**20), trials_per_forward=per_forward,
-            max_padding=_as_float(perf.max_padding, "perf.max_padding"), answer_metric=str(cfg.metric.answer), damage=str(cfg.metric.get("damage", "kl")),
-            chunks=chunks, chunk_seed=_as_int(cfg.seed, "seed"),
+            model, dataset, max_batch_tokens=perf.max_batch_tokens, padding_side=perf.padding_side, top_k=run.top_k,
+            prefix_cache_bytes=int(perf.prefix_cache_mb * 2**20), trials_per_forward=int(per_forward), max_padding=perf.max_padding,
+            answer_metric=run.metric.answer, damage=run.metric.damage, chunks=chunks, chunk_seed=run.seed,
         )
 
     @property
@@ -256,7 +252,7 @@ class Evaluator:
         texts, vectors = self.encoded_memories(spec, memory_cfg)
         if spec.memory_type.endswith("_matched"):
             # the control at the correct memory's strength: only the content differs
-            correct_cfg = OmegaConf.merge(memory_cfg, {"type": "correct"})
+            correct_cfg = replace(memory_cfg, type="correct")
             _, correct = self.encoded_memories(replace(spec, memory_type="correct"), correct_cfg)
             vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12) * correct.norm(dim=-1, keepdim=True)
         if spec.memory_type == "random_vector":
@@ -290,7 +286,7 @@ class Evaluator:
         for spec, _ in points:
             spec.validate(self.model)
         monitors = list(monitors) if monitors is not None else [None] * len(points)
-        keys = [(spec.canonical(), repr(memory_cfg)) for spec, memory_cfg in points]
+        keys = [(spec.canonical(), memory_key(memory_cfg)) for spec, memory_cfg in points]
         todo: dict[tuple, tuple[InjectionSpec, Any, Monitor | None]] = {}
         for key, (spec, memory_cfg), monitor in zip(keys, points, monitors):
             if key in self._results:

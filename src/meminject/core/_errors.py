@@ -40,6 +40,6 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
 
 def error_line(exc: BaseException) -> str:
     """What ``meminject: error:`` prints: the first line, with any URL password hidden."""
-    from .redaction import redact
+    from ._redaction import redact
 
     return redact(first_line(exc, limit=2000))

@@ -33,8 +33,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .models import LoadedModel
-from .runner import Batch
+from ._models import LoadedModel
+from ._runner import Batch
 
 __all__ = ["PrefixCache", "choose_cached_layers"]
 

@@ -118,7 +118,7 @@ def _start_epoch(start: datetime) -> float:
 # Imported here, after every name meminject.sweep imports from this module: importing
 # meminject.sweep._optuna runs meminject.sweep's __init__, which imports this module back, so
 # when this module is imported first those names must already exist (the cycle is tested).
-from .sweep._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of  # noqa: E402
+from ._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of  # noqa: E402
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

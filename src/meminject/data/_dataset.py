@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError
-from .paths import cache_dir
+from ..config._choices import PARTS
+from ..core._errors import ConfigError, DataError
+from ..core._paths import cache_dir
 
 __all__ = ["REQUIRED_COLUMNS", "Dataset", "load_dataset", "read_prompt_csv", "resolve_data_file"]
 
@@ -37,6 +38,18 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("explicit_sentence", "obscure_sentence", "explicit_entity", "obscure_entity", "answer")
 _RENAMES = {"explicit_sent": "explicit_sentence", "obscure_sent": "obscure_sentence"}
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """Where a file comes from (the location keys of :class:`~meminject.config.DataConfig`)."""
+
+    path: str | None
+    source: str
+    file: str | None
+    dir: str | None
+    url: str | None
+    sha256: str | None
 
 
 @dataclass
@@ -87,32 +100,32 @@ def _download(url: str, target: Path, sha256: str | None) -> Path:
 
 def resolve_data_file(cfg: Any) -> tuple[Path | None, str]:
     """Return (local path, source description) for the ``data`` config node."""
-    if cfg.get("path"):
+    if cfg.path:
         path = Path(str(cfg.path)).expanduser()
         if not path.is_file():
             raise DataError(f"data.path={path} does not exist or is not a file")
         return path, str(path)
-    source = str(cfg.get("source", "file"))
+    source = str(cfg.source)
     if source == "package":
         ref = resources.files("meminject.resources") / str(cfg.file)
         with resources.as_file(ref) as path:
             return Path(path), f"package:{cfg.file}"
     file_name = str(cfg.file)
-    for folder in (cfg.get("dir"), os.environ.get("MEMINJECT_DATA_DIR")):
+    for folder in (cfg.dir, os.environ.get("MEMINJECT_DATA_DIR")):
         if folder and (Path(str(folder)).expanduser() / file_name).is_file():
             path = Path(str(folder)).expanduser() / file_name
             return path, str(path)
     cached = cache_dir() / "data" / file_name
     if cached.is_file():
-        pinned = cfg.get("sha256")
+        pinned = cfg.sha256
         if pinned and _sha256(cached) != pinned:  # the cache is ours: it must still be what was verified
             raise DataError(f"cached {cached} has SHA-256 {_sha256(cached)}, expected {pinned}; delete it to download it again")
         return cached, str(cached)
-    if not cfg.get("url"):
+    if not cfg.url:
         raise DataError(f"data file {file_name} not found; set data.dir or MEMINJECT_DATA_DIR, or pass data.path=FILE")
     cached.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s", cfg.url)
-    return _download(str(cfg.url), cached, cfg.get("sha256")), str(cfg.url)
+    return _download(str(cfg.url), cached, cfg.sha256), str(cfg.url)
 
 
 def _record_lines(text: str, n_records: int) -> list[int]:
@@ -172,7 +185,7 @@ def load_dataset(cfg: Any) -> Dataset:
     """Load, validate and subset the dataset described by the ``data`` config node."""
     path, source = resolve_data_file(cfg)
     frame = read_prompt_csv(path)
-    limit, sample = cfg.get("limit"), cfg.get("sample")
+    limit, sample = cfg.limit, cfg.sample
     if limit is not None and sample is not None:
         raise ConfigError("set data.limit or data.sample, not both")
     for key, value in (("limit", limit), ("sample", sample)):
@@ -181,15 +194,14 @@ def load_dataset(cfg: Any) -> Dataset:
     if limit is not None:
         frame = frame.head(int(limit))
     if sample is not None:
-        frame = frame.sample(n=min(int(sample), len(frame)), random_state=int(cfg.get("seed", 0))).sort_index()
+        frame = frame.sample(n=min(int(sample), len(frame)), random_state=int(cfg.seed)).sort_index()
     frame = split_part(frame.reset_index(drop=True), cfg)
     # data.path replaces the preset's file, so it names the data too (else `demo` would label any CSV)
-    name = path.stem if cfg.get("path") else str(cfg.get("name") or (path.stem if path else "data"))
-    part = str(cfg.get("part", "all"))
+    name = path.stem if cfg.path else str(cfg.name or (path.stem if path else "data"))
+    part = str(cfg.part)
     return Dataset(name=name if part == "all" else f"{name}:{part}", source=source, frame=frame.reset_index(drop=True))
 
 
-PARTS = ("all", "train", "heldout")
 
 
 def split_rows(n: int, train_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -203,12 +215,12 @@ def split_rows(n: int, train_fraction: float, seed: int) -> tuple[list[int], lis
 
 def split_part(frame: pd.DataFrame, cfg: Any) -> pd.DataFrame:
     """The ``data.part`` of the prompts under the seeded ``data.split`` (train fraction)."""
-    part = str(cfg.get("part", "all"))
+    part = str(cfg.part)
     if part not in PARTS:
         raise ConfigError(f"data.part={part!r} is not one of {', '.join(PARTS)}")
     if part == "all":
         return frame
-    fraction = cfg.get("split")
+    fraction = cfg.split
     if fraction is None:
         raise ConfigError(f"data.part={part} needs data.split (the train fraction, e.g. 0.7)")
     try:

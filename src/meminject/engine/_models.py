@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, ModelError, first_line
-from .paths import cache_dir
+from ..config._choices import SOURCES, WEIGHTS
+from ..core._errors import ConfigError, ModelError, first_line
+from ..core._paths import cache_dir
 
 __all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device", "SMOLLM2_GGUF"]
 
@@ -113,8 +114,6 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-WEIGHTS = ("paper", "raw")
-SOURCES = ("pretrained", "gguf_package", "tiny")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -264,7 +263,7 @@ def load_model(cfg: Any) -> LoadedModel:
     dtype = _resolve_dtype(str(cfg.dtype))
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError(f"model.dtype=float16 runs on CUDA only (model.device={device.type}); on a CPU use model.dtype=bfloat16 (fast with AVX512-BF16/AMX) or float32")
-    key = (str(cfg.name), source, weights, str(device), str(dtype), str(cfg.get("hf_name")), repr(dict(cfg.get("tiny") or {})))
+    key = (cfg.identity, str(device))
     if key in _CACHE:
         return _CACHE[key]
 

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .injection import inject, position_mask
-from .models import LoadedModel
+from ..engine._injection import inject, position_mask
+from ..engine._models import LoadedModel
 
 __all__ = ["Projection", "project_attention_outputs", "heatmap", "head_grid", "HeadGrid"]
 

@@ -1,0 +1,101 @@
+"""``meminject eval``: one injection over a dataset, as a table, files and one MLflow run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..core._errors import MemInjectError, first_line
+
+__all__ = ["cmd_eval", "batch_progress", "progress_bar_for", "default_output_dir"]
+
+
+def default_output_dir(command: str, tag: str) -> Path:
+    from ..core._paths import outputs_dir
+
+    return outputs_dir(command) / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+
+
+def _data_label(data_cfg, dataset) -> str:
+    """How the data is named in a header: the file for data.path (not the default preset's name)."""
+    if data_cfg.path:
+        part = data_cfg.part
+        return Path(str(data_cfg.path)).name + ("" if part == "all" else f":{part}")
+    return dataset.name
+
+
+def progress_bar_for(desc: str, total: int):
+    """A tqdm bar on stderr (stdout stays the results)."""
+    from ..core._progress import progress_bar
+
+    return progress_bar(total, desc, "prompt")
+
+
+def batch_progress(bar):
+    """The callback for ``Evaluator.progress(stage, done, total)``: one call per batch of a
+    pass (``stage`` e.g. "clean" or "injected"); the bar shows that pass's batches."""
+
+    def report(stage: str, done: int, total: int) -> None:
+        if bar.disable:  # not a terminal (see meminject.progress)
+            return
+        if bar.total != total or bar.unit != "batch":
+            bar.reset(total=total)
+            bar.unit = "batch"
+        bar.set_description_str(f"{bar.desc.split(' [')[0]} [{stage}]", refresh=False)
+        bar.n = done
+        bar.refresh()
+
+    return report
+
+
+def cmd_eval(overrides: Sequence[str]) -> int:
+    from ..config import load_run_config, to_yaml
+    from ..data._dataset import load_dataset
+    from ..engine._evaluation import Evaluator, InjectionSpec
+    from ..engine._memories import word_source
+    from ..engine._models import load_model
+    from ..tracking._tracker import log_eval_run, probe_server, redact, redacted_container, tracking_uri
+
+    cfg = load_run_config(overrides)
+    spec = InjectionSpec.from_config(cfg)
+    spec.validate()  # model-independent checks before the model loads
+    if cfg.tracking.enabled:
+        probe_server(tracking_uri(cfg))  # an unreachable tracking server is refused before any work
+    dataset = load_dataset(cfg.data)
+    model = load_model(cfg.model)
+    spec.validate(model)
+    started = time.perf_counter()
+    with progress_bar_for(f"eval {_data_label(cfg.data, dataset)}", len(dataset)) as bar:
+        evaluator = Evaluator.from_config(model, dataset, cfg)
+        if hasattr(evaluator, "progress"):  # batch-level progress, where the engine reports it
+            evaluator.progress = batch_progress(bar)
+        result = evaluator.evaluate(spec, cfg.memory)
+        bar.update(bar.total - bar.n)
+    wall = time.perf_counter() - started
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir("eval", f"{model.name}-L{spec.layer}-t{spec.tweak:g}-{spec.encoding}")
+    # Write everything into a temporary folder and rename it: no half-written results.
+    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    result.per_prompt.to_csv(tmp_dir / "per_prompt.csv", index=False)
+    (tmp_dir / "config.yaml").write_text(to_yaml(redacted_container(cfg)))
+    summary = {**result.summary, "eval_seconds": wall, "hook": result.hooks[0], "model": model.name, "weights": model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "word_source": word_source(cfg.memory), "n_prompts": len(dataset)}
+    (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    tmp_dir.rename(out_dir)
+    s = result.summary
+    print(f"{model.name} ({model.weights} weights) · {_data_label(cfg.data, dataset)} ({len(dataset)} prompts) · {result.hooks[0]} · τ={spec.tweak:g} · {spec.memory_type}/{spec.encoding} · positions={spec.positions}")
+    print(f"  P(answer) before {s['mean_prob_before']:.4f}   after {s['mean_prob_after']:.4f}   explicit {s['mean_prob_explicit']:.4f}")
+    print(f"  mean gain {s['mean_gain']:+.4f}   median gain {s['median_gain']:+.4f}   mean % increase {s['mean_percent_increase']:+.1f}   improved {s['frac_improved']:.0%}")
+    print(f"  {wall:.2f} s · per-prompt table: {out_dir / 'per_prompt.csv'}")
+    if cfg.tracking.enabled:
+        try:
+            run_id = log_eval_run(cfg, result, summary, out_dir)
+        except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
+            raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}") from exc
+        print(f"  MLflow run {run_id}")
+    return 0
