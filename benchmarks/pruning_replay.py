@@ -58,7 +58,7 @@ def replay(gains: np.ndarray, seconds: np.ndarray, points: list, pruner, seed: i
     n_prompts = gains.shape[1]
     parts = np.array_split(np.random.default_rng([seed, 1]).permutation(n_prompts), chunks)  # as Evaluator(chunks, chunk_seed=seed)
     index = {point: i for i, point in enumerate(points)}
-    order = [index[(p["injection.layer"], p["injection.tweak"])] for p in pruned_grid_order([{"injection.layer": l, "injection.tweak": t} for l, t in points], seed)]
+    order = [index[(p["injection.layer"], p["injection.tweak"])] for p in pruned_grid_order([{"injection.layer": layer, "injection.tweak": t} for layer, t in points], seed)]
     groups = [order[k : k + stack] for k in range(0, len(order), stack)]  # a worker asks `stack` queued points at once
     complete: dict[int, float] = {}
     spent = 0.0
@@ -100,7 +100,7 @@ def main() -> None:
     layers = list(range(n_layers)) if n_layers else [int(x) for x in args.layers.split(",")]
     if args.cache and os.path.exists(args.cache):
         saved = np.load(args.cache)
-        gains, seconds, points = saved["gains"], saved["seconds"], [(int(l), float(t)) for l, t in saved["points"]]
+        gains, seconds, points = saved["gains"], saved["seconds"], [(int(layer), float(t)) for layer, t in saved["points"]]
     else:
         gains, seconds, points = exhaustive(args.data, args.limit, layers, args.dtype)
         if args.cache:

@@ -30,9 +30,10 @@ def shared_data() -> Path:
 
 
 def compose(*overrides: str):
-    from meminject.config._compose import compose_config
+    """The typed run config of the real ``conf/`` with these overrides (composed once per process)."""
+    from meminject.config import load_run_config
 
-    return compose_config(list(overrides))
+    return load_run_config(list(overrides))
 
 
 @pytest.fixture(scope="session")

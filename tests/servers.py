@@ -40,7 +40,7 @@ def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = N
                 return response.read()
         except OSError:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"server exited before answering {url}")
+                raise RuntimeError(f"server exited before answering {url}") from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)

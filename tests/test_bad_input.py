@@ -4,14 +4,12 @@ exit, nothing half-written, and nothing already recorded lost. Plus property-bas
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import optuna
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from optuna.trial import TrialState
 
 from meminject.cli import main
 from meminject.core._errors import MemInjectError

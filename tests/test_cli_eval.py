@@ -128,7 +128,6 @@ README_SHAPES = {  # each line of the README's `meminject sweep` example, by sha
 
 def test_readme_sweep_example_has_the_shape_of_a_real_run(tmp_path, capsys, monkeypatch):
     import re
-    from pathlib import Path
 
     from conftest import ROOT, sweep_args
 

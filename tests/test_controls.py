@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import optuna
 from conftest import compose, load, make_evaluator
@@ -368,7 +367,7 @@ def test_word_index_injects_the_kth_word_of_the_papers_lists_into_every_prompt(d
 
 
 def test_a_memory_key_that_a_type_ignores_does_not_make_a_new_point(shared_data):
-    from meminject.sweep._site import trial_key
+    from meminject.config import trial_key
 
     base = ["model=tiny", "memory.words=paper"]
     assert trial_key(compose(*base, "memory.type=correct", "memory.pos=noun", "memory.word_index=3")) == trial_key(compose(*base, "memory.type=correct", "memory.pos=verb"))

@@ -51,7 +51,7 @@ def test_each_path_equals_the_reference_per_prompt(tiny, demo, path, encoding, p
     assert (evaluator.prefix.start_layer(2) if evaluator.prefix else None) == expected_start
     if evaluator.prefix is not None:  # positions=last: the last-token path when keys/values fit the budget
         fits = path == "prefix_all_layers"
-        assert evaluator.prefix.kv_supported is ((True if fits else False) if positions == "last" else None)
+        assert evaluator.prefix.kv_supported is (bool(fits) if positions == "last" else None)
     for i, row in subset.frame.iterrows():
         before, after = reference_answer_probs(tiny.bridge, row.obscure_sentence, row.answer, row.explicit_entity, layer=2, tweak=3.0, encoding=encoding, positions=positions, head=None)
         # the tiny model's probabilities are ~1e-6: compare relatively, not only to 1e-5

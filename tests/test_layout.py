@@ -15,17 +15,31 @@ from meminject.cli import main
 SRC = ROOT / "src" / "meminject"
 
 
+# The layers, bottom first: each package may import itself and the packages listed for it.
+LAYERS = {
+    "core": set(),
+    "config": {"core"},
+    "data": {"core", "config"},
+    "tracking": {"core", "config"},
+    "engine": {"core", "config", "data"},
+    "sweep": {"core", "config", "data", "engine", "tracking"},
+    "views": {"core", "config", "data", "engine", "tracking", "sweep"},
+    "cli": {"core", "views"},
+}
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(SRC.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """meminject modules imported at module level (function-level imports are lazy on purpose)."""
+def _imports(path: Path, module_level_only: bool = False) -> set[str]:
+    """meminject modules a file imports: at module level, or anywhere (a lazy import inside a
+    function is a dependency too, only a later one)."""
     tree = ast.parse(path.read_text())
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
     found = set()
-    for node in tree.body:
+    for node in (tree.body if module_level_only else ast.walk(tree)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -33,28 +47,77 @@ def _imports(path: Path) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("meminject"):
-                found.add(target)
+                if node.module:  # `from . import x` imports x, not its package's other names
+                    found.add(target)
                 found.update(f"{target}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("meminject"))
     return found
 
 
-def test_no_import_cycles_in_src():
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None  # None: the package root (meminject/__init__)
+
+
+def _graph(module_level_only: bool) -> dict[str, set[str]]:
+    """Import edges between meminject modules, with the package ``__init__`` edges Python adds:
+    importing ``meminject.engine._models`` from outside ``engine`` runs ``meminject.engine``."""
     modules = {_module_name(p): p for p in SRC.rglob("*.py")}
-    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    graph = {}
+    for name, path in modules.items():
+        own = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = {m for m in _imports(path, module_level_only) if m in modules and m != name}
+        for target in list(targets):
+            parent = target.rpartition(".")[0]
+            while parent.count(".") >= 1 and parent != own and not own.startswith(parent + "."):
+                targets.add(parent)  # a package entered from outside runs its __init__
+                parent = parent.rpartition(".")[0]
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_imports_go_one_way_down_the_layers():
+    """config → data → engine; config → tracking; engine and tracking → sweep → views → cli,
+    with core under all of them. Lazy (function-level) imports count."""
+    wrong = []
+    for name, targets in _graph(module_level_only=False).items():
+        layer = _layer(name)
+        if layer in (None, "__main__", "resources"):  # the root re-exports; resources is data
+            continue
+        allowed = LAYERS[layer] | {layer}
+        wrong += [f"{name} -> {t}" for t in sorted(targets) if _layer(t) not in allowed]
+    assert not wrong, "imports against the layers: " + "; ".join(wrong)
+
+
+def test_every_layer_is_a_package_with_a_public_face():
+    for layer in LAYERS:
+        if layer == "cli":
+            continue
+        init = SRC / layer / "__init__.py"
+        assert init.is_file(), layer
+        tree = ast.parse(init.read_text())
+        assert ast.get_docstring(tree), f"{layer}/__init__.py has no docstring"
+        assert any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in n.targets) for n in tree.body), f"{layer}/__init__.py has no __all__"
+        private = [p.name for p in (SRC / layer).glob("*.py") if p.name != "__init__.py" and not p.name.startswith("_")]
+        assert not private, f"{layer}: modules behind the public face are private (_name.py): {private}"
+
+
+def test_no_import_cycles_in_src():
+    """Module-level imports (what runs on import), package ``__init__`` edges included."""
+    graph = _graph(module_level_only=True)
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
         state[node] = 1
-        for nxt in graph[node]:
+        for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
                 raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt):] + [nxt]))
             if nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = 2
 
-    for name in graph:
+    for name in sorted(graph):
         if name not in state:
             visit(name, [name])
 

@@ -4,7 +4,6 @@ worker counts, and the per-trial memory of a long-running worker (tiny model).""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

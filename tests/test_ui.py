@@ -98,10 +98,10 @@ def test_mlflow_ui_lists_the_sweep_in_a_real_browser(small_sweep):
         def wait_for(text: str) -> None:
             try:
                 wait.until(shows(text))
-            except Exception:
+            except Exception as exc:  # noqa: BLE001 - any failure to show the text: screenshot, then fail
                 (ROOT / "test-artifacts").mkdir(exist_ok=True)
                 browser.save_screenshot(str(ROOT / "test-artifacts" / "mlflow_failure.png"))
-                raise AssertionError(f"{text!r} not shown; page text: {browser.find_element('tag name', 'body').text[:1500]!r}")
+                raise AssertionError(f"{text!r} not shown; page text: {browser.find_element('tag name', 'body').text[:1500]!r}") from exc
 
         browser.get(f"{base}/#/experiments/{experiment.experiment_id}/runs")
         wait_for("sweep ui")  # the parent run is listed

@@ -2,7 +2,13 @@
 
 Memory injections (Sakarvadia et al. 2023, arXiv 2309.05605) add an encoded "memory"
 (the missing hop of a multi-hop prompt) to one layer's attention output. The formula is
-:func:`meminject.injection.inject`; evaluation is :class:`meminject.evaluation.Evaluator`.
+:func:`meminject.engine.inject`; evaluation is :class:`meminject.engine.Evaluator`; the typed
+run config is :class:`meminject.config.RunConfig`.
+
+The packages are the layers, imports going one way (``tests/test_layout.py`` checks it)::
+
+    core → config → data → engine ─┐
+              └──→ tracking ───────┴→ sweep → views → cli
 """
 
 from .core._errors import ConfigError, DataError, MemInjectError, ModelError

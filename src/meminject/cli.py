@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 from typing import Sequence
 
-from .core._errors import MemInjectError, error_line, first_line
+from .core._errors import MemInjectError, error_line
 
 __all__ = ["main"]
 
@@ -87,7 +84,7 @@ every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Con
 def _epilog(name: str) -> str:
     if name in ("sweep", "worker", "best"):
         try:
-            from .sweep import help_epilog
+            from .views import help_epilog
 
             return help_epilog(name) + "\n\n" + EPILOG
         except Exception:  # noqa: BLE001 - help must print even if a user preset is broken

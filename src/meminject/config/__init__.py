@@ -14,7 +14,7 @@ Example::
 from ._build import build_run_config, coerce, load_run_config, needs_compose, with_values
 from ._choices import CHOICES, relevant_keys
 from ._compose import GROUPS, check_choices, choices, compose_config, config_options, flat_config, to_yaml
-from ._point import RESULT_FREE_SECTIONS, TrialPoint, attn_out_hook, hook_name, trial_key
+from ._point import RESULT_FREE_SECTIONS, TrialPoint, attn_out_hook, hook_name, memory_key, site_pos, trial_key
 from ._schema import (
     DataConfig, InjectionConfig, MemoryConfig, MetricConfig, ModelConfig, PerfConfig, RunConfig, TinyConfig,
     TrackingConfig,
@@ -24,5 +24,5 @@ __all__ = [
     "RunConfig", "ModelConfig", "TinyConfig", "DataConfig", "MemoryConfig", "InjectionConfig", "MetricConfig",
     "PerfConfig", "TrackingConfig", "TrialPoint", "load_run_config", "build_run_config", "with_values",
     "needs_compose", "coerce", "compose_config", "config_options", "flat_config", "to_yaml", "check_choices",
-    "choices", "CHOICES", "GROUPS", "relevant_keys", "hook_name", "attn_out_hook", "trial_key", "RESULT_FREE_SECTIONS",
+    "choices", "CHOICES", "GROUPS", "relevant_keys", "hook_name", "attn_out_hook", "memory_key", "site_pos", "trial_key", "RESULT_FREE_SECTIONS",
 ]

@@ -80,8 +80,11 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         converted = _as(option, value)
         if converted is not _NO:
             return converted
-    wanted = " or ".join(o.__name__ for o in options if o is not type(None))
-    raise ConfigError(f"{key}={value!r} must be {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}")
+    wanted = " or ".join(_WORDS[o] for o in options if o is not type(None))
+    raise ConfigError(f"{key}={value!r} must be {wanted}")
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 _NO = object()
@@ -129,15 +132,16 @@ def with_values(run: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     return dataclasses.replace(run, **{s: dataclasses.replace(getattr(run, s), **v) for s, v in sections.items()})
 
 
-_LOADED: dict[tuple[str, ...], RunConfig] = {}
+_LOADED: dict[tuple[str, ...], RunConfig] = {}  # (local conf folder, *overrides) -> config
 
 
 def load_run_config(overrides: Sequence[str] = ()) -> RunConfig:
     """Compose ``conf/`` with ``overrides`` and build the typed config, once per process for
     each distinct command line (the result is immutable, so sharing it is safe)."""
+    from ..core._paths import user_conf_dir
     from ._compose import compose_config
 
-    key = tuple(overrides)
+    key = (str(user_conf_dir()), *overrides)  # ./conf of the working directory adds options
     if key not in _LOADED:
         if len(_LOADED) > 64:
             _LOADED.clear()

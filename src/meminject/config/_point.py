@@ -13,12 +13,12 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._choices import relevant_keys
+from ._choices import WORD_CONTROLS, relevant_keys
 
 if TYPE_CHECKING:
     from ._schema import InjectionConfig, MemoryConfig, RunConfig
 
-__all__ = ["TrialPoint", "memory_key", "hook_name", "attn_out_hook", "trial_key", "RESULT_FREE_SECTIONS"]
+__all__ = ["TrialPoint", "memory_key", "site_pos", "hook_name", "attn_out_hook", "trial_key", "RESULT_FREE_SECTIONS"]
 
 # Config sections that never change a trial's numbers (where results go, how fast they come).
 RESULT_FREE_SECTIONS = ("tracking.", "perf.", "output_dir")
@@ -34,6 +34,11 @@ def hook_name(injection: InjectionConfig) -> str:
     if injection.site == "head" and injection.literal_hook:
         return f"blocks.{injection.layer}.attn.hook_result"
     return attn_out_hook(injection.layer)
+
+
+def site_pos(memory: MemoryConfig) -> str | None:
+    """The part of speech that names a pos control's site (None for other memory types)."""
+    return memory.pos if WORD_CONTROLS.get(memory.type) == "pos" else None
 
 
 def memory_key(memory: MemoryConfig) -> tuple[tuple[str, Any], ...]:

@@ -81,8 +81,7 @@ class Evaluator:
         # train part: 3.76 → 3.29 s over L5/L15/L25, unchunked 1.99 s). Stacked trials and whole
         # passes fill their forwards already and keep the padding rule.
         self.floor_tokens = _CPU_FLOOR_TOKENS if chunks > 1 and self.trials_per_forward == 1 and model.device.type == "cpu" else 0
-        frame = dataset.frame
-        self.rows = [int(r) for r in frame["row"]]
+        self.rows = [int(r) for r in dataset.frame["row"]]
         self.row_ids = np.asarray(self.rows)
         if answer_metric not in ANSWER_METRICS:
             raise ConfigError(f"metric.answer={answer_metric!r} is not one of {', '.join(ANSWER_METRICS)}")
@@ -90,6 +89,20 @@ class Evaluator:
         if damage not in DAMAGES:
             raise ConfigError(f"metric.damage={damage!r} is not one of {', '.join(DAMAGES)}")
         self.damage = damage
+        self._tokenize_prompts(model, dataset)
+        self._batch_chunks(chunks, chunk_seed)
+        self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
+        self._clean: dict[str, np.ndarray] | None = None
+        self._clean_rest: Tensor | None = None  # (prompts, vocab) clean logits at the read position (damage)
+        self.progress: Callable[[str, int, int], None] | None = None  # (stage, batches done, batches) after each batch
+        self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
+        self._vectors: OrderedDict[tuple, tuple[list[str], Tensor]] = OrderedDict()
+        self.max_cached_results = 256
+        self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
+
+    def _tokenize_prompts(self, model: LoadedModel, dataset: Dataset) -> None:
+        """Tokenize the obscure and explicit prompts and the answers; check them against the model."""
+        frame = dataset.frame
         self.obscure_tokens = [model.tokenize(s, bos=True) for s in frame["obscure_sentence"]]
         self.explicit_tokens = [model.tokenize(s, bos=True) for s in frame["explicit_sentence"]]
         self.answer_ids: list[list[int]] = []
@@ -102,8 +115,10 @@ class Evaluator:
         for tokens, row in zip(self.obscure_tokens + self.explicit_tokens, self.rows + self.rows):
             if len(tokens) > model.n_ctx:
                 raise DataError(f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}")
-        # Prompts in seeded chunks (one chunk unless pruning): each chunk is a random sample of the
-        # prompts, bucketed by length on its own, so a chunk still runs in full, well-packed batches.
+
+    def _batch_chunks(self, chunks: int, chunk_seed: int) -> None:
+        """Prompts in seeded chunks (one chunk unless pruning): each chunk is a random sample of the
+        prompts, bucketed by length on its own, so a chunk still runs in full, well-packed batches."""
         order = np.random.default_rng([int(chunk_seed), 1]).permutation(len(self.rows)) if chunks > 1 else np.arange(len(self.rows))
         self.chunk_index = [np.sort(part) for part in np.array_split(order, max(1, min(int(chunks), len(self.rows))))]
         self.obscure_batches: list[Batch] = []
@@ -112,14 +127,6 @@ class Evaluator:
             batches = self._scored_batches([self.obscure_tokens[i] for i in part], part)
             self.chunk_batches.append(range(len(self.obscure_batches), len(self.obscure_batches) + len(batches)))
             self.obscure_batches += batches
-        self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
-        self._clean: dict[str, np.ndarray] | None = None
-        self._clean_rest: Tensor | None = None  # (prompts, vocab) clean logits at the read position (damage)
-        self.progress: Callable[[str, int, int], None] | None = None  # (stage, batches done, batches) after each batch
-        self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
-        self._vectors: OrderedDict[tuple, tuple[list[str], Tensor]] = OrderedDict()
-        self.max_cached_results = 256
-        self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
 
     @classmethod
     def from_config(cls, model: LoadedModel, dataset: Dataset, run: RunConfig, chunks: int = 1, stack_chunks: bool = False) -> "Evaluator":
@@ -271,7 +278,6 @@ class Evaluator:
         tokens but each prompt's first; see :func:`typical_norm`)."""
         self.clean
         return self._residual_norms
-
 
     def evaluate(self, spec: InjectionSpec, memory_cfg: Any) -> EvalResult:
         """Evaluate one point; equivalent points (see :meth:`InjectionSpec.canonical`) share one computation."""

@@ -22,7 +22,7 @@ __all__ = ["inject", "position_mask", "unembed_memory", "embed_memory", "multi_h
 def inject(
     attn_out: Float[Tensor, "batch pos d_model"],
     memory: Float[Tensor, "batch d_model"],
-    tweak: float | Float[Tensor, "batch"],
+    tweak: float | Float[Tensor, " batch"],
     mask: Float[Tensor, "batch pos"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """Return ``attn_out + τ · v`` at the masked positions (the whole method in one line)."""
@@ -32,7 +32,7 @@ def inject(
 
 
 def position_mask(
-    attention_mask: Int[Tensor, "batch pos"], last_index: Int[Tensor, "batch"], positions: str
+    attention_mask: Int[Tensor, "batch pos"], last_index: Int[Tensor, " batch"], positions: str
 ) -> Float[Tensor, "batch pos"]:
     """1 where the memory is added: every real token (``all``, the paper) or the last (``last``)."""
     if positions == "all":
@@ -44,19 +44,19 @@ def position_mask(
     raise ValueError(f"positions must be 'all' or 'last', not {positions!r}")
 
 
-def multi_hot(token_ids: list[int], d_vocab: int, device: torch.device | str = "cpu") -> Float[Tensor, "d_vocab"]:
+def multi_hot(token_ids: list[int], d_vocab: int, device: torch.device | str = "cpu") -> Float[Tensor, " d_vocab"]:
     """The paper's memory one-hot: 1 at every token of the memory (a repeated token counts once)."""
     hot = torch.zeros(d_vocab, device=device)
     hot[torch.as_tensor(token_ids, dtype=torch.long, device=device)] = 1.0
     return hot
 
 
-def unembed_memory(token_ids: list[int], W_U: Float[Tensor, "d_model d_vocab"]) -> Float[Tensor, "d_model"]:
+def unembed_memory(token_ids: list[int], W_U: Float[Tensor, "d_model d_vocab"]) -> Float[Tensor, " d_model"]:
     """``unembed`` encoding: multi-hot(memory) · W_Uᵀ, the sum of the memory tokens' columns of W_U."""
     return W_U[:, sorted(set(token_ids))].sum(dim=-1)
 
 
-def embed_memory(token_ids: list[int], W_E: Float[Tensor, "d_vocab d_model"]) -> Float[Tensor, "d_model"]:
+def embed_memory(token_ids: list[int], W_E: Float[Tensor, "d_vocab d_model"]) -> Float[Tensor, " d_model"]:
     """``embed`` encoding: multi-hot(memory) · W_E, the sum of the memory tokens' rows of W_E."""
     return W_E[sorted(set(token_ids))].sum(dim=0)
 

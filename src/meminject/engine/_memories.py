@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..core._errors import ConfigError, DataError, first_line
-from ..config._point import attn_out_hook
+from ..config._point import attn_out_hook, site_pos  # noqa: F401 - site_pos re-exported
 from ..config._choices import ENCODINGS, MEMORY_TYPES, POS_CHOICES, POS_COLUMNS, WORD_CONTROLS, WORD_SOURCES, relevant_keys  # noqa: F401 - re-exported
 from ._injection import embed_memory, unembed_memory
 from ._models import LoadedModel
@@ -37,11 +37,6 @@ __all__ = ["MEMORY_TYPES", "POS_CHOICES", "relevant_keys", "site_pos", "ENCODING
 
 TOP_COLUMN = "Top 5000 Words"
 _POOLS: dict[str, dict[str, list[str]]] = {}
-
-
-def site_pos(memory_cfg: Any) -> str | None:
-    """The part of speech that names a pos control's site (None for other memory types)."""
-    return str(memory_cfg.pos) if WORD_CONTROLS.get(str(memory_cfg.type)) == "pos" else None
 
 
 def word_pools(memory_cfg: Any) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ unembedding; the bridge's compatibility mode); ``raw`` keeps the checkpoint's we
 
 from __future__ import annotations
 
+import functools
 import json
 import importlib.util
 import logging
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from ..config._choices import SOURCES, WEIGHTS
+from ..config._schema import ModelConfig
 from ..core._errors import ConfigError, ModelError, first_line
 from ..core._paths import cache_dir
 
@@ -219,7 +221,12 @@ def _load_pretrained(name: str, dtype: torch.dtype):
     return hf_model, tokenizer
 
 
-def model_shape(cfg: Any) -> dict[str, Any]:
+def model_shape(cfg: ModelConfig) -> dict[str, Any]:
+    return dict(_model_shape(cfg))
+
+
+@functools.lru_cache(maxsize=32)  # a ModelConfig is hashable; a GGUF's header is read once
+def _model_shape(cfg: ModelConfig) -> dict[str, Any]:
     """Layer and head counts of the ``model`` config node, and whether its unembedding is its
     transposed embedding (``tied``), read without loading any weights (a sweep's coordinator
     validates its space with them and holds no model copy)."""

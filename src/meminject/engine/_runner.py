@@ -22,16 +22,16 @@ Hook = tuple[str, Callable]
 class Batch:
     """Prompts padded to one length. ``index`` maps batch rows back to dataset rows."""
 
-    index: Int[Tensor, "batch"]
+    index: Int[Tensor, " batch"]
     tokens: Int[Tensor, "batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
-    last_index: Int[Tensor, "batch"]  # position of each prompt's last real token
+    last_index: Int[Tensor, " batch"]  # position of each prompt's last real token
     # Where logits are read, flat over (row, position): one read per prompt at its last token
     # for the first-token metric; one per answer token for the teacher-forced sequence metric.
-    read_row: Optional[Int[Tensor, "reads"]] = None
-    read_pos: Optional[Int[Tensor, "reads"]] = None
-    read_target: Optional[Int[Tensor, "reads"]] = None
-    prompt_last: Optional[Int[Tensor, "batch"]] = None  # last prompt token (positions=last injects there)
+    read_row: Optional[Int[Tensor, " reads"]] = None
+    read_pos: Optional[Int[Tensor, " reads"]] = None
+    read_target: Optional[Int[Tensor, " reads"]] = None
+    prompt_last: Optional[Int[Tensor, " batch"]] = None  # last prompt token (positions=last injects there)
 
     def __post_init__(self) -> None:
         if self.read_row is None:
@@ -77,50 +77,65 @@ def make_batches(
     if floor_tokens > 0 and sort_by_length:
         groups = _cheapest_groups(order, [len(token_lists[i]) for i in order], max_batch_tokens, floor_tokens)
     else:
-        groups = []
-        current: list[int] = []
-        for i in order:
-            width = max([len(token_lists[j]) for j in current] + [len(token_lists[i])])
-            padded = width * (len(current) + 1)
-            real = sum(len(token_lists[j]) for j in current) + len(token_lists[i])
-            if current and (padded > max_batch_tokens or 1.0 - real / padded > max_padding):
-                groups.append(current)
-                current = []
-            current.append(i)
-        if current:
+        groups = _greedy_groups(token_lists, order, max_batch_tokens, max_padding)
+    return [_padded_batch(token_lists, group, pad_id, device, padding_side, reads, prompt_lengths) for group in groups]
+
+
+def _greedy_groups(token_lists: Sequence[Sequence[int]], order: list[int], max_batch_tokens: int, max_padding: float) -> list[list[int]]:
+    """Groups of consecutive prompts (in ``order``), each closed when one more prompt would
+    exceed ``max_batch_tokens`` padded tokens or a ``max_padding`` fraction of padding."""
+    groups = []
+    current: list[int] = []
+    for i in order:
+        width = max([len(token_lists[j]) for j in current] + [len(token_lists[i])])
+        padded = width * (len(current) + 1)
+        real = sum(len(token_lists[j]) for j in current) + len(token_lists[i])
+        if current and (padded > max_batch_tokens or 1.0 - real / padded > max_padding):
             groups.append(current)
-    batches = []
-    for group in groups:
-        width = max(len(token_lists[i]) for i in group)
-        tokens = torch.full((len(group), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        last = torch.zeros(len(group), dtype=torch.long)
-        for row, i in enumerate(group):
-            ids = torch.as_tensor(list(token_lists[i]), dtype=torch.long)
-            start = 0 if padding_side == "right" else width - len(ids)
-            tokens[row, start : start + len(ids)] = ids
-            mask[row, start : start + len(ids)] = 1
-            last[row] = start + len(ids) - 1
-        read_row, read_pos, read_target, prompt_last = None, None, None, None
-        if reads is not None:
-            flat = [(row, (0 if padding_side == "right" else width - len(token_lists[i])) + pos, target) for row, i in enumerate(group) for pos, target in reads[i]]
-            read_row = torch.as_tensor([r for r, _, _ in flat], dtype=torch.long, device=device)
-            read_pos = torch.as_tensor([p for _, p, _ in flat], dtype=torch.long, device=device)
-            read_target = torch.as_tensor([t for _, _, t in flat], dtype=torch.long, device=device)
-        if prompt_lengths is not None:
-            prompt_last = torch.as_tensor(
-                [(0 if padding_side == "right" else width - len(token_lists[i])) + prompt_lengths[i] - 1 for i in group], dtype=torch.long, device=device
-            )
-        batches.append(
-            Batch(
-                index=torch.as_tensor(group, dtype=torch.long),
-                tokens=tokens.to(device),
-                attention_mask=mask.to(device),
-                last_index=last.to(device),
-                read_row=read_row, read_pos=read_pos, read_target=read_target, prompt_last=prompt_last,
-            )
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _padded_batch(
+    token_lists: Sequence[Sequence[int]],
+    group: list[int],
+    pad_id: int,
+    device: torch.device,
+    padding_side: str,
+    reads: Sequence[Sequence[tuple[int, int]]] | None,
+    prompt_lengths: Sequence[int] | None,
+) -> Batch:
+    """One group's prompts padded to its widest, with its read positions and prompt ends."""
+    width = max(len(token_lists[i]) for i in group)
+    tokens = torch.full((len(group), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(group), width), dtype=torch.long)
+    last = torch.zeros(len(group), dtype=torch.long)
+    for row, i in enumerate(group):
+        ids = torch.as_tensor(list(token_lists[i]), dtype=torch.long)
+        start = 0 if padding_side == "right" else width - len(ids)
+        tokens[row, start : start + len(ids)] = ids
+        mask[row, start : start + len(ids)] = 1
+        last[row] = start + len(ids) - 1
+    read_row, read_pos, read_target, prompt_last = None, None, None, None
+    if reads is not None:
+        flat = [(row, (0 if padding_side == "right" else width - len(token_lists[i])) + pos, target) for row, i in enumerate(group) for pos, target in reads[i]]
+        read_row = torch.as_tensor([r for r, _, _ in flat], dtype=torch.long, device=device)
+        read_pos = torch.as_tensor([p for _, p, _ in flat], dtype=torch.long, device=device)
+        read_target = torch.as_tensor([t for _, _, t in flat], dtype=torch.long, device=device)
+    if prompt_lengths is not None:
+        prompt_last = torch.as_tensor(
+            [(0 if padding_side == "right" else width - len(token_lists[i])) + prompt_lengths[i] - 1 for i in group], dtype=torch.long, device=device
         )
-    return batches
+    return Batch(
+        index=torch.as_tensor(group, dtype=torch.long),
+        tokens=tokens.to(device),
+        attention_mask=mask.to(device),
+        last_index=last.to(device),
+        read_row=read_row, read_pos=read_pos, read_target=read_target, prompt_last=prompt_last,
+    )
 
 
 def _cheapest_groups(order: list[int], lengths: list[int], max_batch_tokens: int, floor_tokens: int) -> list[list[int]]:

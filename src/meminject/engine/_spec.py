@@ -8,7 +8,7 @@ same-layer points into one hook (the formula itself is :mod:`meminject.injection
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from jaxtyping import Float

@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from optuna.trial import TrialState
 
@@ -24,9 +25,13 @@ from ._results import distinct_sites, format_table, ranked_sites
 from ._settings import BEST_SETTINGS, SWEEP_SETTINGS, WORKER_SETTINGS, SweepSpec, as_bool, as_non_negative_int, as_positive_int, load_sweep, parse_settings, presets
 from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
-from ._study import ATTR_PARENT, budget, counted, prepare_study, stored_spec
+from ._study import ATTR_PARENT, budget, counted, preflight, prepare_study, stored_spec
 from ._run import signals_held
 from ._worker import run_worker
+from ..tracking._schema import TAG_HOLDS, TAG_VERDICTS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["cmd_sweep", "cmd_worker", "cmd_best", "help_epilog"]
 
@@ -71,8 +76,9 @@ def cmd_sweep(args: Sequence[str]) -> int:
     progress = as_bool(settings.get("progress", "true"), "progress")
     heartbeat = _heartbeat_setting(settings)
     storage_url = settings.get("storage")
-    tracker = _tracker(load_run_config(spec.overrides))
-    study, space, base = prepare_study(spec, storage_url, heartbeat)
+    resolved = preflight(spec)  # the whole input checked before any study, run, file or folder exists
+    tracker = _tracker(resolved[0])
+    study, space, base = prepare_study(spec, storage_url, heartbeat, resolved)
     start_parent_run(study, spec, base, tracker, storage_url)
     total = budget(spec, space)
     where = redact(storage_url or default_storage_url())
@@ -150,26 +156,13 @@ def cmd_worker(args: Sequence[str]) -> int:
 
 def cmd_best(args: Sequence[str]) -> int:
     """Ranked sites of a study; with a train/held-out split, the top sites judged on held-out prompts."""
-    settings, _ = parse_settings(args, BEST_SETTINGS, "best")
-    top = as_positive_int(settings.get("top", 10), "top")
-    distinct = as_bool(settings.get("distinct", "true"), "distinct")
-    heldout = settings.get("heldout", "auto").lower()
-    if heldout not in ("auto", "true", "false"):
-        raise ConfigError(f"heldout={heldout!r}: use true, false or auto")
-    controls = [c for c in settings.get("controls", "pos,pos_matched,random_vector").split(",") if c]
-    check_controls(controls)  # refused before any work
-    n_boot = as_positive_int(settings.get("bootstrap", 2000), "bootstrap")
+    settings, top, distinct, heldout, controls, n_boot = _best_settings(args)
     study = load_study(settings.get("study"), settings.get("storage"))
     name = study.study_name
     spec = stored_spec(study)
-    ranked = table = ranked_sites(study)
-    multi = spec is not None and spec.multi and not table.empty
-    if multi:  # every Pareto-optimal site: each τ of a site is its own trade-off
-        table = table[table["pareto"]].reset_index(drop=True)
-        table["rank"] = range(1, len(table) + 1)
-        unit = f"Pareto-optimal sites ({', '.join(f'{d} {o}' for o, d in zip(spec.all_objectives(), spec.all_directions()))})"
-    elif distinct:
-        table = distinct_sites(table)
+    ranked = ranked_sites(study)
+    multi = spec is not None and spec.multi and not ranked.empty
+    table, unit = _shown_sites(ranked, spec, multi, distinct)
     base = load_run_config(spec.overrides) if spec else None
     lower = base is not None and base.model.dtype != "float32"
     rechecked = lower and not multi and not table.empty  # a lower-precision sweep ranks; float32 decides its top sites
@@ -177,8 +170,6 @@ def cmd_best(args: Sequence[str]) -> int:
         table = float32_recheck(spec, table, base.model.dtype, top)
     path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
-    if not multi:
-        unit = "sites (best τ of each)" if distinct else "distinct sites"
     print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}")
     if rechecked:
         print(f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)")
@@ -193,24 +184,60 @@ def cmd_best(args: Sequence[str]) -> int:
         raise ConfigError(f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible")
     if table.empty or heldout == "false" or not has_split:
         return 0
+    report, report_path = _heldout_check(name, spec, base, table.head(top), controls, n_boot, multi)
+    figure = pareto_figure(ranked, report, outputs_dir("figures", name) / "pareto_front.png", spec) if multi else None
+    if figure is not None:
+        print(f"figure: {figure}")
+    if tracker is not None and parent:
+        _log_heldout(tracker, parent, report, report_path, figure)
+    return 0
+
+
+def _best_settings(args: Sequence[str]) -> tuple[dict[str, str], int, bool, str, list[str], int]:
+    """best's keys, each checked before any work: (settings, top, distinct, heldout, controls, bootstrap)."""
+    settings, _ = parse_settings(args, BEST_SETTINGS, "best")
+    top = as_positive_int(settings.get("top", 10), "top")
+    distinct = as_bool(settings.get("distinct", "true"), "distinct")
+    heldout = settings.get("heldout", "auto").lower()
+    if heldout not in ("auto", "true", "false"):
+        raise ConfigError(f"heldout={heldout!r}: use true, false or auto")
+    controls = [c for c in settings.get("controls", "pos,pos_matched,random_vector").split(",") if c]
+    check_controls(controls)  # refused before any work
+    n_boot = as_positive_int(settings.get("bootstrap", 2000), "bootstrap")
+    return settings, top, distinct, heldout, controls, n_boot
+
+
+def _shown_sites(ranked: pd.DataFrame, spec: SweepSpec | None, multi: bool, distinct: bool) -> tuple[pd.DataFrame, str]:
+    """The sites best shows, and what it calls them."""
+    if multi:  # every Pareto-optimal site: each τ of a site is its own trade-off
+        table = ranked[ranked["pareto"]].reset_index(drop=True)
+        table["rank"] = range(1, len(table) + 1)
+        return table, f"Pareto-optimal sites ({', '.join(f'{d} {o}' for o, d in zip(spec.all_objectives(), spec.all_directions()))})"
+    if distinct:
+        return distinct_sites(ranked), "sites (best τ of each)"
+    return ranked, "distinct sites"
+
+
+def _heldout_check(name: str, spec: SweepSpec, base, sites: pd.DataFrame, controls: list[str], n_boot: int, multi: bool) -> tuple[pd.DataFrame, Path]:
+    """Judge the top sites on the held-out prompts (in float32); write and print the report."""
     overrides = list(spec.overrides)
-    if lower:  # the verdicts are float32's too
+    if base.model.dtype != "float32":  # the verdicts are float32's too
         print(f"note: the sweep ran in {base.model.dtype}; the held-out check re-evaluates its sites in float32")
         overrides.append("model.dtype=float32")
-    report = heldout_report(overrides, table.head(top), controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))
+    report = heldout_report(overrides, sites, controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))
     report_path = outputs_dir("best") / f"{name}-heldout.csv"
     report.to_csv(report_path, index=False)
     print(f"\nheld-out check of the top {len(report)} sites ({int(report['heldout_prompts'].iloc[0])} held-out prompts; 95% bootstrap intervals):")
     print(format_heldout(report, controls, with_damage=multi))
     print(f"held-out table: {report_path}")
-    figure = pareto_figure(ranked, report, outputs_dir("figures", name) / "pareto_front.png", spec) if multi else None
+    return report, report_path
+
+
+def _log_heldout(tracker: Tracker, parent: str, report: pd.DataFrame, report_path: Path, figure: Path | None) -> None:
+    """The held-out report, its figure and one verdict per site on the MLflow parent run."""
+    tracker.log_file(parent, report_path)
     if figure is not None:
-        print(f"figure: {figure}")
-    if tracker is not None and parent:
-        tracker.log_file(parent, report_path)
-        if figure is not None:
-            tracker.log_file(parent, figure, "figures")
-        verdicts = [f"{int(r['rank'])}: L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}" for _, r in report.iterrows()]
-        tracker.client.set_tag(parent, "meminject.verdicts", "\n".join(verdicts)[:5000])
-        tracker.client.set_tag(parent, "meminject.holds", str(int((report["verdict"] == "holds").sum())))
-    return 0
+        tracker.log_file(parent, figure, "figures")
+    verdicts = [f"{int(r['rank'])}: L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}" for _, r in report.iterrows()]
+    tracker.client.set_tag(parent, TAG_VERDICTS, "\n".join(verdicts)[:5000])
+    tracker.client.set_tag(parent, TAG_HOLDS, str(int((report["verdict"] == "holds").sum())))

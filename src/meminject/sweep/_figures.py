@@ -56,7 +56,7 @@ def trial_frame(study) -> pd.DataFrame:
     (``mean_gain`` of a complete trial; ``partial_mean_gain`` of a pruned one)."""
     from optuna.trial import TrialState
 
-    from ._site import from_attrs
+    from ..tracking._schema import from_attrs
 
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):

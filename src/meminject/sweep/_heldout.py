@@ -23,7 +23,7 @@ from ..config import with_values
 from ..core._errors import ConfigError
 from ..engine._memories import MEMORY_TYPES
 from ..core._progress import progress_bar
-from ._site import site_config, site_label
+from ..tracking._schema import site_config, site_label
 from ._stats import bootstrap_mean_ci, holm, paired_sign_flip_p
 from ._trial import TrialRunner
 

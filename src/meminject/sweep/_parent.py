@@ -15,12 +15,13 @@ from optuna.trial import TrialState
 from ..config._compose import flat_config, to_yaml
 from ..core._paths import outputs_dir
 from ..core._errors import first_line
-from ._site import from_attrs, site_label
+from ..tracking._schema import from_attrs, site_label
 from ..tracking._tracker import Tracker, redact, redacted_container
 from ._results import control_gaps, ranked_sites
 from ._settings import SweepSpec
 from ._storage import default_storage_url
 from ._study import ATTR_PARENT, model_sizes, storage_lock, stored_spec
+from ..tracking._schema import TAG_BEST_PARAMS, TAG_RECONCILED, TAG_SAMPLER, TAG_STATE, TAG_SWEEP, TAG_TRIAL_NUMBER
 
 __all__ = ["start_parent_run", "reconcile_runs", "finalize", "best_csv"]
 
@@ -45,7 +46,7 @@ def start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: T
                       "model": base.model.name, "weights": base.model.weights, "dataset": base.data.name, "storage": redact(storage_url or default_storage_url())}
             params.update({f"space.{k}": v for k, v in spec.params.items()})
             params.update({f"config.{k}": v for k, v in flat_config(redacted_container(base)).items()})
-            parent = tracker.start_parent(spec.study_name, params, {"meminject.sampler": spec.sampler})
+            parent = tracker.start_parent(spec.study_name, params, {TAG_SAMPLER: spec.sampler})
             shown = json.loads(spec.to_json())
             shown["overrides"] = [redact(o) for o in shown["overrides"]]
             tracker.log_text(parent, "sweep.json", json.dumps(shown, indent=2))
@@ -66,7 +67,7 @@ def reconcile_runs(study: optuna.Study, spec: SweepSpec, tracker: Tracker) -> in
     parent = study.user_attrs.get(ATTR_PARENT)
     runs = {}
     for run in tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`meminject.study` = '{spec.study_name}' and tags.`meminject.role` = 'trial'", max_results=50_000):
-        runs.setdefault(int(run.data.tags["meminject.trial_number"]), run)
+        runs.setdefault(int(run.data.tags[TAG_TRIAL_NUMBER]), run)
     fixed = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         run = runs.get(t.number)
@@ -78,13 +79,13 @@ def reconcile_runs(study: optuna.Study, spec: SweepSpec, tracker: Tracker) -> in
         if run is not None and metric in run.data.metrics and run.info.status == "FINISHED":
             continue
         site = site_label(from_attrs(t.user_attrs)) if from_attrs(t.user_attrs) else None  # the name a live trial's run gets
-        run_id = run.info.run_id if run is not None else tracker.start_trial(parent, t.number, spec.study_name, {"meminject.sampler": spec.sampler, "meminject.sweep": spec.name}, site=site)
+        run_id = run.info.run_id if run is not None else tracker.start_trial(parent, t.number, spec.study_name, {TAG_SAMPLER: spec.sampler, TAG_SWEEP: spec.name}, site=site)
         if metric not in (run.data.metrics if run is not None else {}):
             metrics = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("site.", "worker_index"))}
             tracker.finish_trial(run_id, reconciled_params(trial_config(spec.overrides, t.params)), metrics, {}, terminate=False)
-            tracker.client.set_tag(run_id, "meminject.reconciled", "written on resume from the study (MLflow had missed this trial)")
+            tracker.client.set_tag(run_id, TAG_RECONCILED, "written on resume from the study (MLflow had missed this trial)")
         if t.state == TrialState.PRUNED:
-            tracker.client.set_tag(run_id, "meminject.state", "PRUNED")
+            tracker.client.set_tag(run_id, TAG_STATE, "PRUNED")
         tracker.finish(run_id, "FINISHED")
         fixed += 1
     if fixed:
@@ -172,4 +173,4 @@ def _log_results(study: optuna.Study, tracker: Tracker, parent: str, path: Path,
         best = study.best_trial
         tracker.log_metrics(parent, {"best_value": best.value, "best_mean_gain": best.user_attrs.get("mean_gain", best.value), "best_trial": best.number,
                                      "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))})
-        tracker.client.set_tag(parent, "meminject.best_params", json.dumps(best.params, default=str))
+        tracker.client.set_tag(parent, TAG_BEST_PARAMS, json.dumps(best.params, default=str))

@@ -32,10 +32,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..tracking._schema import ATTR_PROMPT_VALUES
+
 __all__ = ["PRUNERS", "ATTR_PROMPT_VALUES", "PairedPruner", "make_pruner", "prompt_values", "paired_mean_p", "paired_wilcoxon_p", "PER_PROMPT_COLUMN"]
 
 PRUNERS = ("none", "mean", "wilcoxon")
-ATTR_PROMPT_VALUES = "meminject.prompt_values"  # {row: per-prompt objective value}, as JSON
 # The per-prompt quantity whose mean (or median, or share > 0) is each objective.
 PER_PROMPT_COLUMN = {"mean_gain": "gain", "median_gain": "gain", "frac_improved": "gain", "mean_logprob_gain": "logprob_gain"}
 

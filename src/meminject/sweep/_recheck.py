@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..core._progress import progress_bar
-from ._site import site_config, site_label
+from ..tracking._schema import site_config, site_label
 from ._trial import TrialRunner
 
 __all__ = ["float32_recheck"]

@@ -18,17 +18,17 @@ from typing import Any
 
 from ..config._compose import flat_config, to_yaml
 from ..engine._memories import word_source
-from ._site import Site
+from ..tracking._schema import Site
 from ..core._redaction import redacted_container
 from ..config import RunConfig
 from ._optuna import set_user_attrs
-from ._pruning import ATTR_PROMPT_VALUES, complete_values
+from ..tracking._schema import ATTR_KEY, ATTR_PROMPT_VALUES, TAG_STATE
+from ._pruning import complete_values
 
 __all__ = ["trial_params", "record_in_optuna", "record_in_mlflow", "reconciled_params", "resident_mb", "ATTR_KEY"]
 
 log = logging.getLogger("meminject")
 
-ATTR_KEY = "meminject.key"  # the computed point (trial_key), as an Optuna user attribute
 
 
 def _config_and_site(cfg: RunConfig, shown: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, eva
                 artifacts["per_prompt_gains.png"] = figure
         tracker.finish_trial(run_id, params, metrics, artifacts, terminate=not result.pruned)
     if result.pruned:  # MLflow has no PRUNED status: the run finishes, tagged with its state
-        tracker.client.set_tag(run_id, "meminject.state", "PRUNED")
+        tracker.client.set_tag(run_id, TAG_STATE, "PRUNED")
         tracker.finish(run_id, "FINISHED")
 
 

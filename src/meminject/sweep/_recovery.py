@@ -30,9 +30,12 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from ..tracking._schema import ATTR_HEARTBEAT
+from ._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of
+
 __all__ = ["HeartbeatJournalStorage", "StaleTrialRecovery", "heartbeats", "recover_stale_trials", "DEFAULT_HEARTBEAT", "HEARTBEAT_ATTR"]
 
-HEARTBEAT_ATTR = "meminject.heartbeat"
+HEARTBEAT_ATTR = ATTR_HEARTBEAT
 DEFAULT_HEARTBEAT = (30, 120)  # (interval, grace) in seconds: a trial is stale after 4 missed beats
 
 
@@ -114,11 +117,6 @@ def _start_epoch(start: datetime) -> float:
         return start.timestamp()
     return max(start.replace(fold=0).timestamp(), start.replace(fold=1).timestamp())
 
-
-# Imported here, after every name meminject.sweep imports from this module: importing
-# meminject.sweep._optuna runs meminject.sweep's __init__, which imports this module back, so
-# when this module is imported first those names must already exist (the cycle is tested).
-from ._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of  # noqa: E402
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

@@ -11,7 +11,7 @@ import pandas as pd
 import optuna
 from optuna.trial import TrialState
 
-from ._site import COLUMNS, from_attrs
+from ..tracking._schema import COLUMNS, from_attrs
 from ._study import stored_spec
 
 __all__ = ["ranked_sites", "distinct_sites", "control_gaps", "format_table", "pareto_mask"]

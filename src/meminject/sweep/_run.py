@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -23,13 +24,14 @@ from optuna.trial import TrialState
 from ..core._errors import TrackingError, first_line
 from ..core._interrupts import held
 from ._recovery import heartbeats
-from ._site import trial_key
+from ..tracking._schema import trial_key
 from ..tracking._tracker import Tracker, git_commit, redact
 from ._optuna import set_user_attrs, storage_of, trial_id_of
 from ._pruning import monitor_for
 from ._record import ATTR_KEY, record_in_mlflow, record_in_optuna
 from ._settings import SweepSpec
 from ._trial import TrialRunner, trial_config
+from ..tracking._schema import TAG_SAMPLER, TAG_SWEEP, TAG_WORKER
 
 __all__ = ["TrialContext", "run_trials", "signals_held", "fail_pending", "Asked"]
 
@@ -64,87 +66,105 @@ def _tracking_failed(ctx: TrialContext, numbers: list[int], exc: BaseException) 
                          "fix the tracking store and rerun the same command: their runs are written then")
 
 
+@dataclass
+class _Tally:
+    """How far one call's asked trials have got: what a failure must clean up, what MLflow lacks."""
+
+    pending: dict[int, optuna.Trial]  # not yet told
+    run_ids: dict[int, str] = field(default_factory=dict)
+    tracking_error: BaseException | None = None
+    unrecorded: list[int] = field(default_factory=list)
+    told_unlogged: set[int] = field(default_factory=set)  # in Optuna, their run not complete yet
+
+
 def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
     started = time.perf_counter()
-    pending = {trial.number: trial for trial, _ in asked}  # not yet told
-    run_ids: dict[int, str] = {}
-    tracking_error: BaseException | None = None
-    unrecorded: list[int] = []
-    told_unlogged: set[int] = set()  # in Optuna, their run not complete yet
-
-    def drop(trial: optuna.Trial) -> None:
-        # This worker stalled past the grace period and another one failed the trial and
-        # re-queued its point: the retry's result counts, this one is dropped.
-        log.warning("trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number)
-        pending.pop(trial.number, None)
-        if ctx.tracker is not None and trial.number in run_ids:
-            ctx.tracker.fail(run_ids[trial.number], "stale: re-queued by another worker before this result arrived")
-
+    tally = _Tally({trial.number: trial for trial, _ in asked})
     try:
-        cfgs = {}
-        for trial, params in asked:
-            cfg = trial_config(ctx.spec.overrides, params)
-            try:
-                attrs = {ATTR_KEY: trial_key(cfg), "worker_index": ctx.worker}
-                if ctx.tracker is not None and ctx.parent_run_id and tracking_error is None:
-                    try:
-                        with signals_held():  # a run created but not yet in run_ids could never be closed
-                            run_ids[trial.number] = attrs["mlflow_run_id"] = _start_run(ctx, trial.number, cfg)
-                    except Exception as exc:  # noqa: BLE001 - the store failed: compute anyway, write the run on resume
-                        tracking_error = exc
-                set_user_attrs(trial, attrs)
-            except UpdateFinishedTrialError:
-                drop(trial)
-                continue
-            cfgs[trial.number] = cfg
+        cfgs = _start_runs(ctx, asked, tally)
         delay = float(os.environ.get("MEMINJECT_TRIAL_DELAY_S", "0") or 0)
         if delay > 0:  # fault-injection hook of the crash-recovery tests: a window to kill a worker mid-trial
             time.sleep(delay)
-        live = [(t, p) for t, p in asked if t.number in cfgs and t.number in pending]
+        live = [(t, p) for t, p in asked if t.number in cfgs and t.number in tally.pending]
         monitors = [monitor_for(t, ctx.spec.objective) if ctx.spec.pruner != "none" else None for t, _ in live]
         outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live], monitors)
         seconds = (time.perf_counter() - started) / max(1, len(live))  # stacked trials share the cost
-        for (trial, _), (evaluator, _, result) in zip(live, outcomes):
-            try:
-                value, metrics = record_in_optuna(trial, cfgs[trial.number], result, seconds, ctx.spec)
-                if result.pruned:  # a pruned trial is not a failed one: it keeps what it saw
-                    ctx.study.tell(trial, state=TrialState.PRUNED)
-                else:
-                    ctx.study.tell(trial, value)
-            except UpdateFinishedTrialError:
-                drop(trial)
-                continue
-            pending.pop(trial.number, None)
-            told_unlogged.add(trial.number)
-            run_id = run_ids.get(trial.number)
-            if ctx.tracker is None or not ctx.parent_run_id:
-                continue
-            if run_id is None or tracking_error is not None:
-                unrecorded.append(trial.number)
-                continue
-            try:
-                record_in_mlflow(ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live))
-                told_unlogged.discard(trial.number)
-            except Exception as exc:  # noqa: BLE001 - the result is safe in Optuna; the run is written on resume
-                tracking_error = exc
-                unrecorded.append(trial.number)
+        _tell_and_record(ctx, live, outcomes, cfgs, seconds, tally)
     except BaseException as exc:
         with signals_held():
-            fail_pending(ctx, pending, run_ids, exc)
-            for number in told_unlogged & set(run_ids):  # complete in Optuna: the resume writes and finishes the run
+            fail_pending(ctx, tally.pending, tally.run_ids, exc)
+            for number in tally.told_unlogged & set(tally.run_ids):  # complete in Optuna: the resume writes and finishes the run
                 with contextlib.suppress(Exception):
-                    ctx.tracker.finish(run_ids[number], "KILLED")
+                    ctx.tracker.finish(tally.run_ids[number], "KILLED")
         raise
-    if tracking_error is not None:
-        raise _tracking_failed(ctx, unrecorded, tracking_error) from tracking_error
+    if tally.tracking_error is not None:
+        raise _tracking_failed(ctx, tally.unrecorded, tally.tracking_error) from tally.tracking_error
+
+
+def _drop(ctx: TrialContext, tally: _Tally, trial: optuna.Trial) -> None:
+    # This worker stalled past the grace period and another one failed the trial and
+    # re-queued its point: the retry's result counts, this one is dropped.
+    log.warning("trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number)
+    tally.pending.pop(trial.number, None)
+    if ctx.tracker is not None and trial.number in tally.run_ids:
+        ctx.tracker.fail(tally.run_ids[trial.number], "stale: re-queued by another worker before this result arrived")
+
+
+def _start_runs(ctx: TrialContext, asked: Asked, tally: _Tally) -> dict[int, Any]:
+    """Each asked trial's config, its key on the trial and (tracking on) its MLflow run."""
+    cfgs = {}
+    for trial, params in asked:
+        cfg = trial_config(ctx.spec.overrides, params)
+        try:
+            attrs = {ATTR_KEY: trial_key(cfg), "worker_index": ctx.worker}
+            if ctx.tracker is not None and ctx.parent_run_id and tally.tracking_error is None:
+                try:
+                    with signals_held():  # a run created but not yet in run_ids could never be closed
+                        tally.run_ids[trial.number] = attrs["mlflow_run_id"] = _start_run(ctx, trial.number, cfg)
+                except Exception as exc:  # noqa: BLE001 - the store failed: compute anyway, write the run on resume
+                    tally.tracking_error = exc
+            set_user_attrs(trial, attrs)
+        except UpdateFinishedTrialError:
+            _drop(ctx, tally, trial)
+            continue
+        cfgs[trial.number] = cfg
+    return cfgs
+
+
+def _tell_and_record(ctx: TrialContext, live: Asked, outcomes: list, cfgs: dict[int, Any], seconds: float, tally: _Tally) -> None:
+    """Tell Optuna each computed result, then record its run in MLflow (while MLflow works)."""
+    for (trial, _), (evaluator, _, result) in zip(live, outcomes):
+        try:
+            value, metrics = record_in_optuna(trial, cfgs[trial.number], result, seconds, ctx.spec)
+            if result.pruned:  # a pruned trial is not a failed one: it keeps what it saw
+                ctx.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                ctx.study.tell(trial, value)
+        except UpdateFinishedTrialError:
+            _drop(ctx, tally, trial)
+            continue
+        tally.pending.pop(trial.number, None)
+        tally.told_unlogged.add(trial.number)
+        run_id = tally.run_ids.get(trial.number)
+        if ctx.tracker is None or not ctx.parent_run_id:
+            continue
+        if run_id is None or tally.tracking_error is not None:
+            tally.unrecorded.append(trial.number)
+            continue
+        try:
+            record_in_mlflow(ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live))
+            tally.told_unlogged.discard(trial.number)
+        except Exception as exc:  # noqa: BLE001 - the result is safe in Optuna; the run is written on resume
+            tally.tracking_error = exc
+            tally.unrecorded.append(trial.number)
 
 
 def _start_run(ctx: TrialContext, number: int, cfg: Any = None) -> str:
     """The trial's MLflow run, named by its site (``L24 τ8.32 embed correct``); ``cfg`` is the
     trial's config (rebuilt from the asked trial's params when not given: cached, cheap)."""
-    from ._site import Site
+    from ..tracking._schema import Site
 
-    tags = {"meminject.sampler": ctx.spec.sampler, "meminject.sweep": ctx.spec.name, "meminject.worker": str(ctx.worker)}
+    tags = {TAG_SAMPLER: ctx.spec.sampler, TAG_SWEEP: ctx.spec.name, TAG_WORKER: str(ctx.worker)}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -13,12 +13,13 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import optuna
 import optuna.distributions as od
 from optuna.trial import FrozenTrial, TrialState
 
+from ..tracking._schema import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPACE, ATTR_SPEC, ATTR_SURPLUS, ATTR_WORKERS
 from ..config import RunConfig, load_run_config, needs_compose, with_values
 from ..core._errors import ConfigError
 from ..engine._spec import InjectionSpec
@@ -31,16 +32,11 @@ from ._storage import default_storage_url, open_storage
 
 __all__ = [
     "DONE", "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
-    "prepare_study", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "leader", "create_kwargs", "stored_spec",
+    "prepare_study", "preflight", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "leader", "create_kwargs", "stored_spec",
 ]
 
 log = logging.getLogger("meminject")
 
-ATTR_SPEC = "meminject.sweep"                     # the SweepSpec, as JSON
-ATTR_PARENT = "meminject.mlflow_parent_run_id"    # the study's one MLflow parent run
-ATTR_HEARTBEAT = "meminject.heartbeat"            # [interval, grace] seconds, for every worker
-ATTR_SURPLUS = "meminject.surplus"                # a trial given back unrun (over budget, or a duplicate point)
-ATTR_WORKERS = "meminject.workers"                # how many workers have registered (seeds their samplers)
 # A trial is done when it has its result: complete, or pruned (a pruned point is never re-run).
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -112,12 +108,32 @@ def _check_axis_values(spec: SweepSpec, base: RunConfig, space: SearchSpace) -> 
     composed = [k for k in first if needs_compose([k])]
     probe = load_run_config([*spec.overrides, *(f"{k}={first[k]}" for k in composed)]) if composed else base
     probe = with_values(probe, {k: v for k, v in first.items() if k not in composed})
-    InjectionSpec.from_config(probe).validate()
+    sizes = model_sizes(spec, base)  # the smallest model of a model axis: every point must fit it
+    shape = _Shape(str(sizes["model"]), int(sizes["n_layers"]), int(sizes["n_heads"]))
+    InjectionSpec.from_config(probe).validate(shape)  # a fixed value out of range fails here, not in a trial
     for axis in space.axes:
         if axis.key in composed:
             continue
         for value in _checked_values(axis.distribution):
-            InjectionSpec.from_config(with_values(probe, {axis.key: value})).validate()
+            InjectionSpec.from_config(with_values(probe, {axis.key: value})).validate(shape)
+
+
+class _Shape(NamedTuple):
+    """What :meth:`InjectionSpec.validate` reads of a model, from its config alone (no weights)."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+
+
+def preflight(spec: SweepSpec) -> tuple[RunConfig, SearchSpace]:
+    """Everything a sweep can check before it writes anything (a study, a run, a file): the
+    config and every axis value against the model's shape, and the dataset, loaded and split."""
+    from ..data._dataset import load_dataset
+
+    base, space = resolve_space(spec)
+    load_dataset(base.data)  # a missing, malformed or too small file: refused before any store exists
+    return base, space
 
 
 def _checked_values(distribution: od.BaseDistribution) -> list[Any]:
@@ -244,9 +260,11 @@ def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
     yield
 
 
-def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int, int] | None = None) -> tuple[optuna.Study, SearchSpace, Any]:
-    """Create or resume the study; enqueue missing grid points; store the sweep spec."""
-    base, space = resolve_space(spec)
+def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int, int] | None = None,
+                  resolved: tuple[RunConfig, SearchSpace] | None = None) -> tuple[optuna.Study, SearchSpace, RunConfig]:
+    """Create or resume the study; enqueue missing grid points; store the sweep spec
+    (``resolved``: what :func:`preflight` returned for this spec, so it is not resolved twice)."""
+    base, space = resolved or resolve_space(spec)
     # data.path names the data by its file (its stem, in the study name's alphabet): another file is another study
     data = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(base.data.path)).stem) if base.data.path else base.data.name
     spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{data}")
@@ -273,7 +291,7 @@ def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int
             study.set_user_attr(ATTR_SPEC, spec.to_json())
         if heartbeat is not None:
             study.set_user_attr(ATTR_HEARTBEAT, list(heartbeat))
-        study.set_user_attr("meminject.space", json.dumps(space.signature(), sort_keys=True))
+        study.set_user_attr(ATTR_SPACE, json.dumps(space.signature(), sort_keys=True))
         if spec.sampler == "grid":
             _enqueue_missing(study, spec, space)
     return study, space, base

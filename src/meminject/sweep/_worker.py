@@ -50,27 +50,14 @@ def _check_coordinator() -> None:
 
 def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | None = None, progress: bool = True, max_trials: int | None = None) -> int:
     """Run trials of a prepared study until its budget or grid is used up; returns trials run here."""
-    probe = load_study(study_name, storage_url)
-    if ATTR_SPEC not in probe.user_attrs:
-        raise ConfigError(f"study {study_name!r} was not created by meminject sweep")
-    spec = SweepSpec.from_json(probe.user_attrs[ATTR_SPEC])
-    # Reopened with heartbeats: this worker's trials beat; stale trials of dead workers are re-queued.
-    recovery = StaleTrialRecovery()
-    interval, grace = probe.user_attrs.get(ATTR_HEARTBEAT, DEFAULT_HEARTBEAT)
-    storage = open_storage(storage_url, heartbeat=(int(interval), int(grace)), recovery=recovery)
-    number = register_worker(probe, storage_url) if worker_index is None else worker_index
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec, number), pruner=make_pruner(spec))
+    spec, study, recovery, (interval, grace), number = _open_study(study_name, storage_url, worker_index)
     base = load_run_config(spec.overrides)
     space = space_of(spec, base)
     total = budget(spec, space)
     tracker = Tracker.from_config(base)
     recovery.tracker = tracker
     runner = TrialRunner(chunks=spec.chunks, stack_chunks=spec.sampler == "grid")  # grid points come in same-layer runs (see _study)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=len(study.get_trials(deepcopy=False, states=DONE)), desc=study_name, unit="trial", dynamic_ncols=True)
+    bar = _progress_bar(study, study_name, total) if progress else None
     ran = 0
     per_forward = runner.trials_per_forward(base)
     waiter = _RunningWaiter(int(interval), int(grace))
@@ -91,24 +78,15 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is survivable
                 if not is_out_of_memory(exc):
                     raise
-                # The trials were failed cleanly by run_trials; free memory, shrink, re-queue the points.
-                scale = runner.shrink_after_oom()
-                if spec.sampler == "grid":
-                    for _, params in asked:
-                        study.enqueue_trial(params, skip_if_exists=False)
+                _requeue_after_oom(runner, spec, study, asked)
                 per_forward = 1
-                log.warning("out of memory in trial(s) %s: failed and re-queued; continuing with %g× the batch budget", [t.number for t, _ in asked], scale)
                 continue
             ran += len(asked)
             if bar is not None:
                 bar.update(len(asked))
                 bar.set_postfix(**leader(study))
     except BaseException as exc:
-        # Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING.
-        with signals_held():
-            _fail_owned(context, exc)
-            if isinstance(exc, CoordinatorGone) or _coordinator_gone(wait=1.0 if isinstance(exc, KeyboardInterrupt) else 0.0):
-                _close_parent_if_orphaned(tracker, context.parent_run_id)
+        _clean_up_after(context, tracker, exc)
         if not isinstance(exc, CoordinatorGone):
             raise
         log.warning("worker %d: its sweep process has ended; stopping (rerun the sweep to resume)", number)
@@ -116,6 +94,44 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
         if bar is not None:
             bar.close()
     return ran
+
+
+def _open_study(study_name: str, storage_url: str | None, worker_index: int | None) -> tuple[SweepSpec, optuna.Study, StaleTrialRecovery, tuple[Any, Any], int]:
+    """The prepared study and its spec, reopened with heartbeats (this worker's trials beat;
+    stale trials of dead workers are re-queued), and this worker's number."""
+    probe = load_study(study_name, storage_url)
+    if ATTR_SPEC not in probe.user_attrs:
+        raise ConfigError(f"study {study_name!r} was not created by meminject sweep")
+    spec = SweepSpec.from_json(probe.user_attrs[ATTR_SPEC])
+    recovery = StaleTrialRecovery()
+    interval, grace = probe.user_attrs.get(ATTR_HEARTBEAT, DEFAULT_HEARTBEAT)
+    storage = open_storage(storage_url, heartbeat=(int(interval), int(grace)), recovery=recovery)
+    number = register_worker(probe, storage_url) if worker_index is None else worker_index
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec, number), pruner=make_pruner(spec))
+    return spec, study, recovery, (interval, grace), number
+
+
+def _progress_bar(study: optuna.Study, study_name: str, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=len(study.get_trials(deepcopy=False, states=DONE)), desc=study_name, unit="trial", dynamic_ncols=True)
+
+
+def _requeue_after_oom(runner: TrialRunner, spec: SweepSpec, study: optuna.Study, asked: Asked) -> None:
+    """The trials were failed cleanly by run_trials; free memory, shrink, re-queue the points."""
+    scale = runner.shrink_after_oom()
+    if spec.sampler == "grid":
+        for _, params in asked:
+            study.enqueue_trial(params, skip_if_exists=False)
+    log.warning("out of memory in trial(s) %s: failed and re-queued; continuing with %g× the batch budget", [t.number for t, _ in asked], scale)
+
+
+def _clean_up_after(context: TrialContext, tracker: Tracker | None, exc: BaseException) -> None:
+    """Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING."""
+    with signals_held():
+        _fail_owned(context, exc)
+        if isinstance(exc, CoordinatorGone) or _coordinator_gone(wait=1.0 if isinstance(exc, KeyboardInterrupt) else 0.0):
+            _close_parent_if_orphaned(tracker, context.parent_run_id)
 
 
 def _coordinator_gone(wait: float = 0.0) -> bool:

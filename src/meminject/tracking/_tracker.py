@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ._retry import DEFAULT_RETRY_S, RetryingClient, creation_lock, open_client, quiet_run_links, retrying, sqlite_path
 from ..core._errors import first_line as _first_line  # kept under its old name
@@ -17,6 +17,7 @@ from ..config._compose import flat_config
 from ..core._errors import ConfigError, TrackingError
 from ..core._paths import mlruns_dir
 from ..core._redaction import redact, redacted_config, redacted_container
+from ._schema import TAG_COMMAND, TAG_FAILURE, TAG_ROLE, TAG_STUDY, TAG_TRIAL_NUMBER
 
 if TYPE_CHECKING:
     from ..config._schema import RunConfig
@@ -72,32 +73,17 @@ def _experiment_id(client: Any, name: str, uri: str, retry_s: float | None = Non
             return experiment.experiment_id
 
 
-def log_eval_run(cfg: Any, result: Any, summary: dict, out_dir: Path) -> str:
-    uri = tracking_uri(cfg)
-    client = open_client(uri, retry_seconds(cfg))
-    experiment_id = _experiment_id(client, str(cfg.tracking.experiment), uri)
-    run = client.create_run(experiment_id, run_name=f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak}", tags={"meminject.command": "eval"})
-    run_id = run.info.run_id
-    try:
-        # the same flat, redacted config a sweep's trial run logs, with the hook it touched
-        params = {**flat_config(redacted_container(cfg)), "model": summary["model"], "weights": summary["weights"], "dataset": summary["dataset"],
-                  "dataset_hash": summary["dataset_hash"], "n_prompts": summary.get("n_prompts", "-"), "hook": summary["hook"],
-                  "memory.word_source": summary.get("word_source", "-")}
-        for key, value in params.items():
-            client.log_param(run_id, key, str(value))
-        for key, value in summary.items():
-            if isinstance(value, (int, float)):
-                client.log_metric(run_id, key, float(value))
-        for name in ("per_prompt.csv", "config.yaml", "summary.json"):
-            client.log_artifact(run_id, str(out_dir / name))
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        try:  # once, without retries: after a TrackingError they would wait as long again
-            client.unwrapped.set_terminated(run_id, "FAILED")
-        except Exception:  # noqa: BLE001 - the first error is the one to report
-            pass
-        raise
-    return run_id
+def log_eval_run(cfg: RunConfig, result: Any, summary: dict, out_dir: Path, started_ms: int | None = None) -> str:
+    """``meminject eval``'s run: the same flat, redacted config a sweep's trial run logs, with
+    the hook it touched, the summary as metrics, and the tables as artifacts."""
+    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, retry_seconds(cfg))
+    params = {**flat_config(redacted_container(cfg)), "model": summary["model"], "weights": summary["weights"], "dataset": summary["dataset"],
+              "dataset_hash": summary["dataset_hash"], "n_prompts": summary.get("n_prompts", "-"), "hook": summary["hook"],
+              "memory.word_source": summary.get("word_source", "-")}
+    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    artifacts = {name: out_dir / name for name in ("per_prompt.csv", "config.yaml", "summary.json")}
+    name = f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak:g}"
+    return tracker.record_run(name, {TAG_COMMAND: "eval"}, params, metrics, artifacts, started_ms)
 
 
 def probe_server(uri: str, timeout: float = 10.0) -> None:
@@ -171,7 +157,7 @@ class Tracker:
         self.client.search_runs([self.experiment_id], max_results=1)
 
     def start_parent(self, study_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=f"sweep {study_name}", tags={"meminject.role": "sweep", "meminject.study": study_name, **tags})
+        run = self.client.create_run(self.experiment_id, run_name=f"sweep {study_name}", tags={TAG_ROLE: "sweep", TAG_STUDY: study_name, **tags})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -191,7 +177,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=site or f"trial {trial_number}",
-            tags={"mlflow.parentRunId": parent_run_id, "meminject.role": "trial", "meminject.study": study_name, "meminject.trial_number": str(trial_number), **tags},
+            tags={"mlflow.parentRunId": parent_run_id, TAG_ROLE: "trial", TAG_STUDY: study_name, TAG_TRIAL_NUMBER: str(trial_number), **tags},
         )
         self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
@@ -229,10 +215,27 @@ class Tracker:
         if terminate:
             self.client.set_terminated(run_id, "FINISHED")
 
+    def record_run(self, name: str, tags: dict[str, str], params: dict[str, Any], metrics: dict[str, Any],
+                   artifacts: dict[str, str | Path], started_ms: int | None = None) -> str:
+        """A whole run of one command (``eval``, ``inspect``): created, filled as a trial's is,
+        and closed; a failure part-way closes it FAILED. ``started_ms`` is when the work began
+        (the run's duration is then the work's, not the logging's)."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags, start_time=started_ms)
+        self._artifact_uris[run.info.run_id] = run.info.artifact_uri
+        try:
+            self.finish_trial(run.info.run_id, params, metrics, artifacts)
+        except BaseException:
+            try:  # once, without retries: after a TrackingError they would wait as long again
+                self.client.unwrapped.set_terminated(run.info.run_id, "FAILED")
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        return run.info.run_id
+
     def fail(self, run_id: str, reason: str) -> None:
         self._artifact_uris.pop(run_id, None)
         try:
-            self.client.set_tag(run_id, "meminject.failure", reason[:500])
+            self.client.set_tag(run_id, TAG_FAILURE, reason[:500])
             self.client.set_terminated(run_id, "FAILED")
         except Exception:  # noqa: BLE001 - best effort while failing
             pass

@@ -59,6 +59,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from ..tracking._tracker import log_eval_run, probe_server, redact, redacted_container, tracking_uri
 
     cfg = load_run_config(overrides)
+    started_ms = int(time.time() * 1000)  # the run's duration is the evaluation's
     spec = InjectionSpec.from_config(cfg)
     spec.validate()  # model-independent checks before the model loads
     if cfg.tracking.enabled:
@@ -94,7 +95,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     print(f"  {wall:.2f} s · per-prompt table: {out_dir / 'per_prompt.csv'}")
     if cfg.tracking.enabled:
         try:
-            run_id = log_eval_run(cfg, result, summary, out_dir)
+            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms)
         except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
             raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}") from exc
         print(f"  MLflow run {run_id}")

@@ -1,4 +1,4 @@
-"""What an injection site is, defined once.
+"""The record schema, defined once: what an injection site is, and every key meminject stores.
 
 A :class:`Site` is the part of a trial's config that says *where and how* a memory is
 injected: model and weights, layer, head, site kind, positions, scale, τ, memory type and
@@ -21,12 +21,41 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
 
-from ..config import RESULT_FREE_SECTIONS, RunConfig, load_run_config, trial_key, with_values
-from ..engine._memories import site_pos
+from ..config import RESULT_FREE_SECTIONS, RunConfig, load_run_config, site_pos, trial_key, with_values
 
-__all__ = ["Site", "COLUMNS", "ATTR_PREFIX", "from_attrs", "site_config", "site_label", "trial_key", "RESULT_FREE_SECTIONS"]
+__all__ = [
+    "Site", "COLUMNS", "ATTR_PREFIX", "from_attrs", "site_config", "site_label", "trial_key", "RESULT_FREE_SECTIONS",
+    "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "ATTR_SPACE", "ATTR_KEY", "ATTR_PROMPT_VALUES",
+    "TAG_ROLE", "TAG_STUDY", "TAG_TRIAL_NUMBER", "TAG_COMMAND", "TAG_SAMPLER", "TAG_SWEEP", "TAG_WORKER", "TAG_STATE",
+    "TAG_FAILURE", "TAG_RECONCILED", "TAG_VERDICTS", "TAG_HOLDS", "TAG_BEST_PARAMS",
+]
 
-ATTR_PREFIX = "site."  # Optuna user attributes: site.<column>
+# Optuna user attributes of a trial: its site record, one attribute per column (site.<column>),
+ATTR_PREFIX = "site."
+ATTR_KEY = "meminject.key"                        # the computed point (config.trial_key)
+ATTR_PROMPT_VALUES = "meminject.prompt_values"    # {row: per-prompt objective value}, as JSON (pruning)
+# ... and of a study.
+ATTR_SPEC = "meminject.sweep"                     # the SweepSpec, as JSON
+ATTR_PARENT = "meminject.mlflow_parent_run_id"    # the study's one MLflow parent run
+ATTR_HEARTBEAT = "meminject.heartbeat"            # [interval, grace] seconds, for every worker
+ATTR_SURPLUS = "meminject.surplus"                # a trial given back unrun (over budget, or a duplicate point)
+ATTR_WORKERS = "meminject.workers"                # how many workers have registered (seeds their samplers)
+ATTR_SPACE = "meminject.space"                    # the search space's signature (a changed space is refused)
+
+# MLflow tags of a run.
+TAG_ROLE = "meminject.role"                       # sweep (a study's parent run) | trial
+TAG_STUDY = "meminject.study"
+TAG_TRIAL_NUMBER = "meminject.trial_number"
+TAG_COMMAND = "meminject.command"                 # eval | inspect
+TAG_SAMPLER = "meminject.sampler"
+TAG_SWEEP = "meminject.sweep"                     # the preset's name
+TAG_WORKER = "meminject.worker"
+TAG_STATE = "meminject.state"                     # PRUNED (MLflow has no such status)
+TAG_FAILURE = "meminject.failure"
+TAG_RECONCILED = "meminject.reconciled"           # a run written on resume from the study
+TAG_VERDICTS = "meminject.verdicts"               # best's held-out verdict lines, on the parent run
+TAG_HOLDS = "meminject.holds"                     # how many sites hold
+TAG_BEST_PARAMS = "meminject.best_params"
 
 
 @dataclass(frozen=True)
