@@ -84,9 +84,36 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
-def meminject(*args: str, cwd: Path, env_: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    """``python -m meminject ARGS`` as a child process, stdout and stderr together."""
-    return subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=cwd, env=env_ or env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+def _cli(args: tuple, base_env: dict[str, str] | None, trial_delay_s: float) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``meminject ARGS`` in a child process; with
+    ``trial_delay_s`` through tests/_slow_meminject.py, whose trials (and workers') wait that long."""
+    child_env = dict(env() if base_env is None else base_env)
+    if not trial_delay_s:
+        return [sys.executable, "-m", "meminject", *map(str, args)], child_env
+    from _slow_meminject import DELAY_ENV, MODULE
+
+    child_env[DELAY_ENV] = str(trial_delay_s)
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), child_env.get("PYTHONPATH")) if p)
+    return [sys.executable, "-m", MODULE, *map(str, args)], child_env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, check: bool = False, trial_delay_s: float = 0) -> subprocess.CompletedProcess:
+    """``python -m meminject ARGS`` in ``cwd`` to its end, stdout and stderr captured apart (text).
+    ``env``: the whole environment (default :func:`env`); ``check``: assert it exited 0, showing
+    the end of its output otherwise; ``trial_delay_s``: slow trials (tests/_slow_meminject.py)."""
+    cmd, child_env = _cli(args, env, trial_delay_s)
+    proc = subprocess.run(cmd, cwd=cwd, env=child_env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, (proc.stdout[-1500:] + proc.stderr[-3000:])
+    return proc
+
+
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, trial_delay_s: float = 0, stderr=subprocess.STDOUT, **popen_kwargs) -> subprocess.Popen:
+    """``python -m meminject ARGS`` started in ``cwd``: stdout piped (text), stderr into it unless
+    ``stderr=subprocess.PIPE``; ``env`` and ``trial_delay_s`` as for :func:`run_cli`; other
+    keywords go to ``Popen`` (``start_new_session``, ``preexec_fn``)."""
+    cmd, child_env = _cli(args, env, trial_delay_s)
+    return subprocess.Popen(cmd, cwd=cwd, env=child_env, stdout=subprocess.PIPE, stderr=stderr, text=True, **popen_kwargs)
 
 
 def sweep_args(tmp_path: Path, *extra: str) -> list[str]:

@@ -16,14 +16,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import TINY, complete_points, env, load, mlflow_runs
+from conftest import TINY, complete_points, env, load, mlflow_runs, run_cli, start_cli
 
 pytestmark = pytest.mark.slow  # worker processes
 
 
-def _sweep(tmp_path: Path, *extra: str, env_: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+def _sweep(tmp_path: Path, *extra: str, **kwargs) -> subprocess.Popen:
     args = ["sweep", *TINY, f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "progress=false", *extra]
-    return subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env_ or env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return start_cli(*args, cwd=tmp_path, **kwargs)
 
 
 def _states(study: optuna.Study) -> Counter:
@@ -34,7 +34,7 @@ def _states(study: optuna.Study) -> Counter:
 def test_two_workers_under_a_time_zone_off_utc_run_every_point_once(tmp_path, zone):
     # West of UTC the old stale check read Optuna's naive local start times as UTC: a trial
     # just started looked hours old, another worker failed it, and the owner crashed.
-    proc = _sweep(tmp_path, "sweep=paper_grid", "study=tz", "workers=2", "injection.tweak=choice(1,2,3)", "memory.encoding=choice(unembed,embed)", env_=env(TZ=zone))
+    proc = _sweep(tmp_path, "sweep=paper_grid", "study=tz", "workers=2", "injection.tweak=choice(1,2,3)", "memory.encoding=choice(unembed,embed)", env=env(TZ=zone))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     study = load(tmp_path, "tz")
@@ -83,7 +83,7 @@ def _nothing_running(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("how", ["ctrl-c to the process group", "SIGTERM to the sweep"])
 def test_an_interrupt_with_two_workers_leaves_nothing_running_and_resumes_at_once(tmp_path, how):
     grid = ["sweep=paper_grid", "study=intr", "workers=2", "injection.tweak=choice(1,2,3,4)", "memory.encoding=choice(unembed,embed)"]
-    proc = _sweep(tmp_path, *grid, env_=env(MEMINJECT_TRIAL_DELAY_S="0.5"), start_new_session=True)
+    proc = _sweep(tmp_path, *grid, trial_delay_s=0.5, start_new_session=True)
     _wait_for_complete(tmp_path, "intr", 4, proc)
     if how.startswith("ctrl-c"):
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: every process of the group
@@ -130,7 +130,7 @@ sys.exit(main({sweep_args(tmp_path, "sweep=paper_grid", "study=t", "injection.tw
 def test_workers_end_with_a_killed_coordinator(tmp_path):
     psutil = pytest.importorskip("psutil")
     grid = ["sweep=paper_grid", "study=orphan", "workers=2", "injection.tweak=choice(1,2,3,4,5,6)", "memory.encoding=choice(unembed,embed)"]
-    proc = _sweep(tmp_path, *grid, env_=env(MEMINJECT_TRIAL_DELAY_S="0.5"))
+    proc = _sweep(tmp_path, *grid, trial_delay_s=0.5)
     _wait_for_complete(tmp_path, "orphan", 2, proc)
     workers = psutil.Process(proc.pid).children()
     assert len(workers) == 2
@@ -148,7 +148,7 @@ def test_a_torn_journal_is_repaired_on_open_and_nothing_complete_is_lost(tmp_pat
     journal = tmp_path / "optuna.journal"
     data = journal.read_bytes()
     journal.write_bytes(data + data.splitlines(keepends=True)[-1][:17])  # a record cut mid-write
-    best = subprocess.run([sys.executable, "-m", "meminject", "best", "study=torn", f"storage={journal}", "heldout=false"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    best = run_cli("best", "study=torn", f"storage={journal}", "heldout=false", cwd=tmp_path, timeout=300)
     assert best.returncode == 0, best.stderr[-2000:]
     assert "repaired the study journal" in best.stderr and "Traceback" not in best.stderr
     assert json.loads(journal.read_bytes().splitlines()[-1])  # ends on a complete record again
@@ -169,7 +169,7 @@ def test_a_full_disk_under_outputs_is_one_line_and_closes_the_parent_run(tmp_pat
             (disk / "probe").write_bytes(b"\0" * 65536)
         args = ["sweep", *TINY, f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "progress=false",
                 "sweep=paper_grid", "study=full", "injection.tweak=choice(1,2)", "memory.encoding=choice(unembed)", "tracking.trial_figures=false"]
-        proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=disk, env=env(MPLCONFIGDIR=str(tmp_path / "mpl")), capture_output=True, text=True, timeout=600)
+        proc = run_cli(*args, cwd=disk, env=env(MPLCONFIGDIR=str(tmp_path / "mpl")))
         assert proc.returncode == 2, proc.stderr[-3000:]
         lines = proc.stderr.strip().splitlines()
         assert lines[-1].startswith("meminject: error: ") and "No space left on device" in lines[-1], lines[-3:]

@@ -5,7 +5,6 @@ grid study (tiny model); and no password anywhere in what is logged."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import run_cli, start_cli
 from servers import free_port, postgres_bin, postgres_cluster, require, wait_http
 
 PASSWORD = "pg-Secret-4711"
@@ -35,8 +35,7 @@ def postgres():
         yield auth
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MEMINJECT_TRIAL_DELAY_S": "1.0"}
+DELAY_S = 1.0  # each worker's batch of trials waits this long (tests/_slow_meminject.py): all three get some
 
 
 def test_three_workers_on_postgres_with_an_mlflow_server(postgres, tmp_path):
@@ -56,13 +55,12 @@ def test_three_workers_on_postgres_with_an_mlflow_server(postgres, tmp_path):
         tracking = f"http://127.0.0.1:{port}"
         sweep = ["sweep", *TINY, "sweep=paper_grid", "study=pg-grid", "injection.tweak=choice(1,2,3,4)", "memory.encoding=choice(unembed,embed)",
                  f"storage={storage}", f"tracking.uri={tracking}", "workers=0"]
-        prepare = subprocess.run([sys.executable, "-m", "meminject", *sweep], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        prepare = run_cli(*sweep, cwd=tmp_path, timeout=300)
         outputs.append(prepare.stdout + prepare.stderr)
         assert prepare.returncode == 0 and "prepared" in prepare.stdout, outputs[-1][-3000:]
 
         workers = [
-            subprocess.Popen([sys.executable, "-m", "meminject", "worker", "study=pg-grid", f"storage={storage}", f"worker_index={i}", "progress=false"],
-                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            start_cli("worker", "study=pg-grid", f"storage={storage}", f"worker_index={i}", "progress=false", cwd=tmp_path, trial_delay_s=DELAY_S)
             for i in range(3)
         ]
         for worker in workers:
@@ -71,7 +69,7 @@ def test_three_workers_on_postgres_with_an_mlflow_server(postgres, tmp_path):
             assert worker.returncode == 0, out[-3000:]
             assert "Traceback" not in out and "error" not in out.lower(), out[-3000:]
 
-        finish = subprocess.run([sys.executable, "-m", "meminject", *sweep], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        finish = run_cli(*sweep, cwd=tmp_path, timeout=300)
         outputs.append(finish.stdout + finish.stderr)
         assert finish.returncode == 0 and "study pg-grid is complete (24 trials): nothing to run" in finish.stdout, outputs[-1][-3000:]
 

@@ -4,13 +4,11 @@ Optuna and MLflow compared trial by trial, and the best trial recomputed in-proc
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from optuna.trial import TrialState
 
-from conftest import load, make_evaluator, mlflow_runs
+from conftest import load, make_evaluator, mlflow_runs, run_cli
 
 
 pytestmark = pytest.mark.slow  # servers, subprocesses or the real model: the full suite only
@@ -21,8 +19,7 @@ def test_smoke_sweep_two_workers_optuna_and_mlflow_agree(tmp_path, smol):
         "sweep", "sweep=smoke", "study=e2e", "workers=2", "n_trials=6", "data.limit=8", "model.device=cpu", "model.weights=raw",
         f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_cli(*args, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: 6 complete trials" in proc.stdout
 

@@ -26,8 +26,9 @@ def _check_against_reference(model, dataset: Dataset, spec: InjectionSpec, *, pa
             model.bridge, row.obscure_sentence, row.answer, row.explicit_entity,
             layer=spec.layer, tweak=spec.tweak, encoding=spec.encoding, positions=spec.positions, head=head,
         )
-        assert table.answer_prob_before[i] == pytest.approx(before, abs=1e-5, rel=1e-3)
-        assert table.answer_prob_after[i] == pytest.approx(after, abs=1e-5, rel=1e-3)
+        # the tiny model's probabilities are 1e-7 to 1e-3: relative only (agreement seen: ~5e-6)
+        assert table.answer_prob_before[i] == pytest.approx(before, rel=1e-4, abs=0)
+        assert table.answer_prob_after[i] == pytest.approx(after, rel=1e-4, abs=0)
     return table
 
 
@@ -52,8 +53,8 @@ def test_padding_side_does_not_change_results(tiny, demo, padding_side):
     spec = InjectionSpec(layer=0, tweak=2.0)
     unpadded = make_evaluator(tiny, subset, max_batch_tokens=1).evaluate(spec, MEMORY).per_prompt  # one prompt per batch
     padded = make_evaluator(tiny, subset, max_batch_tokens=10_000, padding_side=padding_side).evaluate(spec, MEMORY).per_prompt
-    np.testing.assert_allclose(padded.answer_prob_after, unpadded.answer_prob_after, atol=1e-6, rtol=1e-4)
-    np.testing.assert_allclose(padded.answer_prob_before, unpadded.answer_prob_before, atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(padded.answer_prob_after, unpadded.answer_prob_after, rtol=1e-4, atol=0)
+    np.testing.assert_allclose(padded.answer_prob_before, unpadded.answer_prob_before, rtol=1e-4, atol=0)
 
 
 def test_every_head_equals_the_layer_injection_through_the_literal_hook(tiny, demo):
@@ -62,7 +63,7 @@ def test_every_head_equals_the_layer_injection_through_the_literal_hook(tiny, de
     layer_result = evaluator.evaluate(InjectionSpec(layer=1, tweak=4.0, site="layer"), MEMORY).per_prompt
     for head in range(tiny.n_heads):
         literal = evaluator.evaluate(InjectionSpec(layer=1, tweak=4.0, site="head", head=head, literal_hook=True), MEMORY).per_prompt
-        np.testing.assert_allclose(literal.answer_prob_after, layer_result.answer_prob_after, atol=1e-6, rtol=1e-4)
+        np.testing.assert_allclose(literal.answer_prob_after, layer_result.answer_prob_after, rtol=1e-4, atol=0)
 
 
 def test_head_points_are_not_recomputed_per_head(tiny, demo):

@@ -54,9 +54,9 @@ def test_each_path_equals_the_reference_per_prompt(tiny, demo, path, encoding, p
         assert evaluator.prefix.kv_supported is (bool(fits) if positions == "last" else None)
     for i, row in subset.frame.iterrows():
         before, after = reference_answer_probs(tiny.bridge, row.obscure_sentence, row.answer, row.explicit_entity, layer=2, tweak=3.0, encoding=encoding, positions=positions, head=None)
-        # the tiny model's probabilities are ~1e-6: compare relatively, not only to 1e-5
-        assert table.answer_prob_before[i] == pytest.approx(before, rel=1e-4, abs=1e-9)
-        assert table.answer_prob_after[i] == pytest.approx(after, rel=1e-4, abs=1e-9)
+        # the tiny model's probabilities are 1e-7 to 1e-3: relative only (agreement seen: ~5e-6)
+        assert table.answer_prob_before[i] == pytest.approx(before, rel=1e-4, abs=0)
+        assert table.answer_prob_after[i] == pytest.approx(after, rel=1e-4, abs=0)
     # the injection must move the answer's log-probability, or this test could not fail
     assert np.abs(table.answer_logprob_after - table.answer_logprob_before).max() > 1e-2
 
@@ -67,7 +67,7 @@ def test_literal_head_hook_through_the_prefix_equals_the_layer_site(tiny, demo):
     layer = fast.evaluate(InjectionSpec(layer=1, tweak=4.0), _memory("unembed")).per_prompt
     for head in range(tiny.n_heads):
         literal = fast.evaluate(InjectionSpec(layer=1, tweak=4.0, site="head", head=head, literal_hook=True), _memory("unembed")).per_prompt
-        np.testing.assert_allclose(literal.answer_prob_after, layer.answer_prob_after, atol=1e-6)
+        np.testing.assert_allclose(literal.answer_prob_after, layer.answer_prob_after, rtol=1e-4, atol=0)
 
 
 def test_stacked_trials_equal_one_at_a_time(tiny, demo, tiny_paper):
@@ -80,10 +80,11 @@ def test_stacked_trials_equal_one_at_a_time(tiny, demo, tiny_paper):
         assert len(stacked) == len(points)
         for (spec, memory), result in zip(points, stacked):
             single = plain.evaluate(spec, memory)
-            np.testing.assert_allclose(result.per_prompt.answer_prob_after, single.per_prompt.answer_prob_after, atol=1e-6)
+            np.testing.assert_allclose(result.per_prompt.answer_prob_after, single.per_prompt.answer_prob_after, rtol=1e-4, atol=0)
             # ranks among ~50k near-tied logits of a random model may swap neighbours
             assert np.abs(result.per_prompt.rank_after.to_numpy() - single.per_prompt.rank_after.to_numpy()).max() <= 2
-            assert result.summary["mean_gain"] == pytest.approx(single.summary["mean_gain"], abs=1e-7)
+            # a gain is a difference of probabilities: to 1e-4 of them (the mean gain itself may be ~1e-8)
+            assert result.summary["mean_gain"] == pytest.approx(single.summary["mean_gain"], rel=0, abs=1e-4 * single.summary["mean_prob_before"])
 
 
 def test_stacking_does_not_recompute_cached_points(tiny, demo):
@@ -128,5 +129,5 @@ def test_left_padding_fast_paths_equal_full_forwards(tiny, demo, positions):
     fast = make_evaluator(tiny, subset, max_batch_tokens=64, padding_side="left")
     plain = make_evaluator(tiny, subset, max_batch_tokens=1, prefix_cache_bytes=0)  # one unpadded prompt per forward
     got, want = fast.evaluate(spec, _memory("unembed")).per_prompt, plain.evaluate(spec, _memory("unembed")).per_prompt
-    np.testing.assert_allclose(got.answer_prob_after, want.answer_prob_after, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(got.answer_prob_after, want.answer_prob_after, rtol=1e-4, atol=0)
     assert fast.padded_fraction > 0  # padding was really there

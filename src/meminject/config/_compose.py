@@ -127,8 +127,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required config value(s) not set: {', '.join(missing)}")
-    check_choices(cfg)
-    return cfg
+    return cfg  # values are checked once, as the typed config is built (meminject.config._build)
 
 
 def _base_or_none(overrides: Iterable[str], config_name: str) -> DictConfig | None:

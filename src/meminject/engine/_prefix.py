@@ -57,8 +57,15 @@ def choose_cached_layers(n_layers: int, bytes_per_layer: int, max_bytes: int) ->
 
 @dataclass
 class _BatchPrefix:
-    kwargs: dict[str, Any]  # what the model passes every block (mask, rotary embeddings, ...)
+    kwargs: dict[int, dict[str, Any]]  # layer -> what the model passes that block (mask, rotary embeddings, ...)
     residuals: dict[int, Tensor]  # layer -> residual entering that block (batch, pos, d_model)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every block gets the same keyword arguments (the same objects). Not on Gemma 3:
+        its sliding-window and full-attention layers get different rotary embeddings and masks."""
+        first = self.kwargs[min(self.kwargs)]
+        return all(kw.keys() == first.keys() and all(kw[k] is first[k] for k in kw) for kw in self.kwargs.values())
 
 
 def _repeat_batch(value: Any, batch_size: int, copies: int) -> Any:
@@ -76,6 +83,14 @@ def _repeat_batch(value: Any, batch_size: int, copies: int) -> Any:
     if isinstance(value, dict):
         return {k: _repeat_batch(v, batch_size, copies) for k, v in value.items()}
     return value
+
+
+def _shared_repeat(value: Any, batch_size: int, copies: int, memo: dict[int, Any]) -> Any:
+    if copies == 1:
+        return value
+    if id(value) not in memo:
+        memo[id(value)] = (value, _repeat_batch(value, batch_size, copies))  # the value kept: its id stays unique
+    return memo[id(value)][1]
 
 
 class PrefixCache:
@@ -110,25 +125,28 @@ class PrefixCache:
         return f"prefix cache: residuals of {span}, {(self.nbytes - self.kv_nbytes) / 2**20:.1f} MiB ({self.bytes_per_layer / 2**20:.2f} MiB per layer){kv}"
 
     def capture_hooks(self, batch_position: int) -> list[tuple[torch.nn.Module, Callable]]:
-        """Forward pre-hooks that record, during the clean pass of one batch, the block inputs."""
+        """Forward pre-hooks that record, during the clean pass of one batch, the block inputs:
+        the residual entering each cached layer, and every block's keyword arguments (kept by
+        reference: blocks that share a mask or rotary embeddings share one tensor)."""
         prefix = _BatchPrefix(kwargs={}, residuals={})
         self._prefixes.append(prefix)
         assert len(self._prefixes) == batch_position + 1, "capture batches in order"
         blocks = self.model.bridge.blocks
+        cached = set(self.layers)
         hooks = []
-        for layer in self.layers:
+        for layer in range(self.model.n_layers) if cached else []:
             def record(module, args, kwargs, layer=layer):  # noqa: ARG001 - torch pre-hook signature
                 hidden = args[0] if args else kwargs.get("hidden_states")
                 if not isinstance(hidden, Tensor):
                     self.supported = False
                     return None
-                prefix.residuals[layer] = hidden.detach().clone()
-                if not prefix.kwargs:
-                    # Every block gets the same mask and position embeddings; a KV cache must
-                    # not be kept (it would hold the clean pass's keys and grow per trial).
-                    prefix.kwargs = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items() if k != "hidden_states"}
-                    if "use_cache" in prefix.kwargs:
-                        prefix.kwargs["use_cache"] = False
+                if layer in cached:
+                    prefix.residuals[layer] = hidden.detach().clone()
+                # A KV cache must not be kept (it would hold the clean pass's keys and grow per trial).
+                recorded = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items() if k != "hidden_states"}
+                if "use_cache" in recorded:
+                    recorded["use_cache"] = False
+                prefix.kwargs[layer] = recorded
                 return None
             hooks.append((blocks[layer], record))
         return hooks
@@ -153,12 +171,13 @@ class PrefixCache:
         prefix = self._prefixes[batch_position]
         size = batch.tokens.shape[0]
         hidden = _repeat_batch(prefix.residuals[start], size, copies)
-        kwargs = _repeat_batch(prefix.kwargs, size, copies)
+        repeated: dict[int, Any] = {}  # id of a layer's kwargs values -> repeated once, shared by the layers using it
         # the read positions (each prompt's last token, or every answer token), per stacked copy
         rows = torch.cat([batch.read_row + k * size for k in range(copies)])
         positions = batch.read_pos.repeat(copies)
         with torch.no_grad(), bridge.hooks(fwd_hooks=fwd_hooks):
             for layer in range(start, self.model.n_layers):
+                kwargs = {k: _shared_repeat(v, size, copies, repeated) for k, v in prefix.kwargs[layer].items()}
                 out = bridge.blocks[layer](hidden, **kwargs)
                 hidden = out[0] if isinstance(out, tuple) else out
             last = hidden[rows, positions][:, None, :]  # only the positions that are read
@@ -178,6 +197,10 @@ class PrefixCache:
         self.kv_supported = False
         if not self.supported or not self.layers or not self._prefixes:
             return False
+        if not all(prefix.uniform for prefix in self._prefixes):
+            # the merged last-token batch carries one set of masks and rotary embeddings
+            log.info("positions=last: the layers get different masks or rotary embeddings (sliding-window attention); using the full suffix")
+            return False
         attns = [getattr(block, "attn", None) for block in self.model.bridge.blocks]
         if any(attn is None or not hasattr(attn, "_update_kv_cache") for attn in attns):
             log.info("positions=last: this architecture's attention has no KV hook; using the full suffix")
@@ -188,7 +211,7 @@ class PrefixCache:
             for position in range(len(self.batches)):
                 per_layer: dict[int, tuple[Tensor, Tensor]] = {}
                 for layer, attn in enumerate(attns):
-                    def record(k: Tensor, v: Tensor, layer=layer, **kwargs) -> tuple[Tensor, Tensor]:  # noqa: ARG001
+                    def record(k: Tensor, v: Tensor, layer=layer, **_kwargs) -> tuple[Tensor, Tensor]:
                         per_layer[layer] = (k.detach().clone(), v.detach().clone())
                         return k, v
                     attn._update_kv_cache = record  # instance attribute shadows the method
@@ -236,17 +259,17 @@ class PrefixCache:
             mask[rows, last] = False  # the last position's clean key is replaced by its new one
             mask[:, width] = True
             allowed.append(mask)
-            ids = prefix.kwargs.get("position_ids")
+            ids = prefix.kwargs[0].get("position_ids")
             if isinstance(ids, Tensor):
                 position_ids.append(ids.expand(size, w)[rows, last][:, None])
-            pe = prefix.kwargs.get("position_embeddings")
+            pe = prefix.kwargs[0].get("position_embeddings")
             if isinstance(pe, (tuple, list)) and all(isinstance(e, Tensor) and e.ndim == 3 for e in pe):
                 embeddings.append(tuple(e.expand(size, w, e.shape[-1])[rows, last][:, None, :] for e in pe))
             for layer, (k, v) in kv.items():
                 pad = [0, 0, 0, width - w]  # pad the sequence axis (-2) to the common width
                 keys[layer].append(torch.nn.functional.pad(k, pad))
                 values[layer].append(torch.nn.functional.pad(v, pad))
-        kwargs = dict(self._prefixes[0].kwargs)
+        kwargs = dict(self._prefixes[0].kwargs[0])  # every layer's (checked: uniform)
         kwargs["attention_mask"] = torch.cat(allowed)[:, None, None, :]  # (prompts, 1, query=1, keys=width+1)
         if position_ids:
             kwargs["position_ids"] = torch.cat(position_ids)

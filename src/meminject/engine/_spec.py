@@ -42,6 +42,7 @@ class InjectionSpec:
     encoding: str = "unembed"
     literal_hook: bool = False  # head site through hook_result (slow) instead of hook_attn_out
     scale: str = "absolute"  # relative: v rescaled to the layer's mean residual norm before τ
+    hook: str = "attn_out"  # attn_out | mlp_out | resid_pre: where in block L (config._point.hook_name)
 
     @classmethod
     def from_config(cls, run: RunConfig) -> "InjectionSpec":
@@ -52,7 +53,7 @@ class InjectionSpec:
     def from_point(cls, point: TrialPoint) -> "InjectionSpec":
         inj, mem = point.injection, point.memory
         return cls(layer=inj.layer, tweak=inj.tweak, site=inj.site, head=inj.head, positions=inj.positions,
-                   memory_type=mem.type, encoding=mem.encoding, literal_hook=inj.literal_hook, scale=inj.scale)
+                   memory_type=mem.type, encoding=mem.encoding, literal_hook=inj.literal_hook, scale=inj.scale, hook=inj.hook)
 
     def canonical(self) -> "InjectionSpec":
         """The equivalent point that is actually computed (:meth:`TrialPoint.canonical`: every
@@ -72,6 +73,9 @@ class InjectionSpec:
             raise ConfigError(f"injection.site={self.site} needs injection.head (the head whose output space receives the memory; for site=head any head: they are equivalent)")
         if model is None:
             return
+        if self.site != "layer" and getattr(model, "sandwich_norms", False):
+            raise ConfigError(f"injection.site={self.site} is undefined on {model.name}: its post-attention norm comes after W_O, so one head's share "
+                              "of the attention output is not what reaches the residual stream; use injection.site=layer")
         if not 0 <= self.layer < model.n_layers:
             raise ConfigError(f"injection.layer={self.layer} is out of range for {model.name} (layers 0..{model.n_layers - 1})")
         if self.site in ("head", "head_subspace") and not 0 <= int(self.head) < model.n_heads:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,9 +81,6 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
     tally = _Tally({trial.number: trial for trial, _ in asked})
     try:
         cfgs = _start_runs(ctx, asked, tally)
-        delay = float(os.environ.get("MEMINJECT_TRIAL_DELAY_S", "0") or 0)
-        if delay > 0:  # fault-injection hook of the crash-recovery tests: a window to kill a worker mid-trial
-            time.sleep(delay)
         live = [(t, p) for t, p in asked if t.number in cfgs and t.number in tally.pending]
         monitors = [monitor_for(t, ctx.spec.objective) if ctx.spec.pruner != "none" else None for t, _ in live]
         outcomes = ctx.runner.run_many([cfgs[t.number] for t, _ in live], monitors)

@@ -35,7 +35,7 @@ try:
 except ImportError:  # not on Windows: SQLite's own locking is all there is
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DEFAULT_RETRY_S", "RetryingClient", "creation_lock", "first_line", "is_transient", "open_client", "quiet_run_links", "retrying", "sqlite_path"]
+__all__ = ["CLOCK", "DEFAULT_RETRY_S", "Clock", "RetryingClient", "creation_lock", "first_line", "is_transient", "open_client", "quiet_run_links", "retrying", "sqlite_path"]
 
 DEFAULT_RETRY_S = 60.0
 T = TypeVar("T")
@@ -113,11 +113,24 @@ def _transient_one(exc: BaseException) -> bool | None:
     return None
 
 
-def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float) -> T:
+class Clock:
+    """Where :func:`retrying` reads the time and waits: the real clock. Tests pass (or patch
+    :data:`CLOCK` with) a fake one, so a lock held "for seconds" costs them no real time."""
+
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+
+CLOCK = Clock()  # the default of retrying(clock=None), looked up at each call
+
+
+def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float, clock: Clock | None = None) -> T:
     """``call()``, retried with exponential backoff (50 ms doubling to 2 s, jittered so workers
     do not retry in step) while it fails transiently, for ``retry_s`` seconds at most, and not
-    after Ctrl-C/SIGTERM (a call made with signals held must not keep the user waiting)."""
-    deadline = time.monotonic() + max(0.0, retry_s)
+    after Ctrl-C/SIGTERM (a call made with signals held must not keep the user waiting).
+    ``clock`` (``monotonic()``, ``sleep()``): :data:`CLOCK` unless given."""
+    clock = CLOCK if clock is None else clock
+    deadline = clock.monotonic() + max(0.0, retry_s)
     delay = 0.05
     while True:
         error: BaseException | None = None
@@ -127,7 +140,7 @@ def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float) -> T:
             if not is_transient(exc):
                 raise
             error = exc
-        remaining = deadline - time.monotonic()
+        remaining = deadline - clock.monotonic()
         if remaining <= 0 or INTERRUPTED.is_set():  # interrupted (signals held meanwhile): no more waiting
             # raised outside the except block: the message is the line, no chained context shown
             raise TrackingError(
@@ -135,7 +148,7 @@ def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float) -> T:
                 "check that the tracking server or database is up and not held by a stuck process, raise tracking.retry_s, "
                 "or set tracking.enabled=false to run without MLflow"
             ) from error
-        time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+        clock.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
         delay = min(delay * 2, 2.0)
 
 
@@ -146,10 +159,11 @@ class RetryingClient:
     ``.set_tag`` directly gets the retries too. ``unwrapped`` is the plain client.
     """
 
-    def __init__(self, client: Any, uri: str, retry_s: float):
+    def __init__(self, client: Any, uri: str, retry_s: float, clock: Clock | None = None):
         self.unwrapped = client
         self.uri = uri
         self.retry_s = retry_s
+        self.clock = clock  # None: retrying's default
 
     def __getattr__(self, name: str) -> Any:
         client = self.__dict__.get("unwrapped")
@@ -161,7 +175,7 @@ class RetryingClient:
 
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
-            return retrying(lambda: attr(*args, **kwargs), name, self.uri, self.retry_s)
+            return retrying(lambda: attr(*args, **kwargs), name, self.uri, self.retry_s, self.clock)
 
         return call
 
@@ -240,8 +254,9 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         pass
 
 
-def open_client(uri: str, retry_s: float) -> RetryingClient:
-    """An MLflow client for ``uri`` whose store is open (created on first use), with retries."""
+def open_client(uri: str, retry_s: float, clock: Clock | None = None) -> RetryingClient:
+    """An MLflow client for ``uri`` whose store is open (created on first use), with retries
+    (waiting on ``clock``, see :func:`retrying`)."""
     from mlflow.tracking import MlflowClient
 
     quiet_run_links()
@@ -262,10 +277,10 @@ def open_client(uri: str, retry_s: float) -> RetryingClient:
             return MlflowClient(tracking_uri=store_uri)
 
     try:
-        client = retrying(connect, "store opening", uri, retry_s)
+        client = retrying(connect, "store opening", uri, retry_s, clock)
     except ModuleNotFoundError as exc:
         driver = _DRIVERS.get((exc.name or "").split(".")[0])
         if driver is None:
             raise
         raise TrackingError(f"tracking store {redact(uri)} needs the {driver[0]} driver: {driver[1]}") from exc
-    return RetryingClient(client, uri, retry_s)
+    return RetryingClient(client, uri, retry_s, clock)

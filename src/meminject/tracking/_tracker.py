@@ -73,7 +73,13 @@ def _experiment_id(client: Any, name: str, uri: str, retry_s: float | None = Non
             return experiment.experiment_id
 
 
-def log_eval_run(cfg: RunConfig, result: Any, summary: dict, out_dir: Path, started_ms: int | None = None) -> str:
+def log_eval_run(
+    cfg: RunConfig,
+    result: Any,  # noqa: ARG001 - callers pass the result
+    summary: dict,
+    out_dir: Path,
+    started_ms: int | None = None,
+) -> str:
     """``meminject eval``'s run: the same flat, redacted config a sweep's trial run logs, with
     the hook it touched, the summary as metrics, and the tables as artifacts."""
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, retry_seconds(cfg))
