@@ -22,12 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def evaluator_for(device: str, dtype: str, data: list[str], per_forward: int):
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import Evaluator
     from meminject.engine._models import load_model
 
-    cfg = compose_config(["model=smollm2-135m", "model.weights=raw", f"model.device={device}", f"model.dtype={dtype}", *data,
+    cfg = load_run_config(["model=smollm2-135m", "model.weights=raw", f"model.device={device}", f"model.dtype={dtype}", *data,
                           "memory.encoding=unembed", f"perf.trials_per_forward={per_forward}", "perf.max_batch_tokens=65536"])
     return Evaluator.from_config(load_model(cfg.model), load_dataset(cfg.data), cfg), cfg
 

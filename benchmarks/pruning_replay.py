@@ -32,14 +32,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def exhaustive(data: str, limit: int | None, layers: list[int], dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """(gains: points × prompts, seconds per point, the points as (layer, τ))."""
     from meminject.cli import _quiet_libraries
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import Evaluator, InjectionSpec
     from meminject.engine._models import load_model
 
     _quiet_libraries()
     overrides = ["model=smollm2-135m", "model.device=cpu", "model.weights=raw", "memory.encoding=unembed", "metric.damage=none", "data.part=train", f"data={data}", f"model.dtype={dtype}"]
-    cfg = compose_config(overrides + ([f"data.limit={limit}"] if limit else []))
+    cfg = load_run_config(overrides + ([f"data.limit={limit}"] if limit else []))
     evaluator = Evaluator.from_config(load_model(cfg.model), load_dataset(cfg.data), cfg)
     evaluator.clean
     points = [(layer, float(tau)) for layer in layers for tau in range(1, 16)]
@@ -93,10 +93,10 @@ def main() -> None:
                         "float32's, and each replay's 10 best complete points are re-ranked by their float32 values, as `meminject best` does")
     args = parser.parse_args()
     from meminject.engine._models import model_shape
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config
     from meminject.sweep._pruning import PairedPruner
 
-    n_layers = model_shape(compose_config(["model=smollm2-135m"]).model)["n_layers"] if args.layers == "all" else None
+    n_layers = model_shape(load_run_config(["model=smollm2-135m"]).model)["n_layers"] if args.layers == "all" else None
     layers = list(range(n_layers)) if n_layers else [int(x) for x in args.layers.split(",")]
     if args.cache and os.path.exists(args.cache):
         saved = np.load(args.cache)

@@ -86,9 +86,9 @@ def main() -> None:
 
     from meminject.cli import main as meminject
     from meminject.engine._models import load_model
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config
 
-    load_model(compose_config(["model=smollm2-135m", "model.device=cpu", "model.weights=raw"]).model)  # once, outside every arm
+    load_model(load_run_config(["model=smollm2-135m", "model.device=cpu", "model.weights=raw"]).model)  # once, outside every arm
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

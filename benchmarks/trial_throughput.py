@@ -113,7 +113,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from meminject.cli import _quiet_libraries
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import Evaluator, InjectionSpec
     from meminject.engine._memories import encode_memories
@@ -122,7 +122,7 @@ def main() -> int:
     _quiet_libraries()
     torch.set_grad_enabled(False)
     model_args = [f"model={args.model}", f"model.weights={args.weights}", f"model.device={args.device}", f"model.dtype={args.dtype}"]
-    cfg = compose_config([*model_args, f"data={args.data}", "memory.encoding=unembed"])
+    cfg = load_run_config([*model_args, f"data={args.data}", "memory.encoding=unembed"])
     model = load_model(cfg.model)
     dataset = load_dataset(cfg.data)
     device = model.device
@@ -182,7 +182,7 @@ def main() -> int:
               f"best layer {best[0][0].layer} τ={best[0][0].tweak:g} mean gain {best[1].summary['mean_gain']:+.4f}")
 
     if args.wiki:
-        wiki_cfg = compose_config([*model_args, "data=2wikimultihop", "memory.encoding=unembed"])
+        wiki_cfg = load_run_config([*model_args, "data=2wikimultihop", "memory.encoding=unembed"])
         wiki = load_dataset(wiki_cfg.data)
         wiki_eval = Evaluator.from_config(model, wiki, wiki_cfg)
         seconds_wclean, _ = timed(lambda: wiki_eval.clean)

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--data", default="handwritten")
     args = parser.parse_args()
     from meminject.cli import _quiet_libraries
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import Evaluator, InjectionSpec
     from meminject.engine._models import load_model
@@ -61,7 +61,7 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     totals = {}
     for name, (overrides, chunks) in VARIANTS.items():
-        cfg = compose_config(["model=smollm2-135m", "model.device=cpu", "model.weights=raw", f"data={args.data}", "memory.encoding=unembed", *overrides])
+        cfg = load_run_config(["model=smollm2-135m", "model.device=cpu", "model.weights=raw", f"data={args.data}", "memory.encoding=unembed", *overrides])
         evaluator = Evaluator.from_config(load_model(cfg.model), load_dataset(cfg.data), cfg, chunks=chunks)
         evaluator.clean
         per_layer = []

@@ -217,7 +217,7 @@ def test_dataset_loader_loads_valid_rows_exactly_or_refuses_in_one_message(rows,
 
     from pandas._libs.parsers import STR_NA_VALUES
 
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config as compose_config
     from meminject.data._dataset import load_dataset
 
     buffer = io.StringIO()

@@ -94,7 +94,18 @@ def test_heldout_check_shows_progress_over_sites_and_controls(capsys, monkeypatc
 
     import numpy as np
 
+    import meminject.sweep._heldout as heldout
     from meminject.sweep._heldout import heldout_report
+
+    bars = []
+    real_bar = heldout.progress_bar
+
+    def recorded_bar(*args, **kwargs):
+        bars.append(real_bar(*args, **kwargs))
+        bars[-1].mininterval = 0  # redraw on every update: the fake runner is instantaneous
+        return bars[-1]
+
+    monkeypatch.setattr(heldout, "progress_bar", recorded_bar)
 
     class FakeRunner:
         engine = SimpleNamespace(progress=None)
@@ -115,6 +126,7 @@ def test_heldout_check_shows_progress_over_sites_and_controls(capsys, monkeypatc
     assert len(report) == 2
     err = capsys.readouterr().err
     assert "held-out check" in err and "6/6" in err and "L2 τ4 unembed correct" in err and "[injected batch 1/3]" in err
+    assert [(bar.n, bar.total) for bar in bars] == [(6, 6)]
 
 
 README_SHAPES = {  # each line of the README's `meminject sweep` example, by shape (numbers vary by machine)

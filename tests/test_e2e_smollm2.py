@@ -46,7 +46,7 @@ def test_smoke_sweep_two_workers_optuna_and_mlflow_agree(tmp_path, smol):
         assert run.data.params["model"] == "smollm2-135m"
 
     # The best trial's gain is what a fresh in-process evaluation of that point gives.
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config as compose_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import InjectionSpec
 

@@ -21,6 +21,8 @@ from meminject.core import ConfigError
 from meminject.data import load_dataset
 from meminject.engine import Evaluator, InjectionSpec, load_model
 from meminject.engine._tiny import build_tiny
+from reference import hf_injected_logprob as _reference_logprob
+from reference import hf_memory_vector as _reference_vector
 
 GEMMA = ["model=tiny-gemma3", "model.device=cpu", "tracking.enabled=false", "data.limit=10", "injection.layer=1", "injection.tweak=3"]
 
@@ -37,54 +39,6 @@ def plain():
     run = compose(*GEMMA)
     model, tokenizer = build_tiny(run.model.tiny, torch.float32)
     return model.eval(), tokenizer
-
-
-def _ids(tokenizer, text: str, bos: bool) -> list[int]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [tokenizer.bos_token_id, *ids] if bos else ids
-
-
-def _reference_vector(model, tokenizer, memory: str, encoding: str, layer: int) -> torch.Tensor:
-    if encoding in ("unembed", "embed"):
-        ids = sorted(set(_ids(tokenizer, memory, bos=False)))  # multi-hot: a repeated token counts once
-        matrix = model.lm_head.weight if encoding == "unembed" else model.model.embed_tokens.weight  # raw rows: no sqrt(d_model)
-        return matrix[ids].sum(0)
-    captured = {}
-    handle = model.model.layers[layer].post_attention_layernorm.register_forward_hook(lambda m, a, out: captured.setdefault("v", out[0, -1]))
-    try:
-        with torch.no_grad():
-            model(torch.tensor([_ids(tokenizer, memory, bos=True)]))
-    finally:
-        handle.remove()
-    return captured["v"]
-
-
-def _reference_logprob(model, tokenizer, prompt: str, answer: str, *, layer: int, hook: str, vector, tweak: float, positions: str) -> float:
-    """log P(answer's first token | prompt) with τ·v added at one place of block ``layer``."""
-    ids = torch.tensor([_ids(tokenizer, prompt, bos=True)])
-    target = _ids(tokenizer, answer, bos=False)[0]
-    handles = []
-    if vector is not None:
-        def add(out: torch.Tensor) -> torch.Tensor:
-            out = out.clone()
-            if positions == "all":
-                out[:, :, :] += tweak * vector
-            else:
-                out[:, -1, :] += tweak * vector
-            return out
-        block = model.model.layers[layer]
-        if hook == "resid_pre":
-            handles.append(block.register_forward_pre_hook(lambda m, args, kwargs: ((add(args[0]), *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": add(kwargs["hidden_states"])}), with_kwargs=True))
-        else:
-            norm = block.post_attention_layernorm if hook == "attn_out" else block.post_feedforward_layernorm
-            handles.append(norm.register_forward_hook(lambda m, a, out: add(out)))
-    try:
-        with torch.no_grad():
-            logits = model(ids).logits[0, -1].float()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return float(torch.log_softmax(logits, -1)[target])
 
 
 def _fast_logprobs(gemma, point, **perf) -> tuple[np.ndarray, np.ndarray]:

@@ -180,7 +180,7 @@ def test_presets_say_what_they_optimize():
 
 
 def test_a_local_conf_folder_adds_a_model_option(tmp_path, monkeypatch):
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config as compose_config
 
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "mytiny.yaml").write_text("defaults:\n  - tiny\n  - _self_\nname: mytiny\n")

@@ -102,7 +102,7 @@ def test_downloads_are_checked_against_the_pinned_sha256(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config as compose_config
     from meminject.data._dataset import load_dataset
     from meminject.core._errors import DataError
 
@@ -138,7 +138,7 @@ def test_downloads_are_checked_against_the_pinned_sha256(tmp_path, monkeypatch):
 
 
 def test_cached_model_weights_are_safetensors_not_pickle():
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config as compose_config
     from meminject.engine._models import load_model
     from meminject.core._paths import cache_dir
 
@@ -240,16 +240,15 @@ def test_out_of_memory_fails_the_trial_cleanly_and_the_worker_goes_on_with_small
     {"injection.layer": 1, "memory.type": "random", "memory.draw": 2},
 ])
 def test_a_workers_fast_trial_config_equals_the_full_compose(params):
-    from omegaconf import OmegaConf
-
+    from meminject.config import build_run_config
     from meminject.config._compose import compose_config
     from meminject.sweep import trial_config
 
     overrides = [*TINY, "data.part=train", "seed=3", "memory.pos=verb"]
     fast = trial_config(overrides, params)
-    full = compose_config([*overrides, *(f"{k}={v}" for k, v in params.items())])
-    assert OmegaConf.to_container(fast) == OmegaConf.to_container(full)
-    assert trial_config(overrides, {"injection.layer": 0}).injection.layer == 0  # the cached base is not mutated
+    full = build_run_config(compose_config([*overrides, *(f"{k}={v}" for k, v in params.items())]))
+    assert fast == full and fast.to_container() == full.to_container()
+    assert trial_config(overrides, {"injection.layer": 0}).injection.layer == 0  # the cached base is not changed
 
 
 @pytest.mark.slow

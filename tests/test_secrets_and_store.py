@@ -86,7 +86,7 @@ def test_to_yaml_writes_what_omegaconf_writes(overrides):
     strings a YAML reader would take for something else (quoted) and non-ASCII text."""
     from omegaconf import OmegaConf
 
-    from meminject.config._compose import compose_config, to_yaml
+    from meminject.config import compose_config, to_yaml
 
     cfg = compose_config(overrides)
     assert to_yaml(cfg) == OmegaConf.to_yaml(cfg, resolve=True)
@@ -96,7 +96,7 @@ def test_to_yaml_writes_what_omegaconf_writes(overrides):
 
 
 def test_retry_setting_is_in_the_config():
-    from meminject.config._compose import compose_config
+    from meminject.config import load_run_config as compose_config
     from meminject.tracking._tracker import retry_seconds
 
     assert compose_config([]).tracking.retry_s == 60

@@ -208,7 +208,6 @@ def test_stacked_trials_give_the_same_grid_as_one_at_a_time(tmp_path, monkeypatc
 def test_every_trial_run_logs_the_whole_resolved_config_and_its_hook(tmp_path, monkeypatch):
     """The params of a trial run are the flattened resolved config (redacted) plus the hook:
     every key that differs between two trials, and every key at all, is there with its value."""
-    from meminject.config._compose import flat_config
     from meminject.sweep import SweepSpec, trial_config
     from meminject.sweep._study import ATTR_SPEC
 
@@ -220,7 +219,7 @@ def test_every_trial_run_logs_the_whole_resolved_config_and_its_hook(tmp_path, m
     runs = {int(r.data.tags["meminject.trial_number"]): r for r in mlflow_runs(tmp_path, "trial")}
     configs = {}
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
-        config = {k: str(v) for k, v in flat_config(trial_config(spec.overrides, t.params)).items()}
+        config = {k: str(v) for k, v in trial_config(spec.overrides, t.params).flat().items()}
         params = runs[t.number].data.params
         missing = sorted(set(config) - set(params))
         assert not missing, f"trial {t.number}: config keys not logged: {missing}"

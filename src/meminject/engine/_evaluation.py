@@ -5,46 +5,44 @@ injection, P(answer | explicit prompt), the answer's rank before/after and the t
 tokens after. The objective is the mean answer-probability gain (after − before).
 
 The clean quantities (before, explicit) depend only on (model, weights, dataset), so an
-:class:`Evaluator` computes them once and every configuration reuses them.
+:class:`Evaluator` computes them once (:mod:`._clean`) and every configuration reuses them.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..config._point import memory_key
-from ..core._errors import ConfigError, DataError
+from ..core._errors import ConfigError
 from ..data._dataset import Dataset
+from ._clean import CleanPass
 from ._damage import DAMAGES
 from ._injection import head_output_component
 from ._memories import encode_memories, memory_texts, random_directions_like
 from ._models import LoadedModel
 from ._prefix import PrefixCache
-from ._runner import Batch, last_position_logits, make_batches, read_logits
+from ._runner import Batch, last_position_logits, read_logits
 from ._result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers
-from ._stats import summarize, typical_norm  # noqa: F401 - summarize is re-exported
+from ._stats import summarize
 from ._spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, stacked_hooks  # noqa: F401 - the point of the search space; re-exported
 
 if TYPE_CHECKING:
     from ..config._schema import RunConfig
-
-log = logging.getLogger("meminject")
 
 __all__ = ["InjectionSpec", "EvalResult", "Evaluator", "Monitor", "summarize", "SITES", "POSITIONS"]
 
 _CPU_FLOOR_TOKENS = 256  # see Evaluator.floor_tokens
 
 
-class Evaluator:
-    """Holds one (model, dataset): tokenization, the clean pass and its prefix cache are done once.
+class Evaluator(CleanPass):
+    """Holds one (model, dataset): tokenization, the clean pass and its prefix cache are done once
+    (:class:`CleanPass`); evaluates any point against them.
 
     ``prefix_cache_bytes`` bounds the residual-stream cache (see :mod:`meminject.prefix`);
     0 turns prefix reuse off (every trial runs the full forward: the plain path the tests
@@ -100,34 +98,6 @@ class Evaluator:
         self.max_cached_results = 256
         self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
 
-    def _tokenize_prompts(self, model: LoadedModel, dataset: Dataset) -> None:
-        """Tokenize the obscure and explicit prompts and the answers; check them against the model."""
-        frame = dataset.frame
-        self.obscure_tokens = [model.tokenize(s, bos=True) for s in frame["obscure_sentence"]]
-        self.explicit_tokens = [model.tokenize(s, bos=True) for s in frame["explicit_sentence"]]
-        self.answer_ids: list[list[int]] = []
-        for answer, row in zip(frame["answer"], self.rows):
-            ids = model.tokenize(answer, bos=False)
-            if not ids:
-                raise DataError(f"{dataset.source}: row {row}: answer {answer!r} tokenizes to nothing")
-            self.answer_ids.append(ids)
-        self.answer_token = torch.as_tensor([ids[0] for ids in self.answer_ids], dtype=torch.long, device=model.device)
-        for tokens, row in zip(self.obscure_tokens + self.explicit_tokens, self.rows + self.rows):
-            if len(tokens) > model.n_ctx:
-                raise DataError(f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}")
-
-    def _batch_chunks(self, chunks: int, chunk_seed: int) -> None:
-        """Prompts in seeded chunks (one chunk unless pruning): each chunk is a random sample of the
-        prompts, bucketed by length on its own, so a chunk still runs in full, well-packed batches."""
-        order = np.random.default_rng([int(chunk_seed), 1]).permutation(len(self.rows)) if chunks > 1 else np.arange(len(self.rows))
-        self.chunk_index = [np.sort(part) for part in np.array_split(order, max(1, min(int(chunks), len(self.rows))))]
-        self.obscure_batches: list[Batch] = []
-        self.chunk_batches: list[range] = []  # positions in obscure_batches of each chunk
-        for part in self.chunk_index:
-            batches = self._scored_batches([self.obscure_tokens[i] for i in part], part)
-            self.chunk_batches.append(range(len(self.obscure_batches), len(self.obscure_batches) + len(batches)))
-            self.obscure_batches += batches
-
     @classmethod
     def from_config(cls, model: LoadedModel, dataset: Dataset, run: RunConfig, chunks: int = 1, stack_chunks: bool = False) -> "Evaluator":
         """Build from the run's ``perf`` and ``metric`` settings and ``top_k`` (``chunks``: see __init__).
@@ -146,94 +116,6 @@ class Evaluator:
             prefix_cache_bytes=int(perf.prefix_cache_mb * 2**20), trials_per_forward=int(per_forward), max_padding=perf.max_padding,
             answer_metric=run.metric.answer, damage=run.metric.damage, chunks=chunks, chunk_seed=run.seed,
         )
-
-    @property
-    def padded_fraction(self) -> float:
-        """Share of padding tokens in the obscure batches (bucketing keeps it small)."""
-        total = sum(int(b.tokens.numel()) for b in self.obscure_batches)
-        real = sum(int(b.attention_mask.sum()) for b in self.obscure_batches)
-        return 1.0 - real / max(total, 1)
-
-    def _scored_batches(self, prompts: list[list[int]], index: np.ndarray | None = None) -> list[Batch]:
-        """Batches of prompts with their read positions and targets.
-
-        ``first_token``: the last prompt position, target the answer's first token (the paper).
-        ``sequence``: the prompt is followed by the answer minus its last token (teacher forcing)
-        and every answer token is read at the position before it.
-        """
-        index = np.arange(len(prompts)) if index is None else np.asarray(index)
-        answers = [self.answer_ids[i] for i in index]
-        if self.answer_metric == "first_token":
-            sequences = prompts
-            reads = [[(len(p) - 1, ids[0])] for p, ids in zip(prompts, answers)]
-        else:
-            sequences = [p + ids[:-1] for p, ids in zip(prompts, answers)]
-            reads = [[(len(p) - 1 + j, t) for j, t in enumerate(ids)] for p, ids in zip(prompts, answers)]
-        batches = self._batches(sequences, reads=reads, prompt_lengths=[len(p) for p in prompts])
-        for batch in batches:  # batch rows -> positions among all prompts
-            batch.index = torch.as_tensor(index, dtype=torch.long)[batch.index.cpu()].to(batch.index.device)
-        return batches
-
-    def _batches(self, token_lists: list[list[int]], **kwargs: Any) -> list[Batch]:
-        return make_batches(
-            token_lists, pad_id=self.model.pad_id, device=self.model.device, max_batch_tokens=self.max_batch_tokens,
-            padding_side=self.padding_side, max_padding=self.max_padding, floor_tokens=self.floor_tokens, **kwargs,
-        )
-
-    def _norm_hooks(self, batch: Batch, norms: list[list[np.ndarray]]) -> list[tuple[torch.nn.Module, Any]]:
-        """Pre-hooks collecting each block input's residual norms into ``norms[layer]``: real
-        tokens only, and never a sequence's first token (BOS on real models carries massive
-        activations: ~25,000 against ~165 at SmolLM2's layer 15)."""
-        mask = batch.attention_mask.bool()  # (batch, pos)
-        first = mask.int().argmax(dim=1)  # the first real position of each row (left or right padding)
-        mask = mask.clone()
-        mask[torch.arange(mask.shape[0], device=mask.device), first] = False
-        hooks = []
-        for layer, block in enumerate(self.model.bridge.blocks):
-            def add(module, args, kwargs, layer=layer):  # noqa: ARG001 - torch pre-hook signature
-                hidden = args[0] if args else kwargs.get("hidden_states")
-                if isinstance(hidden, Tensor) and hidden.shape[:2] == mask.shape:
-                    norms[layer].append(hidden.float().norm(dim=-1)[mask].cpu().numpy())
-            hooks.append((block, add))
-        return hooks
-
-    def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False, stage: str = "clean") -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
-        out = empty_out(len(self.rows), keep_rest=capture and self.damage == "kl")
-        norms: list[list[np.ndarray]] = [[] for _ in range(self.model.n_layers)]
-        for position, batch in enumerate(batches):
-            hooks = hooks_for(batch) if hooks_for else []
-            handles = []
-            if capture:
-                module_hooks = self._norm_hooks(batch, norms)
-                if self.prefix is not None and self.prefix.layers:
-                    module_hooks += self.prefix.capture_hooks(position)
-                handles = [module.register_forward_pre_hook(fn, with_kwargs=True) for module, fn in module_hooks]
-            try:
-                logits = read_logits(self.model, batch, hooks)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            read_answers(batch, logits, out, self.top_k)
-            if self.progress is not None:
-                self.progress(stage, position + 1, len(batches))
-        if capture:
-            self._residual_norms = np.array([typical_norm(np.concatenate(layer_norms)) if layer_norms else np.nan for layer_norms in norms])
-            self._clean_rest = out.get("rest")  # the clean side of every trial's damage (meminject.damage)
-        return out["probs"], out["ranks"], out["top"], out["logprobs"]
-
-    @property
-    def clean(self) -> dict[str, np.ndarray]:
-        """P(answer) before injection and with the explicit prompt, computed once.
-
-        The obscure pass also fills the prefix cache (residuals entering the cached layers).
-        """
-        if self._clean is None:
-            before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=True)
-            explicit, _, _, logprob_explicit = self._answer_probs(self._scored_batches(self.explicit_tokens), stage="explicit")
-            self._clean = {"before": before, "rank_before": rank_before, "explicit": explicit, "logprob_before": logprob_before, "logprob_explicit": logprob_explicit}
-            if self.prefix is not None:
-                log.debug(self.prefix.describe())
-        return self._clean
 
     def encoded_memories(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
         """Memory texts and their encodings; cached per (texts, encoding, layer for ``layer``)."""
@@ -271,13 +153,6 @@ class Evaluator:
             target = float(self.residual_norms[spec.layer])
             vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target
         return texts, vectors
-
-    @property
-    def residual_norms(self) -> np.ndarray:
-        """The typical L2 norm of the residual stream entering each layer (clean pass, real
-        tokens but each prompt's first; see :func:`typical_norm`)."""
-        self.clean
-        return self._residual_norms
 
     def evaluate(self, spec: InjectionSpec, memory_cfg: Any) -> EvalResult:
         """Evaluate one point; equivalent points (see :meth:`InjectionSpec.canonical`) share one computation."""
@@ -334,34 +209,14 @@ class Evaluator:
         vectors = [v for _, v in memories]
         first = specs[0]
         literal = first.site == "head" and first.literal_hook
-        start = self.prefix.start_layer(first.layer) if self.prefix is not None else None
-        last_token_only = (
-            start is not None
-            and self.answer_metric == "first_token"
-            and all(spec.positions == "last" for spec in specs)
-            and self.prefix.ensure_kv(lambda position: last_position_logits(self.model, self.obscure_batches[position], []))
-        )
+        start, last_token_only = self._suffix_start(specs)
         outs = [empty_out(len(self.rows)) for _ in specs]
-        active = list(range(len(specs)))
-        seen = [0] * len(specs)  # chunks each point has run
         # the last-token pass holds every prompt's last token: one chunk
         chunks = [(np.arange(len(self.rows)), range(1))] if last_token_only else list(zip(self.chunk_index, self.chunk_batches))
         if literal:
             self.model.bridge.set_use_attn_result(True)
         try:
-            for index, positions in chunks:
-                for position in positions:
-                    batch = self.prefix.last_batch if last_token_only else self.obscure_batches[position]
-                    self._run_batch(batch, position, start, last_token_only, [specs[k] for k in active], [vectors[k] for k in active], [outs[k] for k in active])
-                    if self.progress is not None:
-                        self.progress("injected", position + 1, 1 if last_token_only else len(self.obscure_batches))
-                for k in list(active):
-                    seen[k] += 1
-                    # after the last chunk the point is complete: nothing left to stop
-                    if seen[k] < len(chunks) and monitors[k] is not None and monitors[k](self.row_ids[index], self._chunk_values(outs[k], index)):
-                        active.remove(k)
-                if not active:
-                    break
+            seen = self._run_chunks(chunks, start, last_token_only, specs, vectors, monitors, outs)
         finally:
             if literal:
                 self.model.bridge.set_use_attn_result(False)
@@ -370,6 +225,42 @@ class Evaluator:
             self._result(spec, texts, out, clean, seconds, np.sort(np.concatenate([index for index, _ in chunks[:n]])) if n < len(chunks) else None)
             for spec, (texts, _), out, n in zip(specs, memories, outs, seen)
         ]
+
+    def _suffix_start(self, specs: list[InjectionSpec]) -> tuple[int | None, bool]:
+        """Where the points' passes start: the prefix cache's layer for their layer (None: full
+        forwards), and whether only the last token runs (first-token reads, injection at the
+        last position, the prompts' keys and values cached)."""
+        start = self.prefix.start_layer(specs[0].layer) if self.prefix is not None else None
+        last_token_only = (
+            start is not None
+            and self.answer_metric == "first_token"
+            and all(spec.positions == "last" for spec in specs)
+            and self.prefix.ensure_kv(lambda position: last_position_logits(self.model, self.obscure_batches[position], []))
+        )
+        return start, last_token_only
+
+    def _run_chunks(
+        self, chunks: list[tuple[np.ndarray, range]], start: int | None, last_token_only: bool, specs: list[InjectionSpec],
+        vectors: list[Tensor], monitors: list[Monitor | None], outs: list[dict[str, Any]],
+    ) -> list[int]:
+        """Run the stacked points chunk by chunk into ``outs``; after each chunk every monitor
+        judges its point, and a stopped point leaves the stack. Returns the chunks each point ran."""
+        active = list(range(len(specs)))
+        seen = [0] * len(specs)  # chunks each point has run
+        for index, positions in chunks:
+            for position in positions:
+                batch = self.prefix.last_batch if last_token_only else self.obscure_batches[position]
+                self._run_batch(batch, position, start, last_token_only, [specs[k] for k in active], [vectors[k] for k in active], [outs[k] for k in active])
+                if self.progress is not None:
+                    self.progress("injected", position + 1, 1 if last_token_only else len(self.obscure_batches))
+            for k in list(active):
+                seen[k] += 1
+                # after the last chunk the point is complete: nothing left to stop
+                if seen[k] < len(chunks) and monitors[k] is not None and monitors[k](self.row_ids[index], self._chunk_values(outs[k], index)):
+                    active.remove(k)
+            if not active:
+                break
+        return seen
 
     def _run_batch(self, batch: Batch, position: int, start: int | None, last_token_only: bool, specs: list[InjectionSpec], vectors: list[Tensor], outs: list[dict[str, Any]]) -> None:
         """One batch for stacked same-layer points: through the prefix cache, or full forwards."""

@@ -154,30 +154,11 @@ def pareto_figure(ranked: pd.DataFrame, heldout: pd.DataFrame | None, path: Path
         return None
     plt = _plt()
     fig, (whole, zoom) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
-    rest = ranked[~ranked["pareto"].astype(bool)]
-    front = ranked[ranked["pareto"].astype(bool)].sort_values("mean_damage")
-    tiny = max(float(ranked["mean_damage"][ranked["mean_damage"] > 0].min()) if (ranked["mean_damage"] > 0).any() else 1e-6, 1e-9)
-    for ax in (whole, zoom):
-        ax.scatter(rest["mean_damage"], rest["mean_gain"], s=14, color="0.7", label=f"other sites ({len(rest)})", zorder=1)
-        ax.plot(front["mean_damage"], front["mean_gain"], "-o", color="tab:blue", markersize=5, label=f"train Pareto front ({len(front)})", zorder=3)
-        ax.axhline(0, color="black", linewidth=0.6)
-    whole.set_xscale("log")  # damage spans decades; a τ=0 point (damage 0) sits at the left edge
-    whole.set_xlim(left=tiny / 2)
-    whole.scatter(np.full(int((ranked["mean_damage"] <= 0).sum()), tiny / 2), ranked.loc[ranked["mean_damage"] <= 0, "mean_gain"], s=14, color="0.7", clip_on=False)
-    whole.set_title("every site (damage on a log scale)", fontsize=10)
+    front = _draw_sites(ranked, whole, zoom)
     lows, highs = [front["mean_gain"].min()], [front["mean_gain"].max()]
     right = float(front["mean_damage"].max())
     if heldout is not None and not heldout.empty and "heldout_damage" in heldout:
-        for _, r in heldout.iterrows():
-            zoom.plot([r["train_damage"], r["heldout_damage"]], [r["train_gain"], r["heldout_gain"]], color="tab:orange", linewidth=0.6, alpha=0.7, zorder=2)
-            zoom.annotate(str(int(r["rank"])), (r["train_damage"], r["train_gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points", color="tab:blue")
-        zoom.errorbar(heldout["heldout_damage"], heldout["heldout_gain"],
-                      xerr=[heldout["heldout_damage"] - heldout["heldout_damage_ci_low"], heldout["heldout_damage_ci_high"] - heldout["heldout_damage"]],
-                      yerr=[heldout["heldout_gain"] - heldout["heldout_ci_low"], heldout["heldout_ci_high"] - heldout["heldout_gain"]],
-                      fmt="D", color="tab:orange", markersize=4, elinewidth=0.7, capsize=2, label="held-out, 95% intervals (number: rank in best)", zorder=4)
-        lows.append(heldout["heldout_ci_low"].min())
-        highs.append(heldout["heldout_ci_high"].max())
-        right = max(right, float(heldout["heldout_damage_ci_high"].max()))
+        right = _draw_heldout(heldout, zoom, lows, highs, right)
     pad = 0.08 * (max(highs) - min(lows) or 1e-3)
     zoom.set_ylim(min(lows) - pad, max(highs) + pad)
     zoom.set_xlim(-0.03 * right, 1.08 * right)
@@ -192,3 +173,35 @@ def pareto_figure(ranked: pd.DataFrame, heldout: pd.DataFrame | None, path: Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _draw_sites(ranked: pd.DataFrame, whole, zoom) -> pd.DataFrame:
+    """Every site on both panels, the train front joined; the left panel's log damage axis.
+    Returns the front, by damage."""
+    rest = ranked[~ranked["pareto"].astype(bool)]
+    front = ranked[ranked["pareto"].astype(bool)].sort_values("mean_damage")
+    tiny = max(float(ranked["mean_damage"][ranked["mean_damage"] > 0].min()) if (ranked["mean_damage"] > 0).any() else 1e-6, 1e-9)
+    for ax in (whole, zoom):
+        ax.scatter(rest["mean_damage"], rest["mean_gain"], s=14, color="0.7", label=f"other sites ({len(rest)})", zorder=1)
+        ax.plot(front["mean_damage"], front["mean_gain"], "-o", color="tab:blue", markersize=5, label=f"train Pareto front ({len(front)})", zorder=3)
+        ax.axhline(0, color="black", linewidth=0.6)
+    whole.set_xscale("log")  # damage spans decades; a τ=0 point (damage 0) sits at the left edge
+    whole.set_xlim(left=tiny / 2)
+    whole.scatter(np.full(int((ranked["mean_damage"] <= 0).sum()), tiny / 2), ranked.loc[ranked["mean_damage"] <= 0, "mean_gain"], s=14, color="0.7", clip_on=False)
+    whole.set_title("every site (damage on a log scale)", fontsize=10)
+    return front
+
+
+def _draw_heldout(heldout: pd.DataFrame, zoom, lows: list[float], highs: list[float], right: float) -> float:
+    """Each front site's held-out point with its 95% intervals, tied to its numbered train point;
+    widens ``lows``/``highs`` to the intervals and returns the zoom's right damage edge."""
+    for _, r in heldout.iterrows():
+        zoom.plot([r["train_damage"], r["heldout_damage"]], [r["train_gain"], r["heldout_gain"]], color="tab:orange", linewidth=0.6, alpha=0.7, zorder=2)
+        zoom.annotate(str(int(r["rank"])), (r["train_damage"], r["train_gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points", color="tab:blue")
+    zoom.errorbar(heldout["heldout_damage"], heldout["heldout_gain"],
+                  xerr=[heldout["heldout_damage"] - heldout["heldout_damage_ci_low"], heldout["heldout_damage_ci_high"] - heldout["heldout_damage"]],
+                  yerr=[heldout["heldout_gain"] - heldout["heldout_ci_low"], heldout["heldout_ci_high"] - heldout["heldout_gain"]],
+                  fmt="D", color="tab:orange", markersize=4, elinewidth=0.7, capsize=2, label="held-out, 95% intervals (number: rank in best)", zorder=4)
+    lows.append(heldout["heldout_ci_low"].min())
+    highs.append(heldout["heldout_ci_high"].max())
+    return max(right, float(heldout["heldout_damage_ci_high"].max()))

@@ -117,8 +117,33 @@ def draw_gain_heatmap(sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks:
     (encoding, memory type), all on the same axes and one colour scale; the ``annotate``
     best cells of each panel carry their value."""
     plt = _plt()
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
 
+    grids, n_layers = _panel_grids(sites, tweaks, n_layers)
+    limit = robust_limit(np.concatenate([g.ravel() for g in grids.values()]))
+    cmap = plt.get_cmap(CMAP).with_extremes(bad=UNEXPLORED)
+    width = max(3.4, 0.34 * tweaks.n + 1.3)
+    height = max(3.6, 0.2 * n_layers + 1.9)
+    fig, axes = plt.subplots(1, len(grids), figsize=(max(7.0, width * len(grids) + 1.4), height), squeeze=False, sharey=True)
+    data = HeatmapData(path, np.arange(n_layers), tweaks, grids, limit)
+    image = None
+    for ax, (name, grid) in zip(axes[0], grids.items()):
+        image = _draw_panel(ax, name, grid, data, cmap, annotate)
+    axes[0][0].set_ylabel("layer")
+    bar = fig.colorbar(image, ax=list(axes[0]), extend="both", fraction=0.04, pad=0.02)
+    bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+    handles = [Patch(facecolor=UNEXPLORED, label="not explored"), Patch(facecolor="0.25", edgecolor="white", hatch="///", label=f"beyond ±{_fmt(limit)} (clipped)")]
+    fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.0, 0.0))
+    fig.suptitle(f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} of each panel labelled)", fontsize=10)
+    fig.subplots_adjust(bottom=0.1 + 2.6 / (height * 6.4), top=1 - 0.75 / height, left=0.08, right=0.86, wspace=0.08)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return data
+
+
+def _panel_grids(sites: pd.DataFrame, tweaks: TweakAxis, n_layers: int) -> tuple[dict[str, np.ndarray], int]:
+    """One (layers, τ columns) grid of mean gain per (encoding, memory type) panel, NaN where
+    unexplored, and the layer count (widened to the sites' deepest layer)."""
     frame = sites.copy()
     frame["layer"] = frame["injection.layer"].astype(int)
     frame["column"] = [tweaks.column(float(t)) for t in frame["injection.tweak"]]
@@ -131,45 +156,37 @@ def draw_gain_heatmap(sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks:
         for (layer, column), value in means.items():
             grid[layer, column] = value
         grids[" / ".join(map(str, name if isinstance(name, tuple) else (name,)))] = grid
-    limit = robust_limit(np.concatenate([g.ravel() for g in grids.values()]))
-    cmap = plt.get_cmap(CMAP).with_extremes(bad=UNEXPLORED)
-    width = max(3.4, 0.34 * tweaks.n + 1.3)
-    height = max(3.6, 0.2 * n_layers + 1.9)
-    fig, axes = plt.subplots(1, len(grids), figsize=(max(7.0, width * len(grids) + 1.4), height), squeeze=False, sharey=True)
-    data = HeatmapData(path, np.arange(n_layers), tweaks, grids, limit)
-    image = None
-    for ax, (name, grid) in zip(axes[0], grids.items()):
-        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", origin="lower", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
-        clipped = np.isfinite(grid) & (np.abs(grid) > limit)
-        data.clipped[name] = clipped
-        for layer, column in zip(*np.nonzero(clipped)):
-            ax.add_patch(Rectangle((column - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0.8))
-        order = np.argsort(np.where(np.isfinite(grid), grid, -np.inf), axis=None)[::-1][:annotate]
-        data.annotated[name] = []
-        for flat in order:
-            layer, column = np.unravel_index(flat, grid.shape)
-            if not np.isfinite(grid[layer, column]):
-                break
-            value = grid[layer, column]
-            ax.text(column, layer, f"{value:+.3f}" if abs(value) >= 5e-4 or value == 0 else f"{value:+.1e}", ha="center", va="center", fontsize=6, fontweight="bold", color="white",
-                    bbox={"boxstyle": "square,pad=0.1", "facecolor": (0, 0, 0, 0.6), "linewidth": 0})  # readable over any colour or hatch
-            data.annotated[name].append((int(layer), int(column)))
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("τ (tweak factor)" + (", binned" if tweaks.edges is not None else ""))
-        _tweak_ticks(ax, tweaks)
-        _layer_ticks(ax, n_layers)
-        ax.set_xlim(-0.5, tweaks.n - 0.5)
-        ax.set_ylim(-0.5, n_layers - 0.5)
-    axes[0][0].set_ylabel("layer")
-    bar = fig.colorbar(image, ax=list(axes[0]), extend="both", fraction=0.04, pad=0.02)
-    bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
-    handles = [Patch(facecolor=UNEXPLORED, label="not explored"), Patch(facecolor="0.25", edgecolor="white", hatch="///", label=f"beyond ±{_fmt(limit)} (clipped)")]
-    fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.0, 0.0))
-    fig.suptitle(f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} of each panel labelled)", fontsize=10)
-    fig.subplots_adjust(bottom=0.1 + 2.6 / (height * 6.4), top=1 - 0.75 / height, left=0.08, right=0.86, wspace=0.08)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return data
+    return grids, n_layers
+
+
+def _draw_panel(ax, name: str, grid: np.ndarray, data: HeatmapData, cmap, annotate: int):
+    """One panel: the grid on the shared scale, clipped cells hatched, the ``annotate`` best
+    cells labelled (both recorded in ``data``); returns the image for the colour bar."""
+    from matplotlib.patches import Rectangle
+
+    limit, tweaks, n_layers = data.limit, data.tweaks, len(data.layers)
+    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", origin="lower", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    clipped = np.isfinite(grid) & (np.abs(grid) > limit)
+    data.clipped[name] = clipped
+    for layer, column in zip(*np.nonzero(clipped)):
+        ax.add_patch(Rectangle((column - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0.8))
+    order = np.argsort(np.where(np.isfinite(grid), grid, -np.inf), axis=None)[::-1][:annotate]
+    data.annotated[name] = []
+    for flat in order:
+        layer, column = np.unravel_index(flat, grid.shape)
+        if not np.isfinite(grid[layer, column]):
+            break
+        value = grid[layer, column]
+        ax.text(column, layer, f"{value:+.3f}" if abs(value) >= 5e-4 or value == 0 else f"{value:+.1e}", ha="center", va="center", fontsize=6, fontweight="bold", color="white",
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": (0, 0, 0, 0.6), "linewidth": 0})  # readable over any colour or hatch
+        data.annotated[name].append((int(layer), int(column)))
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("τ (tweak factor)" + (", binned" if tweaks.edges is not None else ""))
+    _tweak_ticks(ax, tweaks)
+    _layer_ticks(ax, n_layers)
+    ax.set_xlim(-0.5, tweaks.n - 0.5)
+    ax.set_ylim(-0.5, n_layers - 0.5)
+    return image
 
 
 @dataclass
@@ -188,26 +205,12 @@ def draw_trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int, tweak
     scale, one marker shape per encoding; pruned trials as small grey crosses (they never
     reached a full-data gain, so they are not coloured)."""
     plt = _plt()
-    from matplotlib.lines import Line2D
-
     complete = trials[trials["state"] == "COMPLETE"]
     pruned = trials[trials["state"] == "PRUNED"]
     limit = robust_limit(complete["gain"].to_numpy(dtype=float)) if not complete.empty else 1e-12
     n_layers = max(n_layers, int(trials["layer"].max()) + 1) if not trials.empty else n_layers
     fig, ax = plt.subplots(figsize=(9.0, max(4.5, 0.17 * n_layers + 2.4)))
-    handles = []
-    points = None
-    for encoding, group in complete.groupby("encoding", sort=True):
-        marker = MARKERS.get(str(encoding), "D")
-        points = ax.scatter(group["tweak"], group["layer"], c=group["gain"], cmap=CMAP, vmin=-limit, vmax=limit, marker=marker, s=46, edgecolors="0.2", linewidths=0.5, zorder=3)
-        handles.append(Line2D([], [], marker=marker, linestyle="", markerfacecolor="white", markeredgecolor="0.2", label=f"{encoding} ({len(group)})"))
-    beyond = complete[np.abs(complete["gain"]) > limit]
-    if not beyond.empty:
-        ax.scatter(beyond["tweak"], beyond["layer"], s=130, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
-        handles.append(Line2D([], [], marker="o", linestyle="", markersize=10, markerfacecolor="none", markeredgecolor="black", label=f"beyond ±{_fmt(limit)} (clipped)"))
-    if not pruned.empty:
-        ax.scatter(pruned["tweak"], pruned["layer"], marker="x", s=18, color="0.55", linewidths=0.9, zorder=2)
-        handles.append(Line2D([], [], marker="x", linestyle="", color="0.55", label=f"pruned ({len(pruned)})"))
+    points, handles, clipped = _scatter_trials(ax, complete, pruned, limit)
     if points is not None:
         bar = fig.colorbar(points, ax=ax, extend="both", fraction=0.035, pad=0.02)
         bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
@@ -225,4 +228,26 @@ def draw_trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int, tweak
     fig.subplots_adjust(left=0.07, right=0.9, top=0.93, bottom=0.17)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return ScatterData(path, complete, pruned, limit, len(beyond))
+    return ScatterData(path, complete, pruned, limit, clipped)
+
+
+def _scatter_trials(ax, complete: pd.DataFrame, pruned: pd.DataFrame, limit: float) -> tuple[object | None, list, int]:
+    """The trials' markers: complete ones coloured (one shape per encoding), those beyond the
+    colour limits ringed, pruned ones as grey crosses. Returns the coloured points (for the
+    colour bar, None without complete trials), the legend handles and the count ringed."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    points = None
+    for encoding, group in complete.groupby("encoding", sort=True):
+        marker = MARKERS.get(str(encoding), "D")
+        points = ax.scatter(group["tweak"], group["layer"], c=group["gain"], cmap=CMAP, vmin=-limit, vmax=limit, marker=marker, s=46, edgecolors="0.2", linewidths=0.5, zorder=3)
+        handles.append(Line2D([], [], marker=marker, linestyle="", markerfacecolor="white", markeredgecolor="0.2", label=f"{encoding} ({len(group)})"))
+    beyond = complete[np.abs(complete["gain"]) > limit]
+    if not beyond.empty:
+        ax.scatter(beyond["tweak"], beyond["layer"], s=130, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
+        handles.append(Line2D([], [], marker="o", linestyle="", markersize=10, markerfacecolor="none", markeredgecolor="black", label=f"beyond ±{_fmt(limit)} (clipped)"))
+    if not pruned.empty:
+        ax.scatter(pruned["tweak"], pruned["layer"], marker="x", s=18, color="0.55", linewidths=0.9, zorder=2)
+        handles.append(Line2D([], [], marker="x", linestyle="", color="0.55", label=f"pruned ({len(pruned)})"))
+    return points, handles, len(beyond)

@@ -250,13 +250,7 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         raise ConfigError(f"pruner={pruner}: Optuna prunes single-objective studies only; use pruner=none with objective {objectives}")
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
     seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
-    params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
-    params.update(cli_axes)
-    for key in list(params):
-        if any(o.split("=", 1)[0] == key for o in cli_overrides):  # a fixed value on the command line wins
-            del params[key]
-    if not params:
-        raise ConfigError(f"sweep {name!r} searches nothing: give at least one axis, e.g. injection.layer='range(0,all)'")
+    params = _search_axes(name, preset, cli_axes, cli_overrides)
     given = preset_overrides + cli_overrides
     spec = SweepSpec(
         name=name,
@@ -279,6 +273,18 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         prune_keep=keep,
     )
     return spec, settings
+
+
+def _search_axes(name: str, preset: Mapping[str, Any], cli_axes: dict[str, str], cli_overrides: list[str]) -> dict[str, str]:
+    """The preset's axes and the command line's; a key given a fixed value on the command line is not searched."""
+    params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
+    params.update(cli_axes)
+    for key in list(params):
+        if any(o.split("=", 1)[0] == key for o in cli_overrides):  # a fixed value on the command line wins
+            del params[key]
+    if not params:
+        raise ConfigError(f"sweep {name!r} searches nothing: give at least one axis, e.g. injection.layer='range(0,all)'")
+    return params
 
 
 def _objectives(path: Path, preset: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""The study: its search space checked against the model, its sampler, budget and grid queue.
+"""The study: its search space checked against the model, its sampler and budget (grid queue: :mod:`._grid`).
 
 :func:`prepare_study` creates or resumes a study and stores the sweep spec in it, under a
 storage lock, so that two ``meminject sweep`` commands on one study enqueue each grid point
@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -23,8 +22,8 @@ from ..tracking._schema import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPACE, ATTR_SPE
 from ..config import RunConfig, load_run_config, needs_compose, with_values
 from ..core._errors import ConfigError
 from ..engine._spec import InjectionSpec
-from ..engine._memories import relevant_keys
 from ..engine._models import model_shape
+from ._grid import DONE, canonical_params, enqueue_missing, first_value, grid_points, point_of, pruned_grid_order  # the grid queue's names are re-exported
 from ._space import SearchSpace, parse_space
 from ._pruning import make_pruner
 from ._settings import SweepSpec, check_study_name
@@ -32,13 +31,10 @@ from ._storage import default_storage_url, open_storage
 
 __all__ = [
     "DONE", "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
-    "prepare_study", "preflight", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "leader", "create_kwargs", "stored_spec",
+    "prepare_study", "preflight", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "pruned_grid_order", "leader", "create_kwargs", "stored_spec",
 ]
 
 log = logging.getLogger("meminject")
-
-# A trial is done when it has its result: complete, or pruned (a pruned point is never re-run).
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def model_sizes(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
@@ -91,6 +87,7 @@ def resolve_space(spec: SweepSpec) -> tuple[RunConfig, SearchSpace]:
             space = SearchSpace([a for a in space.axes if a.key != "injection.head"])
             spec.params.pop("injection.head", None)
             spec.overrides.append("injection.head=0")
+            base = load_run_config(spec.overrides)
     space = _collapse_tied_encodings(spec, base, space)
     bound = spec.bound()
     needs_damage = "mean_damage" in spec.all_objectives() or (bound is not None and bound[0] == "mean_damage")
@@ -104,7 +101,7 @@ def _check_axis_values(spec: SweepSpec, base: RunConfig, space: SearchSpace) -> 
     """Fail before any trial: the fixed values, and every discrete value (and both ends of an
     interval) of each axis, each checked against one base point as its dataclass is built; a
     group or root axis (``model``, ``data.*``) takes one compose with its first values."""
-    first = {a.key: _first_value(a.distribution) for a in space.axes}
+    first = {a.key: first_value(a.distribution) for a in space.axes}
     composed = [k for k in first if needs_compose([k])]
     probe = load_run_config([*spec.overrides, *(f"{k}={first[k]}" for k in composed)]) if composed else base
     probe = with_values(probe, {k: v for k, v in first.items() if k not in composed})
@@ -142,10 +139,6 @@ def _checked_values(distribution: od.BaseDistribution) -> list[Any]:
     if isinstance(distribution, od.IntDistribution) and not distribution.log:
         return list(range(distribution.low, distribution.high + 1, distribution.step))
     return [distribution.low, distribution.high]
-
-
-def _first_value(distribution: od.BaseDistribution) -> Any:
-    return distribution.choices[0] if isinstance(distribution, od.CategoricalDistribution) else distribution.low
 
 
 def stored_spec(study: optuna.Study) -> SweepSpec | None:
@@ -197,29 +190,6 @@ def leader(study: optuna.Study) -> dict[str, Any]:
         return {}
 
 
-def canonical_params(params: dict[str, Any]) -> str:
-    return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
-
-
-def point_of(trial: FrozenTrial) -> str:
-    """A trial's grid point: a WAITING trial holds it as enqueued fixed params."""
-    params = trial.params if trial.state != TrialState.WAITING else (trial.system_attrs.get("fixed_params") or trial.params)
-    return canonical_params(params)
-
-
-def grid_points(spec: SweepSpec, space: SearchSpace) -> list[dict[str, Any]]:
-    """The grid, each equivalent point once: a memory key that the point's memory type ignores
-    (memory.pos for the correct memory) takes its axis's first value, and repeats are dropped."""
-    fixed_type = load_run_config(spec.overrides).memory.type  # composed once per process
-    first = {a.key: _first_value(a.distribution) for a in space.axes}
-    seen: dict[str, dict[str, Any]] = {}
-    for point in space.grid():
-        kept = {f"memory.{k}" for k in relevant_keys(str(point.get("memory.type", fixed_type)))}
-        point = {k: (first[k] if k.startswith("memory.") and k not in kept else v) for k, v in point.items()}
-        seen.setdefault(canonical_params(point), point)
-    return list(seen.values())
-
-
 def budget(spec: SweepSpec, space: SearchSpace) -> int:
     if spec.sampler == "grid":
         total = len(grid_points(spec, space))
@@ -260,6 +230,23 @@ def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
     yield
 
 
+def _check_unchanged(old: SweepSpec, spec: SweepSpec) -> None:
+    """Refuse to resume a study stored with another spec (``old``), naming each changed setting."""
+    if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides) or old.all_objectives() != spec.all_objectives() or old.constraint != spec.constraint:
+        from ..core._redaction import redact
+
+        def keyed(s: SweepSpec) -> dict[str, str]:  # each setting once, by key: sampler, objective, fixed overrides, axes
+            fixed = dict(o.lstrip("+").split("=", 1) for o in s.overrides if "=" in o)
+            return {"sampler": s.sampler, "objective": ",".join(s.all_objectives()), "constraint": str(s.constraint), **fixed, **{k: str(v) for k, v in s.params.items()}}
+
+        before, after = keyed(old), keyed(spec)
+        changed = [f"{k}: {redact(before.get(k, '(unset)'))} → {redact(after.get(k, '(unset)'))}" for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+        raise ConfigError(
+            f"study {spec.study_name!r} exists with a different search space or config ({'; '.join(changed) or 'override order'}); "
+            "resume it unchanged, or pass study=NEW_NAME"
+        )
+
+
 def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int, int] | None = None,
                   resolved: tuple[RunConfig, SearchSpace] | None = None) -> tuple[optuna.Study, SearchSpace, RunConfig]:
     """Create or resume the study; enqueue missing grid points; store the sweep spec
@@ -273,66 +260,15 @@ def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int
         study = optuna.create_study(study_name=spec.study_name, storage=storage, load_if_exists=True, sampler=make_sampler(spec), pruner=make_pruner(spec), **create_kwargs(spec))
         stored = study.user_attrs.get(ATTR_SPEC)
         if stored is not None:
-            old = SweepSpec.from_json(stored)
-            if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides) or old.all_objectives() != spec.all_objectives() or old.constraint != spec.constraint:
-                from ..core._redaction import redact
-
-                def keyed(s: SweepSpec) -> dict[str, str]:  # each setting once, by key: sampler, objective, fixed overrides, axes
-                    fixed = dict(o.lstrip("+").split("=", 1) for o in s.overrides if "=" in o)
-                    return {"sampler": s.sampler, "objective": ",".join(s.all_objectives()), "constraint": str(s.constraint), **fixed, **{k: str(v) for k, v in s.params.items()}}
-
-                before, after = keyed(old), keyed(spec)
-                changed = [f"{k}: {redact(before.get(k, '(unset)'))} → {redact(after.get(k, '(unset)'))}" for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
-                raise ConfigError(
-                    f"study {spec.study_name!r} exists with a different search space or config ({'; '.join(changed) or 'override order'}); "
-                    "resume it unchanged, or pass study=NEW_NAME"
-                )
+            _check_unchanged(SweepSpec.from_json(stored), spec)
         else:
             study.set_user_attr(ATTR_SPEC, spec.to_json())
         if heartbeat is not None:
             study.set_user_attr(ATTR_HEARTBEAT, list(heartbeat))
         study.set_user_attr(ATTR_SPACE, json.dumps(space.signature(), sort_keys=True))
         if spec.sampler == "grid":
-            _enqueue_missing(study, spec, space)
+            enqueue_missing(study, spec, space)
     return study, space, base
-
-
-def pruned_grid_order(points: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """The order a pruned grid runs in: its layers in seeded random order, each layer's points
-    together (themselves shuffled).
-
-    Random, because in the grid's own order (layer 0 first) the k-th best trial, every trial's
-    reference, stays weak for long and little is pruned. Layer by layer, because a worker asks
-    ``trials_per_forward`` queued points at once and points of one layer share each chunk's
-    suffix pass: a chunk of ~10 prompts alone runs at 1.6-2.2× its share of a full pass, stacked
-    at 0.9× (benchmarks/time_to_best.py runs the pruned grid with and without stacking).
-    """
-    rng = random.Random(seed)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for point in points:  # what Evaluator.evaluate_many stacks by: the layer and the positions
-        runs.setdefault(repr((point.get("injection.layer"), point.get("injection.positions"))), []).append(point)
-    keys = list(runs)
-    rng.shuffle(keys)
-    ordered = []
-    for key in keys:
-        rng.shuffle(runs[key])
-        ordered += runs[key]
-    return ordered
-
-
-def _enqueue_missing(study: optuna.Study, spec: SweepSpec, space: SearchSpace) -> None:
-    points = grid_points(spec, space)
-    if spec.n_trials is not None:
-        points = points[: spec.n_trials]
-    if spec.pruner != "none":
-        points = pruned_grid_order(points, spec.seed)
-    taken = {
-        point_of(t) for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING, TrialState.WAITING))
-        if not t.user_attrs.get(ATTR_SURPLUS)
-    }
-    for point in points:
-        if canonical_params(point) not in taken:
-            study.enqueue_trial(point, skip_if_exists=False)
 
 
 def register_worker(study: optuna.Study, storage_url: str | None) -> int:

@@ -51,12 +51,11 @@ def batch_progress(bar):
 
 
 def cmd_eval(overrides: Sequence[str]) -> int:
-    from ..config import load_run_config, to_yaml
+    from ..config import load_run_config
     from ..data._dataset import load_dataset
     from ..engine._evaluation import Evaluator, InjectionSpec
-    from ..engine._memories import word_source
     from ..engine._models import load_model
-    from ..tracking._tracker import log_eval_run, probe_server, redact, redacted_container, tracking_uri
+    from ..tracking._tracker import log_eval_run, probe_server, redact, tracking_uri
 
     cfg = load_run_config(overrides)
     started_ms = int(time.time() * 1000)  # the run's duration is the evaluation's
@@ -76,6 +75,23 @@ def cmd_eval(overrides: Sequence[str]) -> int:
         bar.update(bar.total - bar.n)
     wall = time.perf_counter() - started
     out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir("eval", f"{model.name}-L{spec.layer}-t{spec.tweak:g}-{spec.encoding}")
+    summary = _save_results(out_dir, cfg, model, dataset, result, wall)
+    _print_result(cfg, model, dataset, spec, result, wall, out_dir)
+    if cfg.tracking.enabled:
+        try:
+            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms)
+        except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
+            raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}") from exc
+        print(f"  MLflow run {run_id}")
+    return 0
+
+
+def _save_results(out_dir: Path, cfg, model, dataset, result, wall: float) -> dict:
+    """The per-prompt table, the config and the summary into ``out_dir``; returns the summary."""
+    from ..config import to_yaml
+    from ..engine._memories import word_source
+    from ..tracking._tracker import redacted_container
+
     # Write everything into a temporary folder and rename it: no half-written results.
     tmp_dir = out_dir.with_name(out_dir.name + ".partial")
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -88,15 +104,13 @@ def cmd_eval(overrides: Sequence[str]) -> int:
 
         shutil.rmtree(out_dir)
     tmp_dir.rename(out_dir)
+    return summary
+
+
+def _print_result(cfg, model, dataset, spec, result, wall: float, out_dir: Path) -> None:
+    """The evaluation's header, mean probabilities and gains on stdout."""
     s = result.summary
     print(f"{model.name} ({model.weights} weights) · {_data_label(cfg.data, dataset)} ({len(dataset)} prompts) · {result.hooks[0]} · τ={spec.tweak:g} · {spec.memory_type}/{spec.encoding} · positions={spec.positions}")
     print(f"  P(answer) before {s['mean_prob_before']:.4f}   after {s['mean_prob_after']:.4f}   explicit {s['mean_prob_explicit']:.4f}")
     print(f"  mean gain {s['mean_gain']:+.4f}   median gain {s['median_gain']:+.4f}   mean % increase {s['mean_percent_increase']:+.1f}   improved {s['frac_improved']:.0%}")
     print(f"  {wall:.2f} s · per-prompt table: {out_dir / 'per_prompt.csv'}")
-    if cfg.tracking.enabled:
-        try:
-            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms)
-        except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
-            raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}") from exc
-        print(f"  MLflow run {run_id}")
-    return 0

@@ -54,10 +54,19 @@ def project_attention_outputs(
     ``injection`` = (layer, τ, vector, positions): the memory is added at that layer's
     attention output during the pass, so later layers' views show its effect.
     """
-    bridge = model.bridge
     token_ids = model.tokenize(prompt, bos=True)
-    tokens = torch.as_tensor([token_ids], device=model.device)
     answer_id = model.tokenize(answer, bos=False)[0] if answer else None
+    store = _attention_outputs(model, token_ids, heads=heads, injection=injection)
+    positions = range(len(token_ids)) if all_positions else [len(token_ids) - 1]
+    rows = _vocab_rows(model, store, token_ids, positions, heads=heads, top_k=top_k, answer_id=answer_id)
+    return Projection(table=pd.DataFrame(rows), tokens=[model.decode(t) for t in token_ids])
+
+
+def _attention_outputs(model: LoadedModel, token_ids: list[int], *, heads: bool, injection: tuple[int, float, Tensor, str] | None) -> dict[str, Tensor]:
+    """One pass over the prompt (with the memory injected, for ``injection``), keeping every
+    layer's attention output by hook name, and with ``heads`` every layer's per-head result."""
+    bridge = model.bridge
+    tokens = torch.as_tensor([token_ids], device=model.device)
     names = [f"blocks.{layer}.hook_attn_out" for layer in range(model.n_layers)]
     if heads:
         names += [f"blocks.{layer}.attn.hook_result" for layer in range(model.n_layers)]
@@ -83,8 +92,13 @@ def project_attention_outputs(
     finally:
         if heads:
             bridge.set_use_attn_result(False)
+    return store
+
+
+def _vocab_rows(model: LoadedModel, store: dict[str, Tensor], token_ids: list[int], positions, *, heads: bool, top_k: int, answer_id: int | None) -> list[dict[str, Any]]:
+    """The table's rows: per layer, its whole attention output ('all') and each head (with
+    ``heads``), at each of ``positions``: the top-k tokens and the answer's rank and logit."""
     W_U = model.W_U
-    positions = range(len(token_ids)) if all_positions else [len(token_ids) - 1]
     rows = []
     for layer in range(model.n_layers):
         units: list[tuple[Any, Tensor]] = [("all", store[f"blocks.{layer}.hook_attn_out"][0])]
@@ -99,7 +113,7 @@ def project_attention_outputs(
                     "top_tokens": "|".join(model.decode(i) for i in ids), "top_ids": " ".join(map(str, ids)),
                     "top_logits": " ".join(f"{v:.3f}" for v in values), "answer_rank": rank, "answer_logit": logit,
                 })
-    return Projection(table=pd.DataFrame(rows), tokens=[model.decode(t) for t in token_ids])
+    return rows
 
 
 MAX_LABELLED_CELLS = 400  # up to this many cells every cell carries its numbers; beyond, the best ones
