@@ -151,6 +151,10 @@ def read_prompt_csv(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: line {line} is not valid UTF-8 (save the file as UTF-8)") from exc
     if not text.strip():
         raise DataError(f"{path}: file is empty (expected a header with columns {', '.join(REQUIRED_COLUMNS)})")
+    header = [h.strip() for h in next(csv.reader(io.StringIO(text)), [])]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:  # pandas would rename the copy to "answer.1" and silently use the first
+        raise DataError(f"{path}: column {repeated[0]!r} appears more than once in the header; keep one")
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=True)
     except pd.errors.ParserError as exc:

@@ -49,12 +49,23 @@ def help_epilog(command: str) -> str:
     return "\n".join(lines)
 
 
+_MAX_HEARTBEAT_S = 86_400
+
+
+def _max_workers() -> int:
+    """Worker processes this machine can hold: each loads its own model copy and shares the cores."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def _heartbeat_setting(settings: dict[str, str]) -> tuple[int, int] | None:
     """``heartbeat=SECONDS grace=SECONDS`` (None: keep the study's, or the default)."""
     if "heartbeat" not in settings and "grace" not in settings:
         return None
     interval = as_positive_int(settings.get("heartbeat", DEFAULT_HEARTBEAT[0]), "heartbeat")
     grace = as_positive_int(settings.get("grace", max(DEFAULT_HEARTBEAT[1], 4 * interval)), "grace")
+    for key, value in (("heartbeat", interval), ("grace", grace)):
+        if value > _MAX_HEARTBEAT_S:  # a timestamp that far ahead overflows, and the trial would never go stale
+            raise ConfigError(f"{key}={value} is over a day ({_MAX_HEARTBEAT_S} s): a dead worker's trial would never be re-run; use at most {_MAX_HEARTBEAT_S}")
     if grace <= interval:
         raise ConfigError(f"grace={grace} must be longer than heartbeat={interval} (a trial is stale after missing beats for the grace period)")
     return interval, grace
@@ -73,6 +84,9 @@ def _tracker(base) -> Tracker | None:
 def cmd_sweep(args: Sequence[str]) -> int:
     spec, settings = load_sweep(args)
     workers = as_non_negative_int(settings.get("workers", 1), "workers")
+    if workers > _max_workers():
+        raise ConfigError(f"workers={workers} is more than this machine can hold ({os.cpu_count()} cores: at most {_max_workers()}, "
+                          "each worker loads its own model); use fewer, or start `meminject worker` on other machines")
     progress = as_bool(settings.get("progress", "true"), "progress")
     heartbeat = _heartbeat_setting(settings)
     storage_url = settings.get("storage")

@@ -65,7 +65,7 @@ BEST_SETTINGS = {
     "bootstrap": "bootstrap resamples of the held-out intervals (default 2000)",
 }
 
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _AXIS_HEADS = ("choice", "range", "interval", "int", "tag", "float")
 
 
@@ -144,7 +144,7 @@ def as_bool(value: Any, key: str) -> bool:
 
 def check_study_name(name: str) -> str:
     """A study name becomes file names under ./outputs: no separators, no '..', no surprises."""
-    if not _STUDY_NAME.match(name) or ".." in name:
+    if not _STUDY_NAME.fullmatch(name) or ".." in name:  # fullmatch: `$` would let a final newline in
         raise ConfigError(f"study={name!r}: a study name is 1-100 letters, digits, '.', '_' or '-' (no '/' or '..'), e.g. study=layers-v2")
     return name
 
