@@ -29,7 +29,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def exhaustive(data: str, limit: int | None, layers: list[int], dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
+def exhaustive(
+    data: str, limit: int | None, layers: list[int], dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """(gains: points × prompts, seconds per point, the points as (layer, τ))."""
     from meminject.cli import _quiet_libraries
     from meminject.config import load_run_config
@@ -38,7 +40,16 @@ def exhaustive(data: str, limit: int | None, layers: list[int], dtype: str = "fl
     from meminject.engine._models import load_model
 
     _quiet_libraries()
-    overrides = ["model=smollm2-135m", "model.device=cpu", "model.weights=raw", "memory.encoding=unembed", "metric.damage=none", "data.part=train", f"data={data}", f"model.dtype={dtype}"]
+    overrides = [
+        "model=smollm2-135m",
+        "model.device=cpu",
+        "model.weights=raw",
+        "memory.encoding=unembed",
+        "metric.damage=none",
+        "data.part=train",
+        f"data={data}",
+        f"model.dtype={dtype}",
+    ]
     cfg = load_run_config(overrides + ([f"data.limit={limit}"] if limit else []))
     evaluator = Evaluator.from_config(load_model(cfg.model), load_dataset(cfg.data), cfg)
     evaluator.clean
@@ -51,14 +62,28 @@ def exhaustive(data: str, limit: int | None, layers: list[int], dtype: str = "fl
     return gains, seconds, points
 
 
-def replay(gains: np.ndarray, seconds: np.ndarray, points: list, pruner, seed: int, chunks: int = 8, keep: int = 5, stack: int = 8) -> tuple[float, set[int]]:
+def replay(
+    gains: np.ndarray,
+    seconds: np.ndarray,
+    points: list,
+    pruner,
+    seed: int,
+    chunks: int = 8,
+    keep: int = 5,
+    stack: int = 8,
+) -> tuple[float, set[int]]:
     """One pruned grid: (share of the exhaustive compute, the complete points)."""
     from meminject.sweep._study import pruned_grid_order
 
     n_prompts = gains.shape[1]
-    parts = np.array_split(np.random.default_rng([seed, 1]).permutation(n_prompts), chunks)  # as Evaluator(chunks, chunk_seed=seed)
+    parts = np.array_split(
+        np.random.default_rng([seed, 1]).permutation(n_prompts), chunks
+    )  # as Evaluator(chunks, chunk_seed=seed)
     index = {point: i for i, point in enumerate(points)}
-    order = [index[(p["injection.layer"], p["injection.tweak"])] for p in pruned_grid_order([{"injection.layer": layer, "injection.tweak": t} for layer, t in points], seed)]
+    order = [
+        index[(p["injection.layer"], p["injection.tweak"])]
+        for p in pruned_grid_order([{"injection.layer": layer, "injection.tweak": t} for layer, t in points], seed)
+    ]
     groups = [order[k : k + stack] for k in range(0, len(order), stack)]  # a worker asks `stack` queued points at once
     complete: dict[int, float] = {}
     spent = 0.0
@@ -84,13 +109,21 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--layers", default="all", help="all, or comma-separated layers")
     parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--cache", default=None, help="an .npz file: the exhaustive grid is read from it, or computed and written there")
-    parser.add_argument("--prune-p", type=float, default=None, help="the pruner's p threshold (default: PairedPruner's)")
+    parser.add_argument(
+        "--cache", default=None, help="an .npz file: the exhaustive grid is read from it, or computed and written there"
+    )
+    parser.add_argument(
+        "--prune-p", type=float, default=None, help="the pruner's p threshold (default: PairedPruner's)"
+    )
     parser.add_argument("--margin", type=float, default=None)
     parser.add_argument("--min-prompts", type=int, default=None)
     parser.add_argument("--dtype", default="float32", help="the grid's precision (bfloat16: the pruned grid in bf16)")
-    parser.add_argument("--reference", default=None, help="a float32 grid's .npz (--cache of a float32 run): the top sites are "
-                        "float32's, and each replay's 10 best complete points are re-ranked by their float32 values, as `meminject best` does")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="a float32 grid's .npz (--cache of a float32 run): the top sites are "
+        "float32's, and each replay's 10 best complete points are re-ranked by their float32 values, as `meminject best` does",
+    )
     args = parser.parse_args()
     from meminject.engine._models import model_shape
     from meminject.config import load_run_config
@@ -100,7 +133,11 @@ def main() -> None:
     layers = list(range(n_layers)) if n_layers else [int(x) for x in args.layers.split(",")]
     if args.cache and os.path.exists(args.cache):
         saved = np.load(args.cache)
-        gains, seconds, points = saved["gains"], saved["seconds"], [(int(layer), float(t)) for layer, t in saved["points"]]
+        gains, seconds, points = (
+            saved["gains"],
+            saved["seconds"],
+            [(int(layer), float(t)) for layer, t in saved["points"]],
+        )
     else:
         gains, seconds, points = exhaustive(args.data, args.limit, layers, args.dtype)
         if args.cache:
@@ -108,8 +145,10 @@ def main() -> None:
     means = gains.mean(axis=1)  # what the sweep ranks by
     truth = np.load(args.reference)["gains"].mean(axis=1) if args.reference else means  # what decides
     top5 = list(np.argsort(-truth)[:5])
-    print(f"{args.data}: {gains.shape[1]} train prompts, {len(points)} points in {seconds.sum():.0f} s ({args.dtype}); top 5{' (float32)' if args.reference else ''} "
-          + ", ".join(f"L{points[i][0]} τ{points[i][1]:g} {truth[i]:+.4f}" for i in top5))
+    print(
+        f"{args.data}: {gains.shape[1]} train prompts, {len(points)} points in {seconds.sum():.0f} s ({args.dtype}); top 5{' (float32)' if args.reference else ''} "
+        + ", ".join(f"L{points[i][0]} τ{points[i][1]:g} {truth[i]:+.4f}" for i in top5)
+    )
     carried = np.sort(gains[top5[0]])[::-1][:5].sum() / gains[top5[0]].sum()
     print(f"the top site's 5 best prompts carry {100 * carried:.0f}% of its summed gain")
     print("| test | compute share (mean, max over seeds) | top-1 kept | top-5 kept per seed |\n|---|---|---|---|")
@@ -125,7 +164,10 @@ def main() -> None:
                 ranked = sorted(ranked[:10], key=lambda i: -truth[i])
             top1 += ranked[0] == top5[0]
             kept.append(len(set(ranked[:5]) & set(top5)))
-        print(f"| {test} | {100 * np.mean(shares):.0f}%, {100 * max(shares):.0f}% | {top1}/{args.seeds} | {kept} (mean {np.mean(kept):.1f}) |", flush=True)
+        print(
+            f"| {test} | {100 * np.mean(shares):.0f}%, {100 * max(shares):.0f}% | {top1}/{args.seeds} | {kept} (mean {np.mean(kept):.1f}) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -66,12 +66,23 @@ def wrap_cm(module, name: str, phase: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument("--model", default="tiny", help="tiny (trials of milliseconds) or smollm2-135m (the CPU reference trial)")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny (trials of milliseconds) or smollm2-135m (the CPU reference trial)"
+    )
     parser.add_argument("--data", default="demo")
     parser.add_argument("--figures", action="store_true", help="per-trial figures on (tracking.trial_figures=true)")
-    parser.add_argument("--trial-ms", type=float, default=750.0, help="a reference trial's compute time, for the share (default: a mean SmolLM2 trial)")
+    parser.add_argument(
+        "--trial-ms",
+        type=float,
+        default=750.0,
+        help="a reference trial's compute time, for the share (default: a mean SmolLM2 trial)",
+    )
     parser.add_argument("--pruner", default="none")
-    parser.add_argument("--no-tracking", action="store_true", help="MLflow off: the same trials (same seed), to price tracking as a whole")
+    parser.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="MLflow off: the same trials (same seed), to price tracking as a whole",
+    )
     args = parser.parse_args()
 
     from meminject.cli import main as cli
@@ -93,23 +104,42 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)
-        code = cli(["sweep", f"model={args.model}", "model.device=cpu", f"data={args.data}", "sweep=smoke", f"n_trials={args.trials}", "study=overhead", "progress=false",
-                    f"tracking.trial_figures={str(args.figures).lower()}", f"pruner={args.pruner}", "injection.layer=range(0, all)",
-                    *(["tracking.enabled=false"] if args.no_tracking else [])])
+        code = cli(
+            [
+                "sweep",
+                f"model={args.model}",
+                "model.device=cpu",
+                f"data={args.data}",
+                "sweep=smoke",
+                f"n_trials={args.trials}",
+                "study=overhead",
+                "progress=false",
+                f"tracking.trial_figures={str(args.figures).lower()}",
+                f"pruner={args.pruner}",
+                "injection.layer=range(0, all)",
+                *(["tracking.enabled=false"] if args.no_tracking else []),
+            ]
+        )
     assert code == 0
     n = args.trials
     figure = TIMES.pop("per-trial figure", 0.0)  # inside the MLflow run's time
     # the loop from its first ask to its end (opening the study and the tracker, once, left out)
     loop = TIMES.pop(LOOP) - (FIRST["ask (sampler, budget)"] - FIRST[LOOP])
     compute = TIMES["compute (forward passes)"]
-    print(f"{n} trials of {args.model} on {args.data}: worker loop {loop:.1f} s from its first ask = {1000 * loop / n:.1f} ms per trial (model load and clean pass included)")
+    print(
+        f"{n} trials of {args.model} on {args.data}: worker loop {loop:.1f} s from its first ask = {1000 * loop / n:.1f} ms per trial (model load and clean pass included)"
+    )
     print(f"{'phase':42s} {'ms/trial':>9s}")
     for phase, seconds in sorted(TIMES.items(), key=lambda kv: -kv[1]):
         print(f"{phase:42s} {1000 * seconds / n:9.2f}")
     print(f"{'  of which the per-trial figure':42s} {1000 * figure / n:9.2f}")
     overhead = loop - compute  # what the worker spends outside the forward passes
-    print(f"overhead per trial (worker loop − compute): {1000 * overhead / n:.1f} ms = {100 * overhead / n / (args.trial_ms / 1000):.1f}% of a {args.trial_ms:.0f} ms trial")
-    print(f"(compute per trial: {1000 * compute / n:.1f} ms; share of this run's own trials: {100 * overhead / compute:.1f}%)")
+    print(
+        f"overhead per trial (worker loop − compute): {1000 * overhead / n:.1f} ms = {100 * overhead / n / (args.trial_ms / 1000):.1f}% of a {args.trial_ms:.0f} ms trial"
+    )
+    print(
+        f"(compute per trial: {1000 * compute / n:.1f} ms; share of this run's own trials: {100 * overhead / compute:.1f}%)"
+    )
 
 
 if __name__ == "__main__":

@@ -73,13 +73,21 @@ def plain_batched_trial(model, evaluator, vectors, layer: int, tweak: float) -> 
     answer = evaluator.answer_token
     after = np.zeros(len(evaluator.rows))
     for tokens_list in (evaluator.obscure_tokens, evaluator.explicit_tokens):  # clean passes, recomputed per trial
-        (batch,) = make_batches(tokens_list, pad_id=model.pad_id, device=model.device, max_batch_tokens=10**9, sort_by_length=False)
+        (batch,) = make_batches(
+            tokens_list, pad_id=model.pad_id, device=model.device, max_batch_tokens=10**9, sort_by_length=False
+        )
         logits = bridge(batch.tokens, attention_mask=batch.attention_mask)
         rows = torch.arange(len(tokens_list))
         torch.softmax(logits[rows, batch.last_index].float(), dim=-1)[rows, answer]
-    (batch,) = make_batches(evaluator.obscure_tokens, pad_id=model.pad_id, device=model.device, max_batch_tokens=10**9, sort_by_length=False)
+    (batch,) = make_batches(
+        evaluator.obscure_tokens, pad_id=model.pad_id, device=model.device, max_batch_tokens=10**9, sort_by_length=False
+    )
     mask = position_mask(batch.attention_mask, batch.last_index, "all")
-    logits = bridge.run_with_hooks(batch.tokens, attention_mask=batch.attention_mask, fwd_hooks=[(f"blocks.{layer}.hook_attn_out", lambda a, hook: inject(a, vectors, tweak, mask))])
+    logits = bridge.run_with_hooks(
+        batch.tokens,
+        attention_mask=batch.attention_mask,
+        fwd_hooks=[(f"blocks.{layer}.hook_attn_out", lambda a, hook: inject(a, vectors, tweak, mask))],
+    )
     rows = torch.arange(len(evaluator.rows))
     after[:] = torch.softmax(logits[rows, batch.last_index].float(), dim=-1)[rows, answer].double().cpu().numpy()
     return after
@@ -106,7 +114,9 @@ def main() -> int:
     parser.add_argument("--tweak", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=3, help="timings of (b), (c), (d) are medians of this many runs")
     parser.add_argument("--skip-upstream", action="store_true", help="skip (a), the slow per-prompt loop")
-    parser.add_argument("--grid", action="store_true", help="also run the paper_grid unembed slice (all layers × τ 1..15)")
+    parser.add_argument(
+        "--grid", action="store_true", help="also run the paper_grid unembed slice (all layers × τ 1..15)"
+    )
     parser.add_argument("--wiki", action="store_true", help="also time one trial on the 1,000 2WikiMultiHop prompts")
     parser.add_argument("--device", default="auto", help="model.device: auto | cpu | cuda")
     parser.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16 | float16 (CUDA)")
@@ -121,20 +131,29 @@ def main() -> int:
 
     _quiet_libraries()
     torch.set_grad_enabled(False)
-    model_args = [f"model={args.model}", f"model.weights={args.weights}", f"model.device={args.device}", f"model.dtype={args.dtype}"]
+    model_args = [
+        f"model={args.model}",
+        f"model.weights={args.weights}",
+        f"model.device={args.device}",
+        f"model.dtype={args.dtype}",
+    ]
     cfg = load_run_config([*model_args, f"data={args.data}", "memory.encoding=unembed"])
     model = load_model(cfg.model)
     dataset = load_dataset(cfg.data)
     device = model.device
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{model.name} ({model.weights}, {args.dtype}) · {dataset.name}: {len(dataset)} prompts · {name} · torch {torch.__version__}")
+    print(
+        f"{model.name} ({model.weights}, {args.dtype}) · {dataset.name}: {len(dataset)} prompts · {name} · torch {torch.__version__}"
+    )
     print(f"matmul throughput (2048×576 @ 576×1536, fp32): {matmul_gflops(device):.0f} GFLOP/s")
 
     evaluator = Evaluator.from_config(model, dataset, cfg)
     seconds_clean, _ = timed(lambda: evaluator.clean)
     n_real = sum(len(t) for t in evaluator.obscure_tokens)
-    print(f"clean pass (before + explicit, fills the prefix cache): {seconds_clean:.2f} s · {len(evaluator.obscure_batches)} batches, "
-          f"{n_real} real tokens, padding {evaluator.padded_fraction:.1%} (perf.max_batch_tokens={evaluator.max_batch_tokens})")
+    print(
+        f"clean pass (before + explicit, fills the prefix cache): {seconds_clean:.2f} s · {len(evaluator.obscure_batches)} batches, "
+        f"{n_real} real tokens, padding {evaluator.padded_fraction:.1%} (perf.max_batch_tokens={evaluator.max_batch_tokens})"
+    )
     seconds_kv, _ = timed(lambda: evaluator.evaluate(InjectionSpec(layer=0, tweak=0.0, positions="last"), cfg.memory))
     print(f"keys/values for positions=last (once, lazily; one more clean pass + one trial): {seconds_kv:.2f} s")
     print(evaluator.prefix.describe())
@@ -144,11 +163,18 @@ def main() -> int:
     layers = [int(x) for x in args.layers.split(",")]
     totals = {"a": 0.0, "b": 0.0, "c": 0.0, "c_last": 0.0, "d": 0.0}
     diffs = {"a-c": 0.0, "b-c": 0.0, "a-b": 0.0}
-    print(f"\n{'layer':>5} {'(a) upstream':>13} {'(b) batched':>12} {'(c) meminject':>14} {'(c) last':>9} {'(d) floor':>10}   a/c    c/d")
+    print(
+        f"\n{'layer':>5} {'(a) upstream':>13} {'(b) batched':>12} {'(c) meminject':>14} {'(c) last':>9} {'(d) floor':>10}   a/c    c/d"
+    )
     for layer in layers:
         tweaks = iter(args.tweak + 1e-9 * k for k in range(1000))  # distinct τ: no result-cache hits
-        seconds_c, result = timed(lambda: evaluator.evaluate(InjectionSpec(layer=layer, tweak=next(tweaks)), memory_cfg), args.repeat)
-        seconds_c_last, _ = timed(lambda: evaluator.evaluate(InjectionSpec(layer=layer, tweak=next(tweaks), positions="last"), memory_cfg), args.repeat)
+        seconds_c, result = timed(
+            lambda: evaluator.evaluate(InjectionSpec(layer=layer, tweak=next(tweaks)), memory_cfg), args.repeat
+        )
+        seconds_c_last, _ = timed(
+            lambda: evaluator.evaluate(InjectionSpec(layer=layer, tweak=next(tweaks), positions="last"), memory_cfg),
+            args.repeat,
+        )
         fast = result.per_prompt.answer_prob_after.to_numpy()
         seconds_d, _ = timed(lambda: floor_pass(evaluator, layer), args.repeat)
         seconds_b, plain = timed(lambda: plain_batched_trial(model, evaluator, vectors, layer, args.tweak), args.repeat)
@@ -163,23 +189,35 @@ def main() -> int:
             totals[key] += value
         totals["c"] += seconds_c
         totals["c_last"] += seconds_c_last
-        print(f"{layer:>5} {seconds_a:>12.3f}s {seconds_b:>11.3f}s {seconds_c:>13.3f}s {seconds_c_last:>8.3f}s {seconds_d:>9.3f}s {seconds_a / seconds_c:>6.1f} {seconds_c / seconds_d:>6.2f}")
-    print(f"{'total':>5} {totals['a']:>12.3f}s {totals['b']:>11.3f}s {totals['c']:>13.3f}s {totals['c_last']:>8.3f}s {totals['d']:>9.3f}s")
+        print(
+            f"{layer:>5} {seconds_a:>12.3f}s {seconds_b:>11.3f}s {seconds_c:>13.3f}s {seconds_c_last:>8.3f}s {seconds_d:>9.3f}s {seconds_a / seconds_c:>6.1f} {seconds_c / seconds_d:>6.2f}"
+        )
+    print(
+        f"{'total':>5} {totals['a']:>12.3f}s {totals['b']:>11.3f}s {totals['c']:>13.3f}s {totals['c_last']:>8.3f}s {totals['d']:>9.3f}s"
+    )
     print("\nratios over the layers measured:")
     print(f"  (a)/(c) upstream loop / meminject trial     {totals['a'] / totals['c']:8.1f}×   (target ≥ 25×)")
     print(f"  (b)/(c) plain batched / meminject trial     {totals['b'] / totals['c']:8.1f}×")
     print(f"  (c)/(d) meminject trial / floor             {totals['c'] / totals['d']:8.2f}×   (target ≤ 1.5×)")
     print(f"  (d)/(c last) floor / positions=last trial   {totals['d'] / totals['c_last']:8.2f}×   (target ≥ 5×)")
-    print(f"max |ΔP(answer)| per prompt: (a)-(c) {diffs['a-c']:.2e} · (b)-(c) {diffs['b-c']:.2e} · (a)-(b) {diffs['a-b']:.2e}")
+    print(
+        f"max |ΔP(answer)| per prompt: (a)-(c) {diffs['a-c']:.2e} · (b)-(c) {diffs['b-c']:.2e} · (a)-(b) {diffs['a-b']:.2e}"
+    )
 
     if args.grid:
         from meminject.engine._prefix import PrefixCache  # noqa: F401 - the grid uses the same evaluator
 
-        points = [(InjectionSpec(layer=layer, tweak=float(tweak)), memory_cfg) for layer in range(model.n_layers) for tweak in range(1, 16)]
+        points = [
+            (InjectionSpec(layer=layer, tweak=float(tweak)), memory_cfg)
+            for layer in range(model.n_layers)
+            for tweak in range(1, 16)
+        ]
         seconds_grid, results = timed(lambda: evaluator.evaluate_many(points))
         best = max(zip(points, results), key=lambda pr: pr[1].summary["mean_gain"])
-        print(f"\npaper_grid unembed slice: {len(points)} trials in {seconds_grid:.1f} s ({seconds_grid / len(points):.2f} s/trial; target < 600 s); "
-              f"best layer {best[0][0].layer} τ={best[0][0].tweak:g} mean gain {best[1].summary['mean_gain']:+.4f}")
+        print(
+            f"\npaper_grid unembed slice: {len(points)} trials in {seconds_grid:.1f} s ({seconds_grid / len(points):.2f} s/trial; target < 600 s); "
+            f"best layer {best[0][0].layer} τ={best[0][0].tweak:g} mean gain {best[1].summary['mean_gain']:+.4f}"
+        )
 
     if args.wiki:
         wiki_cfg = load_run_config([*model_args, "data=2wikimultihop", "memory.encoding=unembed"])
@@ -187,8 +225,10 @@ def main() -> int:
         wiki_eval = Evaluator.from_config(model, wiki, wiki_cfg)
         seconds_wclean, _ = timed(lambda: wiki_eval.clean)
         seconds_w, result = timed(lambda: wiki_eval.evaluate(InjectionSpec(layer=15, tweak=args.tweak), memory_cfg))
-        print(f"\n2wikimultihop: {len(wiki)} prompts · clean pass {seconds_wclean:.1f} s · one trial at layer 15 {seconds_w:.2f} s · "
-              f"padding {wiki_eval.padded_fraction:.1%} · {wiki_eval.prefix.describe()}")
+        print(
+            f"\n2wikimultihop: {len(wiki)} prompts · clean pass {seconds_wclean:.1f} s · one trial at layer 15 {seconds_w:.2f} s · "
+            f"padding {wiki_eval.padded_fraction:.1%} · {wiki_eval.prefix.describe()}"
+        )
     return 0
 
 

@@ -61,7 +61,16 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     totals = {}
     for name, (overrides, chunks) in VARIANTS.items():
-        cfg = load_run_config(["model=smollm2-135m", "model.device=cpu", "model.weights=raw", f"data={args.data}", "memory.encoding=unembed", *overrides])
+        cfg = load_run_config(
+            [
+                "model=smollm2-135m",
+                "model.device=cpu",
+                "model.weights=raw",
+                f"data={args.data}",
+                "memory.encoding=unembed",
+                *overrides,
+            ]
+        )
         evaluator = Evaluator.from_config(load_model(cfg.model), load_dataset(cfg.data), cfg, chunks=chunks)
         evaluator.clean
         per_layer = []
@@ -70,16 +79,35 @@ def main() -> None:
             stack = evaluator.trials_per_forward
             for k in range(args.repeat):
                 started = time.perf_counter()
-                evaluator.evaluate_many([(InjectionSpec(layer=layer, tweak=4.0 + 1e-6 * (k * stack + j)), cfg.memory) for j in range(stack)])
+                evaluator.evaluate_many(
+                    [(InjectionSpec(layer=layer, tweak=4.0 + 1e-6 * (k * stack + j)), cfg.memory) for j in range(stack)]
+                )
                 times.append((time.perf_counter() - started) / stack)
             per_layer.append(statistics.median(times))
         totals[name] = sum(per_layer)
-        print(f"{name:10s} " + "  ".join(f"L{layer} {t:.3f}s" for layer, t in zip(layers, per_layer)) + f"  total {totals[name]:.3f}s", flush=True)
+        print(
+            f"{name:10s} "
+            + "  ".join(f"L{layer} {t:.3f}s" for layer, t in zip(layers, per_layer))
+            + f"  total {totals[name]:.3f}s",
+            flush=True,
+        )
         if evaluator.trials_per_forward == 1 and evaluator.prefix is not None and "bfloat16" not in name:
             # the floor of these very forwards: layers L..N on the same batches, no hooks, no reads
-            floor = sum(statistics.median(_timed(lambda: [evaluator.prefix.last_logits(p, layer, []) for p in range(len(evaluator.obscure_batches))])
-                                          for _ in range(args.repeat)) for layer in layers)
-            print(f"{'':10s} its {len(evaluator.obscure_batches)} forwards without hooks: {floor:.3f}s, so the trial is {totals[name] / floor:.2f}× their floor", flush=True)
+            floor = sum(
+                statistics.median(
+                    _timed(
+                        lambda: [
+                            evaluator.prefix.last_logits(p, layer, []) for p in range(len(evaluator.obscure_batches))
+                        ]
+                    )
+                    for _ in range(args.repeat)
+                )
+                for layer in layers
+            )
+            print(
+                f"{'':10s} its {len(evaluator.obscure_batches)} forwards without hooks: {floor:.3f}s, so the trial is {totals[name] / floor:.2f}× their floor",
+                flush=True,
+            )
     base = totals["baseline"]
     for name, total in totals.items():
         print(f"{name:10s} {total / base:5.2f}× the baseline")

@@ -56,7 +56,17 @@ def _quiet_libraries() -> None:
     except ImportError:  # pragma: no cover
         pass
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("transformers", "transformer_lens", "httpx", "urllib3", "alembic", "mlflow", "optuna", "huggingface_hub", "torch"):
+    for name in (
+        "transformers",
+        "transformer_lens",
+        "httpx",
+        "urllib3",
+        "alembic",
+        "mlflow",
+        "optuna",
+        "huggingface_hub",
+        "torch",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import transformers
@@ -99,10 +109,21 @@ def _epilog(name: str) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meminject", description="Hyperparameter search and tracking for memory injections in transformer LMs.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="meminject",
+        description="Hyperparameter search and tracking for memory injections in transformer LMs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in HELP.items():
-        p = sub.add_parser(name, help=text, description=text, epilog=_epilog(name), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=_epilog(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("overrides", nargs="*", metavar="key=value", help="settings and config overrides (listed below)")
         if name == "inspect":
             p.add_argument("--prompt", help="the prompt to inspect (default: the dataset row given by --row)")
@@ -111,7 +132,9 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--memory", help="memory text for --inject (default: the row's explicit entity)")
             p.add_argument("--heads", action="store_true", help="also project every head's output (hook_result)")
             p.add_argument("--all-positions", action="store_true", help="every position, not only the last")
-            p.add_argument("--inject", action="store_true", help="also show the view with the configured injection, side by side")
+            p.add_argument(
+                "--inject", action="store_true", help="also show the view with the configured injection, side by side"
+            )
             p.add_argument("--top", type=int, default=5, help="top-k tokens per layer/head (default 5)")
             p.add_argument("--out", help="output folder (default outputs/inspect/<time>)")
     return parser
@@ -134,7 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "inspect":
             return views.cmd_inspect(args)
-        command = {"eval": views.cmd_eval, "ui": views.cmd_ui, "sweep": views.cmd_sweep, "worker": views.cmd_worker, "best": views.cmd_best}
+        command = {
+            "eval": views.cmd_eval,
+            "ui": views.cmd_ui,
+            "sweep": views.cmd_sweep,
+            "worker": views.cmd_worker,
+            "best": views.cmd_best,
+        }
         return command[args.command](args.overrides)
     except MemInjectError as exc:
         print(f"meminject: error: {error_line(exc)}", file=sys.stderr)
@@ -143,7 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.errno not in _USER_FIXABLE_ERRNOS:
             raise
         # a full disk, a read-only or forbidden folder: the user's to fix, and what is recorded stays
-        print(f"meminject: error: {error_line(exc)} (free space or fix the folder's permissions, then rerun the same command: finished trials are kept)", file=sys.stderr)
+        print(
+            f"meminject: error: {error_line(exc)} (free space or fix the folder's permissions, then rerun the same command: finished trials are kept)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         for signum in (signal.SIGINT, signal.SIGTERM):  # cleanup is done: a second signal must not cut the exit

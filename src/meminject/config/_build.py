@@ -124,7 +124,9 @@ def with_values(run: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     for key, value in values.items():
         section, _, leaf = key.partition(".")
         if section not in _SETTABLE_SECTIONS or not leaf:
-            raise ConfigError(f"{key}: only injection.* and memory.* keys are set on a built config (compose the others)")
+            raise ConfigError(
+                f"{key}: only injection.* and memory.* keys are set on a built config (compose the others)"
+            )
         cls = SECTIONS[section]
         if leaf not in _hints(cls):
             raise ConfigError(f"unknown config key {key!r}; the keys are those in conf/{section}/")

@@ -7,9 +7,28 @@ imports them from here, so the allowed values and the code that acts on them can
 from __future__ import annotations
 
 __all__ = [
-    "WEIGHTS", "SOURCES", "PACKAGES", "TINY_ARCHITECTURES", "HOOKS", "DTYPES", "PARTS", "ANSWER_METRICS", "DAMAGES", "SITES", "SCALES", "POSITIONS",
-    "MEMORY_TYPES", "WORD_CONTROLS", "ENCODINGS", "WORD_SOURCES", "POS_COLUMNS", "POS_CHOICES",
-    "PADDING_SIDES", "RELEVANT_KEYS", "relevant_keys", "CHOICES",
+    "WEIGHTS",
+    "SOURCES",
+    "PACKAGES",
+    "TINY_ARCHITECTURES",
+    "HOOKS",
+    "DTYPES",
+    "PARTS",
+    "ANSWER_METRICS",
+    "DAMAGES",
+    "SITES",
+    "SCALES",
+    "POSITIONS",
+    "MEMORY_TYPES",
+    "WORD_CONTROLS",
+    "ENCODINGS",
+    "WORD_SOURCES",
+    "POS_COLUMNS",
+    "POS_CHOICES",
+    "PADDING_SIDES",
+    "RELEVANT_KEYS",
+    "relevant_keys",
+    "CHOICES",
 ]
 
 WEIGHTS = ("paper", "raw")  # model.weights: paper = HookedTransformer processing; raw = checkpoint as is
@@ -30,7 +49,13 @@ MEMORY_TYPES = ("correct", "pos", "random", "random_vector", "pos_matched", "ran
 WORD_CONTROLS = {"pos": "pos", "random": "random", "pos_matched": "pos", "random_matched": "random"}
 ENCODINGS = ("unembed", "embed", "layer")
 WORD_SOURCES = ("lexicon", "paper")
-POS_COLUMNS = {"noun": "Nouns", "verb": "Verbs", "adjective": "Adjectives", "adverb": "Adverbs", "conjunction": "Conjunctions"}
+POS_COLUMNS = {
+    "noun": "Nouns",
+    "verb": "Verbs",
+    "adjective": "Adjectives",
+    "adverb": "Adverbs",
+    "conjunction": "Conjunctions",
+}
 # memory.pos values: a part of speech, or `top` (the most frequent words of any part of speech:
 # the paper's "top 5000" list, kept in rank order with its repeats).
 POS_CHOICES = (*POS_COLUMNS, "top")
@@ -56,10 +81,21 @@ def relevant_keys(memory_type: str) -> tuple[str, ...]:
 
 # Config key -> allowed values, for every enumerated key.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.weights": WEIGHTS, "model.source": SOURCES, "model.dtype": DTYPES, "model.package": PACKAGES,
-    "model.tiny.architecture": TINY_ARCHITECTURES, "injection.hook": HOOKS,
-    "data.part": PARTS, "metric.answer": ANSWER_METRICS, "metric.damage": DAMAGES,
-    "injection.site": SITES, "injection.scale": SCALES, "injection.positions": POSITIONS,
-    "memory.type": MEMORY_TYPES, "memory.encoding": ENCODINGS, "memory.pos": POS_CHOICES, "memory.words": WORD_SOURCES,
+    "model.weights": WEIGHTS,
+    "model.source": SOURCES,
+    "model.dtype": DTYPES,
+    "model.package": PACKAGES,
+    "model.tiny.architecture": TINY_ARCHITECTURES,
+    "injection.hook": HOOKS,
+    "data.part": PARTS,
+    "metric.answer": ANSWER_METRICS,
+    "metric.damage": DAMAGES,
+    "injection.site": SITES,
+    "injection.scale": SCALES,
+    "injection.positions": POSITIONS,
+    "memory.type": MEMORY_TYPES,
+    "memory.encoding": ENCODINGS,
+    "memory.pos": POS_CHOICES,
+    "memory.words": WORD_SOURCES,
     "perf.padding_side": PADDING_SIDES,
 }

@@ -60,7 +60,9 @@ def _override_key(override: str) -> str:
 
 
 def _known_keys(base: DictConfig) -> list[str]:
-    return sorted(set(flat_config(base)) | set(GROUPS) | {k for k in OmegaConf.to_container(base) if isinstance(k, str)})
+    return sorted(
+        set(flat_config(base)) | set(GROUPS) | {k for k in OmegaConf.to_container(base) if isinstance(k, str)}
+    )
 
 
 # Keys people reach for that live elsewhere, with why.
@@ -111,13 +113,18 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     except MissingConfigException as exc:
         group = next((g for g in GROUPS if f"'{g}/" in str(exc) or f"{g}/" in str(exc)), None)
         if group:
-            raise ConfigError(f"unknown {group} option ({first_line(exc, 2000)}); choose from: {', '.join(config_options(group))}") from exc
+            raise ConfigError(
+                f"unknown {group} option ({first_line(exc, 2000)}); choose from: {', '.join(config_options(group))}"
+            ) from exc
         raise ConfigError(first_line(exc, 2000)) from exc
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         text = first_line(exc, 2000)
         unknown = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", text)
         if unknown:
-            key = next((_override_key(o) for o in overrides if _override_key(o) == (unknown.group(1) or "")), unknown.group(1) or unknown.group(2))
+            key = next(
+                (_override_key(o) for o in overrides if _override_key(o) == (unknown.group(1) or "")),
+                unknown.group(1) or unknown.group(2),
+            )
             raise _unknown_key_error(key, _base_or_none(overrides, config_name)) from exc
         raise ConfigError(f"bad override: {text}") from exc
     try:

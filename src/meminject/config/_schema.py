@@ -15,14 +15,37 @@ from typing import Any
 
 from ..core._errors import ConfigError
 from ._choices import (
-    ANSWER_METRICS, DAMAGES, DTYPES, ENCODINGS, HOOKS, MEMORY_TYPES, PACKAGES, PADDING_SIDES, PARTS, POS_CHOICES,
-    POSITIONS, SCALES, SITES, SOURCES, TINY_ARCHITECTURES, WEIGHTS, WORD_SOURCES,
+    ANSWER_METRICS,
+    DAMAGES,
+    DTYPES,
+    ENCODINGS,
+    HOOKS,
+    MEMORY_TYPES,
+    PACKAGES,
+    PADDING_SIDES,
+    PARTS,
+    POS_CHOICES,
+    POSITIONS,
+    SCALES,
+    SITES,
+    SOURCES,
+    TINY_ARCHITECTURES,
+    WEIGHTS,
+    WORD_SOURCES,
 )
 from ._point import TrialPoint
 
 __all__ = [
-    "TinyConfig", "ModelConfig", "DataConfig", "MemoryConfig", "InjectionConfig", "MetricConfig", "PerfConfig",
-    "TrackingConfig", "RunConfig", "SECTIONS",
+    "TinyConfig",
+    "ModelConfig",
+    "DataConfig",
+    "MemoryConfig",
+    "InjectionConfig",
+    "MetricConfig",
+    "PerfConfig",
+    "TrackingConfig",
+    "RunConfig",
+    "SECTIONS",
 ]
 
 # float16 ends at 65,504: a τ or norm beyond it overflows to inf in a half-precision pass.
@@ -177,13 +200,17 @@ class InjectionConfig:
         _choice("injection.site", self.site, SITES)
         _choice("injection.hook", self.hook, HOOKS)
         if self.hook != "attn_out" and self.site != "layer":
-            raise ConfigError(f"injection.site={self.site} is a part of the attention output: it needs injection.hook=attn_out (not {self.hook})")
+            raise ConfigError(
+                f"injection.site={self.site} is a part of the attention output: it needs injection.hook=attn_out (not {self.hook})"
+            )
         _choice("injection.scale", self.scale, SCALES)
         _choice("injection.positions", self.positions, POSITIONS)
         _finite("injection.tweak", self.tweak)
         _at_least("injection.tweak", self.tweak, 0)
         if self.tweak > _FLOAT16_MAX:
-            raise ConfigError(f"injection.tweak={self.tweak:g} is beyond any useful strength (float16 ends at 65,504); use a τ of at most {_FLOAT16_MAX:g}")
+            raise ConfigError(
+                f"injection.tweak={self.tweak:g} is beyond any useful strength (float16 ends at 65,504); use a τ of at most {_FLOAT16_MAX:g}"
+            )
         _at_least("injection.layer", self.layer, 0, " (layers count from 0)")
         _at_least("injection.head", self.head, 0, " (heads count from 0)")
 
@@ -218,7 +245,9 @@ class PerfConfig:
             raise ConfigError(f"perf.max_padding={self.max_padding!r} must lie in [0, 1) (a share of a batch's tokens)")
         _finite("perf.prefix_cache_mb", self.prefix_cache_mb)
         _at_least("perf.prefix_cache_mb", self.prefix_cache_mb, 0, " (0 turns the cache off)")
-        if self.trials_per_forward != "auto" and not (isinstance(self.trials_per_forward, int) and self.trials_per_forward >= 1):
+        if self.trials_per_forward != "auto" and not (
+            isinstance(self.trials_per_forward, int) and self.trials_per_forward >= 1
+        ):
             raise ConfigError(f"perf.trials_per_forward={self.trials_per_forward!r} must be >= 1 (or auto)")
 
 
@@ -273,8 +302,13 @@ class RunConfig:
 
 # conf/ group name -> section dataclass (the root keys are RunConfig's own fields).
 SECTIONS: dict[str, type] = {
-    "model": ModelConfig, "data": DataConfig, "memory": MemoryConfig, "injection": InjectionConfig,
-    "tracking": TrackingConfig, "perf": PerfConfig, "metric": MetricConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "memory": MemoryConfig,
+    "injection": InjectionConfig,
+    "tracking": TrackingConfig,
+    "perf": PerfConfig,
+    "metric": MetricConfig,
 }
 
 

@@ -9,7 +9,22 @@ from ._progress import progress_bar
 from ._redaction import redact, redacted_config, redacted_container
 
 __all__ = [
-    "MemInjectError", "ConfigError", "DataError", "ModelError", "TrackingError", "first_line", "error_line",
-    "project_root", "conf_dir", "user_conf_dir", "preset_dirs", "cache_dir", "mlruns_dir", "outputs_dir",
-    "progress_bar", "redact", "redacted_config", "redacted_container",
+    "MemInjectError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "TrackingError",
+    "first_line",
+    "error_line",
+    "project_root",
+    "conf_dir",
+    "user_conf_dir",
+    "preset_dirs",
+    "cache_dir",
+    "mlruns_dir",
+    "outputs_dir",
+    "progress_bar",
+    "redact",
+    "redacted_config",
+    "redacted_container",
 ]

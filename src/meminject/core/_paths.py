@@ -32,7 +32,9 @@ def _package_dir(package: str, what: str) -> Path:
     except ModuleNotFoundError:
         folder = None
     if folder is None or not folder.is_dir():
-        raise ConfigError(f"meminject's {what} folder ({package}) is missing from this installation; reinstall it: pip install --force-reinstall meminject (or pip install -e . in a checkout)")
+        raise ConfigError(
+            f"meminject's {what} folder ({package}) is missing from this installation; reinstall it: pip install --force-reinstall meminject (or pip install -e . in a checkout)"
+        )
     return folder
 
 

@@ -36,7 +36,9 @@ def redact(url: str | None) -> str | None:
         return None
     text = str(url)
     # (scheme start, "://" position) of each URL; a bare "://" without a scheme is plain text
-    urls = [(start, m.start()) for m in re.finditer("://", text) if (start := _scheme_start(text, m.start())) < m.start()]
+    urls = [
+        (start, m.start()) for m in re.finditer("://", text) if (start := _scheme_start(text, m.start())) < m.start()
+    ]
     if not urls:
         return text
     out: list[str] = []

@@ -8,10 +8,27 @@ Example::
     print(len(dataset), list(dataset.frame.columns)[:2])   # 40 ['explicit_sentence', 'obscure_sentence']
 """
 
-from ._dataset import REQUIRED_COLUMNS, Dataset, FileRef, load_dataset, read_prompt_csv, resolve_data_file, split_part, split_rows
+from ._dataset import (
+    REQUIRED_COLUMNS,
+    Dataset,
+    FileRef,
+    load_dataset,
+    read_prompt_csv,
+    resolve_data_file,
+    split_part,
+    split_rows,
+)
 from ._lexicon import lexicon_pools, lexicon_versions
 
 __all__ = [
-    "REQUIRED_COLUMNS", "Dataset", "FileRef", "load_dataset", "read_prompt_csv", "resolve_data_file", "split_part",
-    "split_rows", "lexicon_pools", "lexicon_versions",
+    "REQUIRED_COLUMNS",
+    "Dataset",
+    "FileRef",
+    "load_dataset",
+    "read_prompt_csv",
+    "resolve_data_file",
+    "split_part",
+    "split_rows",
+    "lexicon_pools",
+    "lexicon_versions",
 ]

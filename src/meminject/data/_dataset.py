@@ -119,7 +119,9 @@ def resolve_data_file(cfg: Any) -> tuple[Path | None, str]:
     if cached.is_file():
         pinned = cfg.sha256
         if pinned and _sha256(cached) != pinned:  # the cache is ours: it must still be what was verified
-            raise DataError(f"cached {cached} has SHA-256 {_sha256(cached)}, expected {pinned}; delete it to download it again")
+            raise DataError(
+                f"cached {cached} has SHA-256 {_sha256(cached)}, expected {pinned}; delete it to download it again"
+            )
         return cached, str(cached)
     if not cfg.url:
         raise DataError(f"data file {file_name} not found; set data.dir or MEMINJECT_DATA_DIR, or pass data.path=FILE")
@@ -204,8 +206,6 @@ def load_dataset(cfg: Any) -> Dataset:
     name = path.stem if cfg.path else str(cfg.name or (path.stem if path else "data"))
     part = str(cfg.part)
     return Dataset(name=name if part == "all" else f"{name}:{part}", source=source, frame=frame.reset_index(drop=True))
-
-
 
 
 def split_rows(n: int, train_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -23,8 +23,24 @@ __all__ = ["lexicon_pools", "CONJUNCTIONS", "CLOSED_CLASS", "LEXICON_POS", "lexi
 
 # Coordinating and common subordinating conjunctions, most frequent first.
 CONJUNCTIONS: tuple[str, ...] = (
-    "and", "but", "or", "because", "if", "so", "while", "although", "though", "unless",
-    "whereas", "whether", "nor", "yet", "until", "since", "once", "than",
+    "and",
+    "but",
+    "or",
+    "because",
+    "if",
+    "so",
+    "while",
+    "although",
+    "though",
+    "unless",
+    "whereas",
+    "whether",
+    "nor",
+    "yet",
+    "until",
+    "since",
+    "once",
+    "than",
 )
 
 # Function words (pronouns, determiners, prepositions, auxiliaries and modals, particles,
@@ -77,7 +93,7 @@ def lexicon_pools(top_n: int = 5000) -> dict[str, list[str]]:
         readings = {tag: lemmas for tag, lemmas in getAllLemmas(word).items() if tag in open_tags}
         if len(readings) != 1:
             continue  # unknown to the lexicon, or ambiguous between open classes
-        (tag, lemmas), = readings.items()
+        ((tag, lemmas),) = readings.items()
         if word in lemmas:
             pools[next(pos for pos, t in LEXICON_POS.items() if t == tag)].append(word)
     return pools

@@ -63,12 +63,18 @@ class CleanPass:
         self.answer_token = torch.as_tensor([ids[0] for ids in self.answer_ids], dtype=torch.long, device=model.device)
         for tokens, row in zip(self.obscure_tokens + self.explicit_tokens, self.rows + self.rows):
             if len(tokens) > model.n_ctx:
-                raise DataError(f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}")
+                raise DataError(
+                    f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}"
+                )
 
     def _batch_chunks(self, chunks: int, chunk_seed: int) -> None:
         """Prompts in seeded chunks (one chunk unless pruning): each chunk is a random sample of the
         prompts, bucketed by length on its own, so a chunk still runs in full, well-packed batches."""
-        order = np.random.default_rng([int(chunk_seed), 1]).permutation(len(self.rows)) if chunks > 1 else np.arange(len(self.rows))
+        order = (
+            np.random.default_rng([int(chunk_seed), 1]).permutation(len(self.rows))
+            if chunks > 1
+            else np.arange(len(self.rows))
+        )
         self.chunk_index = [np.sort(part) for part in np.array_split(order, max(1, min(int(chunks), len(self.rows))))]
         self.obscure_batches: list[Batch] = []
         self.chunk_batches: list[range] = []  # positions in obscure_batches of each chunk
@@ -106,8 +112,14 @@ class CleanPass:
 
     def _batches(self, token_lists: list[list[int]], **kwargs: Any) -> list[Batch]:
         return make_batches(
-            token_lists, pad_id=self.model.pad_id, device=self.model.device, max_batch_tokens=self.max_batch_tokens,
-            padding_side=self.padding_side, max_padding=self.max_padding, floor_tokens=self.floor_tokens, **kwargs,
+            token_lists,
+            pad_id=self.model.pad_id,
+            device=self.model.device,
+            max_batch_tokens=self.max_batch_tokens,
+            padding_side=self.padding_side,
+            max_padding=self.max_padding,
+            floor_tokens=self.floor_tokens,
+            **kwargs,
         )
 
     def _norm_hooks(self, batch: Batch, norms: list[list[np.ndarray]]) -> list[tuple[torch.nn.Module, Any]]:
@@ -120,14 +132,18 @@ class CleanPass:
         mask[torch.arange(mask.shape[0], device=mask.device), first] = False
         hooks = []
         for layer, block in enumerate(self.model.bridge.blocks):
+
             def add(module, args, kwargs, layer=layer):  # noqa: ARG001 - torch pre-hook signature
                 hidden = args[0] if args else kwargs.get("hidden_states")
                 if isinstance(hidden, Tensor) and hidden.shape[:2] == mask.shape:
                     norms[layer].append(hidden.float().norm(dim=-1)[mask].cpu().numpy())
+
             hooks.append((block, add))
         return hooks
 
-    def _answer_probs(self, batches: list[Batch], hooks_for: Any = None, capture: bool = False, stage: str = "clean") -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
+    def _answer_probs(
+        self, batches: list[Batch], hooks_for: Any = None, capture: bool = False, stage: str = "clean"
+    ) -> tuple[np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
         out = empty_out(len(self.rows), keep_rest=capture and self.damage == "kl")
         norms: list[list[np.ndarray]] = [[] for _ in range(self.model.n_layers)]
         for position, batch in enumerate(batches):
@@ -147,7 +163,9 @@ class CleanPass:
             if self.progress is not None:
                 self.progress(stage, position + 1, len(batches))
         if capture:
-            self._residual_norms = np.array([typical_norm(np.concatenate(layer_norms)) if layer_norms else np.nan for layer_norms in norms])
+            self._residual_norms = np.array(
+                [typical_norm(np.concatenate(layer_norms)) if layer_norms else np.nan for layer_norms in norms]
+            )
             self._clean_rest = out.get("rest")  # the clean side of every trial's damage (meminject.damage)
         return out["probs"], out["ranks"], out["top"], out["logprobs"]
 
@@ -159,8 +177,16 @@ class CleanPass:
         """
         if self._clean is None:
             before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=True)
-            explicit, _, _, logprob_explicit = self._answer_probs(self._scored_batches(self.explicit_tokens), stage="explicit")
-            self._clean = {"before": before, "rank_before": rank_before, "explicit": explicit, "logprob_before": logprob_before, "logprob_explicit": logprob_explicit}
+            explicit, _, _, logprob_explicit = self._answer_probs(
+                self._scored_batches(self.explicit_tokens), stage="explicit"
+            )
+            self._clean = {
+                "before": before,
+                "rank_before": rank_before,
+                "explicit": explicit,
+                "logprob_before": logprob_before,
+                "logprob_explicit": logprob_explicit,
+            }
             if self.prefix is not None:
                 log.debug(self.prefix.describe())
         return self._clean

@@ -24,14 +24,15 @@ from ..config._choices import DAMAGES  # noqa: F401 - metric.damage, re-exported
 __all__ = ["DAMAGES", "rest_logprobs", "rest_kl"]
 
 
-
 def rest_logprobs(logits: Float[Tensor, "n d_vocab"], answer: Int[Tensor, " n"]) -> Float[Tensor, "n d_vocab"]:
     """log p̃: the distribution without the answer token, renormalized (−inf at the answer)."""
     masked = (logits if logits.dtype == torch.float64 else logits.float()).scatter(1, answer[:, None], float("-inf"))
     return torch.log_softmax(masked, dim=-1)
 
 
-def rest_kl(clean_logits: Float[Tensor, "n d_vocab"], logits: Float[Tensor, "n d_vocab"], answer: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
+def rest_kl(
+    clean_logits: Float[Tensor, "n d_vocab"], logits: Float[Tensor, "n d_vocab"], answer: Int[Tensor, " n"]
+) -> Float[Tensor, " n"]:
     """KL(p̃_clean ‖ p̃_injected) per prompt, from the clean and the injected logits.
 
     Both sides in float64 from float32 logits: in float32 the sum of ~50,000 near-cancelling
@@ -39,4 +40,6 @@ def rest_kl(clean_logits: Float[Tensor, "n d_vocab"], logits: Float[Tensor, "n d
     clean = rest_logprobs(clean_logits.double(), answer)
     injected = rest_logprobs(logits.double(), answer)
     terms = clean.exp() * (clean - injected)
-    return terms.scatter(1, answer[:, None], 0.0).sum(dim=-1).clamp_min(0.0)  # the answer's 0·(−inf − −inf) is NaN: it is out
+    return (
+        terms.scatter(1, answer[:, None], 0.0).sum(dim=-1).clamp_min(0.0)
+    )  # the answer's 0·(−inf − −inf) is NaN: it is out

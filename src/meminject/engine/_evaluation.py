@@ -78,7 +78,9 @@ class Evaluator(CleanPass):
         # as one of 256, so such chunks are cut by that cost instead (8 chunks of the handwritten
         # train part: 3.76 → 3.29 s over L5/L15/L25, unchunked 1.99 s). Stacked trials and whole
         # passes fill their forwards already and keep the padding rule.
-        self.floor_tokens = _CPU_FLOOR_TOKENS if chunks > 1 and self.trials_per_forward == 1 and model.device.type == "cpu" else 0
+        self.floor_tokens = (
+            _CPU_FLOOR_TOKENS if chunks > 1 and self.trials_per_forward == 1 and model.device.type == "cpu" else 0
+        )
         self.rows = [int(r) for r in dataset.frame["row"]]
         self.row_ids = np.asarray(self.rows)
         if answer_metric not in ANSWER_METRICS:
@@ -89,7 +91,11 @@ class Evaluator(CleanPass):
         self.damage = damage
         self._tokenize_prompts(model, dataset)
         self._batch_chunks(chunks, chunk_seed)
-        self.prefix = PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes)) if prefix_cache_bytes and int(prefix_cache_bytes) > 0 else None
+        self.prefix = (
+            PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes))
+            if prefix_cache_bytes and int(prefix_cache_bytes) > 0
+            else None
+        )
         self._clean: dict[str, np.ndarray] | None = None
         self._clean_rest: Tensor | None = None  # (prompts, vocab) clean logits at the read position (damage)
         self.progress: Callable[[str, int, int], None] | None = None  # (stage, batches done, batches) after each batch
@@ -99,7 +105,9 @@ class Evaluator(CleanPass):
         self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
 
     @classmethod
-    def from_config(cls, model: LoadedModel, dataset: Dataset, run: RunConfig, chunks: int = 1, stack_chunks: bool = False) -> "Evaluator":
+    def from_config(
+        cls, model: LoadedModel, dataset: Dataset, run: RunConfig, chunks: int = 1, stack_chunks: bool = False
+    ) -> "Evaluator":
         """Build from the run's ``perf`` and ``metric`` settings and ``top_k`` (``chunks``: see __init__).
 
         ``perf.trials_per_forward=auto`` stacks 8 trials on CUDA, and on a CPU too when
@@ -112,9 +120,18 @@ class Evaluator(CleanPass):
         if per_forward == "auto":
             per_forward = 8 if model.device.type == "cuda" or (stack_chunks and chunks > 1) else 1
         return cls(
-            model, dataset, max_batch_tokens=perf.max_batch_tokens, padding_side=perf.padding_side, top_k=run.top_k,
-            prefix_cache_bytes=int(perf.prefix_cache_mb * 2**20), trials_per_forward=int(per_forward), max_padding=perf.max_padding,
-            answer_metric=run.metric.answer, damage=run.metric.damage, chunks=chunks, chunk_seed=run.seed,
+            model,
+            dataset,
+            max_batch_tokens=perf.max_batch_tokens,
+            padding_side=perf.padding_side,
+            top_k=run.top_k,
+            prefix_cache_bytes=int(perf.prefix_cache_mb * 2**20),
+            trials_per_forward=int(per_forward),
+            max_padding=perf.max_padding,
+            answer_metric=run.metric.answer,
+            damage=run.metric.damage,
+            chunks=chunks,
+            chunk_seed=run.seed,
         )
 
     def encoded_memories(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
@@ -124,7 +141,9 @@ class Evaluator(CleanPass):
         if key in self._vectors:
             self._vectors.move_to_end(key)
             return self._vectors[key]
-        vectors = encode_memories(self.model, texts, self.rows, spec.encoding, spec.layer, max_batch_tokens=self.max_batch_tokens)
+        vectors = encode_memories(
+            self.model, texts, self.rows, spec.encoding, spec.layer, max_batch_tokens=self.max_batch_tokens
+        )
         self._vectors[key] = (texts, vectors.to(self.model.device))
         while len(self._vectors) > 64:
             self._vectors.popitem(last=False)
@@ -158,7 +177,9 @@ class Evaluator(CleanPass):
         """Evaluate one point; equivalent points (see :meth:`InjectionSpec.canonical`) share one computation."""
         return self.evaluate_many([(spec, memory_cfg)])[0]
 
-    def evaluate_many(self, points: list[tuple[InjectionSpec, Any]], monitors: list[Monitor | None] | None = None) -> list[EvalResult]:
+    def evaluate_many(
+        self, points: list[tuple[InjectionSpec, Any]], monitors: list[Monitor | None] | None = None
+    ) -> list[EvalResult]:
         """Evaluate several points; those at one layer share suffix passes (``trials_per_forward``).
 
         ``monitors[i]`` watches point i chunk by chunk and may stop it (see :data:`Monitor`);
@@ -178,7 +199,9 @@ class Evaluator(CleanPass):
         groups: dict[tuple, list[tuple]] = {}
         for key, (spec, _, _) in todo.items():
             literal = spec.site == "head" and spec.literal_hook  # only the literal per-head hook needs its own pass
-            groups.setdefault((spec.layer, literal, spec.head if literal else None, spec.positions == "last"), []).append(key)
+            groups.setdefault(
+                (spec.layer, literal, spec.head if literal else None, spec.positions == "last"), []
+            ).append(key)
         for group in groups.values():
             for start in range(0, len(group), self.trials_per_forward):
                 chunk = group[start : start + self.trials_per_forward]
@@ -196,7 +219,10 @@ class Evaluator(CleanPass):
     def _chunk_values(self, out: dict[str, Any], index: np.ndarray) -> dict[str, np.ndarray]:
         """Per-prompt values of the prompts at ``index`` (what a monitor judges)."""
         clean = self.clean
-        return {"gain": out["probs"][index] - clean["before"][index], "logprob_gain": out["logprobs"][index] - clean["logprob_before"][index]}
+        return {
+            "gain": out["probs"][index] - clean["before"][index],
+            "logprob_gain": out["logprobs"][index] - clean["logprob_before"][index],
+        }
 
     def _evaluate_group(self, points: list[tuple[InjectionSpec, Any, Monitor | None]]) -> list[EvalResult]:
         """Points at one layer (and site), evaluated together in stacked passes, chunk by chunk:
@@ -212,7 +238,11 @@ class Evaluator(CleanPass):
         start, last_token_only = self._suffix_start(specs)
         outs = [empty_out(len(self.rows)) for _ in specs]
         # the last-token pass holds every prompt's last token: one chunk
-        chunks = [(np.arange(len(self.rows)), range(1))] if last_token_only else list(zip(self.chunk_index, self.chunk_batches))
+        chunks = (
+            [(np.arange(len(self.rows)), range(1))]
+            if last_token_only
+            else list(zip(self.chunk_index, self.chunk_batches))
+        )
         if literal:
             self.model.bridge.set_use_attn_result(True)
         try:
@@ -222,7 +252,14 @@ class Evaluator(CleanPass):
                 self.model.bridge.set_use_attn_result(False)
         seconds = (time.perf_counter() - started) / len(specs)
         return [
-            self._result(spec, texts, out, clean, seconds, np.sort(np.concatenate([index for index, _ in chunks[:n]])) if n < len(chunks) else None)
+            self._result(
+                spec,
+                texts,
+                out,
+                clean,
+                seconds,
+                np.sort(np.concatenate([index for index, _ in chunks[:n]])) if n < len(chunks) else None,
+            )
             for spec, (texts, _), out, n in zip(specs, memories, outs, seen)
         ]
 
@@ -235,13 +272,21 @@ class Evaluator(CleanPass):
             start is not None
             and self.answer_metric == "first_token"
             and all(spec.positions == "last" for spec in specs)
-            and self.prefix.ensure_kv(lambda position: last_position_logits(self.model, self.obscure_batches[position], []))
+            and self.prefix.ensure_kv(
+                lambda position: last_position_logits(self.model, self.obscure_batches[position], [])
+            )
         )
         return start, last_token_only
 
     def _run_chunks(
-        self, chunks: list[tuple[np.ndarray, range]], start: int | None, last_token_only: bool, specs: list[InjectionSpec],
-        vectors: list[Tensor], monitors: list[Monitor | None], outs: list[dict[str, Any]],
+        self,
+        chunks: list[tuple[np.ndarray, range]],
+        start: int | None,
+        last_token_only: bool,
+        specs: list[InjectionSpec],
+        vectors: list[Tensor],
+        monitors: list[Monitor | None],
+        outs: list[dict[str, Any]],
     ) -> list[int]:
         """Run the stacked points chunk by chunk into ``outs``; after each chunk every monitor
         judges its point, and a stopped point leaves the stack. Returns the chunks each point ran."""
@@ -250,19 +295,40 @@ class Evaluator(CleanPass):
         for index, positions in chunks:
             for position in positions:
                 batch = self.prefix.last_batch if last_token_only else self.obscure_batches[position]
-                self._run_batch(batch, position, start, last_token_only, [specs[k] for k in active], [vectors[k] for k in active], [outs[k] for k in active])
+                self._run_batch(
+                    batch,
+                    position,
+                    start,
+                    last_token_only,
+                    [specs[k] for k in active],
+                    [vectors[k] for k in active],
+                    [outs[k] for k in active],
+                )
                 if self.progress is not None:
                     self.progress("injected", position + 1, 1 if last_token_only else len(self.obscure_batches))
             for k in list(active):
                 seen[k] += 1
                 # after the last chunk the point is complete: nothing left to stop
-                if seen[k] < len(chunks) and monitors[k] is not None and monitors[k](self.row_ids[index], self._chunk_values(outs[k], index)):
+                if (
+                    seen[k] < len(chunks)
+                    and monitors[k] is not None
+                    and monitors[k](self.row_ids[index], self._chunk_values(outs[k], index))
+                ):
                     active.remove(k)
             if not active:
                 break
         return seen
 
-    def _run_batch(self, batch: Batch, position: int, start: int | None, last_token_only: bool, specs: list[InjectionSpec], vectors: list[Tensor], outs: list[dict[str, Any]]) -> None:
+    def _run_batch(
+        self,
+        batch: Batch,
+        position: int,
+        start: int | None,
+        last_token_only: bool,
+        specs: list[InjectionSpec],
+        vectors: list[Tensor],
+        outs: list[dict[str, Any]],
+    ) -> None:
         """One batch for stacked same-layer points: through the prefix cache, or full forwards."""
         hooks = stacked_hooks(specs, vectors, batch, self.model.device, last_token_only)
         if start is not None:
@@ -275,16 +341,38 @@ class Evaluator(CleanPass):
                 read_answers(batch, logits[k * reads : (k + 1) * reads], out, self.top_k, self._clean_rest)
         else:  # full forwards, one trial at a time
             for k, out in enumerate(outs):
-                logits = read_logits(self.model, batch, stacked_hooks([specs[k]], [vectors[k]], batch, self.model.device))
+                logits = read_logits(
+                    self.model, batch, stacked_hooks([specs[k]], [vectors[k]], batch, self.model.device)
+                )
                 read_answers(batch, logits, out, self.top_k, self._clean_rest)
 
-    def _result(self, spec: InjectionSpec, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray], seconds: float, seen: np.ndarray | None = None) -> EvalResult:
+    def _result(
+        self,
+        spec: InjectionSpec,
+        texts: list[str],
+        out: dict[str, Any],
+        clean: dict[str, np.ndarray],
+        seconds: float,
+        seen: np.ndarray | None = None,
+    ) -> EvalResult:
         """The result over all prompts, or (``seen``: a pruned point) over the prompts it saw."""
         per_prompt = per_prompt_table(self, texts, out, clean)
         keep = np.arange(len(self.rows)) if seen is None else seen
         after, logprob_after = out["probs"], out["logprobs"]
-        summary = summarize(clean["before"][keep], after[keep], clean["explicit"][keep], clean["logprob_before"][keep], logprob_after[keep])
+        summary = summarize(
+            clean["before"][keep],
+            after[keep],
+            clean["explicit"][keep],
+            clean["logprob_before"][keep],
+            logprob_after[keep],
+        )
         if self.damage != "none":
             summary["mean_damage"] = float(out["damage"][keep].mean())
-        return EvalResult(per_prompt=per_prompt.iloc[keep].reset_index(drop=True), summary=summary, seconds=seconds, hooks=[spec.hook_name],
-                          pruned=seen is not None, n_prompts=len(keep))
+        return EvalResult(
+            per_prompt=per_prompt.iloc[keep].reset_index(drop=True),
+            summary=summary,
+            seconds=seconds,
+            hooks=[spec.hook_name],
+            pruned=seen is not None,
+            n_prompts=len(keep),
+        )

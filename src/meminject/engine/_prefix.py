@@ -115,7 +115,9 @@ class PrefixCache:
 
     @property
     def kv_nbytes(self) -> int:
-        return sum(int(t.numel()) * t.element_size() for per_batch in (self._kv or []) for kv in per_batch.values() for t in kv)
+        return sum(
+            int(t.numel()) * t.element_size() for per_batch in (self._kv or []) for kv in per_batch.values() for t in kv
+        )
 
     def describe(self) -> str:
         if not self.layers:
@@ -135,6 +137,7 @@ class PrefixCache:
         cached = set(self.layers)
         hooks = []
         for layer in range(self.model.n_layers) if cached else []:
+
             def record(module, args, kwargs, layer=layer):  # noqa: ARG001 - torch pre-hook signature
                 hidden = args[0] if args else kwargs.get("hidden_states")
                 if not isinstance(hidden, Tensor):
@@ -148,6 +151,7 @@ class PrefixCache:
                     recorded["use_cache"] = False
                 prefix.kwargs[layer] = recorded
                 return None
+
             hooks.append((blocks[layer], record))
         return hooks
 
@@ -158,7 +162,9 @@ class PrefixCache:
         starts = [cached for cached in self.layers if cached <= layer]
         return max(starts) if starts else None
 
-    def last_logits(self, batch_position: int, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "reads d_vocab"]:
+    def last_logits(
+        self, batch_position: int, start: int, fwd_hooks: list[Hook], copies: int = 1
+    ) -> Float[Tensor, "reads d_vocab"]:
         """Logits at the batch's read positions (by default each prompt's last real token),
         running blocks ``start``..N-1 only.
 
@@ -199,7 +205,9 @@ class PrefixCache:
             return False
         if not all(prefix.uniform for prefix in self._prefixes):
             # the merged last-token batch carries one set of masks and rotary embeddings
-            log.info("positions=last: the layers get different masks or rotary embeddings (sliding-window attention); using the full suffix")
+            log.info(
+                "positions=last: the layers get different masks or rotary embeddings (sliding-window attention); using the full suffix"
+            )
             return False
         attns = [getattr(block, "attn", None) for block in self.model.bridge.blocks]
         if any(attn is None or not hasattr(attn, "_update_kv_cache") for attn in attns):
@@ -211,9 +219,11 @@ class PrefixCache:
             for position in range(len(self.batches)):
                 per_layer: dict[int, tuple[Tensor, Tensor]] = {}
                 for layer, attn in enumerate(attns):
+
                     def record(k: Tensor, v: Tensor, layer=layer, **_kwargs) -> tuple[Tensor, Tensor]:
                         per_layer[layer] = (k.detach().clone(), v.detach().clone())
                         return k, v
+
                     attn._update_kv_cache = record  # instance attribute shadows the method
                 try:
                     run_clean_batch(position)
@@ -279,10 +289,15 @@ class PrefixCache:
             kwargs["cache_position"] = None
         n = int(sum(len(i) for i in index))
         device = self.batches[0].tokens.device
-        targets = [b.read_target if b.read_target is not None else torch.zeros(len(b.index), dtype=torch.long, device=device) for b in self.batches]
+        targets = [
+            b.read_target if b.read_target is not None else torch.zeros(len(b.index), dtype=torch.long, device=device)
+            for b in self.batches
+        ]
         self.last_batch = Batch(
-            index=torch.cat(index), tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
-            attention_mask=torch.ones(n, 1, dtype=torch.long, device=device), last_index=torch.zeros(n, dtype=torch.long, device=device),
+            index=torch.cat(index),
+            tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
+            attention_mask=torch.ones(n, 1, dtype=torch.long, device=device),
+            last_index=torch.zeros(n, dtype=torch.long, device=device),
             read_target=torch.cat(targets),  # one read per prompt (the last-token path is first-token only)
         )
         self._last = {

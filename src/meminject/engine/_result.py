@@ -23,7 +23,7 @@ class EvalResult:
     seconds: float = 0.0
     hooks: list[str] = field(default_factory=list)
     pruned: bool = False  # stopped early by its monitor: per_prompt and summary cover the prompts seen
-    n_prompts: int = 0    # prompts evaluated
+    n_prompts: int = 0  # prompts evaluated
 
 
 # A trial's monitor: called after each chunk of prompts with their dataset rows and per-prompt values
@@ -31,7 +31,9 @@ class EvalResult:
 Monitor = Callable[[np.ndarray, dict[str, np.ndarray]], bool]
 
 
-def per_prompt_table(evaluator: Any, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray]) -> pd.DataFrame:
+def per_prompt_table(
+    evaluator: Any, texts: list[str], out: dict[str, Any], clean: dict[str, np.ndarray]
+) -> pd.DataFrame:
     """One row per prompt: the memory, P(answer) before/after/explicit, gains, ranks, top-k after."""
     after, rank_after, top, logprob_after = out["probs"], out["ranks"], out["top"], out["logprobs"]
     frame = evaluator.dataset.frame
@@ -45,7 +47,9 @@ def per_prompt_table(evaluator: Any, texts: list[str], out: dict[str, Any], clea
             "answer": frame["answer"].tolist(),
             "memory": texts,
             "answer_token": answer_token.numpy(),
-            "answer_tokens": [len(ids) if evaluator.answer_metric == "sequence" else 1 for ids in evaluator.answer_ids],  # tokens scored
+            "answer_tokens": [
+                len(ids) if evaluator.answer_metric == "sequence" else 1 for ids in evaluator.answer_ids
+            ],  # tokens scored
             "answer_token_str": [decode(t) for t in answer_token.tolist()],
             "answer_prob_before": clean["before"],
             "answer_prob_after": after,
@@ -54,7 +58,9 @@ def per_prompt_table(evaluator: Any, texts: list[str], out: dict[str, Any], clea
             "answer_logprob_before": clean["logprob_before"],
             "answer_logprob_after": logprob_after,
             "logprob_gain": logprob_after - clean["logprob_before"],
-            "percent_increase": np.where(clean["before"] > 0, gain / np.maximum(clean["before"], 1e-300) * 100.0, np.nan),
+            "percent_increase": np.where(
+                clean["before"] > 0, gain / np.maximum(clean["before"], 1e-300) * 100.0, np.nan
+            ),
             "damage": out["damage"],  # KL of the rest of the next-token distribution (meminject.damage)
             "rank_before": clean["rank_before"],
             "rank_after": rank_after,
@@ -65,7 +71,13 @@ def per_prompt_table(evaluator: Any, texts: list[str], out: dict[str, Any], clea
 
 def empty_out(n: int, *, keep_rest: bool = False) -> dict[str, Any]:
     """Per-prompt arrays that :func:`read_answers` fills batch by batch."""
-    out: dict[str, Any] = {"probs": np.zeros(n), "ranks": np.zeros(n, dtype=np.int64), "top": [[] for _ in range(n)], "logprobs": np.zeros(n), "damage": np.full(n, np.nan)}
+    out: dict[str, Any] = {
+        "probs": np.zeros(n),
+        "ranks": np.zeros(n, dtype=np.int64),
+        "top": [[] for _ in range(n)],
+        "logprobs": np.zeros(n),
+        "damage": np.full(n, np.nan),
+    }
     if keep_rest:
         out["rest"] = None  # (n, vocab) clean logits at the read position, allocated at the first batch
     return out
@@ -77,7 +89,9 @@ def _rank(logits: Tensor, token: Tensor) -> Tensor:
     return (logits > answer_logit).sum(dim=1)
 
 
-def read_answers(batch: Batch, logits: Tensor, out: dict[str, Any], top_k: int, clean_rest: Tensor | None = None) -> None:
+def read_answers(
+    batch: Batch, logits: Tensor, out: dict[str, Any], top_k: int, clean_rest: Tensor | None = None
+) -> None:
     """From one batch's logits at its read positions: log P(answer) per prompt (summed over
     answer tokens for the sequence metric), the first answer token's rank and top-k, and (with
     ``clean_rest``) the damage at that position; a clean pass (``out["rest"]``) keeps its logits there."""
@@ -96,7 +110,9 @@ def read_answers(batch: Batch, logits: Tensor, out: dict[str, Any], top_k: int, 
     for row, ids in zip(index, first_logits.topk(top_k, dim=-1).indices.cpu().tolist()):
         out["top"][row] = ids
     if clean_rest is not None:
-        out["damage"][index] = rest_kl(clean_rest[batch.index.to(clean_rest.device)], first_logits, first_target).double().cpu().numpy()
+        out["damage"][index] = (
+            rest_kl(clean_rest[batch.index.to(clean_rest.device)], first_logits, first_target).double().cpu().numpy()
+        )
     if "rest" in out:
         if out["rest"] is None:
             out["rest"] = torch.empty(len(out["probs"]), logits.shape[-1], device=logits.device)

@@ -73,7 +73,11 @@ def make_batches(
     """
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i])) if sort_by_length else list(range(len(token_lists)))
+    order = (
+        sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
+        if sort_by_length
+        else list(range(len(token_lists)))
+    )
     if floor_tokens > 0 and sort_by_length:
         groups = _cheapest_groups(order, [len(token_lists[i]) for i in order], max_batch_tokens, floor_tokens)
     else:
@@ -81,7 +85,9 @@ def make_batches(
     return [_padded_batch(token_lists, group, pad_id, device, padding_side, reads, prompt_lengths) for group in groups]
 
 
-def _greedy_groups(token_lists: Sequence[Sequence[int]], order: list[int], max_batch_tokens: int, max_padding: float) -> list[list[int]]:
+def _greedy_groups(
+    token_lists: Sequence[Sequence[int]], order: list[int], max_batch_tokens: int, max_padding: float
+) -> list[list[int]]:
     """Groups of consecutive prompts (in ``order``), each closed when one more prompt would
     exceed ``max_batch_tokens`` padded tokens or a ``max_padding`` fraction of padding."""
     groups = []
@@ -121,20 +127,29 @@ def _padded_batch(
         last[row] = start + len(ids) - 1
     read_row, read_pos, read_target, prompt_last = None, None, None, None
     if reads is not None:
-        flat = [(row, (0 if padding_side == "right" else width - len(token_lists[i])) + pos, target) for row, i in enumerate(group) for pos, target in reads[i]]
+        flat = [
+            (row, (0 if padding_side == "right" else width - len(token_lists[i])) + pos, target)
+            for row, i in enumerate(group)
+            for pos, target in reads[i]
+        ]
         read_row = torch.as_tensor([r for r, _, _ in flat], dtype=torch.long, device=device)
         read_pos = torch.as_tensor([p for _, p, _ in flat], dtype=torch.long, device=device)
         read_target = torch.as_tensor([t for _, _, t in flat], dtype=torch.long, device=device)
     if prompt_lengths is not None:
         prompt_last = torch.as_tensor(
-            [(0 if padding_side == "right" else width - len(token_lists[i])) + prompt_lengths[i] - 1 for i in group], dtype=torch.long, device=device
+            [(0 if padding_side == "right" else width - len(token_lists[i])) + prompt_lengths[i] - 1 for i in group],
+            dtype=torch.long,
+            device=device,
         )
     return Batch(
         index=torch.as_tensor(group, dtype=torch.long),
         tokens=tokens.to(device),
         attention_mask=mask.to(device),
         last_index=last.to(device),
-        read_row=read_row, read_pos=read_pos, read_target=read_target, prompt_last=prompt_last,
+        read_row=read_row,
+        read_pos=read_pos,
+        read_target=read_target,
+        prompt_last=prompt_last,
     )
 
 
@@ -168,11 +183,15 @@ def _forward(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook], **kwargs) 
     bridge = model.bridge
     with torch.no_grad():
         if fwd_hooks:
-            return bridge.run_with_hooks(batch.tokens, attention_mask=batch.attention_mask, fwd_hooks=fwd_hooks, **kwargs)
+            return bridge.run_with_hooks(
+                batch.tokens, attention_mask=batch.attention_mask, fwd_hooks=fwd_hooks, **kwargs
+            )
         return bridge(batch.tokens, attention_mask=batch.attention_mask, **kwargs)
 
 
-def last_position_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None = None) -> Float[Tensor, "batch d_vocab"]:
+def last_position_logits(
+    model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None = None
+) -> Float[Tensor, "batch d_vocab"]:
     """Logits at each prompt's last real token, with the given hooks active.
 
     Only the positions that are some prompt's last token are unembedded (Hugging Face's
@@ -183,7 +202,9 @@ def last_position_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook]
     return _logits_at(model, batch, fwd_hooks, rows, batch.last_index)
 
 
-def read_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None = None) -> Float[Tensor, "reads d_vocab"]:
+def read_logits(
+    model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None = None
+) -> Float[Tensor, "reads d_vocab"]:
     """Logits at the batch's read positions (``read_row``, ``read_pos``), hooks active.
 
     Only positions that are read are unembedded (``logits_to_keep``).
@@ -191,7 +212,9 @@ def read_logits(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None =
     return _logits_at(model, batch, fwd_hooks, batch.read_row, batch.read_pos)
 
 
-def _logits_at(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None, rows: Tensor, positions: Tensor) -> Tensor:
+def _logits_at(
+    model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None, rows: Tensor, positions: Tensor
+) -> Tensor:
     """Logits at (rows, positions), unembedding only the positions read (``logits_to_keep``)."""
     keep = torch.unique(positions)  # sorted
     try:
@@ -203,7 +226,9 @@ def _logits_at(model: LoadedModel, batch: Batch, fwd_hooks: list[Hook] | None, r
     return logits[rows.to(logits.device), column].float()
 
 
-def capture_last_position(model: LoadedModel, batch: Batch, hook_name: str, stop_at_layer: int | None = None) -> Float[Tensor, "batch d_model"]:
+def capture_last_position(
+    model: LoadedModel, batch: Batch, hook_name: str, stop_at_layer: int | None = None
+) -> Float[Tensor, "batch d_model"]:
     """The activation at ``hook_name`` at each prompt's last real token (clean run)."""
     store: dict[str, Tensor] = {}
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["InjectionSpec", "stacked_hooks", "SITES", "SCALES", "POSITIONS", "ANSWER_METRICS"]
 
 
-
 @dataclass(frozen=True)
 class InjectionSpec:
     """One point of the search space: where, how strong, which memory and how encoded."""
@@ -52,8 +51,18 @@ class InjectionSpec:
     @classmethod
     def from_point(cls, point: TrialPoint) -> "InjectionSpec":
         inj, mem = point.injection, point.memory
-        return cls(layer=inj.layer, tweak=inj.tweak, site=inj.site, head=inj.head, positions=inj.positions,
-                   memory_type=mem.type, encoding=mem.encoding, literal_hook=inj.literal_hook, scale=inj.scale, hook=inj.hook)
+        return cls(
+            layer=inj.layer,
+            tweak=inj.tweak,
+            site=inj.site,
+            head=inj.head,
+            positions=inj.positions,
+            memory_type=mem.type,
+            encoding=mem.encoding,
+            literal_hook=inj.literal_hook,
+            scale=inj.scale,
+            hook=inj.hook,
+        )
 
     def canonical(self) -> "InjectionSpec":
         """The equivalent point that is actually computed (:meth:`TrialPoint.canonical`: every
@@ -70,20 +79,33 @@ class InjectionSpec:
         """Refuse a point the model cannot take, with the config key to fix (the values
         themselves were checked when the config was built: :mod:`meminject.config`)."""
         if self.site in ("head", "head_subspace") and self.head is None:
-            raise ConfigError(f"injection.site={self.site} needs injection.head (the head whose output space receives the memory; for site=head any head: they are equivalent)")
+            raise ConfigError(
+                f"injection.site={self.site} needs injection.head (the head whose output space receives the memory; for site=head any head: they are equivalent)"
+            )
         if model is None:
             return
         if self.site != "layer" and getattr(model, "sandwich_norms", False):
-            raise ConfigError(f"injection.site={self.site} is undefined on {model.name}: its post-attention norm comes after W_O, so one head's share "
-                              "of the attention output is not what reaches the residual stream; use injection.site=layer")
+            raise ConfigError(
+                f"injection.site={self.site} is undefined on {model.name}: its post-attention norm comes after W_O, so one head's share "
+                "of the attention output is not what reaches the residual stream; use injection.site=layer"
+            )
         if not 0 <= self.layer < model.n_layers:
-            raise ConfigError(f"injection.layer={self.layer} is out of range for {model.name} (layers 0..{model.n_layers - 1})")
+            raise ConfigError(
+                f"injection.layer={self.layer} is out of range for {model.name} (layers 0..{model.n_layers - 1})"
+            )
         if self.site in ("head", "head_subspace") and not 0 <= int(self.head) < model.n_heads:
-            raise ConfigError(f"injection.head={self.head} is out of range for {model.name} (heads 0..{model.n_heads - 1})")
+            raise ConfigError(
+                f"injection.head={self.head} is out of range for {model.name} (heads 0..{model.n_heads - 1})"
+            )
 
 
-def stacked_hooks(specs: Sequence[InjectionSpec], vectors: Sequence[Float[Tensor, "n d_model"]], batch: Batch, device: torch.device,
-                  last_token_only: bool = False) -> list[tuple[str, Callable]]:
+def stacked_hooks(
+    specs: Sequence[InjectionSpec],
+    vectors: Sequence[Float[Tensor, "n d_model"]],
+    batch: Batch,
+    device: torch.device,
+    last_token_only: bool = False,
+) -> list[tuple[str, Callable]]:
     """One hook for ``len(specs)`` same-layer trials stacked along the batch axis.
 
     ``vectors[k]`` holds trial k's memory per prompt (rows indexed by ``batch.index``);
@@ -98,12 +120,15 @@ def stacked_hooks(specs: Sequence[InjectionSpec], vectors: Sequence[Float[Tensor
     else:
         mask = torch.cat([position_mask(batch.attention_mask, batch.prompt_last, s.positions) for s in specs])
     if spec.site == "head" and spec.literal_hook:
+
         def add_to_head(result: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, head, d_model)
             result = result.clone()
             result[:, :, spec.head, :] = inject(result[:, :, spec.head, :], memory.to(result.dtype), tweak, mask)
             return result
+
         return [(spec.hook_name, add_to_head)]
 
     def add_to_layer(attn_out: Tensor, hook) -> Tensor:  # noqa: ARG001 # (batch, pos, d_model)
         return inject(attn_out, memory.to(attn_out.dtype), tweak, mask)
+
     return [(spec.hook_name, add_to_layer)]

@@ -8,7 +8,13 @@ import numpy as np
 __all__ = ["summarize", "typical_norm", "MASSIVE"]
 
 
-def summarize(before: np.ndarray, after: np.ndarray, explicit: np.ndarray, logprob_before: np.ndarray | None = None, logprob_after: np.ndarray | None = None) -> dict[str, float]:
+def summarize(
+    before: np.ndarray,
+    after: np.ndarray,
+    explicit: np.ndarray,
+    logprob_before: np.ndarray | None = None,
+    logprob_after: np.ndarray | None = None,
+) -> dict[str, float]:
     gain = after - before
     with np.errstate(divide="ignore", invalid="ignore"):
         percent = np.where(before > 0, gain / before * 100.0, np.nan)

@@ -44,7 +44,23 @@ from ._trial import TrialRunner, trial_config
 from ._worker import run_worker
 
 __all__ = [
-    "SweepSpec", "load_sweep", "prepare_study", "resolve_space", "run_worker", "ranked_sites", "distinct_sites", "control_gaps",
-    "heldout_report", "CONTROL_TYPES", "open_storage", "default_storage_url", "load_study", "TrialRunner", "trial_config",
-    "cmd_sweep", "cmd_worker", "cmd_best", "help_epilog",
+    "SweepSpec",
+    "load_sweep",
+    "prepare_study",
+    "resolve_space",
+    "run_worker",
+    "ranked_sites",
+    "distinct_sites",
+    "control_gaps",
+    "heldout_report",
+    "CONTROL_TYPES",
+    "open_storage",
+    "default_storage_url",
+    "load_study",
+    "TrialRunner",
+    "trial_config",
+    "cmd_sweep",
+    "cmd_worker",
+    "cmd_best",
+    "help_epilog",
 ]

@@ -22,7 +22,18 @@ from ._heldout import check_controls, format_heldout, heldout_report
 from ._recheck import float32_recheck
 from ._parent import best_csv, finalize, start_parent_run
 from ._results import distinct_sites, format_table, ranked_sites
-from ._settings import BEST_SETTINGS, SWEEP_SETTINGS, WORKER_SETTINGS, SweepSpec, as_bool, as_non_negative_int, as_positive_int, load_sweep, parse_settings, presets
+from ._settings import (
+    BEST_SETTINGS,
+    SWEEP_SETTINGS,
+    WORKER_SETTINGS,
+    SweepSpec,
+    as_bool,
+    as_non_negative_int,
+    as_positive_int,
+    load_sweep,
+    parse_settings,
+    presets,
+)
 from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
 from ._study import ATTR_PARENT, budget, counted, preflight, prepare_study, stored_spec
@@ -44,8 +55,13 @@ def help_epilog(command: str) -> str:
     if command == "sweep":
         found = presets()
         pad = max(map(len, found)) + 2
-        lines += ["", "presets (sweep=NAME; ./sweeps/NAME.yaml adds your own):"] + [f"  {name:<{pad}} {text}" for name, (_, text) in sorted(found.items())]
-        lines += ["", "any other key=value is a config override (see meminject eval --help), or a searched axis: key='interval(1,15)', 'range(0,all)', 'choice(a,b)'"]
+        lines += ["", "presets (sweep=NAME; ./sweeps/NAME.yaml adds your own):"] + [
+            f"  {name:<{pad}} {text}" for name, (_, text) in sorted(found.items())
+        ]
+        lines += [
+            "",
+            "any other key=value is a config override (see meminject eval --help), or a searched axis: key='interval(1,15)', 'range(0,all)', 'choice(a,b)'",
+        ]
     return "\n".join(lines)
 
 
@@ -65,9 +81,13 @@ def _heartbeat_setting(settings: dict[str, str]) -> tuple[int, int] | None:
     grace = as_positive_int(settings.get("grace", max(DEFAULT_HEARTBEAT[1], 4 * interval)), "grace")
     for key, value in (("heartbeat", interval), ("grace", grace)):
         if value > _MAX_HEARTBEAT_S:  # a timestamp that far ahead overflows, and the trial would never go stale
-            raise ConfigError(f"{key}={value} is over a day ({_MAX_HEARTBEAT_S} s): a dead worker's trial would never be re-run; use at most {_MAX_HEARTBEAT_S}")
+            raise ConfigError(
+                f"{key}={value} is over a day ({_MAX_HEARTBEAT_S} s): a dead worker's trial would never be re-run; use at most {_MAX_HEARTBEAT_S}"
+            )
     if grace <= interval:
-        raise ConfigError(f"grace={grace} must be longer than heartbeat={interval} (a trial is stale after missing beats for the grace period)")
+        raise ConfigError(
+            f"grace={grace} must be longer than heartbeat={interval} (a trial is stale after missing beats for the grace period)"
+        )
     return interval, grace
 
 
@@ -77,7 +97,9 @@ def _tracker(base) -> Tracker | None:
         try:
             tracker.check_reachable()
         except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"tracking server {redact(tracking_uri(base))} is unreachable ({first_line(exc, 160)}); start it or set tracking.uri") from exc
+            raise ConfigError(
+                f"tracking server {redact(tracking_uri(base))} is unreachable ({first_line(exc, 160)}); start it or set tracking.uri"
+            ) from exc
     return tracker
 
 
@@ -85,8 +107,10 @@ def cmd_sweep(args: Sequence[str]) -> int:
     spec, settings = load_sweep(args)
     workers = as_non_negative_int(settings.get("workers", 1), "workers")
     if workers > _max_workers():
-        raise ConfigError(f"workers={workers} is more than this machine can hold ({os.cpu_count()} cores: at most {_max_workers()}, "
-                          "each worker loads its own model); use fewer, or start `meminject worker` on other machines")
+        raise ConfigError(
+            f"workers={workers} is more than this machine can hold ({os.cpu_count()} cores: at most {_max_workers()}, "
+            "each worker loads its own model); use fewer, or start `meminject worker` on other machines"
+        )
     progress = as_bool(settings.get("progress", "true"), "progress")
     heartbeat = _heartbeat_setting(settings)
     storage_url = settings.get("storage")
@@ -96,17 +120,23 @@ def cmd_sweep(args: Sequence[str]) -> int:
     start_parent_run(study, spec, base, tracker, storage_url)
     total = budget(spec, space)
     where = redact(storage_url or default_storage_url())
-    goal = " and ".join(f"{d} {o}" for o, d in zip(spec.all_objectives(), spec.all_directions())) + (f" subject to {spec.constraint}" if spec.constraint else "")
-    print(f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {total} trials · {goal} · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}")
+    goal = " and ".join(f"{d} {o}" for o, d in zip(spec.all_objectives(), spec.all_directions())) + (
+        f" subject to {spec.constraint}" if spec.constraint else ""
+    )
+    print(
+        f"sweep {spec.name}: study {spec.study_name} · {spec.sampler} sampler · {total} trials · {goal} · axes {', '.join(f'{k}={v}' for k, v in spec.params.items())}"
+    )
     print(f"  storage {where} · workers {workers}" + (f" · MLflow {redact(tracking_uri(base))}" if tracker else ""))
     done_before = len(counted(study))
     if done_before >= total and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         print(f"study {spec.study_name} is complete ({done_before} trials): nothing to run")
     elif workers == 0:
         # Prepare only: the study, its grid queue and the parent run exist; workers start anywhere.
-        print(f"  prepared; start workers (any machine that reaches the storage and the tracking server):\n"
-              f"    meminject worker study={spec.study_name} storage={where}\n"
-              f"  then rerun this command to finish the parent run and write the ranked sites")
+        print(
+            f"  prepared; start workers (any machine that reaches the storage and the tracking server):\n"
+            f"    meminject worker study={spec.study_name} storage={where}\n"
+            f"  then rerun this command to finish the parent run and write the ranked sites"
+        )
         return 0
     started = time.perf_counter()
     _run_and_close(study, spec, tracker, workers, storage_url, total, progress)
@@ -114,13 +144,19 @@ def cmd_sweep(args: Sequence[str]) -> int:
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     if done_before < total:
         new = len(complete) + len(pruned) - done_before
-        print(f"done: {len(complete)} complete trials" + (f", {len(pruned)} pruned" if pruned else "") + f" ({new} new) in {time.perf_counter() - started:.1f} s")
+        print(
+            f"done: {len(complete)} complete trials"
+            + (f", {len(pruned)} pruned" if pruned else "")
+            + f" ({new} new) in {time.perf_counter() - started:.1f} s"
+        )
     print(format_table(ranked_sites(study, top=5)))
     print(f"ranked sites: {best_csv(study.study_name)}")
     return 0
 
 
-def _run_and_close(study, spec: SweepSpec, tracker: Tracker | None, workers: int, storage_url: str | None, total: int, progress: bool) -> None:
+def _run_and_close(
+    study, spec: SweepSpec, tracker: Tracker | None, workers: int, storage_url: str | None, total: int, progress: bool
+) -> None:
     """Run the workers; whatever happens, write the results and close the parent run."""
     status = "FINISHED"
     try:
@@ -163,7 +199,9 @@ def cmd_worker(args: Sequence[str]) -> int:
         import torch
 
         torch.set_num_threads(int(threads))
-    ran = run_worker(settings["study"], settings.get("storage"), worker_index=index, progress=progress, max_trials=max_trials)
+    ran = run_worker(
+        settings["study"], settings.get("storage"), worker_index=index, progress=progress, max_trials=max_trials
+    )
     print(f"worker: {ran} trials")
     return 0
 
@@ -184,9 +222,13 @@ def cmd_best(args: Sequence[str]) -> int:
         table = float32_recheck(spec, table, base.model.dtype, top)
     path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
-    print(f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}")
+    print(
+        f"study {name}: {len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))} complete trials, {len(table)} {unit}"
+    )
     if rechecked:
-        print(f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)")
+        print(
+            f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)"
+        )
     print(format_table(table.head(top)))
     print(f"table: {path}")
     tracker = Tracker.from_config(base) if base is not None else None
@@ -195,7 +237,9 @@ def cmd_best(args: Sequence[str]) -> int:
         tracker.log_file(parent, path)
     has_split = base is not None and base.data.split is not None and base.data.part == "train"
     if heldout == "true" and not has_split:
-        raise ConfigError(f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible")
+        raise ConfigError(
+            f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible"
+        )
     if table.empty or heldout == "false" or not has_split:
         return 0
     report, report_path = _heldout_check(name, spec, base, table.head(top), controls, n_boot, multi)
@@ -226,13 +270,18 @@ def _shown_sites(ranked: pd.DataFrame, spec: SweepSpec | None, multi: bool, dist
     if multi:  # every Pareto-optimal site: each τ of a site is its own trade-off
         table = ranked[ranked["pareto"]].reset_index(drop=True)
         table["rank"] = range(1, len(table) + 1)
-        return table, f"Pareto-optimal sites ({', '.join(f'{d} {o}' for o, d in zip(spec.all_objectives(), spec.all_directions()))})"
+        return (
+            table,
+            f"Pareto-optimal sites ({', '.join(f'{d} {o}' for o, d in zip(spec.all_objectives(), spec.all_directions()))})",
+        )
     if distinct:
         return distinct_sites(ranked), "sites (best τ of each)"
     return ranked, "distinct sites"
 
 
-def _heldout_check(name: str, spec: SweepSpec, base, sites: pd.DataFrame, controls: list[str], n_boot: int, multi: bool) -> tuple[pd.DataFrame, Path]:
+def _heldout_check(
+    name: str, spec: SweepSpec, base, sites: pd.DataFrame, controls: list[str], n_boot: int, multi: bool
+) -> tuple[pd.DataFrame, Path]:
     """Judge the top sites on the held-out prompts (in float32); write and print the report."""
     overrides = list(spec.overrides)
     if base.model.dtype != "float32":  # the verdicts are float32's too
@@ -241,7 +290,9 @@ def _heldout_check(name: str, spec: SweepSpec, base, sites: pd.DataFrame, contro
     report = heldout_report(overrides, sites, controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))
     report_path = outputs_dir("best") / f"{name}-heldout.csv"
     report.to_csv(report_path, index=False)
-    print(f"\nheld-out check of the top {len(report)} sites ({int(report['heldout_prompts'].iloc[0])} held-out prompts; 95% bootstrap intervals):")
+    print(
+        f"\nheld-out check of the top {len(report)} sites ({int(report['heldout_prompts'].iloc[0])} held-out prompts; 95% bootstrap intervals):"
+    )
     print(format_heldout(report, controls, with_damage=multi))
     print(f"held-out table: {report_path}")
     return report, report_path
@@ -252,6 +303,9 @@ def _log_heldout(tracker: Tracker, parent: str, report: pd.DataFrame, report_pat
     tracker.log_file(parent, report_path)
     if figure is not None:
         tracker.log_file(parent, figure, "figures")
-    verdicts = [f"{int(r['rank'])}: L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}" for _, r in report.iterrows()]
+    verdicts = [
+        f"{int(r['rank'])}: L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}"
+        for _, r in report.iterrows()
+    ]
     tracker.client.set_tag(parent, TAG_VERDICTS, "\n".join(verdicts)[:5000])
     tracker.client.set_tag(parent, TAG_HOLDS, str(int((report["verdict"] == "holds").sum())))

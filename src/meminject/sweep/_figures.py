@@ -14,7 +14,16 @@ import pandas as pd
 
 from ._heatmap import GAIN_LABEL, HeatmapData, ScatterData, draw_gain_heatmap, draw_trial_scatter, tweak_axis
 
-__all__ = ["gain_heatmaps", "trial_frame", "trial_scatter", "optuna_figures", "per_prompt_gains", "sweep_figures", "pareto_figure", "GAIN_LABEL"]
+__all__ = [
+    "gain_heatmaps",
+    "trial_frame",
+    "trial_scatter",
+    "optuna_figures",
+    "per_prompt_gains",
+    "sweep_figures",
+    "pareto_figure",
+    "GAIN_LABEL",
+]
 
 log = logging.getLogger("meminject")
 
@@ -65,8 +74,17 @@ def trial_frame(study) -> pd.DataFrame:
             continue
         complete = t.state == TrialState.COMPLETE
         gain = t.user_attrs.get("mean_gain", t.value) if complete else t.user_attrs.get("partial_mean_gain")
-        rows.append({"trial": t.number, "state": "COMPLETE" if complete else "PRUNED", "layer": int(site["injection.layer"]), "tweak": float(site["injection.tweak"]),
-                     "encoding": str(site.get("memory.encoding", "-")), "memory_type": str(site.get("memory.type", "-")), "gain": np.nan if gain is None else float(gain)})
+        rows.append(
+            {
+                "trial": t.number,
+                "state": "COMPLETE" if complete else "PRUNED",
+                "layer": int(site["injection.layer"]),
+                "tweak": float(site["injection.tweak"]),
+                "encoding": str(site.get("memory.encoding", "-")),
+                "memory_type": str(site.get("memory.type", "-")),
+                "gain": np.nan if gain is None else float(gain),
+            }
+        )
     return pd.DataFrame(rows, columns=["trial", "state", "layer", "tweak", "encoding", "memory_type", "gain"])
 
 
@@ -75,7 +93,11 @@ def trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int = 0, study=
     if trials.empty:
         return None
     search = _tweak_search(study)
-    span = (search["low"], search["high"]) if "low" in search else ((min(search["choices"]), max(search["choices"])) if "choices" in search else None)
+    span = (
+        (search["low"], search["high"])
+        if "low" in search
+        else ((min(search["choices"]), max(search["choices"])) if "choices" in search else None)
+    )
     return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span)
 
 
@@ -86,7 +108,10 @@ def optuna_figures(study, folder: Path, target: str = GAIN_LABEL) -> list[Path]:
     import optuna.visualization.matplotlib as ovm
 
     made = []
-    for name, make in (("optimization_history.png", ovm.plot_optimization_history), ("param_importances.png", ovm.plot_param_importances)):
+    for name, make in (
+        ("optimization_history.png", ovm.plot_optimization_history),
+        ("param_importances.png", ovm.plot_param_importances),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
@@ -168,7 +193,9 @@ def pareto_figure(ranked: pd.DataFrame, heldout: pd.DataFrame | None, path: Path
     whole.set_ylabel("mean gain (train)")
     zoom.legend(fontsize=8, loc="lower right")
     study = f"{spec.study_name}: " if spec is not None else ""
-    fig.suptitle(f"{study}answer-probability gain against collateral damage, per site (lower damage is gentler)", fontsize=11)
+    fig.suptitle(
+        f"{study}answer-probability gain against collateral damage, per site (lower damage is gentler)", fontsize=11
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -180,14 +207,33 @@ def _draw_sites(ranked: pd.DataFrame, whole, zoom) -> pd.DataFrame:
     Returns the front, by damage."""
     rest = ranked[~ranked["pareto"].astype(bool)]
     front = ranked[ranked["pareto"].astype(bool)].sort_values("mean_damage")
-    tiny = max(float(ranked["mean_damage"][ranked["mean_damage"] > 0].min()) if (ranked["mean_damage"] > 0).any() else 1e-6, 1e-9)
+    tiny = max(
+        float(ranked["mean_damage"][ranked["mean_damage"] > 0].min()) if (ranked["mean_damage"] > 0).any() else 1e-6,
+        1e-9,
+    )
     for ax in (whole, zoom):
-        ax.scatter(rest["mean_damage"], rest["mean_gain"], s=14, color="0.7", label=f"other sites ({len(rest)})", zorder=1)
-        ax.plot(front["mean_damage"], front["mean_gain"], "-o", color="tab:blue", markersize=5, label=f"train Pareto front ({len(front)})", zorder=3)
+        ax.scatter(
+            rest["mean_damage"], rest["mean_gain"], s=14, color="0.7", label=f"other sites ({len(rest)})", zorder=1
+        )
+        ax.plot(
+            front["mean_damage"],
+            front["mean_gain"],
+            "-o",
+            color="tab:blue",
+            markersize=5,
+            label=f"train Pareto front ({len(front)})",
+            zorder=3,
+        )
         ax.axhline(0, color="black", linewidth=0.6)
     whole.set_xscale("log")  # damage spans decades; a τ=0 point (damage 0) sits at the left edge
     whole.set_xlim(left=tiny / 2)
-    whole.scatter(np.full(int((ranked["mean_damage"] <= 0).sum()), tiny / 2), ranked.loc[ranked["mean_damage"] <= 0, "mean_gain"], s=14, color="0.7", clip_on=False)
+    whole.scatter(
+        np.full(int((ranked["mean_damage"] <= 0).sum()), tiny / 2),
+        ranked.loc[ranked["mean_damage"] <= 0, "mean_gain"],
+        s=14,
+        color="0.7",
+        clip_on=False,
+    )
     whole.set_title("every site (damage on a log scale)", fontsize=10)
     return front
 
@@ -196,12 +242,41 @@ def _draw_heldout(heldout: pd.DataFrame, zoom, lows: list[float], highs: list[fl
     """Each front site's held-out point with its 95% intervals, tied to its numbered train point;
     widens ``lows``/``highs`` to the intervals and returns the zoom's right damage edge."""
     for _, r in heldout.iterrows():
-        zoom.plot([r["train_damage"], r["heldout_damage"]], [r["train_gain"], r["heldout_gain"]], color="tab:orange", linewidth=0.6, alpha=0.7, zorder=2)
-        zoom.annotate(str(int(r["rank"])), (r["train_damage"], r["train_gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points", color="tab:blue")
-    zoom.errorbar(heldout["heldout_damage"], heldout["heldout_gain"],
-                  xerr=[heldout["heldout_damage"] - heldout["heldout_damage_ci_low"], heldout["heldout_damage_ci_high"] - heldout["heldout_damage"]],
-                  yerr=[heldout["heldout_gain"] - heldout["heldout_ci_low"], heldout["heldout_ci_high"] - heldout["heldout_gain"]],
-                  fmt="D", color="tab:orange", markersize=4, elinewidth=0.7, capsize=2, label="held-out, 95% intervals (number: rank in best)", zorder=4)
+        zoom.plot(
+            [r["train_damage"], r["heldout_damage"]],
+            [r["train_gain"], r["heldout_gain"]],
+            color="tab:orange",
+            linewidth=0.6,
+            alpha=0.7,
+            zorder=2,
+        )
+        zoom.annotate(
+            str(int(r["rank"])),
+            (r["train_damage"], r["train_gain"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+            color="tab:blue",
+        )
+    zoom.errorbar(
+        heldout["heldout_damage"],
+        heldout["heldout_gain"],
+        xerr=[
+            heldout["heldout_damage"] - heldout["heldout_damage_ci_low"],
+            heldout["heldout_damage_ci_high"] - heldout["heldout_damage"],
+        ],
+        yerr=[
+            heldout["heldout_gain"] - heldout["heldout_ci_low"],
+            heldout["heldout_ci_high"] - heldout["heldout_gain"],
+        ],
+        fmt="D",
+        color="tab:orange",
+        markersize=4,
+        elinewidth=0.7,
+        capsize=2,
+        label="held-out, 95% intervals (number: rank in best)",
+        zorder=4,
+    )
     lows.append(heldout["heldout_ci_low"].min())
     highs.append(heldout["heldout_ci_high"].max())
     return max(right, float(heldout["heldout_damage_ci_high"].max()))

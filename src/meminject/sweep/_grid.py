@@ -34,7 +34,9 @@ def canonical_params(params: dict[str, Any]) -> str:
 
 def point_of(trial: FrozenTrial) -> str:
     """A trial's grid point: a WAITING trial holds it as enqueued fixed params."""
-    params = trial.params if trial.state != TrialState.WAITING else (trial.system_attrs.get("fixed_params") or trial.params)
+    params = (
+        trial.params if trial.state != TrialState.WAITING else (trial.system_attrs.get("fixed_params") or trial.params)
+    )
     return canonical_params(params)
 
 
@@ -85,7 +87,8 @@ def enqueue_missing(study: optuna.Study, spec: SweepSpec, space: SearchSpace) ->
     if spec.pruner != "none":
         points = pruned_grid_order(points, spec.seed)
     taken = {
-        point_of(t) for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING, TrialState.WAITING))
+        point_of(t)
+        for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING, TrialState.WAITING))
         if not t.user_attrs.get(ATTR_SURPLUS)
     }
     for point in points:

@@ -19,12 +19,21 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["TweakAxis", "tweak_axis", "robust_limit", "HeatmapData", "draw_gain_heatmap", "ScatterData", "draw_trial_scatter", "GAIN_LABEL"]
+__all__ = [
+    "TweakAxis",
+    "tweak_axis",
+    "robust_limit",
+    "HeatmapData",
+    "draw_gain_heatmap",
+    "ScatterData",
+    "draw_trial_scatter",
+    "GAIN_LABEL",
+]
 
 GAIN_LABEL = "train mean gain"  # sweeps optimize on the train part (data.part=train)
-UNEXPLORED = "#b0b0b0"          # grey: distinct from the white of a zero gain on RdBu
-CMAP = "RdBu"                   # red = the injection hurts, blue = it helps
-MAX_EXACT = 15                  # up to this many distinct τ values keep exact columns
+UNEXPLORED = "#b0b0b0"  # grey: distinct from the white of a zero gain on RdBu
+CMAP = "RdBu"  # red = the injection hurts, blue = it helps
+MAX_EXACT = 15  # up to this many distinct τ values keep exact columns
 MARKERS = {"unembed": "o", "embed": "s", "layer": "^"}
 
 
@@ -45,7 +54,13 @@ class TweakAxis:
         return int(np.clip(np.searchsorted(self.edges, tweak, side="right") - 1, 0, self.n - 1))
 
 
-def tweak_axis(tweaks: Sequence[float], *, low: float | None = None, high: float | None = None, choices: Sequence[float] | None = None) -> TweakAxis:
+def tweak_axis(
+    tweaks: Sequence[float],
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: Sequence[float] | None = None,
+) -> TweakAxis:
     """Exact columns for a grid (or few values), else even bins over [low, high] (the searched
     interval when known, else the data's range): 1-wide bins when the span is a whole number
     from 6 to 20 (interval(1, 15) → 14 bins), 10 bins otherwise."""
@@ -109,10 +124,14 @@ def _tweak_ticks(ax, axis: TweakAxis) -> None:
     if axis.edges is None:
         ax.set_xticks(range(axis.n), [f"{v:g}" for v in axis.values], fontsize=7)
     else:  # ticks on the bin edges: the bins read as intervals
-        ax.set_xticks(np.arange(axis.n + 1) - 0.5, [_fmt(e) for e in axis.edges], fontsize=7, rotation=90 if axis.n > 10 else 0)
+        ax.set_xticks(
+            np.arange(axis.n + 1) - 0.5, [_fmt(e) for e in axis.edges], fontsize=7, rotation=90 if axis.n > 10 else 0
+        )
 
 
-def draw_gain_heatmap(sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks: TweakAxis, annotate: int = 3) -> HeatmapData:
+def draw_gain_heatmap(
+    sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks: TweakAxis, annotate: int = 3
+) -> HeatmapData:
     """Layer × τ grid of train mean gain (mean over the sites in a cell), one panel per
     (encoding, memory type), all on the same axes and one colour scale; the ``annotate``
     best cells of each panel carry their value."""
@@ -124,7 +143,9 @@ def draw_gain_heatmap(sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks:
     cmap = plt.get_cmap(CMAP).with_extremes(bad=UNEXPLORED)
     width = max(3.4, 0.34 * tweaks.n + 1.3)
     height = max(3.6, 0.2 * n_layers + 1.9)
-    fig, axes = plt.subplots(1, len(grids), figsize=(max(7.0, width * len(grids) + 1.4), height), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(grids), figsize=(max(7.0, width * len(grids) + 1.4), height), squeeze=False, sharey=True
+    )
     data = HeatmapData(path, np.arange(n_layers), tweaks, grids, limit)
     image = None
     for ax, (name, grid) in zip(axes[0], grids.items()):
@@ -132,9 +153,15 @@ def draw_gain_heatmap(sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks:
     axes[0][0].set_ylabel("layer")
     bar = fig.colorbar(image, ax=list(axes[0]), extend="both", fraction=0.04, pad=0.02)
     bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
-    handles = [Patch(facecolor=UNEXPLORED, label="not explored"), Patch(facecolor="0.25", edgecolor="white", hatch="///", label=f"beyond ±{_fmt(limit)} (clipped)")]
+    handles = [
+        Patch(facecolor=UNEXPLORED, label="not explored"),
+        Patch(facecolor="0.25", edgecolor="white", hatch="///", label=f"beyond ±{_fmt(limit)} (clipped)"),
+    ]
     fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.0, 0.0))
-    fig.suptitle(f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} of each panel labelled)", fontsize=10)
+    fig.suptitle(
+        f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} of each panel labelled)",
+        fontsize=10,
+    )
     fig.subplots_adjust(bottom=0.1 + 2.6 / (height * 6.4), top=1 - 0.75 / height, left=0.08, right=0.86, wspace=0.08)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -165,11 +192,21 @@ def _draw_panel(ax, name: str, grid: np.ndarray, data: HeatmapData, cmap, annota
     from matplotlib.patches import Rectangle
 
     limit, tweaks, n_layers = data.limit, data.tweaks, len(data.layers)
-    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", origin="lower", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_invalid(grid),
+        aspect="auto",
+        origin="lower",
+        cmap=cmap,
+        vmin=-limit,
+        vmax=limit,
+        interpolation="nearest",
+    )
     clipped = np.isfinite(grid) & (np.abs(grid) > limit)
     data.clipped[name] = clipped
     for layer, column in zip(*np.nonzero(clipped)):
-        ax.add_patch(Rectangle((column - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0.8))
+        ax.add_patch(
+            Rectangle((column - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0.8)
+        )
     order = np.argsort(np.where(np.isfinite(grid), grid, -np.inf), axis=None)[::-1][:annotate]
     data.annotated[name] = []
     for flat in order:
@@ -177,8 +214,17 @@ def _draw_panel(ax, name: str, grid: np.ndarray, data: HeatmapData, cmap, annota
         if not np.isfinite(grid[layer, column]):
             break
         value = grid[layer, column]
-        ax.text(column, layer, f"{value:+.3f}" if abs(value) >= 5e-4 or value == 0 else f"{value:+.1e}", ha="center", va="center", fontsize=6, fontweight="bold", color="white",
-                bbox={"boxstyle": "square,pad=0.1", "facecolor": (0, 0, 0, 0.6), "linewidth": 0})  # readable over any colour or hatch
+        ax.text(
+            column,
+            layer,
+            f"{value:+.3f}" if abs(value) >= 5e-4 or value == 0 else f"{value:+.1e}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            fontweight="bold",
+            color="white",
+            bbox={"boxstyle": "square,pad=0.1", "facecolor": (0, 0, 0, 0.6), "linewidth": 0},
+        )  # readable over any colour or hatch
         data.annotated[name].append((int(layer), int(column)))
     ax.set_title(name, fontsize=10)
     ax.set_xlabel("τ (tweak factor)" + (", binned" if tweaks.edges is not None else ""))
@@ -200,7 +246,9 @@ class ScatterData:
     clipped: int
 
 
-def draw_trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int, tweak_range: tuple[float, float] | None = None) -> ScatterData:
+def draw_trial_scatter(
+    trials: pd.DataFrame, path: Path, *, n_layers: int, tweak_range: tuple[float, float] | None = None
+) -> ScatterData:
     """Every trial at (τ, layer): complete trials coloured by train mean gain on the heatmap's
     scale, one marker shape per encoding; pruned trials as small grey crosses (they never
     reached a full-data gain, so they are not coloured)."""
@@ -224,7 +272,16 @@ def draw_trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int, tweak
     ax.set_ylabel("layer")
     ax.set_title(f"trials: {len(complete)} complete (coloured), {len(pruned)} pruned", fontsize=10)
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(handles), fontsize=8, frameon=False, title="marker: encoding (trials)", title_fontsize=8)
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.09),
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+            title="marker: encoding (trials)",
+            title_fontsize=8,
+        )
     fig.subplots_adjust(left=0.07, right=0.9, top=0.93, bottom=0.17)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -241,12 +298,47 @@ def _scatter_trials(ax, complete: pd.DataFrame, pruned: pd.DataFrame, limit: flo
     points = None
     for encoding, group in complete.groupby("encoding", sort=True):
         marker = MARKERS.get(str(encoding), "D")
-        points = ax.scatter(group["tweak"], group["layer"], c=group["gain"], cmap=CMAP, vmin=-limit, vmax=limit, marker=marker, s=46, edgecolors="0.2", linewidths=0.5, zorder=3)
-        handles.append(Line2D([], [], marker=marker, linestyle="", markerfacecolor="white", markeredgecolor="0.2", label=f"{encoding} ({len(group)})"))
+        points = ax.scatter(
+            group["tweak"],
+            group["layer"],
+            c=group["gain"],
+            cmap=CMAP,
+            vmin=-limit,
+            vmax=limit,
+            marker=marker,
+            s=46,
+            edgecolors="0.2",
+            linewidths=0.5,
+            zorder=3,
+        )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker=marker,
+                linestyle="",
+                markerfacecolor="white",
+                markeredgecolor="0.2",
+                label=f"{encoding} ({len(group)})",
+            )
+        )
     beyond = complete[np.abs(complete["gain"]) > limit]
     if not beyond.empty:
-        ax.scatter(beyond["tweak"], beyond["layer"], s=130, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4)
-        handles.append(Line2D([], [], marker="o", linestyle="", markersize=10, markerfacecolor="none", markeredgecolor="black", label=f"beyond ±{_fmt(limit)} (clipped)"))
+        ax.scatter(
+            beyond["tweak"], beyond["layer"], s=130, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4
+        )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markersize=10,
+                markerfacecolor="none",
+                markeredgecolor="black",
+                label=f"beyond ±{_fmt(limit)} (clipped)",
+            )
+        )
     if not pruned.empty:
         ax.scatter(pruned["tweak"], pruned["layer"], marker="x", s=18, color="0.55", linewidths=0.9, zorder=2)
         handles.append(Line2D([], [], marker="x", linestyle="", color="0.55", label=f"pruned ({len(pruned)})"))

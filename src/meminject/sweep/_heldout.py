@@ -39,8 +39,15 @@ def check_controls(controls: Sequence[str]) -> None:
 
 
 def heldout_report(
-    base_overrides: Sequence[str], sites: pd.DataFrame, *, controls: Sequence[str] = ("pos", "random_vector"),
-    n_boot: int = 2000, seed: int = 0, runner: Any = None, axes: Sequence[str] = (), alpha: float = 0.05,
+    base_overrides: Sequence[str],
+    sites: pd.DataFrame,
+    *,
+    controls: Sequence[str] = ("pos", "random_vector"),
+    n_boot: int = 2000,
+    seed: int = 0,
+    runner: Any = None,
+    axes: Sequence[str] = (),
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Evaluate ranked ``sites`` (from :func:`meminject.sweep.ranked_sites`) on the held-out part."""
 
@@ -57,7 +64,16 @@ def heldout_report(
     return with_verdicts(report, controls, alpha=alpha)
 
 
-def _judge_site(runner: Any, base: list[str], site: pd.Series, controls: Sequence[str], axes: Sequence[str], n_boot: int, seed: int, bar: Any) -> dict[str, Any]:
+def _judge_site(
+    runner: Any,
+    base: list[str],
+    site: pd.Series,
+    controls: Sequence[str],
+    axes: Sequence[str],
+    n_boot: int,
+    seed: int,
+    bar: Any,
+) -> dict[str, Any]:
     """One site on the held-out prompts: its gain with an interval, and its gap to each control."""
     label = site_label(site.to_dict())
     bar.set_postfix_str(label, refresh=False)
@@ -65,7 +81,9 @@ def _judge_site(runner: Any, base: list[str], site: pd.Series, controls: Sequenc
     if cfg.data.split is None:
         raise ConfigError("this study has no train/held-out split (data.split); rerun the sweep with data.split=0.7")
     if not bar.disable:  # batches of each pass, beside the site (the clean pass alone takes a while)
-        runner.evaluator(cfg).progress = lambda stage, done, total: bar.set_postfix_str(f"{label} [{stage} batch {done}/{total}]")
+        runner.evaluator(cfg).progress = lambda stage, done, total: bar.set_postfix_str(
+            f"{label} [{stage} batch {done}/{total}]"
+        )
     _, _, correct = runner.run(cfg)
     bar.update()
     gains = correct.per_prompt["gain"].to_numpy()
@@ -83,7 +101,14 @@ def _judge_site(runner: Any, base: list[str], site: pd.Series, controls: Sequenc
     damage = correct.per_prompt["damage"].to_numpy() if "damage" in correct.per_prompt else np.array([np.nan])
     if np.isfinite(damage).all():  # metric.damage=kl: the held-out damage, with its interval
         d_low, d_high = bootstrap_mean_ci(damage, n_boot=n_boot, seed=seed + 3)
-        record.update({"train_damage": site.get("mean_damage"), "heldout_damage": float(damage.mean()), "heldout_damage_ci_low": d_low, "heldout_damage_ci_high": d_high})
+        record.update(
+            {
+                "train_damage": site.get("mean_damage"),
+                "heldout_damage": float(damage.mean()),
+                "heldout_damage_ci_low": d_low,
+                "heldout_damage_ci_high": d_high,
+            }
+        )
     record.pop("mean_gain", None)
     record.pop("mean_damage", None)
     for control in controls:

@@ -71,8 +71,15 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
             trial.set_user_attr(key, value)
         return
     worker_id = storage._replay_result.worker_id
-    logs = [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "worker_id": worker_id, "trial_id": trial._trial_id, "user_attr": {key: value}}
-            for key, value in attrs.items()]
+    logs = [
+        {
+            "op_code": JournalOperation.SET_TRIAL_USER_ATTR,
+            "worker_id": worker_id,
+            "trial_id": trial._trial_id,
+            "user_attr": {key: value},
+        }
+        for key, value in attrs.items()
+    ]
     refused: UpdateFinishedTrialError | None = None
     with storage._thread_lock:
         storage._backend.append_logs(logs)

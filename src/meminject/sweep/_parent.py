@@ -32,7 +32,9 @@ def best_csv(study_name: str) -> Path:
     return outputs_dir("best") / f"{study_name}.csv"
 
 
-def start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: Tracker | None, storage_url: str | None) -> None:
+def start_parent_run(
+    study: optuna.Study, spec: SweepSpec, base: Any, tracker: Tracker | None, storage_url: str | None
+) -> None:
     """Reopen the study's parent run, or create it: exactly one per study, also when two
     sweeps start at once (the check and the creation hold the storage lock)."""
     if tracker is None:
@@ -42,8 +44,19 @@ def start_parent_run(study: optuna.Study, spec: SweepSpec, base: Any, tracker: T
     with storage_lock(storage_url, storage_of(study)):
         parent = study.user_attrs.get(ATTR_PARENT)
         if not parent:
-            params = {"sweep": spec.name, "sampler": spec.sampler, "n_trials": spec.n_trials, "seed": spec.seed, "objective": ",".join(spec.all_objectives()), "direction": ",".join(spec.all_directions()), "constraint": spec.constraint or "-",
-                      "model": base.model.name, "weights": base.model.weights, "dataset": base.data.name, "storage": redact(storage_url or default_storage_url())}
+            params = {
+                "sweep": spec.name,
+                "sampler": spec.sampler,
+                "n_trials": spec.n_trials,
+                "seed": spec.seed,
+                "objective": ",".join(spec.all_objectives()),
+                "direction": ",".join(spec.all_directions()),
+                "constraint": spec.constraint or "-",
+                "model": base.model.name,
+                "weights": base.model.weights,
+                "dataset": base.data.name,
+                "storage": redact(storage_url or default_storage_url()),
+            }
             params.update({f"space.{k}": v for k, v in spec.params.items()})
             params.update({f"config.{k}": v for k, v in flat_config(redacted_container(base)).items()})
             parent = tracker.start_parent(spec.study_name, params, {TAG_SAMPLER: spec.sampler})
@@ -66,7 +79,11 @@ def reconcile_runs(study: optuna.Study, spec: SweepSpec, tracker: Tracker) -> in
 
     parent = study.user_attrs.get(ATTR_PARENT)
     runs = {}
-    for run in tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`meminject.study` = '{spec.study_name}' and tags.`meminject.role` = 'trial'", max_results=50_000):
+    for run in tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.`meminject.study` = '{spec.study_name}' and tags.`meminject.role` = 'trial'",
+        max_results=50_000,
+    ):
         runs.setdefault(int(run.data.tags[TAG_TRIAL_NUMBER]), run)
     fixed = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
@@ -75,15 +92,35 @@ def reconcile_runs(study: optuna.Study, spec: SweepSpec, tracker: Tracker) -> in
             if run is not None and run.info.status == "RUNNING":
                 tracker.finish(run.info.run_id, "FAILED")
             continue
-        metric = spec.objective if t.state == TrialState.COMPLETE else f"partial_{spec.objective}"  # what the trial's run must show
+        metric = (
+            spec.objective if t.state == TrialState.COMPLETE else f"partial_{spec.objective}"
+        )  # what the trial's run must show
         if run is not None and metric in run.data.metrics and run.info.status == "FINISHED":
             continue
-        site = site_label(from_attrs(t.user_attrs)) if from_attrs(t.user_attrs) else None  # the name a live trial's run gets
-        run_id = run.info.run_id if run is not None else tracker.start_trial(parent, t.number, spec.study_name, {TAG_SAMPLER: spec.sampler, TAG_SWEEP: spec.name}, site=site)
+        site = (
+            site_label(from_attrs(t.user_attrs)) if from_attrs(t.user_attrs) else None
+        )  # the name a live trial's run gets
+        run_id = (
+            run.info.run_id
+            if run is not None
+            else tracker.start_trial(
+                parent, t.number, spec.study_name, {TAG_SAMPLER: spec.sampler, TAG_SWEEP: spec.name}, site=site
+            )
+        )
         if metric not in (run.data.metrics if run is not None else {}):
-            metrics = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("site.", "worker_index"))}
-            tracker.finish_trial(run_id, reconciled_params(trial_config(spec.overrides, t.params)), metrics, {}, terminate=False)
-            tracker.client.set_tag(run_id, TAG_RECONCILED, "written on resume from the study (MLflow had missed this trial)")
+            metrics = {
+                k: v
+                for k, v in t.user_attrs.items()
+                if isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and not k.startswith(("site.", "worker_index"))
+            }
+            tracker.finish_trial(
+                run_id, reconciled_params(trial_config(spec.overrides, t.params)), metrics, {}, terminate=False
+            )
+            tracker.client.set_tag(
+                run_id, TAG_RECONCILED, "written on resume from the study (MLflow had missed this trial)"
+            )
         if t.state == TrialState.PRUNED:
             tracker.client.set_tag(run_id, TAG_STATE, "PRUNED")
         tracker.finish(run_id, "FINISHED")
@@ -106,7 +143,9 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
     try:
         from ._figures import sweep_figures
 
-        figures = sweep_figures(study, table, outputs_dir("figures", study.study_name), n_layers=_n_layers(study), target=_target(study))
+        figures = sweep_figures(
+            study, table, outputs_dir("figures", study.study_name), n_layers=_n_layers(study), target=_target(study)
+        )
     except Exception as exc:  # noqa: BLE001 - a figure must never cost the results
         log.warning("note: sweep figures skipped (%s)", first_line(exc))
     parent = study.user_attrs.get(ATTR_PARENT)
@@ -114,7 +153,11 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
         try:
             _log_results(study, tracker, parent, path, gaps_path if gaps is not None else None, figures)
         except Exception as exc:  # noqa: BLE001 - the tables are on disk; the next run logs them again
-            log.warning("note: the results are in %s, but logging them on the MLflow parent run failed (%s)", path, redact(first_line(exc)))
+            log.warning(
+                "note: the results are in %s, but logging them on the MLflow parent run failed (%s)",
+                path,
+                redact(first_line(exc)),
+            )
     return path
 
 
@@ -141,19 +184,35 @@ def _description(study: optuna.Study, table: Any) -> str:
     """The parent run's description (``mlflow.note.content``): study, objective, best site."""
     spec = stored_spec(study)
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    lines = [f"**Study** `{study.study_name}`" + (f": sweep `{spec.name}`, {spec.sampler} sampler, {n_complete} of {spec.n_trials or 'all'} trials complete." if spec else ".")]
+    lines = [
+        f"**Study** `{study.study_name}`"
+        + (
+            f": sweep `{spec.name}`, {spec.sampler} sampler, {n_complete} of {spec.n_trials or 'all'} trials complete."
+            if spec
+            else "."
+        )
+    ]
     if spec:
-        objective = " and ".join(f"{d} `{o}`" for o, d in zip(spec.all_objectives(), spec.all_directions())) + (f" subject to `{spec.constraint}`" if spec.constraint else "")
-        lines.append(f"**Objective**: {objective} (on the train part of the prompts); searched: "
-                     + ", ".join(f"`{k}={v}`" for k, v in spec.params.items()) + ".")
+        objective = " and ".join(f"{d} `{o}`" for o, d in zip(spec.all_objectives(), spec.all_directions())) + (
+            f" subject to `{spec.constraint}`" if spec.constraint else ""
+        )
+        lines.append(
+            f"**Objective**: {objective} (on the train part of the prompts); searched: "
+            + ", ".join(f"`{k}={v}`" for k, v in spec.params.items())
+            + "."
+        )
     if not table.empty:
         best = table.iloc[0]
-        lines.append(f"**Best site**: {site_label(best.to_dict())}, {_target(study)} {float(best['mean_gain']):+.4f} (trial {int(best['best_trial'])}). "
-                     "Ranked sites: the `ranked_sites.json` table artifact; figures under `figures/`. `meminject best` judges the top sites on held-out prompts.")
+        lines.append(
+            f"**Best site**: {site_label(best.to_dict())}, {_target(study)} {float(best['mean_gain']):+.4f} (trial {int(best['best_trial'])}). "
+            "Ranked sites: the `ranked_sites.json` table artifact; figures under `figures/`. `meminject best` judges the top sites on held-out prompts."
+        )
     return "\n\n".join(lines)
 
 
-def _log_results(study: optuna.Study, tracker: Tracker, parent: str, path: Path, gaps_path: Path | None, figures: list[Path]) -> None:
+def _log_results(
+    study: optuna.Study, tracker: Tracker, parent: str, path: Path, gaps_path: Path | None, figures: list[Path]
+) -> None:
     import pandas as pd
 
     table = pd.read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
@@ -167,10 +226,23 @@ def _log_results(study: optuna.Study, tracker: Tracker, parent: str, path: Path,
     for figure in figures:
         tracker.log_file(parent, figure, "figures")
     if len(study.directions) > 1:
-        tracker.log_metrics(parent, {"n_pareto": len(study.best_trials), "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))})
+        tracker.log_metrics(
+            parent,
+            {
+                "n_pareto": len(study.best_trials),
+                "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+            },
+        )
         return
     with contextlib.suppress(ValueError):  # no complete trial yet
         best = study.best_trial
-        tracker.log_metrics(parent, {"best_value": best.value, "best_mean_gain": best.user_attrs.get("mean_gain", best.value), "best_trial": best.number,
-                                     "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))})
+        tracker.log_metrics(
+            parent,
+            {
+                "best_value": best.value,
+                "best_mean_gain": best.user_attrs.get("mean_gain", best.value),
+                "best_trial": best.number,
+                "n_complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+            },
+        )
         tracker.client.set_tag(parent, TAG_BEST_PARAMS, json.dumps(best.params, default=str))

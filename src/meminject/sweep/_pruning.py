@@ -34,11 +34,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..tracking._schema import ATTR_PROMPT_VALUES
 
-__all__ = ["PRUNERS", "ATTR_PROMPT_VALUES", "PairedPruner", "make_pruner", "prompt_values", "paired_mean_p", "paired_wilcoxon_p", "PER_PROMPT_COLUMN"]
+__all__ = [
+    "PRUNERS",
+    "ATTR_PROMPT_VALUES",
+    "PairedPruner",
+    "make_pruner",
+    "prompt_values",
+    "paired_mean_p",
+    "paired_wilcoxon_p",
+    "PER_PROMPT_COLUMN",
+]
 
 PRUNERS = ("none", "mean", "wilcoxon")
 # The per-prompt quantity whose mean (or median, or share > 0) is each objective.
-PER_PROMPT_COLUMN = {"mean_gain": "gain", "median_gain": "gain", "frac_improved": "gain", "mean_logprob_gain": "logprob_gain"}
+PER_PROMPT_COLUMN = {
+    "mean_gain": "gain",
+    "median_gain": "gain",
+    "frac_improved": "gain",
+    "mean_logprob_gain": "logprob_gain",
+}
 
 
 def prompt_values(trial: FrozenTrial) -> dict[str, float]:
@@ -96,7 +110,9 @@ class PairedPruner(optuna.pruners.BasePruner):
     # 200 2WikiMultiHop prompts; 8 seeds each, benchmarks/pruning_replay.py) these kept the top-1
     # and all top-5 sites in all 16 replays at ~50% of the grid's compute; p < 0.05 (margin 0.2,
     # 8 prompts) spent ~33% but lost every top-5 site in 3 of the 16.
-    def __init__(self, test: str = "mean", p_threshold: float = 0.01, keep: int = 5, min_prompts: int = 16, margin: float = 0.5) -> None:
+    def __init__(
+        self, test: str = "mean", p_threshold: float = 0.01, keep: int = 5, min_prompts: int = 16, margin: float = 0.5
+    ) -> None:
         self.test = _TESTS[test]
         self.p_threshold = float(p_threshold)
         self.keep = int(keep)
@@ -129,7 +145,9 @@ class PairedPruner(optuna.pruners.BasePruner):
 
 def _kth_best(study: optuna.Study, k: int) -> FrozenTrial | None:
     """The k-th best complete trial that stored its per-prompt values (None before there are k)."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if ATTR_PROMPT_VALUES in t.user_attrs]
+    trials = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if ATTR_PROMPT_VALUES in t.user_attrs
+    ]
     if len(trials) < k:
         return None
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -165,5 +183,7 @@ def monitor_for(trial: optuna.Trial, objective: str) -> Any:
 
 def complete_values(objective: str, per_prompt: Any) -> str:
     """A complete trial's per-prompt values, as stored for later trials to be compared with."""
-    values = per_prompt_values(objective, {"gain": per_prompt["gain"].to_numpy(), "logprob_gain": per_prompt["logprob_gain"].to_numpy()})
+    values = per_prompt_values(
+        objective, {"gain": per_prompt["gain"].to_numpy(), "logprob_gain": per_prompt["logprob_gain"].to_numpy()}
+    )
     return json.dumps({str(int(r)): float(v) for r, v in zip(per_prompt["row"], values)})

@@ -19,10 +19,18 @@ from ._trial import TrialRunner
 
 __all__ = ["float32_recheck"]
 
-_SUMMARY = ("mean_gain", "mean_damage", "frac_improved", "mean_prob_before", "mean_prob_after")  # columns of ranked_sites a trial's summary gives
+_SUMMARY = (
+    "mean_gain",
+    "mean_damage",
+    "frac_improved",
+    "mean_prob_before",
+    "mean_prob_after",
+)  # columns of ranked_sites a trial's summary gives
 
 
-def float32_recheck(spec: Any, ranked: pd.DataFrame, dtype: str, top: int, runner: TrialRunner | None = None) -> pd.DataFrame:
+def float32_recheck(
+    spec: Any, ranked: pd.DataFrame, dtype: str, top: int, runner: TrialRunner | None = None
+) -> pd.DataFrame:
     """The first ``top`` rows of ``ranked`` (:func:`~meminject.sweep.ranked_sites` of a ``dtype``
     sweep) re-evaluated in float32 on the sweep's prompts and ranked by that, then the rest as
     they were. In those rows every metric column holds float32's value; in every row the
@@ -33,7 +41,9 @@ def float32_recheck(spec: Any, ranked: pd.DataFrame, dtype: str, top: int, runne
     with progress_bar(len(sites), "float32 re-check", "eval") as bar:
         for _, site in sites.iterrows():
             bar.set_postfix_str(site_label(site.to_dict()), refresh=False)
-            cfg = site_config(spec.overrides, site.to_dict(), with_model="model" in spec.params, extra=["model.dtype=float32"])
+            cfg = site_config(
+                spec.overrides, site.to_dict(), with_model="model" in spec.params, extra=["model.dtype=float32"]
+            )
             _, _, result = runner.run(cfg)
             summaries.append(result.summary)
             bar.update()
@@ -45,8 +55,12 @@ def float32_recheck(spec: Any, ranked: pd.DataFrame, dtype: str, top: int, runne
         if column in table.columns:
             key = spec.objective if column == "objective" else column
             table[column] = [float(s[key]) if key in s else float("nan") for s in summaries]
-    keys = (["feasible"] if "feasible" in table.columns else []) + [objective]  # a constrained study lists its feasible sites first
-    table = table.sort_values(keys, ascending=[False] * (len(keys) - 1) + [spec.direction == "minimize"], kind="stable").reset_index(drop=True)
+    keys = (["feasible"] if "feasible" in table.columns else []) + [
+        objective
+    ]  # a constrained study lists its feasible sites first
+    table = table.sort_values(
+        keys, ascending=[False] * (len(keys) - 1) + [spec.direction == "minimize"], kind="stable"
+    ).reset_index(drop=True)
     table = pd.concat([table, rest.assign(sweep_rank=rest["rank"], **{dtype: rest[objective]})], ignore_index=True)
     table["rank"] = range(1, len(table) + 1)
     return table

@@ -30,7 +30,6 @@ __all__ = ["trial_params", "record_in_optuna", "record_in_mlflow", "reconciled_p
 log = logging.getLogger("meminject")
 
 
-
 def _config_and_site(cfg: RunConfig, shown: dict[str, Any]) -> dict[str, Any]:
     """The flattened config as shown (redacted), and the site record's other columns (where a
     column is a config key, the config's value stands: memory.pos is "-" in the record of a
@@ -42,12 +41,18 @@ def trial_params(cfg: RunConfig, *, hook: str, dataset: Any, stacked: int, shown
     """A trial run's MLflow params: the resolved config (redacted: ``shown``), the site, and what ran."""
     return {
         **_config_and_site(cfg, redacted_container(cfg) if shown is None else shown),
-        "hook": hook, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "n_prompts": len(dataset),
-        "trials_per_forward": stacked, "memory.word_source": word_source(cfg.memory),
+        "hook": hook,
+        "dataset": dataset.name,
+        "dataset_hash": dataset.content_hash,
+        "n_prompts": len(dataset),
+        "trials_per_forward": stacked,
+        "memory.word_source": word_source(cfg.memory),
     }
 
 
-def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: Any) -> tuple[float | list[float], dict[str, Any]]:
+def record_in_optuna(
+    trial: Any, cfg: Any, result: Any, seconds: float, spec: Any
+) -> tuple[float | list[float], dict[str, Any]]:
     """Store a trial's summary, time, memory and site as Optuna user attributes (before it is
     told). Returns (the objective value, or values of a multi-objective study; the metrics to log).
 
@@ -74,7 +79,16 @@ def record_in_optuna(trial: Any, cfg: Any, result: Any, seconds: float, spec: An
     return (values if spec.multi else values[0]), {**summary, "trial_seconds": seconds}
 
 
-def record_in_mlflow(tracker: Any, run_id: str, trial_number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict[str, Any], stacked: int) -> None:
+def record_in_mlflow(
+    tracker: Any,
+    run_id: str,
+    trial_number: int,
+    cfg: Any,
+    evaluator: Any,
+    result: Any,
+    metrics: dict[str, Any],
+    stacked: int,
+) -> None:
     """The trial's run: params (the whole config), metrics, per-prompt table, config, figure."""
     shown = redacted_container(cfg)  # once: the params and config.yaml show the same redacted config
     params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked, shown=shown)

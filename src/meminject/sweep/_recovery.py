@@ -33,7 +33,14 @@ from optuna.trial import FrozenTrial, TrialState
 from ..tracking._schema import ATTR_HEARTBEAT
 from ._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of
 
-__all__ = ["HeartbeatJournalStorage", "StaleTrialRecovery", "heartbeats", "recover_stale_trials", "DEFAULT_HEARTBEAT", "HEARTBEAT_ATTR"]
+__all__ = [
+    "HeartbeatJournalStorage",
+    "StaleTrialRecovery",
+    "heartbeats",
+    "recover_stale_trials",
+    "DEFAULT_HEARTBEAT",
+    "HEARTBEAT_ATTR",
+]
 
 HEARTBEAT_ATTR = ATTR_HEARTBEAT
 DEFAULT_HEARTBEAT = (30, 120)  # (interval, grace) in seconds: a trial is stale after 4 missed beats
@@ -64,7 +71,9 @@ class StaleTrialRecovery:
             self.retry(study, requeued)
         self.recovered.append(trial.number)
         if self.tracker is not None and run_id:
-            self.tracker.fail(run_id, f"worker stopped beating (no heartbeat for the grace period); trial {trial.number} re-queued")
+            self.tracker.fail(
+                run_id, f"worker stopped beating (no heartbeat for the grace period); trial {trial.number} re-queued"
+            )
 
 
 def recover_stale_trials(study: optuna.Study) -> None:
@@ -118,7 +127,6 @@ def _start_epoch(start: datetime) -> float:
     return max(start.replace(fold=0).timestamp(), start.replace(fold=1).timestamp())
 
 
-
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with heartbeats (kept as a trial system attribute).
 
@@ -127,7 +135,14 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     heartbeat storage warns once that heartbeats are an experimental Optuna feature.
     """
 
-    def __init__(self, backend: Any, *, heartbeat_interval: int, grace_period: int | None = None, heartbeat_stale_trial_callback: Callable | None = None) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        *,
+        heartbeat_interval: int,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable | None = None,
+    ) -> None:
         if heartbeat_interval <= 0:
             raise ValueError("The value of `heartbeat_interval` should be a positive integer.")
         if grace_period is not None and grace_period <= 0:

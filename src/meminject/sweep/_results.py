@@ -30,18 +30,37 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
         if not record:
             continue
         attrs = t.user_attrs
-        record.update({"mean_gain": attrs.get("mean_gain", t.values[0]), "objective": t.values[0], "mean_damage": attrs.get("mean_damage"), "frac_improved": attrs.get("frac_improved"),
-                       "mean_prob_after": attrs.get("mean_prob_after"), "mean_prob_before": attrs.get("mean_prob_before"), "trial": t.number})
+        record.update(
+            {
+                "mean_gain": attrs.get("mean_gain", t.values[0]),
+                "objective": t.values[0],
+                "mean_damage": attrs.get("mean_damage"),
+                "frac_improved": attrs.get("frac_improved"),
+                "mean_prob_after": attrs.get("mean_prob_after"),
+                "mean_prob_before": attrs.get("mean_prob_before"),
+                "trial": t.number,
+            }
+        )
         rows.append(record)
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
     keys = [k for k in COLUMNS if k in frame.columns]
     frame[keys] = frame[keys].astype(object).where(frame[keys].notna(), "-")
-    grouped = frame.groupby(keys, dropna=False, sort=False).agg(
-        mean_gain=("mean_gain", "mean"), objective=("objective", "mean"), mean_damage=("mean_damage", "mean"), frac_improved=("frac_improved", "mean"),
-        mean_prob_before=("mean_prob_before", "mean"), mean_prob_after=("mean_prob_after", "mean"), trials=("trial", "count"), best_trial=("trial", "min"),
-    ).reset_index()
+    grouped = (
+        frame.groupby(keys, dropna=False, sort=False)
+        .agg(
+            mean_gain=("mean_gain", "mean"),
+            objective=("objective", "mean"),
+            mean_damage=("mean_damage", "mean"),
+            frac_improved=("frac_improved", "mean"),
+            mean_prob_before=("mean_prob_before", "mean"),
+            mean_prob_after=("mean_prob_after", "mean"),
+            trials=("trial", "count"),
+            best_trial=("trial", "min"),
+        )
+        .reset_index()
+    )
     if grouped["mean_damage"].isna().all():
         grouped = grouped.drop(columns="mean_damage")  # metric.damage=none
     order = ["objective"]
@@ -92,7 +111,9 @@ def control_gaps(table: pd.DataFrame) -> pd.DataFrame | None:
     frame["control"] = frame["memory.type"].astype(str)
     if "memory.pos" in frame.columns:
         several = frame.groupby("control")["memory.pos"].transform("nunique") > 1
-        frame.loc[several, "control"] = frame.loc[several, "control"] + "/" + frame.loc[several, "memory.pos"].astype(str)
+        frame.loc[several, "control"] = (
+            frame.loc[several, "control"] + "/" + frame.loc[several, "memory.pos"].astype(str)
+        )
     controls = set(frame["control"])
     if "correct" not in controls or len(controls) < 2:
         return None
@@ -106,6 +127,29 @@ def control_gaps(table: pd.DataFrame) -> pd.DataFrame | None:
 def format_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no complete trials yet"
-    columns = ["rank", "sweep_rank", "model", "injection.layer", "injection.head", "injection.tweak", "memory.encoding", "memory.type", "memory.pos", "injection.site", "injection.positions", "objective", "mean_gain", "bfloat16", "float16", "mean_damage", "pareto", "feasible", "frac_improved", "trials"]
-    shown = frame[[c for c in columns if c in frame.columns and not (c == "memory.pos" and (frame[c] == "-").all())]].rename(columns=lambda c: c.split(".")[-1])
+    columns = [
+        "rank",
+        "sweep_rank",
+        "model",
+        "injection.layer",
+        "injection.head",
+        "injection.tweak",
+        "memory.encoding",
+        "memory.type",
+        "memory.pos",
+        "injection.site",
+        "injection.positions",
+        "objective",
+        "mean_gain",
+        "bfloat16",
+        "float16",
+        "mean_damage",
+        "pareto",
+        "feasible",
+        "frac_improved",
+        "trials",
+    ]
+    shown = frame[
+        [c for c in columns if c in frame.columns and not (c == "memory.pos" and (frame[c] == "-").all())]
+    ].rename(columns=lambda c: c.split(".")[-1])
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")

@@ -44,8 +44,23 @@ signals_held = held  # cleanup that must not be cut in half (see meminject.inter
 class TrialContext:
     """What every trial of a worker shares."""
 
-    def __init__(self, study: optuna.Study, spec: SweepSpec, runner: TrialRunner, tracker: Tracker | None, parent_run_id: str | None, worker: int) -> None:
-        self.study, self.spec, self.runner, self.tracker, self.parent_run_id, self.worker = study, spec, runner, tracker, parent_run_id, worker
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: SweepSpec,
+        runner: TrialRunner,
+        tracker: Tracker | None,
+        parent_run_id: str | None,
+        worker: int,
+    ) -> None:
+        self.study, self.spec, self.runner, self.tracker, self.parent_run_id, self.worker = (
+            study,
+            spec,
+            runner,
+            tracker,
+            parent_run_id,
+            worker,
+        )
         self.owned: dict[int, optuna.Trial] = {}  # trials this worker asked for (told ones stay: harmless)
 
 
@@ -61,8 +76,10 @@ def run_trials(ctx: TrialContext, asked: Asked) -> None:
 
 def _tracking_failed(ctx: TrialContext, numbers: list[int], exc: BaseException) -> TrackingError:
     uri = redact(ctx.tracker.uri) if ctx.tracker is not None else "-"
-    return TrackingError(f"trial(s) {', '.join(map(str, numbers))} are saved in the study, but MLflow at {uri} failed ({first_line(exc)}); "
-                         "fix the tracking store and rerun the same command: their runs are written then")
+    return TrackingError(
+        f"trial(s) {', '.join(map(str, numbers))} are saved in the study, but MLflow at {uri} failed ({first_line(exc)}); "
+        "fix the tracking store and rerun the same command: their runs are written then"
+    )
 
 
 @dataclass
@@ -89,7 +106,9 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
     except BaseException as exc:
         with signals_held():
             fail_pending(ctx, tally.pending, tally.run_ids, exc)
-            for number in tally.told_unlogged & set(tally.run_ids):  # complete in Optuna: the resume writes and finishes the run
+            for number in tally.told_unlogged & set(
+                tally.run_ids
+            ):  # complete in Optuna: the resume writes and finishes the run
                 with contextlib.suppress(Exception):
                     ctx.tracker.finish(tally.run_ids[number], "KILLED")
         raise
@@ -100,7 +119,9 @@ def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
 def _drop(ctx: TrialContext, tally: _Tally, trial: optuna.Trial) -> None:
     # This worker stalled past the grace period and another one failed the trial and
     # re-queued its point: the retry's result counts, this one is dropped.
-    log.warning("trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number)
+    log.warning(
+        "trial %d was failed as stale by another worker while running here; its point was re-queued", trial.number
+    )
     tally.pending.pop(trial.number, None)
     if ctx.tracker is not None and trial.number in tally.run_ids:
         ctx.tracker.fail(tally.run_ids[trial.number], "stale: re-queued by another worker before this result arrived")
@@ -127,7 +148,9 @@ def _start_runs(ctx: TrialContext, asked: Asked, tally: _Tally) -> dict[int, Any
     return cfgs
 
 
-def _tell_and_record(ctx: TrialContext, live: Asked, outcomes: list, cfgs: dict[int, Any], seconds: float, tally: _Tally) -> None:
+def _tell_and_record(
+    ctx: TrialContext, live: Asked, outcomes: list, cfgs: dict[int, Any], seconds: float, tally: _Tally
+) -> None:
     """Tell Optuna each computed result, then record its run in MLflow (while MLflow works)."""
     for (trial, _), (evaluator, _, result) in zip(live, outcomes):
         try:
@@ -148,7 +171,9 @@ def _tell_and_record(ctx: TrialContext, live: Asked, outcomes: list, cfgs: dict[
             tally.unrecorded.append(trial.number)
             continue
         try:
-            record_in_mlflow(ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live))
+            record_in_mlflow(
+                ctx.tracker, run_id, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live)
+            )
             tally.told_unlogged.discard(trial.number)
         except Exception as exc:  # noqa: BLE001 - the result is safe in Optuna; the run is written on resume
             tally.tracking_error = exc
@@ -172,7 +197,9 @@ def _start_run(ctx: TrialContext, number: int, cfg: Any = None) -> str:
     return ctx.tracker.start_trial(ctx.parent_run_id, number, ctx.spec.study_name, tags, site=site)
 
 
-def fail_pending(ctx: TrialContext, pending: dict[int, optuna.Trial], run_ids: dict[int, str], exc: BaseException) -> None:
+def fail_pending(
+    ctx: TrialContext, pending: dict[int, optuna.Trial], run_ids: dict[int, str], exc: BaseException
+) -> None:
     """Fail trials not yet told, in Optuna and (best effort) MLflow."""
     reason = f"{type(exc).__name__}: {first_line(exc)}"
     for number, trial in pending.items():

@@ -22,8 +22,19 @@ from ..core._errors import ConfigError, first_line
 from ..core._paths import preset_dirs
 
 __all__ = [
-    "SweepSpec", "load_sweep", "parse_settings", "presets", "SWEEP_SETTINGS", "WORKER_SETTINGS", "BEST_SETTINGS",
-    "SAMPLERS", "DIRECTIONS", "check_study_name", "as_positive_int", "as_non_negative_int", "as_bool",
+    "SweepSpec",
+    "load_sweep",
+    "parse_settings",
+    "presets",
+    "SWEEP_SETTINGS",
+    "WORKER_SETTINGS",
+    "BEST_SETTINGS",
+    "SAMPLERS",
+    "DIRECTIONS",
+    "check_study_name",
+    "as_positive_int",
+    "as_non_negative_int",
+    "as_bool",
 ]
 
 SAMPLERS = ("grid", "tpe", "random", "nsga2")
@@ -77,19 +88,19 @@ class SweepSpec:
     sampler: str
     n_trials: int | None
     seed: int
-    overrides: list[str]            # fixed config overrides (preset's, then the command line's)
-    params: dict[str, str]          # searched axes: config key -> grammar expression
+    overrides: list[str]  # fixed config overrides (preset's, then the command line's)
+    params: dict[str, str]  # searched axes: config key -> grammar expression
     study_name: str = ""
     notes: list[str] = field(default_factory=list)
-    objective: str = "mean_gain"    # the trial summary metric Optuna optimizes (the first of several)
+    objective: str = "mean_gain"  # the trial summary metric Optuna optimizes (the first of several)
     direction: str = "maximize"
     objectives: list[str] = field(default_factory=list)  # a multi-objective study: every objective, in order
     directions: list[str] = field(default_factory=list)
-    constraint: str | None = None   # "metric<=bound" or "metric>=bound": feasible trials only win
-    pruner: str = "none"            # none | mean | wilcoxon (see meminject.sweep._pruning)
-    prune_chunks: int = 8           # prompt chunks of a trial when pruning (1 when not)
+    constraint: str | None = None  # "metric<=bound" or "metric>=bound": feasible trials only win
+    pruner: str = "none"  # none | mean | wilcoxon (see meminject.sweep._pruning)
+    prune_chunks: int = 8  # prompt chunks of a trial when pruning (1 when not)
     prune_p: float = 0.01
-    prune_keep: int = 5             # trials are compared with the k-th best complete one
+    prune_keep: int = 5  # trials are compared with the k-th best complete one
 
     @property
     def multi(self) -> bool:
@@ -145,11 +156,15 @@ def as_bool(value: Any, key: str) -> bool:
 def check_study_name(name: str) -> str:
     """A study name becomes file names under ./outputs: no separators, no '..', no surprises."""
     if not _STUDY_NAME.fullmatch(name) or ".." in name:  # fullmatch: `$` would let a final newline in
-        raise ConfigError(f"study={name!r}: a study name is 1-100 letters, digits, '.', '_' or '-' (no '/' or '..'), e.g. study=layers-v2")
+        raise ConfigError(
+            f"study={name!r}: a study name is 1-100 letters, digits, '.', '_' or '-' (no '/' or '..'), e.g. study=layers-v2"
+        )
     return name
 
 
-def parse_settings(args: Sequence[str], allowed: Mapping[str, str], command: str, *, rest_allowed: bool = False) -> tuple[dict[str, str], list[str]]:
+def parse_settings(
+    args: Sequence[str], allowed: Mapping[str, str], command: str, *, rest_allowed: bool = False
+) -> tuple[dict[str, str], list[str]]:
     """Split ``key=value`` args into this command's settings and the rest (config, for sweep).
 
     Without ``rest_allowed`` an unknown key is refused by name, with a suggestion.
@@ -219,7 +234,23 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return overrides, axes
 
 
-_PRESET_KEYS = {"description", "objective", "direction", "directions", "constraint", "sampler", "n_trials", "seed", "config", "params", "study", "pruner", "prune_chunks", "prune_p", "prune_keep"}
+_PRESET_KEYS = {
+    "description",
+    "objective",
+    "direction",
+    "directions",
+    "constraint",
+    "sampler",
+    "n_trials",
+    "seed",
+    "config",
+    "params",
+    "study",
+    "pruner",
+    "prune_chunks",
+    "prune_p",
+    "prune_keep",
+}
 
 
 def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
@@ -229,12 +260,16 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     name = settings.get("sweep", "smoke")
     known = presets()
     if name not in known:
-        raise ConfigError(f"unknown sweep {name!r}; choose from: {', '.join(sorted(known))} (or add ./sweeps/{name}.yaml)")
+        raise ConfigError(
+            f"unknown sweep {name!r}; choose from: {', '.join(sorted(known))} (or add ./sweeps/{name}.yaml)"
+        )
     path = known[name][0]
     preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     unknown = set(preset) - _PRESET_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_PRESET_KEYS))})")
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_PRESET_KEYS))})"
+        )
     objectives, directions = _objectives(path, preset)
     objective, direction = objectives[0], directions[0]
     constraint = _constraint(settings.get("constraint", preset.get("constraint")))
@@ -247,7 +282,9 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
     pruner, chunks, prune_p, keep = _pruning(settings, preset)
     if pruner != "none" and len(objectives) > 1:
-        raise ConfigError(f"pruner={pruner}: Optuna prunes single-objective studies only; use pruner=none with objective {objectives}")
+        raise ConfigError(
+            f"pruner={pruner}: Optuna prunes single-objective studies only; use pruner=none with objective {objectives}"
+        )
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
     seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
     params = _search_axes(name, preset, cli_axes, cli_overrides)
@@ -259,7 +296,8 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         seed=int(seed),
         # Sweeps pick sites on the train part only; `meminject best` judges them on the held-out part.
         overrides=(["data.part=train"] if not any(o.startswith("data.part=") for o in given) else [])
-        + given + ([f"seed={seed}"] if not any(o.startswith("seed=") for o in cli_overrides) else []),
+        + given
+        + ([f"seed={seed}"] if not any(o.startswith("seed=") for o in cli_overrides) else []),
         params=params,
         study_name=str(settings.get("study", "")),
         objective=objective,
@@ -275,7 +313,9 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     return spec, settings
 
 
-def _search_axes(name: str, preset: Mapping[str, Any], cli_axes: dict[str, str], cli_overrides: list[str]) -> dict[str, str]:
+def _search_axes(
+    name: str, preset: Mapping[str, Any], cli_axes: dict[str, str], cli_overrides: list[str]
+) -> dict[str, str]:
     """The preset's axes and the command line's; a key given a fixed value on the command line is not searched."""
     params = {str(k): str(v) for k, v in (preset.get("params") or {}).items()}
     params.update(cli_axes)
@@ -283,7 +323,9 @@ def _search_axes(name: str, preset: Mapping[str, Any], cli_axes: dict[str, str],
         if any(o.split("=", 1)[0] == key for o in cli_overrides):  # a fixed value on the command line wins
             del params[key]
     if not params:
-        raise ConfigError(f"sweep {name!r} searches nothing: give at least one axis, e.g. injection.layer='range(0,all)'")
+        raise ConfigError(
+            f"sweep {name!r} searches nothing: give at least one axis, e.g. injection.layer='range(0,all)'"
+        )
     return params
 
 
@@ -300,7 +342,9 @@ def _objectives(path: Path, preset: Mapping[str, Any]) -> tuple[list[str], list[
         if direction not in DIRECTIONS:
             raise ConfigError(f"{path}: direction={direction!r} is not one of {', '.join(DIRECTIONS)}")
     if len(directions) != len(objectives) or len(set(objectives)) != len(objectives):
-        raise ConfigError(f"{path}: {len(objectives)} distinct objective(s) need as many directions (got objective={objectives}, direction={directions})")
+        raise ConfigError(
+            f"{path}: {len(objectives)} distinct objective(s) need as many directions (got objective={objectives}, direction={directions})"
+        )
     return objectives, directions
 
 
@@ -309,7 +353,9 @@ def _constraint(text: Any) -> str | None:
         return None
     match = _CONSTRAINT.match(str(text))
     if not match or match.group(1) not in OBJECTIVES:
-        raise ConfigError(f"constraint={text!r}: use METRIC<=BOUND or METRIC>=BOUND with a metric of {', '.join(OBJECTIVES)}, e.g. constraint='mean_damage<=0.05'")
+        raise ConfigError(
+            f"constraint={text!r}: use METRIC<=BOUND or METRIC>=BOUND with a metric of {', '.join(OBJECTIVES)}, e.g. constraint='mean_damage<=0.05'"
+        )
     return str(text).replace(" ", "")
 
 

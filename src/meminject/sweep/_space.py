@@ -70,7 +70,9 @@ def _check_bound(key: str, values: list[Any], sizes: Mapping[str, int], expressi
     what = "layer" if key == "injection.layer" else "head"
     for value in values:
         if not isinstance(value, int) or not 0 <= value < size:
-            raise ConfigError(f"{key}={expression}: {what} {value} is out of range for {sizes.get('model', 'the model')} ({what}s 0..{size - 1})")
+            raise ConfigError(
+                f"{key}={expression}: {what} {value} is out of range for {sizes.get('model', 'the model')} ({what}s 0..{size - 1})"
+            )
 
 
 def parse_axis(key: str, expression: str, sizes: Mapping[str, int] | None = None) -> Axis:
@@ -86,7 +88,9 @@ def parse_axis(key: str, expression: str, sizes: Mapping[str, int] | None = None
     except HydraException as exc:
         raise ConfigError(f"{key}={expression}: not a search-space expression ({first_line(exc)})") from exc
     if not override.is_sweep_override():
-        raise ConfigError(f"{key}={expression}: not a search-space expression (use choice(...), range(...), interval(...))")
+        raise ConfigError(
+            f"{key}={expression}: not a search-space expression (use choice(...), range(...), interval(...))"
+        )
     sweep = override.value()
     tags = set(getattr(sweep, "tags", set()) or set())
     unknown_tags = tags - {"log"}
@@ -150,7 +154,9 @@ class SearchSpace:
         for axis in self.axes:
             discrete = axis.discrete_values
             if discrete is None:
-                raise ConfigError(f"the grid sampler needs discrete axes: {axis.key}={axis.expression} is continuous (use choice() or range())")
+                raise ConfigError(
+                    f"the grid sampler needs discrete axes: {axis.key}={axis.expression} is continuous (use choice() or range())"
+                )
             values.append(discrete)
         return [dict(zip(self.keys, combo)) for combo in itertools.product(*values)]
 

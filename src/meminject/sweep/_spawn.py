@@ -50,7 +50,15 @@ def spawn_workers(study_name: str, storage_url: str | None, workers: int, total:
         else:
             threads = str(_threads_for(workers))
             env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEMINJECT_THREADS": threads})
-        cmd = [sys.executable, "-m", "meminject", "worker", f"study={study_name}", f"storage={storage_arg}", "progress=false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "meminject",
+            "worker",
+            f"study={study_name}",
+            f"storage={storage_arg}",
+            "progress=false",
+        ]
         procs.append(subprocess.Popen(cmd, env=env))
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     try:
@@ -66,7 +74,9 @@ def spawn_workers(study_name: str, storage_url: str | None, workers: int, total:
         raise
     failed = [i for i, p in enumerate(procs) if p.returncode != 0]
     if failed:
-        raise MemInjectError(f"worker(s) {', '.join(map(str, failed))} exited with an error (see their output above); rerun the same command to resume")
+        raise MemInjectError(
+            f"worker(s) {', '.join(map(str, failed))} exited with an error (see their output above); rerun the same command to resume"
+        )
 
 
 def _watch(study: optuna.Study, procs: list[subprocess.Popen], total: int, progress: bool) -> None:

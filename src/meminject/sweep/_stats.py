@@ -8,7 +8,9 @@ import numpy as np
 __all__ = ["bootstrap_mean_ci", "paired_sign_flip_p", "holm"]
 
 
-def bootstrap_mean_ci(values: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean: resample prompts with replacement ``n_boot`` times."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:

@@ -34,14 +34,24 @@ def _db_driver_hint(url: str, exc: BaseException) -> str | None:
     return None
 
 
-def open_storage(url: str | None, heartbeat: tuple[int, int] | None = None, recovery: Any = None) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str | None, heartbeat: tuple[int, int] | None = None, recovery: Any = None
+) -> optuna.storages.BaseStorage:
     """Open the study storage; with ``heartbeat=(interval, grace)`` running trials beat and
     stale ones go to ``recovery`` (a stale-trial callback)."""
     from ._journal import repair_torn_journal
     from ._recovery import HeartbeatJournalStorage
 
     url = url or default_storage_url()
-    beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1], "heartbeat_stale_trial_callback": recovery}
+    beat = (
+        {}
+        if heartbeat is None
+        else {
+            "heartbeat_interval": heartbeat[0],
+            "grace_period": heartbeat[1],
+            "heartbeat_stale_trial_callback": recovery,
+        }
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -56,7 +66,7 @@ def open_storage(url: str | None, heartbeat: tuple[int, int] | None = None, reco
                     return JournalStorage(JournalFileBackend(url))
                 return HeartbeatJournalStorage(JournalFileBackend(url), **beat)
             if url.startswith("sqlite:///"):
-                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many kinds
         hint = _db_driver_hint(url, exc)
@@ -69,7 +79,9 @@ def study_names(storage: optuna.storages.BaseStorage, url: str | None) -> list[s
     try:
         return [s.study_name for s in optuna.get_all_study_summaries(storage)]
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"cannot read study storage {redact(url or default_storage_url())} ({first_line(exc, 200)})") from exc
+        raise ConfigError(
+            f"cannot read study storage {redact(url or default_storage_url())} ({first_line(exc, 200)})"
+        ) from exc
 
 
 def load_study(name: str | None, url: str | None, storage: Any = None, sampler: Any = None) -> optuna.Study:
@@ -84,5 +96,7 @@ def load_study(name: str | None, url: str | None, storage: Any = None, sampler: 
             raise ConfigError(f"{where} holds {len(names)} studies; name one with study=NAME: {', '.join(names)}")
         name = names[0]
     if name not in names:
-        raise ConfigError(f"no study {name!r} in {where}; studies: {', '.join(names)} (start one with `meminject sweep`)")
+        raise ConfigError(
+            f"no study {name!r} in {where}; studies: {', '.join(names)} (start one with `meminject sweep`)"
+        )
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler)

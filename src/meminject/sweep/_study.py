@@ -23,15 +23,43 @@ from ..config import RunConfig, load_run_config, needs_compose, with_values
 from ..core._errors import ConfigError
 from ..engine._spec import InjectionSpec
 from ..engine._models import model_shape
-from ._grid import DONE, canonical_params, enqueue_missing, first_value, grid_points, point_of, pruned_grid_order  # the grid queue's names are re-exported
+from ._grid import (
+    DONE,
+    canonical_params,
+    enqueue_missing,
+    first_value,
+    grid_points,
+    point_of,
+    pruned_grid_order,
+)  # the grid queue's names are re-exported
 from ._space import SearchSpace, parse_space
 from ._pruning import make_pruner
 from ._settings import SweepSpec, check_study_name
 from ._storage import default_storage_url, open_storage
 
 __all__ = [
-    "DONE", "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "resolve_space", "space_of",
-    "prepare_study", "preflight", "budget", "counted", "make_sampler", "register_worker", "storage_lock", "canonical_params", "point_of", "grid_points", "pruned_grid_order", "leader", "create_kwargs", "stored_spec",
+    "DONE",
+    "ATTR_SPEC",
+    "ATTR_PARENT",
+    "ATTR_HEARTBEAT",
+    "ATTR_SURPLUS",
+    "ATTR_WORKERS",
+    "resolve_space",
+    "space_of",
+    "prepare_study",
+    "preflight",
+    "budget",
+    "counted",
+    "make_sampler",
+    "register_worker",
+    "storage_lock",
+    "canonical_params",
+    "point_of",
+    "grid_points",
+    "pruned_grid_order",
+    "leader",
+    "create_kwargs",
+    "stored_spec",
 ]
 
 log = logging.getLogger("meminject")
@@ -42,7 +70,9 @@ def model_sizes(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
     configs = [base.model]
     if "model" in spec.params:
         names = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
-        configs = [load_run_config([*spec.overrides, f"model={m}"]).model for m in names]  # one compose per model, per process
+        configs = [
+            load_run_config([*spec.overrides, f"model={m}"]).model for m in names
+        ]  # one compose per model, per process
     shapes = [model_shape(model) for model in configs]
     smallest = min(shapes, key=lambda s: s["n_layers"])
     return {**smallest, "n_heads": min(s["n_heads"] for s in shapes), "tied": all(s["tied"] for s in shapes)}
@@ -62,8 +92,10 @@ def _collapse_tied_encodings(spec: SweepSpec, base: RunConfig, space: SearchSpac
     if base.model.weights != "raw" or not model_sizes(spec, base)["tied"]:
         return space
     kept = [c for c in axis.choices if c != "embed"]
-    note = (f"embed and unembed are the same point for {base.model.name} with raw weights (tied: W_E = W_Uᵀ): "
-            "the encoding axis keeps unembed, each point runs once (model.weights=paper makes them differ)")
+    note = (
+        f"embed and unembed are the same point for {base.model.name} with raw weights (tied: W_E = W_Uᵀ): "
+        "the encoding axis keeps unembed, each point runs once (model.weights=paper makes them differ)"
+    )
     spec.notes.append(note)
     log.warning("note: %s", note)
     spec.params["memory.encoding"] = f"choice({', '.join(kept)})"
@@ -92,7 +124,9 @@ def resolve_space(spec: SweepSpec) -> tuple[RunConfig, SearchSpace]:
     bound = spec.bound()
     needs_damage = "mean_damage" in spec.all_objectives() or (bound is not None and bound[0] == "mean_damage")
     if needs_damage and base.metric.damage == "none":
-        raise ConfigError("this sweep optimizes or bounds mean_damage, but metric.damage=none turns the measure off; use metric.damage=kl")
+        raise ConfigError(
+            "this sweep optimizes or bounds mean_damage, but metric.damage=none turns the measure off; use metric.damage=kl"
+        )
     _check_axis_values(spec, base, space)
     return base, space
 
@@ -199,7 +233,11 @@ def budget(spec: SweepSpec, space: SearchSpace) -> int:
 
 def counted(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that use the budget: complete, pruned or running, not given back."""
-    return [t for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING)) if not t.user_attrs.get(ATTR_SURPLUS)]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+        if not t.user_attrs.get(ATTR_SURPLUS)
+    ]
 
 
 @contextlib.contextmanager
@@ -207,7 +245,7 @@ def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
     """Serialize study setup across processes: a file lock beside a journal or SQLite file,
     a PostgreSQL advisory lock, else nothing (workers still drop duplicate points)."""
     url = url or default_storage_url()
-    path = url if "://" not in url else (url[len("sqlite:///"):] if url.startswith("sqlite:///") else None)
+    path = url if "://" not in url else (url[len("sqlite:///") :] if url.startswith("sqlite:///") else None)
     if path is not None:
         with open(f"{path}.meminject-lock", "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -232,32 +270,65 @@ def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
 
 def _check_unchanged(old: SweepSpec, spec: SweepSpec) -> None:
     """Refuse to resume a study stored with another spec (``old``), naming each changed setting."""
-    if old.params != spec.params or old.sampler != spec.sampler or sorted(old.overrides) != sorted(spec.overrides) or old.all_objectives() != spec.all_objectives() or old.constraint != spec.constraint:
+    if (
+        old.params != spec.params
+        or old.sampler != spec.sampler
+        or sorted(old.overrides) != sorted(spec.overrides)
+        or old.all_objectives() != spec.all_objectives()
+        or old.constraint != spec.constraint
+    ):
         from ..core._redaction import redact
 
-        def keyed(s: SweepSpec) -> dict[str, str]:  # each setting once, by key: sampler, objective, fixed overrides, axes
+        def keyed(
+            s: SweepSpec,
+        ) -> dict[str, str]:  # each setting once, by key: sampler, objective, fixed overrides, axes
             fixed = dict(o.lstrip("+").split("=", 1) for o in s.overrides if "=" in o)
-            return {"sampler": s.sampler, "objective": ",".join(s.all_objectives()), "constraint": str(s.constraint), **fixed, **{k: str(v) for k, v in s.params.items()}}
+            return {
+                "sampler": s.sampler,
+                "objective": ",".join(s.all_objectives()),
+                "constraint": str(s.constraint),
+                **fixed,
+                **{k: str(v) for k, v in s.params.items()},
+            }
 
         before, after = keyed(old), keyed(spec)
-        changed = [f"{k}: {redact(before.get(k, '(unset)'))} → {redact(after.get(k, '(unset)'))}" for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+        changed = [
+            f"{k}: {redact(before.get(k, '(unset)'))} → {redact(after.get(k, '(unset)'))}"
+            for k in sorted(before.keys() | after.keys())
+            if before.get(k) != after.get(k)
+        ]
         raise ConfigError(
             f"study {spec.study_name!r} exists with a different search space or config ({'; '.join(changed) or 'override order'}); "
             "resume it unchanged, or pass study=NEW_NAME"
         )
 
 
-def prepare_study(spec: SweepSpec, storage_url: str | None, heartbeat: tuple[int, int] | None = None,
-                  resolved: tuple[RunConfig, SearchSpace] | None = None) -> tuple[optuna.Study, SearchSpace, RunConfig]:
+def prepare_study(
+    spec: SweepSpec,
+    storage_url: str | None,
+    heartbeat: tuple[int, int] | None = None,
+    resolved: tuple[RunConfig, SearchSpace] | None = None,
+) -> tuple[optuna.Study, SearchSpace, RunConfig]:
     """Create or resume the study; enqueue missing grid points; store the sweep spec
     (``resolved``: what :func:`preflight` returned for this spec, so it is not resolved twice)."""
     base, space = resolved or resolve_space(spec)
     # data.path names the data by its file (its stem, in the study name's alphabet): another file is another study
-    data = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(base.data.path)).stem) if base.data.path else base.data.name
+    data = (
+        "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(base.data.path)).stem)
+        if base.data.path
+        else base.data.name
+    )
     spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{data}")
     storage = open_storage(storage_url)
     with storage_lock(storage_url, storage):
-        study = optuna.create_study(study_name=spec.study_name, storage=storage, load_if_exists=True, sampler=make_sampler(spec), pruner=make_pruner(spec), **create_kwargs(spec))
+        study = optuna.create_study(
+            study_name=spec.study_name,
+            storage=storage,
+            load_if_exists=True,
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec),
+            **create_kwargs(spec),
+        )
         stored = study.user_attrs.get(ATTR_SPEC)
         if stored is not None:
             _check_unchanged(SweepSpec.from_json(stored), spec)

@@ -51,14 +51,22 @@ class TrialRunner:
 
         if self.batch_scale < 1.0:  # after an OOM: smaller batches and cache, one trial per pass
             perf = cfg.perf
-            cfg = dataclasses.replace(cfg, perf=dataclasses.replace(
-                perf, max_batch_tokens=max(1, int(perf.max_batch_tokens * self.batch_scale)),
-                prefix_cache_mb=perf.prefix_cache_mb * self.batch_scale, trials_per_forward=1))
+            cfg = dataclasses.replace(
+                cfg,
+                perf=dataclasses.replace(
+                    perf,
+                    max_batch_tokens=max(1, int(perf.max_batch_tokens * self.batch_scale)),
+                    prefix_cache_mb=perf.prefix_cache_mb * self.batch_scale,
+                    trials_per_forward=1,
+                ),
+            )
         if cfg.data not in self._datasets:
             self._datasets[cfg.data] = load_dataset(cfg.data)
         key = (cfg.model, cfg.data, cfg.perf, cfg.top_k, cfg.metric, cfg.seed)
         if key not in self._evaluators:
-            self._evaluators[key] = Evaluator.from_config(load_model(cfg.model), self._datasets[cfg.data], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks)
+            self._evaluators[key] = Evaluator.from_config(
+                load_model(cfg.model), self._datasets[cfg.data], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks
+            )
         return self._evaluators[key]
 
     def run(self, cfg: Any):
@@ -101,7 +109,9 @@ class TrialRunner:
             torch.cuda.empty_cache()
         self.batch_scale /= 2
         if self.batch_scale < 1 / 64:
-            raise MemInjectError("out of memory even with 1/64 of perf.max_batch_tokens; use a smaller model or a larger device")
+            raise MemInjectError(
+                "out of memory even with 1/64 of perf.max_batch_tokens; use a smaller model or a larger device"
+            )
         return self.batch_scale
 
 
@@ -110,4 +120,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "OutOfMemoryError", None)
-    return (oom_type is not None and isinstance(exc, oom_type)) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    return (oom_type is not None and isinstance(exc, oom_type)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )

@@ -30,7 +30,21 @@ from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held
 from ._settings import SweepSpec
 from ._pruning import make_pruner
 from ._storage import load_study, open_storage
-from ._study import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPEC, ATTR_SURPLUS, DONE, budget, canonical_params, counted, leader, make_sampler, point_of, register_worker, space_of
+from ._study import (
+    ATTR_HEARTBEAT,
+    ATTR_PARENT,
+    ATTR_SPEC,
+    ATTR_SURPLUS,
+    DONE,
+    budget,
+    canonical_params,
+    counted,
+    leader,
+    make_sampler,
+    point_of,
+    register_worker,
+    space_of,
+)
 from ._trial import TrialRunner, is_out_of_memory
 
 __all__ = ["run_worker", "CoordinatorGone"]
@@ -48,7 +62,14 @@ def _check_coordinator() -> None:
         raise CoordinatorGone()
 
 
-def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | None = None, progress: bool = True, max_trials: int | None = None) -> int:
+def run_worker(
+    study_name: str,
+    storage_url: str | None,
+    *,
+    worker_index: int | None = None,
+    progress: bool = True,
+    max_trials: int | None = None,
+) -> int:
     """Run trials of a prepared study until its budget or grid is used up; returns trials run here."""
     spec, study, recovery, (interval, grace), number = _open_study(study_name, storage_url, worker_index)
     base = load_run_config(spec.overrides)
@@ -56,7 +77,9 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
     total = budget(spec, space)
     tracker = Tracker.from_config(base)
     recovery.tracker = tracker
-    runner = TrialRunner(chunks=spec.chunks, stack_chunks=spec.sampler == "grid")  # grid points come in same-layer runs (see _study)
+    runner = TrialRunner(
+        chunks=spec.chunks, stack_chunks=spec.sampler == "grid"
+    )  # grid points come in same-layer runs (see _study)
     bar = _progress_bar(study, study_name, total) if progress else None
     ran = 0
     per_forward = runner.trials_per_forward(base)
@@ -96,7 +119,9 @@ def run_worker(study_name: str, storage_url: str | None, *, worker_index: int | 
     return ran
 
 
-def _open_study(study_name: str, storage_url: str | None, worker_index: int | None) -> tuple[SweepSpec, optuna.Study, StaleTrialRecovery, tuple[Any, Any], int]:
+def _open_study(
+    study_name: str, storage_url: str | None, worker_index: int | None
+) -> tuple[SweepSpec, optuna.Study, StaleTrialRecovery, tuple[Any, Any], int]:
     """The prepared study and its spec, reopened with heartbeats (this worker's trials beat;
     stale trials of dead workers are re-queued), and this worker's number."""
     probe = load_study(study_name, storage_url)
@@ -107,14 +132,22 @@ def _open_study(study_name: str, storage_url: str | None, worker_index: int | No
     interval, grace = probe.user_attrs.get(ATTR_HEARTBEAT, DEFAULT_HEARTBEAT)
     storage = open_storage(storage_url, heartbeat=(int(interval), int(grace)), recovery=recovery)
     number = register_worker(probe, storage_url) if worker_index is None else worker_index
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(spec, number), pruner=make_pruner(spec))
+    study = optuna.load_study(
+        study_name=study_name, storage=storage, sampler=make_sampler(spec, number), pruner=make_pruner(spec)
+    )
     return spec, study, recovery, (interval, grace), number
 
 
 def _progress_bar(study: optuna.Study, study_name: str, total: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=len(study.get_trials(deepcopy=False, states=DONE)), desc=study_name, unit="trial", dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=len(study.get_trials(deepcopy=False, states=DONE)),
+        desc=study_name,
+        unit="trial",
+        dynamic_ncols=True,
+    )
 
 
 def _requeue_after_oom(runner: TrialRunner, spec: SweepSpec, study: optuna.Study, asked: Asked) -> None:
@@ -123,14 +156,20 @@ def _requeue_after_oom(runner: TrialRunner, spec: SweepSpec, study: optuna.Study
     if spec.sampler == "grid":
         for _, params in asked:
             study.enqueue_trial(params, skip_if_exists=False)
-    log.warning("out of memory in trial(s) %s: failed and re-queued; continuing with %g× the batch budget", [t.number for t, _ in asked], scale)
+    log.warning(
+        "out of memory in trial(s) %s: failed and re-queued; continuing with %g× the batch budget",
+        [t.number for t, _ in asked],
+        scale,
+    )
 
 
 def _clean_up_after(context: TrialContext, tracker: Tracker | None, exc: BaseException) -> None:
     """Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING."""
     with signals_held():
         _fail_owned(context, exc)
-        if isinstance(exc, CoordinatorGone) or _coordinator_gone(wait=1.0 if isinstance(exc, KeyboardInterrupt) else 0.0):
+        if isinstance(exc, CoordinatorGone) or _coordinator_gone(
+            wait=1.0 if isinstance(exc, KeyboardInterrupt) else 0.0
+        ):
             _close_parent_if_orphaned(tracker, context.parent_run_id)
 
 
@@ -192,7 +231,9 @@ class _RunningWaiter:
         if running != self.running:
             self.running, self.since = running, time.monotonic()
         elif self.since is not None and time.monotonic() - self.since > self.patience:
-            log.warning("trials %s stay RUNNING without heartbeats; leaving them (rerun the sweep to resume)", sorted(running))
+            log.warning(
+                "trials %s stay RUNNING without heartbeats; leaving them (rerun the sweep to resume)", sorted(running)
+            )
             return False
         time.sleep(self.pause)
         return True
@@ -264,5 +305,3 @@ def _ask_trials(study: optuna.Study, spec: SweepSpec, space: Any, total: int, wa
             break
         asked.append((trial, _suggest(trial, space)))
     return asked
-
-

@@ -4,4 +4,14 @@ call retried through transient errors and reported in one line when it stays dow
 from ._retry import RetryingClient, open_client, sqlite_path
 from ._tracker import Tracker, TrackingError, log_eval_run, probe_server, retry_seconds, tracking_uri
 
-__all__ = ["Tracker", "TrackingError", "log_eval_run", "probe_server", "retry_seconds", "tracking_uri", "RetryingClient", "open_client", "sqlite_path"]
+__all__ = [
+    "Tracker",
+    "TrackingError",
+    "log_eval_run",
+    "probe_server",
+    "retry_seconds",
+    "tracking_uri",
+    "RetryingClient",
+    "open_client",
+    "sqlite_path",
+]

@@ -35,7 +35,19 @@ try:
 except ImportError:  # not on Windows: SQLite's own locking is all there is
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CLOCK", "DEFAULT_RETRY_S", "Clock", "RetryingClient", "creation_lock", "first_line", "is_transient", "open_client", "quiet_run_links", "retrying", "sqlite_path"]
+__all__ = [
+    "CLOCK",
+    "DEFAULT_RETRY_S",
+    "Clock",
+    "RetryingClient",
+    "creation_lock",
+    "first_line",
+    "is_transient",
+    "open_client",
+    "quiet_run_links",
+    "retrying",
+    "sqlite_path",
+]
 
 DEFAULT_RETRY_S = 60.0
 T = TypeVar("T")
@@ -58,7 +70,10 @@ _ALEMBIC_RACE = "Online migration expected to match one row"
 _DRIVERS = {  # import name -> (database, how to install)
     "psycopg2": ("PostgreSQL", 'pip install "meminject[postgres]"'),
     # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; meminject[postgres] brings psycopg2
-    "psycopg": ("PostgreSQL", 'write postgresql+psycopg2:// and pip install "meminject[postgres]" (or pip install "psycopg[binary]")'),
+    "psycopg": (
+        "PostgreSQL",
+        'write postgresql+psycopg2:// and pip install "meminject[postgres]" (or pip install "psycopg[binary]")',
+    ),
     "pg8000": ("PostgreSQL", "pip install pg8000"),
     "pymysql": ("MySQL", "pip install pymysql"),
     "MySQLdb": ("MySQL", "pip install mysqlclient"),

@@ -24,37 +24,62 @@ from typing import Any, Mapping, Sequence
 from ..config import RESULT_FREE_SECTIONS, RunConfig, load_run_config, site_pos, trial_key, with_values
 
 __all__ = [
-    "Site", "COLUMNS", "ATTR_PREFIX", "from_attrs", "site_config", "site_label", "trial_key", "RESULT_FREE_SECTIONS",
-    "ATTR_SPEC", "ATTR_PARENT", "ATTR_HEARTBEAT", "ATTR_SURPLUS", "ATTR_WORKERS", "ATTR_SPACE", "ATTR_KEY", "ATTR_PROMPT_VALUES",
-    "TAG_ROLE", "TAG_STUDY", "TAG_TRIAL_NUMBER", "TAG_COMMAND", "TAG_SAMPLER", "TAG_SWEEP", "TAG_WORKER", "TAG_STATE",
-    "TAG_FAILURE", "TAG_RECONCILED", "TAG_VERDICTS", "TAG_HOLDS", "TAG_BEST_PARAMS",
+    "Site",
+    "COLUMNS",
+    "ATTR_PREFIX",
+    "from_attrs",
+    "site_config",
+    "site_label",
+    "trial_key",
+    "RESULT_FREE_SECTIONS",
+    "ATTR_SPEC",
+    "ATTR_PARENT",
+    "ATTR_HEARTBEAT",
+    "ATTR_SURPLUS",
+    "ATTR_WORKERS",
+    "ATTR_SPACE",
+    "ATTR_KEY",
+    "ATTR_PROMPT_VALUES",
+    "TAG_ROLE",
+    "TAG_STUDY",
+    "TAG_TRIAL_NUMBER",
+    "TAG_COMMAND",
+    "TAG_SAMPLER",
+    "TAG_SWEEP",
+    "TAG_WORKER",
+    "TAG_STATE",
+    "TAG_FAILURE",
+    "TAG_RECONCILED",
+    "TAG_VERDICTS",
+    "TAG_HOLDS",
+    "TAG_BEST_PARAMS",
 ]
 
 # Optuna user attributes of a trial: its site record, one attribute per column (site.<column>),
 ATTR_PREFIX = "site."
-ATTR_KEY = "meminject.key"                        # the computed point (config.trial_key)
-ATTR_PROMPT_VALUES = "meminject.prompt_values"    # {row: per-prompt objective value}, as JSON (pruning)
+ATTR_KEY = "meminject.key"  # the computed point (config.trial_key)
+ATTR_PROMPT_VALUES = "meminject.prompt_values"  # {row: per-prompt objective value}, as JSON (pruning)
 # ... and of a study.
-ATTR_SPEC = "meminject.sweep"                     # the SweepSpec, as JSON
-ATTR_PARENT = "meminject.mlflow_parent_run_id"    # the study's one MLflow parent run
-ATTR_HEARTBEAT = "meminject.heartbeat"            # [interval, grace] seconds, for every worker
-ATTR_SURPLUS = "meminject.surplus"                # a trial given back unrun (over budget, or a duplicate point)
-ATTR_WORKERS = "meminject.workers"                # how many workers have registered (seeds their samplers)
-ATTR_SPACE = "meminject.space"                    # the search space's signature (a changed space is refused)
+ATTR_SPEC = "meminject.sweep"  # the SweepSpec, as JSON
+ATTR_PARENT = "meminject.mlflow_parent_run_id"  # the study's one MLflow parent run
+ATTR_HEARTBEAT = "meminject.heartbeat"  # [interval, grace] seconds, for every worker
+ATTR_SURPLUS = "meminject.surplus"  # a trial given back unrun (over budget, or a duplicate point)
+ATTR_WORKERS = "meminject.workers"  # how many workers have registered (seeds their samplers)
+ATTR_SPACE = "meminject.space"  # the search space's signature (a changed space is refused)
 
 # MLflow tags of a run.
-TAG_ROLE = "meminject.role"                       # sweep (a study's parent run) | trial
+TAG_ROLE = "meminject.role"  # sweep (a study's parent run) | trial
 TAG_STUDY = "meminject.study"
 TAG_TRIAL_NUMBER = "meminject.trial_number"
-TAG_COMMAND = "meminject.command"                 # eval | inspect
+TAG_COMMAND = "meminject.command"  # eval | inspect
 TAG_SAMPLER = "meminject.sampler"
-TAG_SWEEP = "meminject.sweep"                     # the preset's name
+TAG_SWEEP = "meminject.sweep"  # the preset's name
 TAG_WORKER = "meminject.worker"
-TAG_STATE = "meminject.state"                     # PRUNED (MLflow has no such status)
+TAG_STATE = "meminject.state"  # PRUNED (MLflow has no such status)
 TAG_FAILURE = "meminject.failure"
-TAG_RECONCILED = "meminject.reconciled"           # a run written on resume from the study
-TAG_VERDICTS = "meminject.verdicts"               # best's held-out verdict lines, on the parent run
-TAG_HOLDS = "meminject.holds"                     # how many sites hold
+TAG_RECONCILED = "meminject.reconciled"  # a run written on resume from the study
+TAG_VERDICTS = "meminject.verdicts"  # best's held-out verdict lines, on the parent run
+TAG_HOLDS = "meminject.holds"  # how many sites hold
 TAG_BEST_PARAMS = "meminject.best_params"
 
 
@@ -78,9 +103,17 @@ class Site:
     def from_config(cls, run: RunConfig) -> "Site":
         inj, mem = run.injection, run.memory
         return cls(
-            model=run.model.name, weights=run.model.weights, layer=inj.layer, head=inj.head if inj.site != "layer" else None,
-            site=inj.site, positions=inj.positions, scale=inj.scale, tweak=inj.tweak, memory_type=mem.type,
-            memory_pos=site_pos(mem), encoding=mem.encoding,
+            model=run.model.name,
+            weights=run.model.weights,
+            layer=inj.layer,
+            head=inj.head if inj.site != "layer" else None,
+            site=inj.site,
+            positions=inj.positions,
+            scale=inj.scale,
+            tweak=inj.tweak,
+            memory_type=mem.type,
+            memory_pos=site_pos(mem),
+            encoding=mem.encoding,
         )
 
     @property
@@ -99,22 +132,33 @@ class Site:
 
 # Table columns, named by the config key each field comes from.
 COLUMNS: tuple[str, ...] = (
-    "model", "weights", "injection.layer", "injection.head", "injection.site", "injection.positions",
-    "injection.scale", "injection.tweak", "memory.type", "memory.pos", "memory.encoding",
+    "model",
+    "weights",
+    "injection.layer",
+    "injection.head",
+    "injection.site",
+    "injection.positions",
+    "injection.scale",
+    "injection.tweak",
+    "memory.type",
+    "memory.pos",
+    "memory.encoding",
 )
 assert len(COLUMNS) == len(fields(Site))
 
 
 def from_attrs(user_attrs: Mapping[str, Any]) -> dict[str, Any]:
     """A trial's site record from its Optuna user attributes ({} for a trial without one)."""
-    return {k[len(ATTR_PREFIX):]: v for k, v in user_attrs.items() if k.startswith(ATTR_PREFIX)}
+    return {k[len(ATTR_PREFIX) :]: v for k, v in user_attrs.items() if k.startswith(ATTR_PREFIX)}
 
 
 def _is_blank(value: Any) -> bool:
     return value is None or value == "-" or (isinstance(value, float) and math.isnan(value))
 
 
-def site_config(overrides: Sequence[str], row: Mapping[str, Any], *, with_model: bool, extra: Sequence[str] = ()) -> RunConfig:
+def site_config(
+    overrides: Sequence[str], row: Mapping[str, Any], *, with_model: bool, extra: Sequence[str] = ()
+) -> RunConfig:
     """The config that re-runs a (table) site: the sweep's fixed overrides (and ``extra``), the
     site's model when the sweep searched it (``with_model``: a config group, so a compose, once
     per model), then the site's injection and memory columns set on it."""

@@ -22,7 +22,16 @@ from ._schema import TAG_COMMAND, TAG_FAILURE, TAG_ROLE, TAG_STUDY, TAG_TRIAL_NU
 if TYPE_CHECKING:
     from ..config._schema import RunConfig
 
-__all__ = ["tracking_uri", "redact", "redacted_config", "log_eval_run", "retry_seconds", "Tracker", "TrackingError", "EXPERIMENT_KIND"]
+__all__ = [
+    "tracking_uri",
+    "redact",
+    "redacted_config",
+    "log_eval_run",
+    "retry_seconds",
+    "Tracker",
+    "TrackingError",
+    "EXPERIMENT_KIND",
+]
 
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model development.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -83,9 +92,16 @@ def log_eval_run(
     """``meminject eval``'s run: the same flat, redacted config a sweep's trial run logs, with
     the hook it touched, the summary as metrics, and the tables as artifacts."""
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, retry_seconds(cfg))
-    params = {**flat_config(redacted_container(cfg)), "model": summary["model"], "weights": summary["weights"], "dataset": summary["dataset"],
-              "dataset_hash": summary["dataset_hash"], "n_prompts": summary.get("n_prompts", "-"), "hook": summary["hook"],
-              "memory.word_source": summary.get("word_source", "-")}
+    params = {
+        **flat_config(redacted_container(cfg)),
+        "model": summary["model"],
+        "weights": summary["weights"],
+        "dataset": summary["dataset"],
+        "dataset_hash": summary["dataset_hash"],
+        "n_prompts": summary.get("n_prompts", "-"),
+        "hook": summary["hook"],
+        "memory.word_source": summary.get("word_source", "-"),
+    }
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     artifacts = {name: out_dir / name for name in ("per_prompt.csv", "config.yaml", "summary.json")}
     name = f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak:g}"
@@ -125,7 +141,9 @@ def git_commit() -> str | None:
     from ..core._paths import project_root
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -150,7 +168,9 @@ class Tracker:
         try:
             self.experiment_id = _experiment_id(self.client, experiment, uri)
         except MlflowException as exc:
-            raise ConfigError(f"tracking store {redact(uri)} refused the experiment {experiment!r}: {redact(_first_line(exc))}") from exc
+            raise ConfigError(
+                f"tracking store {redact(uri)} refused the experiment {experiment!r}: {redact(_first_line(exc))}"
+            ) from exc
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "Tracker | None":
@@ -163,7 +183,9 @@ class Tracker:
         self.client.search_runs([self.experiment_id], max_results=1)
 
     def start_parent(self, study_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=f"sweep {study_name}", tags={TAG_ROLE: "sweep", TAG_STUDY: study_name, **tags})
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"sweep {study_name}", tags={TAG_ROLE: "sweep", TAG_STUDY: study_name, **tags}
+        )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -177,18 +199,33 @@ class Tracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def start_trial(self, parent_run_id: str, trial_number: int, study_name: str, tags: dict[str, str], site: str | None = None) -> str:
+    def start_trial(
+        self, parent_run_id: str, trial_number: int, study_name: str, tags: dict[str, str], site: str | None = None
+    ) -> str:
         """A nested trial run, named by its ``site`` (:func:`site_label`) when known: the runs
         table then reads as the sites it holds, not as trial numbers."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=site or f"trial {trial_number}",
-            tags={"mlflow.parentRunId": parent_run_id, TAG_ROLE: "trial", TAG_STUDY: study_name, TAG_TRIAL_NUMBER: str(trial_number), **tags},
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                TAG_ROLE: "trial",
+                TAG_STUDY: study_name,
+                TAG_TRIAL_NUMBER: str(trial_number),
+                **tags,
+            },
         )
         self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
-    def finish_trial(self, run_id: str, params: dict[str, Any], metrics: dict[str, float], artifacts: dict[str, str | Path], terminate: bool = True) -> None:
+    def finish_trial(
+        self,
+        run_id: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        artifacts: dict[str, str | Path],
+        terminate: bool = True,
+    ) -> None:
         """Params and metrics in one batch, artifacts (texts, or files to copy) in one upload."""
         import tempfile
         import time as _time
@@ -198,7 +235,9 @@ class Tracker:
         now = int(_time.time() * 1000)
         finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
         param_items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
-        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()], params=param_items[:100])
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, v, now, 0) for k, v in finite.items()], params=param_items[:100]
+        )
         if len(param_items) > 100:
             self.log_params(run_id, dict((p.key, p.value) for p in param_items[100:]))
         uri = self._artifact_uris.pop(run_id, None)
@@ -211,7 +250,9 @@ class Tracker:
             from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
             repository = get_artifact_repository(uri, tracking_uri=self.uri)
-            if isinstance(repository, LocalArtifactRepository):  # a folder here (the default store): written in place, no copy
+            if isinstance(
+                repository, LocalArtifactRepository
+            ):  # a folder here (the default store): written in place, no copy
                 Path(repository.artifact_dir).mkdir(parents=True, exist_ok=True)
                 _write_artifacts(Path(repository.artifact_dir), artifacts)
             else:
@@ -221,8 +262,15 @@ class Tracker:
         if terminate:
             self.client.set_terminated(run_id, "FINISHED")
 
-    def record_run(self, name: str, tags: dict[str, str], params: dict[str, Any], metrics: dict[str, Any],
-                   artifacts: dict[str, str | Path], started_ms: int | None = None) -> str:
+    def record_run(
+        self,
+        name: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        metrics: dict[str, Any],
+        artifacts: dict[str, str | Path],
+        started_ms: int | None = None,
+    ) -> str:
         """A whole run of one command (``eval``, ``inspect``): created, filled as a trial's is,
         and closed; a failure part-way closes it FAILED. ``started_ms`` is when the work began
         (the run's duration is then the work's, not the logging's)."""
@@ -252,7 +300,9 @@ class Tracker:
     def log_table(self, run_id: str, frame: Any, name: str) -> None:
         """A table artifact (``mlflow.log_table``): the MLflow UI renders it as a table."""
         shown = frame.astype(object).where(frame.notna(), None)  # JSON: no NaN, no numpy scalars
-        self.client.log_table(run_id, data=shown.map(lambda v: v.item() if hasattr(v, "item") else v), artifact_file=name)
+        self.client.log_table(
+            run_id, data=shown.map(lambda v: v.item() if hasattr(v, "item") else v), artifact_file=name
+        )
 
     def describe(self, run_id: str, text: str) -> None:
         """The run's description (shown on its page in the MLflow UI)."""

@@ -74,14 +74,20 @@ def cmd_eval(overrides: Sequence[str]) -> int:
         result = evaluator.evaluate(spec, cfg.memory)
         bar.update(bar.total - bar.n)
     wall = time.perf_counter() - started
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir("eval", f"{model.name}-L{spec.layer}-t{spec.tweak:g}-{spec.encoding}")
+    out_dir = (
+        Path(cfg.output_dir)
+        if cfg.output_dir
+        else default_output_dir("eval", f"{model.name}-L{spec.layer}-t{spec.tweak:g}-{spec.encoding}")
+    )
     summary = _save_results(out_dir, cfg, model, dataset, result, wall)
     _print_result(cfg, model, dataset, spec, result, wall, out_dir)
     if cfg.tracking.enabled:
         try:
             run_id = log_eval_run(cfg, result, summary, out_dir, started_ms)
         except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
-            raise MemInjectError(f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}") from exc
+            raise MemInjectError(
+                f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}"
+            ) from exc
         print(f"  MLflow run {run_id}")
     return 0
 
@@ -97,7 +103,17 @@ def _save_results(out_dir: Path, cfg, model, dataset, result, wall: float) -> di
     tmp_dir.mkdir(parents=True, exist_ok=True)
     result.per_prompt.to_csv(tmp_dir / "per_prompt.csv", index=False)
     (tmp_dir / "config.yaml").write_text(to_yaml(redacted_container(cfg)))
-    summary = {**result.summary, "eval_seconds": wall, "hook": result.hooks[0], "model": model.name, "weights": model.weights, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "word_source": word_source(cfg.memory), "n_prompts": len(dataset)}
+    summary = {
+        **result.summary,
+        "eval_seconds": wall,
+        "hook": result.hooks[0],
+        "model": model.name,
+        "weights": model.weights,
+        "dataset": dataset.name,
+        "dataset_hash": dataset.content_hash,
+        "word_source": word_source(cfg.memory),
+        "n_prompts": len(dataset),
+    }
     (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if out_dir.exists():
         import shutil
@@ -110,7 +126,13 @@ def _save_results(out_dir: Path, cfg, model, dataset, result, wall: float) -> di
 def _print_result(cfg, model, dataset, spec, result, wall: float, out_dir: Path) -> None:
     """The evaluation's header, mean probabilities and gains on stdout."""
     s = result.summary
-    print(f"{model.name} ({model.weights} weights) · {_data_label(cfg.data, dataset)} ({len(dataset)} prompts) · {result.hooks[0]} · τ={spec.tweak:g} · {spec.memory_type}/{spec.encoding} · positions={spec.positions}")
-    print(f"  P(answer) before {s['mean_prob_before']:.4f}   after {s['mean_prob_after']:.4f}   explicit {s['mean_prob_explicit']:.4f}")
-    print(f"  mean gain {s['mean_gain']:+.4f}   median gain {s['median_gain']:+.4f}   mean % increase {s['mean_percent_increase']:+.1f}   improved {s['frac_improved']:.0%}")
+    print(
+        f"{model.name} ({model.weights} weights) · {_data_label(cfg.data, dataset)} ({len(dataset)} prompts) · {result.hooks[0]} · τ={spec.tweak:g} · {spec.memory_type}/{spec.encoding} · positions={spec.positions}"
+    )
+    print(
+        f"  P(answer) before {s['mean_prob_before']:.4f}   after {s['mean_prob_after']:.4f}   explicit {s['mean_prob_explicit']:.4f}"
+    )
+    print(
+        f"  mean gain {s['mean_gain']:+.4f}   median gain {s['median_gain']:+.4f}   mean % increase {s['mean_percent_increase']:+.1f}   improved {s['frac_improved']:.0%}"
+    )
     print(f"  {wall:.2f} s · per-prompt table: {out_dir / 'per_prompt.csv'}")

@@ -35,7 +35,9 @@ class Projection:
     tokens: list[str]  # the prompt's tokens as text
 
 
-def _vocab_view(activation: Tensor, W_U: Tensor, top_k: int, answer: int | None) -> tuple[list[list[int]], list[list[float]], int | None, float | None]:
+def _vocab_view(
+    activation: Tensor, W_U: Tensor, top_k: int, answer: int | None
+) -> tuple[list[list[int]], list[list[float]], int | None, float | None]:
     logits = activation.float() @ W_U.float()  # (..., d_vocab)
     top = logits.topk(top_k, dim=-1)
     rank = logit = None
@@ -46,8 +48,14 @@ def _vocab_view(activation: Tensor, W_U: Tensor, top_k: int, answer: int | None)
 
 
 def project_attention_outputs(
-    model: LoadedModel, prompt: str, *, heads: bool = False, all_positions: bool = False, top_k: int = 5,
-    answer: str | None = None, injection: tuple[int, float, Tensor, str] | None = None,
+    model: LoadedModel,
+    prompt: str,
+    *,
+    heads: bool = False,
+    all_positions: bool = False,
+    top_k: int = 5,
+    answer: str | None = None,
+    injection: tuple[int, float, Tensor, str] | None = None,
 ) -> Projection:
     """Project every layer's (and head's) attention output at the prompt into vocabulary space.
 
@@ -62,7 +70,9 @@ def project_attention_outputs(
     return Projection(table=pd.DataFrame(rows), tokens=[model.decode(t) for t in token_ids])
 
 
-def _attention_outputs(model: LoadedModel, token_ids: list[int], *, heads: bool, injection: tuple[int, float, Tensor, str] | None) -> dict[str, Tensor]:
+def _attention_outputs(
+    model: LoadedModel, token_ids: list[int], *, heads: bool, injection: tuple[int, float, Tensor, str] | None
+) -> dict[str, Tensor]:
     """One pass over the prompt (with the memory injected, for ``injection``), keeping every
     layer's attention output by hook name, and with ``heads`` every layer's per-head result."""
     bridge = model.bridge
@@ -76,13 +86,18 @@ def _attention_outputs(model: LoadedModel, token_ids: list[int], *, heads: bool,
         def keep(activation: Tensor, hook) -> Tensor:  # noqa: ARG001 - hook.name may be an alias
             store[name] = activation.detach()
             return activation
+
         return keep
 
     hooks = []
     if injection is not None:
         layer, tweak, vector, positions = injection
-        mask = position_mask(torch.ones_like(tokens), torch.tensor([len(token_ids) - 1], device=model.device), positions)
-        hooks.append((f"blocks.{layer}.hook_attn_out", lambda a, hook: inject(a, vector[None].to(a.dtype), tweak, mask)))
+        mask = position_mask(
+            torch.ones_like(tokens), torch.tensor([len(token_ids) - 1], device=model.device), positions
+        )
+        hooks.append(
+            (f"blocks.{layer}.hook_attn_out", lambda a, hook: inject(a, vector[None].to(a.dtype), tweak, mask))
+        )
     hooks += [(name, keeper(name)) for name in names]  # after the injection hook: the cache sees the injected output
     if heads:
         bridge.set_use_attn_result(True)
@@ -95,7 +110,16 @@ def _attention_outputs(model: LoadedModel, token_ids: list[int], *, heads: bool,
     return store
 
 
-def _vocab_rows(model: LoadedModel, store: dict[str, Tensor], token_ids: list[int], positions, *, heads: bool, top_k: int, answer_id: int | None) -> list[dict[str, Any]]:
+def _vocab_rows(
+    model: LoadedModel,
+    store: dict[str, Tensor],
+    token_ids: list[int],
+    positions,
+    *,
+    heads: bool,
+    top_k: int,
+    answer_id: int | None,
+) -> list[dict[str, Any]]:
     """The table's rows: per layer, its whole attention output ('all') and each head (with
     ``heads``), at each of ``positions``: the top-k tokens and the answer's rank and logit."""
     W_U = model.W_U
@@ -108,11 +132,19 @@ def _vocab_rows(model: LoadedModel, store: dict[str, Tensor], token_ids: list[in
         for unit, activation in units:
             for position in positions:
                 ids, values, rank, logit = _vocab_view(activation[position], W_U, top_k, answer_id)
-                rows.append({
-                    "layer": layer, "head": unit, "position": position, "token": model.decode(token_ids[position]),
-                    "top_tokens": "|".join(model.decode(i) for i in ids), "top_ids": " ".join(map(str, ids)),
-                    "top_logits": " ".join(f"{v:.3f}" for v in values), "answer_rank": rank, "answer_logit": logit,
-                })
+                rows.append(
+                    {
+                        "layer": layer,
+                        "head": unit,
+                        "position": position,
+                        "token": model.decode(token_ids[position]),
+                        "top_tokens": "|".join(model.decode(i) for i in ids),
+                        "top_ids": " ".join(map(str, ids)),
+                        "top_logits": " ".join(f"{v:.3f}" for v in values),
+                        "answer_rank": rank,
+                        "answer_logit": logit,
+                    }
+                )
     return rows
 
 
@@ -123,8 +155,8 @@ MAX_LABELLED_CELLS = 400  # up to this many cells every cell carries its numbers
 class HeadGrid:
     """What :func:`heatmap` draws: layers × units (heads, or the layer's whole attention output)."""
 
-    values: pd.DataFrame          # colour: the answer's logit (or the top token's logit)
-    labels: pd.DataFrame          # the text of each cell: answer rank and logit (or top token and logit)
+    values: pd.DataFrame  # colour: the answer's logit (or the top token's logit)
+    labels: pd.DataFrame  # the text of each cell: answer rank and logit (or top token and logit)
     value_name: str
     per_head: bool
 
@@ -136,12 +168,19 @@ def head_grid(table: pd.DataFrame) -> HeadGrid:
     data = per_head if not per_head.empty else last
     has_answer = data["answer_logit"].notna().all()
     if has_answer:
-        data = data.assign(value=data["answer_logit"].astype(float), label=[f"r{int(r)}\n{v:.1f}" for r, v in zip(data["answer_rank"], data["answer_logit"])])
+        data = data.assign(
+            value=data["answer_logit"].astype(float),
+            label=[f"r{int(r)}\n{v:.1f}" for r, v in zip(data["answer_rank"], data["answer_logit"])],
+        )
     else:
         tops = [float(v.split()[0]) for v in data["top_logits"]]
-        data = data.assign(value=tops, label=[f"{t.split('|')[0].strip()[:8]!s}\n{v:.1f}" for t, v in zip(data["top_tokens"], tops)])
+        data = data.assign(
+            value=tops, label=[f"{t.split('|')[0].strip()[:8]!s}\n{v:.1f}" for t, v in zip(data["top_tokens"], tops)]
+        )
     values = data.pivot_table(index="layer", columns="head", values="value", aggfunc="first")
-    labels = data.pivot(index="layer", columns="head", values="label").reindex(index=values.index, columns=values.columns)
+    labels = data.pivot(index="layer", columns="head", values="label").reindex(
+        index=values.index, columns=values.columns
+    )
     return HeadGrid(values, labels, "answer logit" if has_answer else "top-token logit", not per_head.empty)
 
 
@@ -164,18 +203,33 @@ def heatmap(table: pd.DataFrame, path: Path, title: str, answer: str | None = No
     values = grid.values.to_numpy(dtype=float)
     image = ax.imshow(values, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
     cells = n_layers * n_units
-    shown = np.argsort(np.nan_to_num(values, nan=-np.inf), axis=None)[::-1][: cells if cells <= MAX_LABELLED_CELLS else 15]
+    shown = np.argsort(np.nan_to_num(values, nan=-np.inf), axis=None)[::-1][
+        : cells if cells <= MAX_LABELLED_CELLS else 15
+    ]
     low, high = np.nanmin(values), np.nanmax(values)
     for flat in shown:
         i, j = np.unravel_index(flat, values.shape)
         bright = (values[i, j] - low) / ((high - low) or 1) > 0.6  # viridis is light at the top: dark text there
-        ax.text(j, i, grid.labels.iat[i, j], ha="center", va="center", fontsize=6.5, linespacing=0.95, color="black" if bright else "white")
+        ax.text(
+            j,
+            i,
+            grid.labels.iat[i, j],
+            ha="center",
+            va="center",
+            fontsize=6.5,
+            linespacing=0.95,
+            color="black" if bright else "white",
+        )
     ax.set_xlabel("head" if grid.per_head else "attention output (all heads)")
     ax.set_ylabel("layer")
     ax.set_xticks(range(n_units), [str(c) for c in grid.values.columns])
     ax.set_yticks(range(n_layers), [str(int(v)) for v in grid.values.index], fontsize=7 if n_layers > 24 else 9)
     heading = title + (f" → answer {answer!r}" if answer else "")
-    what = "cell: answer rank (r0 = top-1) and logit" if grid.value_name == "answer logit" else "cell: top token and its logit"
+    what = (
+        "cell: answer rank (r0 = top-1) and logit"
+        if grid.value_name == "answer logit"
+        else "cell: top token and its logit"
+    )
     if cells > MAX_LABELLED_CELLS:
         what += "; the 15 highest cells labelled"
     ax.set_title("\n".join(textwrap.wrap(heading, width=int(width * 11))) + f"\n({what}, last position)", fontsize=9)
@@ -195,8 +249,23 @@ def side_by_side(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame, answer: bool) -> str:
     shown = table.copy()
-    columns = [c for c in ("layer", "head", "position", "token", "top_tokens", "answer_rank", "answer_logit",
-                           "top_tokens_before", "answer_rank_before", "top_tokens_after", "answer_rank_after") if c in shown.columns]
+    columns = [
+        c
+        for c in (
+            "layer",
+            "head",
+            "position",
+            "token",
+            "top_tokens",
+            "answer_rank",
+            "answer_logit",
+            "top_tokens_before",
+            "answer_rank_before",
+            "top_tokens_after",
+            "answer_rank_after",
+        )
+        if c in shown.columns
+    ]
     if not answer:
         columns = [c for c in columns if not c.startswith("answer_")]
     return shown[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}")

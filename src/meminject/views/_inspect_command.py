@@ -26,7 +26,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.overrides)
     prompt, answer, memory = _inspected_texts(args, cfg)
     model = load_model(cfg.model)
-    before = project_attention_outputs(model, prompt, heads=args.heads, all_positions=args.all_positions, top_k=args.top, answer=answer)
+    before = project_attention_outputs(
+        model, prompt, heads=args.heads, all_positions=args.all_positions, top_k=args.top, answer=answer
+    )
     table, title = before.table, f"{model.name}: {prompt!r}"
     if args.inject:
         after, injected = _project_injected(args, cfg, model, prompt, answer, memory)
@@ -53,7 +55,9 @@ def _inspected_texts(args: argparse.Namespace, cfg: RunConfig) -> tuple[str, str
         frame = load_dataset(cfg.data).frame
         match = frame[frame.row == args.row]
         if match.empty:
-            raise ConfigError(f"--row {args.row} is not in {cfg.data.name} (rows {int(frame.row.min())}..{int(frame.row.max())})")
+            raise ConfigError(
+                f"--row {args.row} is not in {cfg.data.name} (rows {int(frame.row.min())}..{int(frame.row.max())})"
+            )
         row = match.iloc[0]
         prompt = prompt or row.obscure_sentence
         answer = answer if answer is not None else row.answer
@@ -67,7 +71,9 @@ def _inspected_texts(args: argparse.Namespace, cfg: RunConfig) -> tuple[str, str
     return prompt, answer, memory
 
 
-def _project_injected(args: argparse.Namespace, cfg: RunConfig, model: LoadedModel, prompt: str, answer: str | None, memory: str | None) -> tuple[Projection, str]:
+def _project_injected(
+    args: argparse.Namespace, cfg: RunConfig, model: LoadedModel, prompt: str, answer: str | None, memory: str | None
+) -> tuple[Projection, str]:
     """The projection with the memory injected, and the title's note of what was injected."""
     import pandas as pd
 
@@ -80,13 +86,24 @@ def _project_injected(args: argparse.Namespace, cfg: RunConfig, model: LoadedMod
     if not memory:
         raise ConfigError("--inject needs --memory TEXT (or --row N for the row's explicit entity)")
     texts = memory_texts(pd.DataFrame({"explicit_entity": [memory], "row": [args.row or 0]}), cfg.memory)
-    vector = encode_memories(model, texts, [args.row or 0], spec.encoding, spec.layer, max_batch_tokens=cfg.perf.max_batch_tokens)[0].to(model.device)
-    after = project_attention_outputs(model, prompt, heads=args.heads, all_positions=args.all_positions, top_k=args.top, answer=answer,
-                                      injection=(spec.layer, spec.tweak, vector, spec.positions))
+    vector = encode_memories(
+        model, texts, [args.row or 0], spec.encoding, spec.layer, max_batch_tokens=cfg.perf.max_batch_tokens
+    )[0].to(model.device)
+    after = project_attention_outputs(
+        model,
+        prompt,
+        heads=args.heads,
+        all_positions=args.all_positions,
+        top_k=args.top,
+        answer=answer,
+        injection=(spec.layer, spec.tweak, vector, spec.positions),
+    )
     return after, f" + {texts[0]!r} at L{spec.layer} τ={spec.tweak:g}"
 
 
-def _log_inspect_run(args: argparse.Namespace, cfg: RunConfig, model: LoadedModel, prompt: str, out_dir: Path, figure: Path) -> None:
+def _log_inspect_run(
+    args: argparse.Namespace, cfg: RunConfig, model: LoadedModel, prompt: str, out_dir: Path, figure: Path
+) -> None:
     """An MLflow run with the inspect command's config, table and figure (always closed),
     written by the Tracker as every other run is: the same flat, redacted config, and the
     hooks it read."""
@@ -97,5 +114,7 @@ def _log_inspect_run(args: argparse.Namespace, cfg: RunConfig, model: LoadedMode
     hooks = "blocks.*.hook_attn_out" + (" + blocks.*.attn.hook_result" if args.heads else "")
     params = {**flat_config(redacted_container(cfg)), "prompt": prompt[:500], "hook": hooks}
     artifacts = {"projection.csv": out_dir / "projection.csv", Path(figure).name: Path(figure)}
-    run_id = Tracker.from_config(cfg).record_run(f"inspect {model.name}", {TAG_COMMAND: "inspect"}, params, {}, artifacts)
+    run_id = Tracker.from_config(cfg).record_run(
+        f"inspect {model.name}", {TAG_COMMAND: "inspect"}, params, {}, artifacts
+    )
     print(f"MLflow run {run_id}")

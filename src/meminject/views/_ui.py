@@ -34,8 +34,16 @@ UI_SETTINGS = {
 VIEW_KEY = "meminject-runs"  # the saved view of the runs table (an experiment tag MLflow's UI reads)
 # Columns of the saved view: the objective and the site of each trial (MLflow's column keys).
 VIEW_COLUMNS = [
-    "metrics.`mean_gain`", "metrics.`mean_damage`", "metrics.`frac_improved`", "metrics.`mean_prob_after`", "metrics.`n_prompts`",
-    "params.`injection.layer`", "params.`injection.tweak`", "params.`memory.encoding`", "params.`memory.type`", "params.`injection.site`",
+    "metrics.`mean_gain`",
+    "metrics.`mean_damage`",
+    "metrics.`frac_improved`",
+    "metrics.`mean_prob_after`",
+    "metrics.`n_prompts`",
+    "params.`injection.layer`",
+    "params.`injection.tweak`",
+    "params.`memory.encoding`",
+    "params.`memory.type`",
+    "params.`injection.site`",
 ]
 STARTUP_S = 180.0  # a cold MLflow server (imports, store migration) on a busy 2-core machine
 
@@ -46,7 +54,9 @@ def _parse(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep:
-            raise ConfigError(f"{arg!r}: expected key=value (keys: {', '.join(UI_SETTINGS)}, or a config override such as tracking.uri=URL)")
+            raise ConfigError(
+                f"{arg!r}: expected key=value (keys: {', '.join(UI_SETTINGS)}, or a config override such as tracking.uri=URL)"
+            )
         (settings.__setitem__(key, value) if key in UI_SETTINGS else overrides.append(arg))
     return settings, overrides
 
@@ -74,7 +84,9 @@ def _port(value: str) -> int:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:
-            raise ConfigError(f"port={port} on 127.0.0.1 is in use ({exc.strerror}); pass another port=N, or port=0 for a free one") from exc
+            raise ConfigError(
+                f"port={port} on 127.0.0.1 is in use ({exc.strerror}); pass another port=N, or port=0 for a free one"
+            ) from exc
     return port
 
 
@@ -87,10 +99,14 @@ def _store(cfg: Any) -> str:
 
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
-        raise ConfigError(f"tracking.uri={redact(uri)} is a tracking server: it serves its own UI; open {redact(uri)} in a browser")
+        raise ConfigError(
+            f"tracking.uri={redact(uri)} is a tracking server: it serves its own UI; open {redact(uri)} in a browser"
+        )
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
-        raise ConfigError(f"no MLflow store at {path}: run `meminject sweep` or `meminject eval` here first, or set tracking.uri=sqlite:///PATH")
+        raise ConfigError(
+            f"no MLflow store at {path}: run `meminject sweep` or `meminject eval` here first, or set tracking.uri=sqlite:///PATH"
+        )
     return uri
 
 
@@ -104,10 +120,16 @@ def _experiment(uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         names = [e.name for e in client.search_experiments()]
-        raise ConfigError(f"experiment={name!r} is not in this store (experiments: {', '.join(names) or 'none'}); pass experiment=NAME")
+        raise ConfigError(
+            f"experiment={name!r} is not in this store (experiments: {', '.join(names) or 'none'}); pass experiment=NAME"
+        )
     if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
         client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
-    client.set_experiment_tag(experiment.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(_view_state(client, experiment.experiment_id)))
+    client.set_experiment_tag(
+        experiment.experiment_id,
+        f"mlflow.sharedViewState.{VIEW_KEY}",
+        json.dumps(_view_state(client, experiment.experiment_id)),
+    )
     return experiment.experiment_id
 
 
@@ -116,9 +138,15 @@ def _view_state(client: Any, experiment_id: str) -> dict[str, Any]:
     site and objective columns shown (MLflow's shared-view format: search facets + UI state)."""
     sweeps = client.search_runs([experiment_id], filter_string="tags.`meminject.role` = 'sweep'", max_results=200)
     return {
-        "searchFilter": "", "orderByKey": "metrics.`mean_gain`", "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
-        "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "selectedColumns": VIEW_COLUMNS, "runsExpanded": {r.info.run_id: True for r in sweeps},
+        "searchFilter": "",
+        "orderByKey": "metrics.`mean_gain`",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": VIEW_COLUMNS,
+        "runsExpanded": {r.info.run_id: True for r in sweeps},
     }
 
 
@@ -130,19 +158,39 @@ def runs_url(base: str, experiment_id: str, view: bool = True) -> str:
 def _server(uri: str, port: int, log_path: Path) -> subprocess.Popen:
     from ..tracking._tracker import _artifact_root
 
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--artifacts-destination", _artifact_root(uri),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--artifacts-destination",
+        _artifact_root(uri),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(log_path, "ab") as log:
         # its own session: the terminal's Ctrl-C reaches meminject only, which stops the server cleanly
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 def _wait_ready(server: subprocess.Popen, base: str, log_path: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:] or ["(no output)"]
-            raise ConfigError(f"the MLflow server exited with status {server.returncode}: {tail[0][:300]} (log: {log_path})")
+            tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:] or [
+                "(no output)"
+            ]
+            raise ConfigError(
+                f"the MLflow server exited with status {server.returncode}: {tail[0][:300]} (log: {log_path})"
+            )
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=5):
                 return
