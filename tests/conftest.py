@@ -97,27 +97,49 @@ def _cli(args: tuple, base_env: dict[str, str] | None, trial_delay_s: float) -> 
     return [sys.executable, "-m", MODULE, *map(str, args)], child_env
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, check: bool = False, trial_delay_s: float = 0) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = False,
+    trial_delay_s: float = 0,
+) -> subprocess.CompletedProcess:
     """``python -m meminject ARGS`` in ``cwd`` to its end, stdout and stderr captured apart (text).
     ``env``: the whole environment (default :func:`env`); ``check``: assert it exited 0, showing
     the end of its output otherwise; ``trial_delay_s``: slow trials (tests/_slow_meminject.py)."""
     cmd, child_env = _cli(args, env, trial_delay_s)
     proc = subprocess.run(cmd, cwd=cwd, env=child_env, capture_output=True, text=True, timeout=timeout)
     if check:
-        assert proc.returncode == 0, (proc.stdout[-1500:] + proc.stderr[-3000:])
+        assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-3000:]
     return proc
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, trial_delay_s: float = 0, stderr=subprocess.STDOUT, **popen_kwargs) -> subprocess.Popen:
+def start_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    trial_delay_s: float = 0,
+    stderr=subprocess.STDOUT,
+    **popen_kwargs,
+) -> subprocess.Popen:
     """``python -m meminject ARGS`` started in ``cwd``: stdout piped (text), stderr into it unless
     ``stderr=subprocess.PIPE``; ``env`` and ``trial_delay_s`` as for :func:`run_cli`; other
     keywords go to ``Popen`` (``start_new_session``, ``preexec_fn``)."""
     cmd, child_env = _cli(args, env, trial_delay_s)
-    return subprocess.Popen(cmd, cwd=cwd, env=child_env, stdout=subprocess.PIPE, stderr=stderr, text=True, **popen_kwargs)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=child_env, stdout=subprocess.PIPE, stderr=stderr, text=True, **popen_kwargs
+    )
 
 
 def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
-    return ["sweep", *TINY, f"storage={tmp_path / 'optuna.journal'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    return [
+        "sweep",
+        *TINY,
+        f"storage={tmp_path / 'optuna.journal'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *extra,
+    ]
 
 
 def load(tmp_path: Path, name: str):
@@ -132,7 +154,11 @@ def mlflow_runs(tmp_path_or_uri, role: str | None = None):
     """Every run of the meminject experiment (``role``: only 'sweep' or 'trial' runs)."""
     from mlflow.tracking import MlflowClient
 
-    uri = str(tmp_path_or_uri) if str(tmp_path_or_uri).startswith(("sqlite:", "http:", "postgresql")) else f"sqlite:///{Path(tmp_path_or_uri) / 'mlflow.db'}"
+    uri = (
+        str(tmp_path_or_uri)
+        if str(tmp_path_or_uri).startswith(("sqlite:", "http:", "postgresql"))
+        else f"sqlite:///{Path(tmp_path_or_uri) / 'mlflow.db'}"
+    )
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("meminject")
     assert experiment is not None, f"no meminject experiment in {uri}"
@@ -153,8 +179,12 @@ def make_evaluator(model, dataset, **overrides):
     cfg = compose("model=tiny", "model.device=cpu")
     perf = cfg.perf
     defaults = {
-        "max_batch_tokens": int(perf.max_batch_tokens), "padding_side": str(perf.padding_side), "top_k": int(cfg.top_k),
-        "prefix_cache_bytes": int(float(perf.prefix_cache_mb) * 2**20), "trials_per_forward": 1 if str(perf.trials_per_forward) == "auto" else int(perf.trials_per_forward),
-        "max_padding": float(perf.max_padding), "answer_metric": str(cfg.metric.answer),
+        "max_batch_tokens": int(perf.max_batch_tokens),
+        "padding_side": str(perf.padding_side),
+        "top_k": int(cfg.top_k),
+        "prefix_cache_bytes": int(float(perf.prefix_cache_mb) * 2**20),
+        "trials_per_forward": 1 if str(perf.trials_per_forward) == "auto" else int(perf.trials_per_forward),
+        "max_padding": float(perf.max_padding),
+        "answer_metric": str(cfg.metric.answer),
     }
     return Evaluator(model, dataset, **{**defaults, **overrides})

@@ -25,7 +25,18 @@ def reference_memory_vector(bridge, memory: str, encoding: str, layer: int) -> t
     raise ValueError(encoding)
 
 
-def reference_answer_probs(bridge, prompt: str, answer: str, memory: str, *, layer: int, tweak: float, encoding: str = "unembed", positions: str = "all", head: int | None = 0) -> tuple[float, float]:
+def reference_answer_probs(
+    bridge,
+    prompt: str,
+    answer: str,
+    memory: str,
+    *,
+    layer: int,
+    tweak: float,
+    encoding: str = "unembed",
+    positions: str = "all",
+    head: int | None = 0,
+) -> tuple[float, float]:
     """(P(answer) before, after) for one prompt; ``head=None`` injects at hook_attn_out."""
     tokens = bridge.to_tokens(prompt)
     answer_token = bridge.to_tokens(answer, prepend_bos=False)[0][0]
@@ -60,7 +71,9 @@ def reference_answer_probs(bridge, prompt: str, answer: str, memory: str, *, lay
     return before, after
 
 
-def reference_last_logits(bridge, prompt: str, memory: str, *, layer: int, tweak: float, encoding: str = "unembed") -> tuple[torch.Tensor, torch.Tensor]:
+def reference_last_logits(
+    bridge, prompt: str, memory: str, *, layer: int, tweak: float, encoding: str = "unembed"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean, injected) logits at the prompt's last position; the memory added at hook_attn_out, every position."""
     tokens = bridge.to_tokens(prompt)
     vector = reference_memory_vector(bridge, memory, encoding, layer)
@@ -87,10 +100,14 @@ def _ids(tokenizer, text: str, bos: bool) -> list[int]:
 def hf_memory_vector(model, tokenizer, memory: str, encoding: str, layer: int) -> torch.Tensor:
     if encoding in ("unembed", "embed"):
         ids = sorted(set(_ids(tokenizer, memory, bos=False)))  # multi-hot: a repeated token counts once
-        matrix = model.lm_head.weight if encoding == "unembed" else model.model.embed_tokens.weight  # raw rows: no sqrt(d_model)
+        matrix = (
+            model.lm_head.weight if encoding == "unembed" else model.model.embed_tokens.weight
+        )  # raw rows: no sqrt(d_model)
         return matrix[ids].sum(0)
     captured = {}
-    handle = model.model.layers[layer].post_attention_layernorm.register_forward_hook(lambda m, a, out: captured.setdefault("v", out[0, -1]))
+    handle = model.model.layers[layer].post_attention_layernorm.register_forward_hook(
+        lambda m, a, out: captured.setdefault("v", out[0, -1])
+    )
     try:
         with torch.no_grad():
             model(torch.tensor([_ids(tokenizer, memory, bos=True)]))
@@ -99,12 +116,15 @@ def hf_memory_vector(model, tokenizer, memory: str, encoding: str, layer: int) -
     return captured["v"]
 
 
-def hf_injected_logprob(model, tokenizer, prompt: str, answer: str, *, layer: int, hook: str, vector, tweak: float, positions: str) -> float:
+def hf_injected_logprob(
+    model, tokenizer, prompt: str, answer: str, *, layer: int, hook: str, vector, tweak: float, positions: str
+) -> float:
     """log P(answer's first token | prompt) with τ·v added at one place of block ``layer``."""
     ids = torch.tensor([_ids(tokenizer, prompt, bos=True)])
     target = _ids(tokenizer, answer, bos=False)[0]
     handles = []
     if vector is not None:
+
         def add(out: torch.Tensor) -> torch.Tensor:
             out = out.clone()
             if positions == "all":
@@ -112,9 +132,19 @@ def hf_injected_logprob(model, tokenizer, prompt: str, answer: str, *, layer: in
             else:
                 out[:, -1, :] += tweak * vector
             return out
+
         block = model.model.layers[layer]
         if hook == "resid_pre":
-            handles.append(block.register_forward_pre_hook(lambda m, args, kwargs: ((add(args[0]), *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": add(kwargs["hidden_states"])}), with_kwargs=True))
+            handles.append(
+                block.register_forward_pre_hook(
+                    lambda m, args, kwargs: (
+                        ((add(args[0]), *args[1:]), kwargs)
+                        if args
+                        else (args, {**kwargs, "hidden_states": add(kwargs["hidden_states"])})
+                    ),
+                    with_kwargs=True,
+                )
+            )
         else:
             norm = block.post_attention_layernorm if hook == "attn_out" else block.post_feedforward_layernorm
             handles.append(norm.register_forward_hook(lambda m, a, out: add(out)))

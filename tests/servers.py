@@ -55,9 +55,23 @@ def mlflow_server(folder: Path) -> Iterator[int]:
     port = free_port()
     exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     server = subprocess.Popen(
-        [exe, "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
@@ -99,14 +113,44 @@ def postgres_cluster(password: str, databases: tuple[str, ...]) -> Iterator[str]
         subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, cwd=root)
 
     try:
-        run(str(bin_dir / "initdb"), "-D", str(data), "-U", "meminject", "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8")
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
-            "-o", f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=200", "start")
+        run(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "meminject",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+        )
+        run(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=200",
+            "start",
+        )
         env = {**os.environ, "PGPASSWORD": password}
         for name in databases:
-            subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "meminject", name], check=True, capture_output=True, env=env)
+            subprocess.run(
+                [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "meminject", name],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
         yield f"meminject:{password}@127.0.0.1:{port}"
     finally:
         if data.exists():
-            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, cwd=root)
+            subprocess.run(
+                [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                cwd=root,
+            )
         shutil.rmtree(root, ignore_errors=True)

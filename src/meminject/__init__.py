@@ -5,7 +5,7 @@ Memory injections (Sakarvadia et al. 2023, arXiv 2309.05605) add an encoded "mem
 :func:`meminject.engine.inject`; evaluation is :class:`meminject.engine.Evaluator`; the typed
 run config is :class:`meminject.config.RunConfig`.
 
-The packages are the layers, imports going one way (``tests/test_layout.py`` checks it)::
+The packages are the layers, imports going one way (``tests/unit/test_layout.py`` checks it)::
 
     core → config → data → engine ─┐
               └──→ tracking ───────┴→ sweep → views → cli

@@ -32,7 +32,7 @@ def attn_out_hook(layer: int) -> str:
 # injection.hook -> the TransformerLens hook of block L. Each names what reaches the residual
 # stream: on Gemma the bridge's hook_attn_out and hook_mlp_out are the outputs of its post-attention
 # and post-feedforward norms (blocks.L.ln1_post.hook_out, ln2_post.hook_out), as the sandwich norm
-# comes before the residual add (tests/test_gemma.py checks this against plain transformers).
+# comes before the residual add (tests/unit/engine/test_gemma.py checks this against plain transformers).
 _HOOKS = {"attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre"}
 
 

@@ -1,0 +1,214 @@
+"""`meminject eval` end to end (bad input: test_bad_input.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from meminject.cli import main
+
+GOOD_HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+GOOD_ROW = (
+    "Paris is the capital of,The city of the Eiffel Tower is the capital of,Paris,The city of the Eiffel Tower,France\n"
+)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _csv(tmp_path, text: str | bytes, name: str = "data.csv") -> str:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return str(path)
+
+
+def test_eval_tiny_writes_table_config_and_summary(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        capsys, "eval", "model=tiny", "injection.layer=1", "tracking.enabled=false", f"output_dir={out}"
+    )
+    assert code == 0
+    assert "mean gain" in stdout
+    table = pd.read_csv(out / "per_prompt.csv")
+    assert len(table) == 40 and {
+        "answer_prob_before",
+        "answer_prob_after",
+        "answer_prob_explicit",
+        "gain",
+        "rank_before",
+        "rank_after",
+        "top_k_after",
+    } <= set(table.columns)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mean_gain"] == pytest.approx(table.gain.mean())
+    assert "layer: 1" in (out / "config.yaml").read_text()
+
+
+# Bad input (CSV files, overrides, sweeps, servers): the table in test_bad_input.py.
+
+
+@pytest.mark.slow
+def test_eval_smollm2_handwritten_end_to_end(tmp_path, capsys, shared_data, mlflow_uri):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        capsys,
+        "eval",
+        "model=smollm2-135m",
+        "data=handwritten",
+        f"data.dir={shared_data}",
+        "injection.layer=25",
+        "injection.tweak=4",
+        "memory.encoding=unembed",
+        f"output_dir={out}",
+        f"tracking.uri={mlflow_uri}",
+    )
+    assert code == 0, err
+    table = pd.read_csv(out / "per_prompt.csv")
+    assert len(table) == 106
+    assert table.answer_prob_explicit.mean() > table.answer_prob_before.mean()  # the explicit twin is easier
+    assert "MLflow run" in stdout
+
+
+# ---------------------------------------------------------------- names, progress and messages (issue 16)
+
+
+def _prompts(tmp_path, n: int = 6, name: str = "my_prompts.csv") -> str:
+    rows = "".join(GOOD_ROW.replace("Paris is", f"Paris ({i}) is") for i in range(n))
+    return _csv(tmp_path, GOOD_HEADER + rows, name)
+
+
+def test_eval_names_the_data_file_and_shows_progress_on_stderr(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEMINJECT_PROGRESS", "1")  # bars are for terminals; captured output is not one
+    path = _prompts(tmp_path, 2)
+    code, stdout, err = run_cli(
+        capsys,
+        "eval",
+        "model=tiny",
+        "model.device=cpu",
+        "injection.layer=1",
+        f"data.path={path}",
+        "tracking.enabled=false",
+        f"output_dir={tmp_path / 'out'}",
+    )
+    assert code == 0, err
+    assert "my_prompts.csv (2 prompts)" in stdout and "demo" not in stdout.splitlines()[0]
+    # a tqdm bar on stderr (stdout stays the results), batch by batch through each pass
+    assert "eval my_prompts.csv" in err
+    assert all(f"[{stage}]" in err for stage in ("clean", "explicit", "injected")) and "1/1" in err
+
+
+def test_sweep_study_name_follows_the_data_file_and_a_refusal_names_what_differs(tmp_path, capsys, monkeypatch):
+    from conftest import sweep_args
+
+    monkeypatch.chdir(tmp_path)
+    args = sweep_args(tmp_path, f"data.path={_prompts(tmp_path)}", "n_trials=2")
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "study smoke-tiny-my_prompts " in stdout  # another file, another study (not smoke-tiny-demo)
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and "study smoke-tiny-my_prompts is complete (2 trials): nothing to run" in stdout
+    code, _, err = run_cli(capsys, *args, "injection.tweak=interval(2, 8)", "memory.type=random")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert (
+        "injection.tweak: interval(1, 15) → interval(2, 8)" in lines[0]
+        and "memory.type: correct → random" in lines[0]
+        and "study=NEW_NAME" in lines[0]
+    )
+
+
+def test_heldout_check_shows_progress_over_sites_and_controls(capsys, monkeypatch):
+    monkeypatch.setenv("MEMINJECT_PROGRESS", "1")  # bars are for terminals; captured output is not one
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import meminject.sweep._heldout as heldout
+    from meminject.sweep._heldout import heldout_report
+
+    bars = []
+    real_bar = heldout.progress_bar
+
+    def recorded_bar(*args, **kwargs):
+        bars.append(real_bar(*args, **kwargs))
+        bars[-1].mininterval = 0  # redraw on every update: the fake runner is instantaneous
+        return bars[-1]
+
+    monkeypatch.setattr(heldout, "progress_bar", recorded_bar)
+
+    class FakeRunner:
+        engine = SimpleNamespace(progress=None)
+
+        def evaluator(self, cfg):
+            return self.engine
+
+        def run(self, cfg):
+            if self.engine.progress is not None:
+                self.engine.progress("injected", 1, 3)  # what an Evaluator reports after each batch
+            gains = np.linspace(-0.01, 0.02, 12) if str(cfg.memory.type) == "correct" else np.zeros(12)
+            return None, None, SimpleNamespace(per_prompt=pd.DataFrame({"gain": gains}))
+
+    sites = pd.DataFrame(
+        [
+            {
+                "rank": r,
+                "model": "tiny",
+                "weights": "raw",
+                "injection.layer": layer,
+                "injection.head": "-",
+                "injection.site": "layer",
+                "injection.positions": "all",
+                "injection.scale": "absolute",
+                "injection.tweak": 4.0,
+                "memory.type": "correct",
+                "memory.pos": "-",
+                "memory.encoding": "unembed",
+                "mean_gain": 0.01,
+            }
+            for r, layer in ((1, 1), (2, 2))
+        ]
+    )
+    report = heldout_report(
+        ["model=tiny", "model.device=cpu"], sites, controls=["pos", "random_vector"], n_boot=50, runner=FakeRunner()
+    )
+    assert len(report) == 2
+    err = capsys.readouterr().err
+    assert "held-out check" in err and "6/6" in err and "L2 τ4 unembed correct" in err and "[injected batch 1/3]" in err
+    assert [(bar.n, bar.total) for bar in bars] == [(6, 6)]
+
+
+README_SHAPES = {  # each line of the README's `meminject sweep` example, by shape (numbers vary by machine)
+    "start": r"^sweep \S+: study \S+ · \w+ sampler · \d+ trials · (maximize|minimize) \w+ · axes \S+=.+$",
+    "storage": r"^  storage \S+ · workers \d+ · MLflow \S+$",
+    "done": r"^done: \d+ complete trials \(\d+ new\) in [\d.]+ s$",
+    "row": r"^\s+\d+\s+\S+\s+\d+\s+\S+\s+[\d.]+\s+\w+\s+\w+\s+\w+\s+\w+\s+-?[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+$",
+    "ranked": r"^ranked sites: \S+\.csv$",
+}
+
+
+def test_readme_sweep_example_has_the_shape_of_a_real_run(tmp_path, capsys, monkeypatch):
+    import re
+
+    from conftest import ROOT, sweep_args
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("$ meminject sweep\n", 1)[1].split("```", 1)[0].splitlines()
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(capsys, *sweep_args(tmp_path, "n_trials=3"))  # seeded (sweep seed 0), tiny model
+    assert code == 0, err
+    out = stdout.splitlines()
+    for name, shape in README_SHAPES.items():
+        assert any(re.match(shape, line) for line in block), f"README example lacks its {name} line"
+        assert any(re.match(shape, line) for line in out), (
+            f"meminject sweep prints no {name} line like the README's: {stdout}"
+        )
+    header = next(line for line in block if line.split()[:2] == ["rank", "model"])
+    assert (
+        header.split() == next(line for line in out if line.split()[:2] == ["rank", "model"]).split()
+    )  # the same columns
+    assert re.search(r"\d+/\d+ \[", err)  # the progress bar goes to stderr
