@@ -14,7 +14,7 @@ Example::
 from ._build import build_run_config, coerce, load_run_config, needs_compose, with_values
 from ._choices import CHOICES, relevant_keys
 from ._compose import GROUPS, check_choices, choices, compose_config, config_options, flat_config, to_yaml
-from ._point import RESULT_FREE_SECTIONS, TrialPoint, attn_out_hook, hook_name, memory_key, site_pos, trial_key
+from ._point import RESULT_FREE_SECTIONS, TrialPoint, attn_out_hook, hook_name, memory_key, site_pos
 from ._schema import (
     DataConfig,
     InjectionConfig,
@@ -25,6 +25,7 @@ from ._schema import (
     RunConfig,
     TinyConfig,
     TrackingConfig,
+    trial_key,
 )
 
 __all__ = [

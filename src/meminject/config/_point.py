@@ -1,27 +1,109 @@
-"""A trial point: the injection and the memory of one trial, and what derives from them.
+"""A trial point: the injection and the memory of one trial (their dataclasses, ``conf/injection``
+and ``conf/memory``), and what derives from them.
 
 One definition each of: the point that is actually computed (:meth:`TrialPoint.canonical`),
 its identity (:attr:`TrialPoint.key`, the evaluator's cache key and, with the rest of the run's
-result-bearing config, the trial key :func:`trial_key`) and the hook it touches
-(:func:`hook_name`).
+result-bearing config, :func:`meminject.config.trial_key`) and the hook it touches (:func:`hook_name`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._choices import WORD_CONTROLS, relevant_keys
+from ..core._errors import ConfigError
+from ._checks import FLOAT16_MAX, at_least, choice, finite
+from ._choices import (
+    ENCODINGS,
+    HOOKS,
+    MEMORY_TYPES,
+    POS_CHOICES,
+    POSITIONS,
+    SCALES,
+    SITES,
+    WORD_CONTROLS,
+    WORD_SOURCES,
+    relevant_keys,
+)
 
-if TYPE_CHECKING:
-    from ._schema import InjectionConfig, MemoryConfig, RunConfig
 
-__all__ = ["TrialPoint", "memory_key", "site_pos", "hook_name", "attn_out_hook", "trial_key", "RESULT_FREE_SECTIONS"]
+__all__ = [
+    "MemoryConfig",
+    "InjectionConfig",
+    "TrialPoint",
+    "memory_key",
+    "site_pos",
+    "hook_name",
+    "attn_out_hook",
+    "RESULT_FREE_SECTIONS",
+]
 
 # Config sections that never change a trial's numbers (where results go, how fast they come).
 RESULT_FREE_SECTIONS = ("tracking.", "perf.", "output_dir")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """``conf/memory``: what is injected and how it is encoded; the control memories' draws."""
+
+    type: str
+    encoding: str
+    pos: str
+    word_index: int | None
+    n_words: int
+    top_words: int
+    draw: int
+    seed: int
+    words: str
+    lexicon_top: int
+    word_list: str | None
+    word_list_url: str | None
+    word_list_sha256: str | None
+
+    def __post_init__(self) -> None:
+        choice("memory.type", self.type, MEMORY_TYPES)
+        choice("memory.encoding", self.encoding, ENCODINGS)
+        choice("memory.pos", self.pos, POS_CHOICES)
+        choice("memory.words", self.words, WORD_SOURCES)
+        at_least("memory.word_index", self.word_index, 0)
+        at_least("memory.n_words", self.n_words, 1)
+        at_least("memory.top_words", self.top_words, 1)
+        at_least("memory.lexicon_top", self.lexicon_top, 1)
+        at_least("memory.draw", self.draw, 0)
+
+
+@dataclass(frozen=True)
+class InjectionConfig:
+    """``conf/injection``: where the memory goes and how strongly (bounds against the model's
+    shape are checked by :meth:`meminject.engine.InjectionSpec.validate`, which knows it)."""
+
+    layer: int
+    hook: str
+    head: int | None
+    tweak: float
+    site: str
+    scale: str
+    positions: str
+    literal_hook: bool
+
+    def __post_init__(self) -> None:
+        choice("injection.site", self.site, SITES)
+        choice("injection.hook", self.hook, HOOKS)
+        if self.hook != "attn_out" and self.site != "layer":
+            raise ConfigError(
+                f"injection.site={self.site} is a part of the attention output: it needs injection.hook=attn_out (not {self.hook})"
+            )
+        choice("injection.scale", self.scale, SCALES)
+        choice("injection.positions", self.positions, POSITIONS)
+        finite("injection.tweak", self.tweak)
+        at_least("injection.tweak", self.tweak, 0)
+        if self.tweak > FLOAT16_MAX:
+            raise ConfigError(
+                f"injection.tweak={self.tweak:g} is beyond any useful strength (float16 ends at 65,504); use a τ of at most {FLOAT16_MAX:g}"
+            )
+        at_least("injection.layer", self.layer, 0, " (layers count from 0)")
+        at_least("injection.head", self.head, 0, " (heads count from 0)")
 
 
 def attn_out_hook(layer: int) -> str:
@@ -87,14 +169,3 @@ class TrialPoint:
     @property
     def hook_name(self) -> str:
         return hook_name(self.injection)
-
-
-def trial_key(run: RunConfig) -> str:
-    """What a trial computes, as canonical JSON: the result-bearing config with the injection
-    replaced by its canonical point and without the memory keys its memory type ignores."""
-    point = run.point
-    inj = point.canonical().injection
-    config = {k: v for k, v in run.flat().items() if not k.startswith(("injection.", "memory.", *RESULT_FREE_SECTIONS))}
-    config.update({f"memory.{k}": v for k, v in point.memory_key})
-    config["injection"] = [inj.layer, inj.tweak, inj.site, inj.head, inj.positions, inj.scale]
-    return json.dumps(config, sort_keys=True, default=str)

@@ -9,7 +9,7 @@ user's preset is an error that names it. The objects are hashable: caches key on
 
 from __future__ import annotations
 
-import math
+import json
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -18,22 +18,15 @@ from ._choices import (
     ANSWER_METRICS,
     DAMAGES,
     DTYPES,
-    ENCODINGS,
-    HOOKS,
-    MEMORY_TYPES,
     PACKAGES,
     PADDING_SIDES,
     PARTS,
-    POS_CHOICES,
-    POSITIONS,
-    SCALES,
-    SITES,
     SOURCES,
     TINY_ARCHITECTURES,
     WEIGHTS,
-    WORD_SOURCES,
 )
-from ._point import TrialPoint
+from ._checks import at_least, choice, finite
+from ._point import RESULT_FREE_SECTIONS, InjectionConfig, MemoryConfig, TrialPoint
 
 __all__ = [
     "TinyConfig",
@@ -47,24 +40,6 @@ __all__ = [
     "RunConfig",
     "SECTIONS",
 ]
-
-# float16 ends at 65,504: a τ or norm beyond it overflows to inf in a half-precision pass.
-_FLOAT16_MAX = 65504.0
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-
-
-def _at_least(key: str, value: float | int | None, low: float, what: str = "") -> None:
-    if value is not None and not value >= low:
-        raise ConfigError(f"{key}={value!r} must be >= {low:g}{what}")
-
-
-def _finite(key: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} must be a finite number")
 
 
 @dataclass(frozen=True)
@@ -82,9 +57,9 @@ class TinyConfig:
     seed: int
 
     def __post_init__(self) -> None:
-        _choice("model.tiny.architecture", self.architecture, TINY_ARCHITECTURES)
+        choice("model.tiny.architecture", self.architecture, TINY_ARCHITECTURES)
         for name in ("n_layers", "d_model", "d_mlp", "n_heads", "n_kv_heads", "n_ctx"):
-            _at_least(f"model.tiny.{name}", getattr(self, name), 1)
+            at_least(f"model.tiny.{name}", getattr(self, name), 1)
         if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ConfigError("model.tiny: d_model must divide by n_heads, and n_heads by n_kv_heads")
 
@@ -105,11 +80,11 @@ class ModelConfig:
     tiny: TinyConfig | None = None  # only the tiny model has this section (conf/model/tiny.yaml)
 
     def __post_init__(self) -> None:
-        _choice("model.source", self.source, SOURCES)
-        _choice("model.weights", self.weights, WEIGHTS)
-        _choice("model.dtype", self.dtype, DTYPES)
+        choice("model.source", self.source, SOURCES)
+        choice("model.weights", self.weights, WEIGHTS)
+        choice("model.dtype", self.dtype, DTYPES)
         if self.source == "gguf_package":
-            _choice("model.package", self.package, PACKAGES)
+            choice("model.package", self.package, PACKAGES)
             if not self.hf_name:
                 raise ConfigError("model.source=gguf_package needs model.hf_name (the architecture the bridge adapts)")
         if self.source == "tiny" and self.tiny is None:
@@ -142,77 +117,14 @@ class DataConfig:
     part: str
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, ("file", "package"))
-        _choice("data.part", self.part, PARTS)
-        _at_least("data.limit", self.limit, 1, " (the number of prompts to keep)")
-        _at_least("data.sample", self.sample, 1, " (the number of prompts to draw)")
+        choice("data.source", self.source, ("file", "package"))
+        choice("data.part", self.part, PARTS)
+        at_least("data.limit", self.limit, 1, " (the number of prompts to keep)")
+        at_least("data.sample", self.sample, 1, " (the number of prompts to draw)")
         if self.split is not None and not 0.0 < self.split < 1.0:
             raise ConfigError(f"data.split={self.split!r} must lie strictly between 0 and 1 (the train fraction)")
         if self.path is None and self.file is None:
             raise ConfigError("data: set data.path=FILE or a data preset naming data.file")
-
-
-@dataclass(frozen=True)
-class MemoryConfig:
-    """``conf/memory``: what is injected and how it is encoded; the control memories' draws."""
-
-    type: str
-    encoding: str
-    pos: str
-    word_index: int | None
-    n_words: int
-    top_words: int
-    draw: int
-    seed: int
-    words: str
-    lexicon_top: int
-    word_list: str | None
-    word_list_url: str | None
-    word_list_sha256: str | None
-
-    def __post_init__(self) -> None:
-        _choice("memory.type", self.type, MEMORY_TYPES)
-        _choice("memory.encoding", self.encoding, ENCODINGS)
-        _choice("memory.pos", self.pos, POS_CHOICES)
-        _choice("memory.words", self.words, WORD_SOURCES)
-        _at_least("memory.word_index", self.word_index, 0)
-        _at_least("memory.n_words", self.n_words, 1)
-        _at_least("memory.top_words", self.top_words, 1)
-        _at_least("memory.lexicon_top", self.lexicon_top, 1)
-        _at_least("memory.draw", self.draw, 0)
-
-
-@dataclass(frozen=True)
-class InjectionConfig:
-    """``conf/injection``: where the memory goes and how strongly (bounds against the model's
-    shape are checked by :meth:`meminject.engine.InjectionSpec.validate`, which knows it)."""
-
-    layer: int
-    hook: str
-    head: int | None
-    tweak: float
-    site: str
-    scale: str
-    positions: str
-    literal_hook: bool
-
-    def __post_init__(self) -> None:
-        _choice("injection.site", self.site, SITES)
-        _choice("injection.hook", self.hook, HOOKS)
-        if self.hook != "attn_out" and self.site != "layer":
-            raise ConfigError(
-                f"injection.site={self.site} is a part of the attention output: it needs injection.hook=attn_out (not {self.hook})"
-            )
-        _choice("injection.scale", self.scale, SCALES)
-        _choice("injection.positions", self.positions, POSITIONS)
-        _finite("injection.tweak", self.tweak)
-        _at_least("injection.tweak", self.tweak, 0)
-        if self.tweak > _FLOAT16_MAX:
-            raise ConfigError(
-                f"injection.tweak={self.tweak:g} is beyond any useful strength (float16 ends at 65,504); use a τ of at most {_FLOAT16_MAX:g}"
-            )
-        _at_least("injection.layer", self.layer, 0, " (layers count from 0)")
-        _at_least("injection.head", self.head, 0, " (heads count from 0)")
 
 
 @dataclass(frozen=True)
@@ -223,8 +135,8 @@ class MetricConfig:
     damage: str
 
     def __post_init__(self) -> None:
-        _choice("metric.answer", self.answer, ANSWER_METRICS)
-        _choice("metric.damage", self.damage, DAMAGES)
+        choice("metric.answer", self.answer, ANSWER_METRICS)
+        choice("metric.damage", self.damage, DAMAGES)
 
 
 @dataclass(frozen=True)
@@ -238,13 +150,13 @@ class PerfConfig:
     trials_per_forward: int | str  # a number, or "auto" (8 on CUDA, 1 on a CPU)
 
     def __post_init__(self) -> None:
-        _at_least("perf.max_batch_tokens", self.max_batch_tokens, 1)
-        _choice("perf.padding_side", self.padding_side, PADDING_SIDES)
-        _finite("perf.max_padding", self.max_padding)
+        at_least("perf.max_batch_tokens", self.max_batch_tokens, 1)
+        choice("perf.padding_side", self.padding_side, PADDING_SIDES)
+        finite("perf.max_padding", self.max_padding)
         if not 0.0 <= self.max_padding < 1.0:
             raise ConfigError(f"perf.max_padding={self.max_padding!r} must lie in [0, 1) (a share of a batch's tokens)")
-        _finite("perf.prefix_cache_mb", self.prefix_cache_mb)
-        _at_least("perf.prefix_cache_mb", self.prefix_cache_mb, 0, " (0 turns the cache off)")
+        finite("perf.prefix_cache_mb", self.prefix_cache_mb)
+        at_least("perf.prefix_cache_mb", self.prefix_cache_mb, 0, " (0 turns the cache off)")
         if self.trials_per_forward != "auto" and not (
             isinstance(self.trials_per_forward, int) and self.trials_per_forward >= 1
         ):
@@ -262,8 +174,8 @@ class TrackingConfig:
     retry_s: float
 
     def __post_init__(self) -> None:
-        _finite("tracking.retry_s", self.retry_s)
-        _at_least("tracking.retry_s", self.retry_s, 0)
+        finite("tracking.retry_s", self.retry_s)
+        at_least("tracking.retry_s", self.retry_s, 0)
         if not self.experiment:
             raise ConfigError("tracking.experiment must not be empty")
 
@@ -284,7 +196,7 @@ class RunConfig:
     metric: MetricConfig
 
     def __post_init__(self) -> None:
-        _at_least("top_k", self.top_k, 1)
+        at_least("top_k", self.top_k, 1)
 
     @property
     def point(self) -> TrialPoint:
@@ -332,3 +244,14 @@ def _flatten(container: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def trial_key(run: RunConfig) -> str:
+    """What a trial computes, as canonical JSON: the result-bearing config with the injection
+    replaced by its canonical point and without the memory keys its memory type ignores."""
+    point = run.point
+    inj = point.canonical().injection
+    config = {k: v for k, v in run.flat().items() if not k.startswith(("injection.", "memory.", *RESULT_FREE_SECTIONS))}
+    config.update({f"memory.{k}": v for k, v in point.memory_key})
+    config["injection"] = [inj.layer, inj.tweak, inj.site, inj.head, inj.positions, inj.scale]
+    return json.dumps(config, sort_keys=True, default=str)

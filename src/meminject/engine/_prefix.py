@@ -287,19 +287,7 @@ class PrefixCache:
             kwargs["position_embeddings"] = tuple(torch.cat(parts) for parts in zip(*embeddings))
         if kwargs.get("cache_position") is not None:
             kwargs["cache_position"] = None
-        n = int(sum(len(i) for i in index))
-        device = self.batches[0].tokens.device
-        targets = [
-            b.read_target if b.read_target is not None else torch.zeros(len(b.index), dtype=torch.long, device=device)
-            for b in self.batches
-        ]
-        self.last_batch = Batch(
-            index=torch.cat(index),
-            tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
-            attention_mask=torch.ones(n, 1, dtype=torch.long, device=device),
-            last_index=torch.zeros(n, dtype=torch.long, device=device),
-            read_target=torch.cat(targets),  # one read per prompt (the last-token path is first-token only)
-        )
+        self.last_batch = self._last_token_batch(torch.cat(index))
         self._last = {
             "kwargs": kwargs,
             "residuals": {layer: torch.cat(parts)[:, None, :] for layer, parts in residuals.items()},
@@ -307,6 +295,23 @@ class PrefixCache:
         }
         self._kv = [{}]  # the merged copy replaces the per-batch one
         self._kv[0] = self._last["kv"]
+
+    def _last_token_batch(self, index: Tensor) -> Batch:
+        """The merged batch: one row, one token and one read per prompt (the last-token path is
+        first-token only)."""
+        n = len(index)
+        device = self.batches[0].tokens.device
+        targets = [
+            b.read_target if b.read_target is not None else torch.zeros(len(b.index), dtype=torch.long, device=device)
+            for b in self.batches
+        ]
+        return Batch(
+            index=index,
+            tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
+            attention_mask=torch.ones(n, 1, dtype=torch.long, device=device),
+            last_index=torch.zeros(n, dtype=torch.long, device=device),
+            read_target=torch.cat(targets),
+        )
 
     def last_token_logits(self, start: int, fwd_hooks: list[Hook], copies: int = 1) -> Float[Tensor, "rows d_vocab"]:
         """Logits at the last token when only the last token changes (``positions=last``).
