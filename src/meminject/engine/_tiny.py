@@ -33,8 +33,19 @@ def build_tiny(cfg: TinyConfig, dtype: torch.dtype):
     return hf_model.to(dtype), tokenizer
 
 
-def _special(tokenizer) -> dict[str, int | None]:
+def _shape(cfg: TinyConfig, tokenizer) -> dict:
+    """The Hugging Face config keys both families share: the shape, the init, the special tokens."""
     return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_mlp,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "max_position_embeddings": cfg.n_ctx,
+        # A wide init spreads the output distribution (probabilities ~1e-2, not 1/vocab),
+        # so agreement tests in probability are meaningful.
+        "initializer_range": cfg.init_std,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
@@ -44,20 +55,7 @@ def _special(tokenizer) -> dict[str, int | None]:
 def _llama(cfg: TinyConfig, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        max_position_embeddings=cfg.n_ctx,
-        # A wide init spreads the output distribution (probabilities ~1e-2, not 1/vocab),
-        # so agreement tests in probability are meaningful.
-        initializer_range=cfg.init_std,
-        tie_word_embeddings=False,
-        **_special(tokenizer),
-    )
+    hf_config = LlamaConfig(**_shape(cfg, tokenizer), tie_word_embeddings=False)
     return LlamaForCausalLM(hf_config)
 
 
@@ -66,15 +64,9 @@ def _gemma3(cfg: TinyConfig, tokenizer):
 
     d_head = cfg.d_model // cfg.n_heads
     hf_config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
+        **_shape(cfg, tokenizer),
         head_dim=d_head,
         query_pre_attn_scalar=d_head,
-        max_position_embeddings=cfg.n_ctx,
         # every third layer full attention, the others a window of 4 tokens: short prompts already
         # see the window, and the two layer types' rotary bases (1e6, 1e4) differ, as in Gemma 3
         sliding_window=4,
@@ -83,12 +75,10 @@ def _gemma3(cfg: TinyConfig, tokenizer):
             "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
         },
-        initializer_range=cfg.init_std,
         tie_word_embeddings=True,
         attn_logit_softcapping=None,
         final_logit_softcapping=None,
         architectures=["Gemma3ForCausalLM"],
-        **_special(tokenizer),
     )
     hf_model = Gemma3ForCausalLM(hf_config)
     with torch.no_grad():  # HF starts norm weights at 0 (scale 1 + 0): random ones expose a lost "+1"
