@@ -14,7 +14,16 @@ Example::
 from ._build import build_run_config, coerce, load_run_config, needs_compose, with_values
 from ._choices import CHOICES, relevant_keys
 from ._compose import GROUPS, check_choices, choices, compose_config, config_options, flat_config, to_yaml
-from ._point import RESULT_FREE_SECTIONS, TrialPoint, attn_out_hook, hook_name, memory_key, site_pos
+from ._point import (
+    RESULT_FREE_SECTIONS,
+    TrialPoint,
+    attn_out_hook,
+    hook_name,
+    layer_at_depth,
+    memory_key,
+    relative_depth,
+    site_pos,
+)
 from ._schema import (
     DataConfig,
     InjectionConfig,
@@ -55,6 +64,8 @@ __all__ = [
     "relevant_keys",
     "hook_name",
     "attn_out_hook",
+    "layer_at_depth",
+    "relative_depth",
     "memory_key",
     "site_pos",
     "trial_key",

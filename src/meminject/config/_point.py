@@ -9,6 +9,7 @@ result-bearing config, :func:`meminject.config.trial_key`) and the hook it touch
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = [
     "site_pos",
     "hook_name",
     "attn_out_hook",
+    "layer_at_depth",
+    "relative_depth",
     "RESULT_FREE_SECTIONS",
 ]
 
@@ -79,6 +82,7 @@ class InjectionConfig:
     shape are checked by :meth:`meminject.engine.InjectionSpec.validate`, which knows it)."""
 
     layer: int
+    depth: float | None  # relative depth in [0, 1]: sets the layer per model (layer_at_depth), layer is then ignored
     hook: str
     head: int | None
     tweak: float
@@ -103,7 +107,30 @@ class InjectionConfig:
                 f"injection.tweak={self.tweak:g} is beyond any useful strength (float16 ends at 65,504); use a τ of at most {FLOAT16_MAX:g}"
             )
         at_least("injection.layer", self.layer, 0, " (layers count from 0)")
+        if self.depth is not None:
+            finite("injection.depth", self.depth)
+            if not 0.0 <= self.depth <= 1.0:
+                raise ConfigError(
+                    f"injection.depth={self.depth:g} must lie in [0, 1] (0 = the first layer, 1 = the last); or set injection.layer"
+                )
         at_least("injection.head", self.head, 0, " (heads count from 0)")
+
+    def resolved(self, n_layers: int) -> "InjectionConfig":
+        """This injection in a model of ``n_layers`` layers: with a depth, its layer set from it."""
+        if self.depth is None:
+            return self
+        return dataclasses.replace(self, layer=layer_at_depth(self.depth, n_layers))
+
+
+def layer_at_depth(depth: float, n_layers: int) -> int:
+    """The layer at relative depth ``depth`` of an ``n_layers`` model: 0 is the first layer, 1 the
+    last, rounded to the nearest (halves away from zero, so the map is the same on every platform)."""
+    return min(n_layers - 1, int(math.floor(depth * (n_layers - 1) + 0.5)))
+
+
+def relative_depth(layer: int, n_layers: int) -> float:
+    """Where ``layer`` sits in an ``n_layers`` model, in [0, 1] (the inverse of :func:`layer_at_depth`)."""
+    return layer / (n_layers - 1) if n_layers > 1 else 0.0
 
 
 def attn_out_hook(layer: int) -> str:

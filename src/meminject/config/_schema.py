@@ -148,9 +148,12 @@ class PerfConfig:
     max_padding: float
     prefix_cache_mb: float
     trials_per_forward: int | str  # a number, or "auto" (8 on CUDA, 1 on a CPU)
+    models_mb: float  # models one worker keeps loaded across trials (a model axis); over it, the least recent goes
 
     def __post_init__(self) -> None:
         at_least("perf.max_batch_tokens", self.max_batch_tokens, 1)
+        finite("perf.models_mb", self.models_mb)
+        at_least("perf.models_mb", self.models_mb, 0, " (0 keeps only the model of the current trial)")
         choice("perf.padding_side", self.padding_side, PADDING_SIDES)
         finite("perf.max_padding", self.max_padding)
         if not 0.0 <= self.max_padding < 1.0:

@@ -18,7 +18,7 @@ from ._damage import rest_kl, rest_logprobs
 from ._evaluation import EvalResult, Evaluator, InjectionSpec, Monitor
 from ._injection import embed_memory, head_output_component, inject, multi_hot, position_mask, unembed_memory
 from ._memories import encode_memories, memory_texts, site_pos, word_pools, word_source
-from ._models import LoadedModel, load_model, model_shape, resolve_device
+from ._models import LoadedModel, load_model, model_shape, resolve_depth, resolve_device
 from ._stats import summarize, typical_norm
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "LoadedModel",
     "load_model",
     "model_shape",
+    "resolve_depth",
     "resolve_device",
     "rest_kl",
     "rest_logprobs",

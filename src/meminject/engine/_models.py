@@ -17,6 +17,7 @@ unembedding; the bridge's compatibility mode); ``raw`` keeps the checkpoint's we
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -25,12 +26,12 @@ from typing import Any
 import torch
 
 from ..config._choices import SOURCES, WEIGHTS
-from ..config._schema import ModelConfig
+from ..config._schema import ModelConfig, RunConfig
 from ..core._errors import ConfigError, ModelError, first_line
 from ._packaged import load_packaged, packaged_shape
 from ._tiny import TINY_ARCHITECTURES, build_tiny
 
-__all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device"]
+__all__ = ["LoadedModel", "load_model", "unload_model", "model_bytes", "model_shape", "resolve_depth", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,14 @@ def model_shape(cfg: ModelConfig) -> dict[str, Any]:
     return dict(_model_shape(cfg))
 
 
+def resolve_depth(run: RunConfig) -> RunConfig:
+    """``run`` with the layer its ``injection.depth`` names in its model (unchanged without a
+    depth): the one place where a relative depth becomes a layer, from the model's config alone."""
+    if run.injection.depth is None:
+        return run
+    return dataclasses.replace(run, injection=run.injection.resolved(int(_model_shape(run.model)["n_layers"])))
+
+
 @functools.lru_cache(maxsize=32)  # a ModelConfig is hashable; a GGUF's header is read once
 def _model_shape(cfg: ModelConfig) -> dict[str, Any]:
     """Layer and head counts of the ``model`` config node, and whether its unembedding is its
@@ -174,6 +183,18 @@ def _model_shape(cfg: ModelConfig) -> dict[str, Any]:
             "tied": bool(getattr(hf, "tie_word_embeddings", False)),
         }
     raise ConfigError(f"model.source={source!r} must be one of {', '.join(SOURCES)}")
+
+
+def unload_model(cfg: Any) -> None:
+    """Forget the per-process copy of a model (its memory is freed once nothing else holds it)."""
+    for key in [k for k in _CACHE if k[0] == cfg.identity]:
+        del _CACHE[key]
+
+
+def model_bytes(model: LoadedModel) -> int:
+    """The memory a loaded model's parameters and buffers take (its tied weights counted once)."""
+    tensors = {id(t): t for t in (*model.bridge.parameters(), *model.bridge.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def load_model(cfg: Any) -> LoadedModel:

@@ -15,8 +15,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..config._choices import ANSWER_METRICS, POSITIONS, SCALES, SITES  # noqa: F401 - re-exported
-from ..config._point import hook_name
-from ..core._errors import ConfigError
+from ..config._point import hook_name, layer_at_depth
+from ..core._errors import ConfigError, MemInjectError
 from ._injection import inject, position_mask
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class InjectionSpec:
     literal_hook: bool = False  # head site through hook_result (slow) instead of hook_attn_out
     scale: str = "absolute"  # relative: v rescaled to the layer's mean residual norm before τ
     hook: str = "attn_out"  # attn_out | mlp_out | resid_pre: where in block L (config._point.hook_name)
+    depth: float | None = None  # the relative depth that set ``layer`` (engine.resolve_depth), if any
 
     @classmethod
     def from_config(cls, run: RunConfig) -> "InjectionSpec":
@@ -62,6 +63,7 @@ class InjectionSpec:
             literal_hook=inj.literal_hook,
             scale=inj.scale,
             hook=inj.hook,
+            depth=inj.depth,
         )
 
     def canonical(self) -> "InjectionSpec":
@@ -88,6 +90,10 @@ class InjectionSpec:
             raise ConfigError(
                 f"injection.site={self.site} is undefined on {model.name}: its post-attention norm comes after W_O, so one head's share "
                 "of the attention output is not what reaches the residual stream; use injection.site=layer"
+            )
+        if self.depth is not None and self.layer != layer_at_depth(self.depth, model.n_layers):
+            raise MemInjectError(  # a caller skipped engine.resolve_depth: never evaluate the default layer instead
+                f"injection.depth={self.depth:g} was not resolved to a layer of {model.name} (got layer {self.layer})"
             )
         if not 0 <= self.layer < model.n_layers:
             raise ConfigError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -17,6 +18,7 @@ from ..core._errors import ConfigError, first_line
 from ..core._paths import outputs_dir
 from ._recovery import DEFAULT_HEARTBEAT
 from ..tracking._tracker import Tracker, redact, tracking_uri
+from ._cross_model import depth_curve, depth_figure, format_per_model, heldout_gains, per_model_top, several_models
 from ._figures import pareto_figure
 from ._heldout import check_controls, format_heldout, heldout_report
 from ._recheck import float32_recheck
@@ -38,6 +40,7 @@ from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
 from ._study import ATTR_PARENT, budget, counted, preflight, prepare_study, stored_spec
 from ._run import signals_held
+from ._trial import TrialRunner
 from ._worker import run_worker
 from ..tracking._schema import TAG_HOLDS, TAG_VERDICTS
 
@@ -230,6 +233,8 @@ def cmd_best(args: Sequence[str]) -> int:
             f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)"
         )
     print(format_table(table.head(top)))
+    if several_models(table):  # a model axis: each model's own ranking too, and its own held-out check
+        print(f"\nwithin each model (top {top}):\n{format_per_model(table, top)}")
     print(f"table: {path}")
     tracker = Tracker.from_config(base) if base is not None else None
     parent = study.user_attrs.get(ATTR_PARENT)
@@ -242,13 +247,35 @@ def cmd_best(args: Sequence[str]) -> int:
         )
     if table.empty or heldout == "false" or not has_split:
         return 0
-    report, report_path = _heldout_check(name, spec, base, table.head(top), controls, n_boot, multi)
+    runner = TrialRunner()  # one clean pass per model for the held-out check and the depth figure
+    report, report_path = _heldout_check(name, spec, base, per_model_top(table, top), controls, n_boot, multi, runner)
     figure = pareto_figure(ranked, report, outputs_dir("figures", name) / "pareto_front.png", spec) if multi else None
     if figure is not None:
         print(f"figure: {figure}")
     if tracker is not None and parent:
         _log_heldout(tracker, parent, report, report_path, figure)
+    depth = _depth_figure(name, spec, ranked, report, runner, settings.get("depth_figure", "auto"))
+    if depth is not None and tracker is not None and parent:
+        tracker.log_file(parent, depth, "figures")
     return 0
+
+
+def _depth_figure(name: str, spec: SweepSpec, ranked: pd.DataFrame, report: pd.DataFrame, runner, setting: str):
+    """The cross-model figure (gain against relative depth, held-out too), when the study searched
+    where the memory goes (a layer or depth axis) over at least 2 layers; ``depth_figure=false`` skips it."""
+    searched = {"injection.layer", "injection.depth"} & set(spec.params)
+    curve = depth_curve(ranked)
+    wanted = setting == "true" or (setting == "auto" and searched and curve.groupby("model").size().max() >= 2)
+    if curve.empty or not wanted:
+        return None
+    print(f"\nheld-out gain of the best τ at each of {len(curve)} layers (the depth figure):", file=sys.stderr)
+    curve["heldout_gain"] = heldout_gains(spec.overrides, curve, list(spec.params), runner)
+    curve.to_csv(outputs_dir("best") / f"{name}-depth.csv", index=False)
+    models = ", ".join(str(m) for m in curve["model"].unique())
+    title = f"{name}\nmean gain by relative depth: {models} (best τ per layer on the train part)"
+    path = depth_figure(curve, report, outputs_dir("figures", name) / "gain_by_depth.png", title)
+    print(f"figure: {path}")
+    return path
 
 
 def _best_settings(args: Sequence[str]) -> tuple[dict[str, str], int, bool, str, list[str], int]:
@@ -280,14 +307,16 @@ def _shown_sites(ranked: pd.DataFrame, spec: SweepSpec | None, multi: bool, dist
 
 
 def _heldout_check(
-    name: str, spec: SweepSpec, base, sites: pd.DataFrame, controls: list[str], n_boot: int, multi: bool
+    name: str, spec: SweepSpec, base, sites: pd.DataFrame, controls: list[str], n_boot: int, multi: bool, runner=None
 ) -> tuple[pd.DataFrame, Path]:
     """Judge the top sites on the held-out prompts (in float32); write and print the report."""
     overrides = list(spec.overrides)
     if base.model.dtype != "float32":  # the verdicts are float32's too
         print(f"note: the sweep ran in {base.model.dtype}; the held-out check re-evaluates its sites in float32")
         overrides.append("model.dtype=float32")
-    report = heldout_report(overrides, sites, controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params))
+    report = heldout_report(
+        overrides, sites, controls=controls, n_boot=n_boot, seed=spec.seed, axes=list(spec.params), runner=runner
+    )
     report_path = outputs_dir("best") / f"{name}-heldout.csv"
     report.to_csv(report_path, index=False)
     print(
@@ -304,7 +333,7 @@ def _log_heldout(tracker: Tracker, parent: str, report: pd.DataFrame, report_pat
     if figure is not None:
         tracker.log_file(parent, figure, "figures")
     verdicts = [
-        f"{int(r['rank'])}: L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}"
+        f"{int(r['rank'])}: {r['model'] + ' ' if several_models(report) else ''}L{r['injection.layer']} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}: {r['verdict']}"
         for _, r in report.iterrows()
     ]
     tracker.client.set_tag(parent, TAG_VERDICTS, "\n".join(verdicts)[:5000])

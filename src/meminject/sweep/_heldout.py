@@ -153,11 +153,14 @@ def _verdict(row: pd.Series, controls: Sequence[str], alpha: float) -> str:
 
 def format_heldout(report: pd.DataFrame, controls: Sequence[str], with_damage: bool = False) -> str:
     lines = []
+    models = "model" in report.columns and report["model"].nunique() > 1  # a model axis: name each site's model
     for _, r in report.iterrows():
         head = r.get("injection.head")
         head = "" if head is None or head == "-" or (isinstance(head, float) and np.isnan(head)) else f" h{head}"
         site = f"L{r['injection.layer']}{head} τ={float(r['injection.tweak']):.3g} {r['memory.encoding']}/{r['memory.type']}"
-        text = f"  {int(r['rank']):>2} {site:<34} train {r['train_gain']:+.4f}  held-out {r['heldout_gain']:+.4f} [{r['heldout_ci_low']:+.4f}, {r['heldout_ci_high']:+.4f}] improved {r['heldout_frac_improved']:.0%}"
+        if models:
+            site = f"{r['model']} {site} (depth {float(r.get('depth', float('nan'))):.2f})"
+        text = f"  {int(r['rank']):>2} {site:<{56 if models else 34}} train {r['train_gain']:+.4f}  held-out {r['heldout_gain']:+.4f} [{r['heldout_ci_low']:+.4f}, {r['heldout_ci_high']:+.4f}] improved {r['heldout_frac_improved']:.0%}"
         if with_damage and "heldout_damage" in r:
             text += f"  damage train {r['train_damage']:.4f} held-out {r['heldout_damage']:.4f} [{r['heldout_damage_ci_low']:.4f}, {r['heldout_damage_ci_high']:.4f}]"
         for control in controls:

@@ -11,10 +11,14 @@ import pandas as pd
 import optuna
 from optuna.trial import TrialState
 
+from ..config import load_run_config, relative_depth
+from ..core._errors import MemInjectError
+from ..engine._models import model_shape
 from ..tracking._schema import COLUMNS, from_attrs
+from ._settings import SweepSpec
 from ._study import stored_spec
 
-__all__ = ["ranked_sites", "distinct_sites", "control_gaps", "format_table", "pareto_mask"]
+__all__ = ["ranked_sites", "relative_depths", "distinct_sites", "control_gaps", "format_table", "pareto_mask"]
 
 
 def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
@@ -76,7 +80,31 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
     if (grouped["objective"] == grouped["mean_gain"]).all():
         grouped = grouped.drop(columns="objective")  # the objective is the mean gain: one column says it
     grouped.insert(0, "rank", range(1, len(grouped) + 1))
+    if "injection.layer" in grouped.columns and "model" in grouped.columns and spec is not None:
+        at = grouped.columns.get_loc("injection.layer") + 1
+        grouped.insert(at, "depth", relative_depths(grouped, spec))
     return grouped.head(top) if top else grouped
+
+
+def relative_depths(table: pd.DataFrame, spec: SweepSpec) -> list[float]:
+    """Each row's layer as a relative depth of its model (0 = first layer, 1 = last), so sites of
+    models with other layer counts line up (``injection.depth`` is the axis that searches it)."""
+    layers = {name: _n_layers(spec, str(name)) for name in table["model"].unique()}
+    return [
+        relative_depth(int(layer), layers[model]) if layers[model] else float("nan")
+        for model, layer in zip(table["model"], table["injection.layer"])
+    ]
+
+
+def _n_layers(spec: SweepSpec, name: str) -> int | None:
+    """The layer count of a study's model ``name``, from its config alone (None if not found)."""
+    base = load_run_config(spec.overrides)
+    if base.model.name != name:
+        try:
+            base = load_run_config([*spec.overrides, f"model={name}"])
+        except MemInjectError:  # a model config renamed since: the depth column stays empty
+            return None
+    return int(model_shape(base.model)["n_layers"])
 
 
 def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
@@ -132,6 +160,7 @@ def format_table(frame: pd.DataFrame) -> str:
         "sweep_rank",
         "model",
         "injection.layer",
+        "depth",
         "injection.head",
         "injection.tweak",
         "memory.encoding",

@@ -74,6 +74,7 @@ BEST_SETTINGS = {
     "heldout": "auto | true | false: re-evaluate the top sites on held-out prompts (default auto)",
     "controls": "controls for the held-out gaps: pos, random, random_vector, pos_matched, random_matched (norm-matched; default pos,pos_matched,random_vector)",
     "bootstrap": "bootstrap resamples of the held-out intervals (default 2000)",
+    "depth_figure": "auto | true | false: the held-out gain of the best τ at every layer, by relative depth, one line per model (default auto: when the study searched the layer or depth)",
 }
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

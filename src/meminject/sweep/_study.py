@@ -8,6 +8,7 @@ once. Workers get distinct sampler seeds from :func:`register_worker`, under the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -19,7 +20,7 @@ import optuna.distributions as od
 from optuna.trial import FrozenTrial, TrialState
 
 from ..tracking._schema import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPACE, ATTR_SPEC, ATTR_SURPLUS, ATTR_WORKERS
-from ..config import RunConfig, load_run_config, needs_compose, with_values
+from ..config import ModelConfig, RunConfig, load_run_config, needs_compose, with_values
 from ..core._errors import ConfigError
 from ..engine._spec import InjectionSpec
 from ..engine._models import model_shape
@@ -65,15 +66,17 @@ __all__ = [
 log = logging.getLogger("meminject")
 
 
+def sweep_models(spec: SweepSpec, base: RunConfig) -> list[ModelConfig]:
+    """The model configs a sweep runs: its model axis's values, or the base config's model."""
+    if "model" not in spec.params:
+        return [base.model]
+    names = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
+    return [load_run_config([*spec.overrides, f"model={m}"]).model for m in names]  # one compose per model, per process
+
+
 def model_sizes(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
     """Layer/head counts of the sweep's model(s), from configs alone (the smallest over a model axis)."""
-    configs = [base.model]
-    if "model" in spec.params:
-        names = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
-        configs = [
-            load_run_config([*spec.overrides, f"model={m}"]).model for m in names
-        ]  # one compose per model, per process
-    shapes = [model_shape(model) for model in configs]
+    shapes = [model_shape(model) for model in sweep_models(spec, base)]
     smallest = min(shapes, key=lambda s: s["n_layers"])
     return {**smallest, "n_heads": min(s["n_heads"] for s in shapes), "tied": all(s["tied"] for s in shapes)}
 
@@ -133,20 +136,34 @@ def resolve_space(spec: SweepSpec) -> tuple[RunConfig, SearchSpace]:
 
 def _check_axis_values(spec: SweepSpec, base: RunConfig, space: SearchSpace) -> None:
     """Fail before any trial: the fixed values, and every discrete value (and both ends of an
-    interval) of each axis, each checked against one base point as its dataclass is built; a
-    group or root axis (``model``, ``data.*``) takes one compose with its first values."""
+    interval) of each axis, each checked against one base point as its dataclass is built, in
+    every model of the sweep (a relative depth resolved to each one's layer); a group or root
+    axis (``model``, ``data.*``) takes one compose with its first values."""
+    if "injection.layer" in space.keys and ("injection.depth" in space.keys or base.injection.depth is not None):
+        raise ConfigError(
+            "injection.layer and injection.depth both place the memory: a depth sets the layer per model, "
+            "so search one of them (a depth axis spans models of different depths)"
+        )
     first = {a.key: first_value(a.distribution) for a in space.axes}
     composed = [k for k in first if needs_compose([k])]
     probe = load_run_config([*spec.overrides, *(f"{k}={first[k]}" for k in composed)]) if composed else base
     probe = with_values(probe, {k: v for k, v in first.items() if k not in composed})
-    sizes = model_sizes(spec, base)  # the smallest model of a model axis: every point must fit it
-    shape = _Shape(str(sizes["model"]), int(sizes["n_layers"]), int(sizes["n_heads"]))
-    InjectionSpec.from_config(probe).validate(shape)  # a fixed value out of range fails here, not in a trial
+    shapes = [
+        _Shape(str(s["model"]), int(s["n_layers"]), int(s["n_heads"]))
+        for s in (model_shape(m) for m in sweep_models(spec, base))
+    ]
+
+    def check(cfg: RunConfig) -> None:
+        for shape in shapes:  # every point must fit every model of a model axis
+            injection = cfg.injection.resolved(shape.n_layers)
+            InjectionSpec.from_config(dataclasses.replace(cfg, injection=injection)).validate(shape)
+
+    check(probe)  # a fixed value out of range fails here, not in a trial
     for axis in space.axes:
         if axis.key in composed:
             continue
         for value in _checked_values(axis.distribution):
-            InjectionSpec.from_config(with_values(probe, {axis.key: value})).validate(shape)
+            check(with_values(probe, {axis.key: value}))
 
 
 class _Shape(NamedTuple):
@@ -318,7 +335,8 @@ def prepare_study(
         if base.data.path
         else base.data.name
     )
-    spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{base.model.name}-{data}")
+    models = "_".join(m.name for m in sweep_models(spec, base))  # a model axis: every model in the name
+    spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{models}-{data}")
     storage = open_storage(storage_url)
     with storage_lock(storage_url, storage):
         study = optuna.create_study(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 from typing import Any, Sequence
 
 from ..config import RunConfig, load_run_config, needs_compose, with_values
 from ..core._errors import MemInjectError
+from ..engine._models import resolve_depth
 
 __all__ = ["trial_config", "TrialRunner", "is_out_of_memory"]
+
+log = logging.getLogger("meminject")
 
 
 def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> RunConfig:
@@ -23,13 +27,14 @@ def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> RunConfig:
     The fixed part is composed once per process (:func:`load_run_config`); the sampled
     injection and memory leaves are set on it as typed values, checked as when built. A group
     choice (``model=...``) or another key takes a compose of its own, also once per distinct
-    value. Both give the same config (tested).
+    value. Both give the same config (tested). A relative depth (``injection.depth``) is
+    resolved to the trial model's layer here, so everything downstream sees the layer that ran.
     """
     if needs_compose(list(params)):
         composed = {k: v for k, v in params.items() if needs_compose([k])}
         base = load_run_config([*overrides, *(f"{k}={v}" for k, v in composed.items())])
-        return with_values(base, {k: v for k, v in params.items() if k not in composed})
-    return with_values(load_run_config(overrides), params)
+        return resolve_depth(with_values(base, {k: v for k, v in params.items() if k not in composed}))
+    return resolve_depth(with_values(load_run_config(overrides), params))
 
 
 class TrialRunner:
@@ -40,6 +45,8 @@ class TrialRunner:
         self.stack_chunks = bool(stack_chunks)  # a pruned grid: stack its chunked trials on a CPU too
         self._evaluators: dict[tuple, Any] = {}
         self._datasets: dict[Any, Any] = {}
+        self._resident: dict[Any, int] = {}  # ModelConfig -> bytes, least recently used first
+        self.swaps: list[str] = []  # the swap-out lines said, in order
         self.batch_scale = 1.0  # halved after each out-of-memory error
 
     def evaluator(self, cfg: RunConfig):
@@ -47,7 +54,6 @@ class TrialRunner:
         settings themselves (frozen dataclasses), so equal settings share one clean pass."""
         from ..data._dataset import load_dataset
         from ..engine._evaluation import Evaluator
-        from ..engine._models import load_model
 
         if self.batch_scale < 1.0:  # after an OOM: smaller batches and cache, one trial per pass
             perf = cfg.perf
@@ -64,10 +70,41 @@ class TrialRunner:
             self._datasets[cfg.data] = load_dataset(cfg.data)
         key = (cfg.model, cfg.data, cfg.perf, cfg.top_k, cfg.metric, cfg.seed)
         if key not in self._evaluators:
+            model = self._load(cfg.model, cfg.perf.models_mb)
             self._evaluators[key] = Evaluator.from_config(
-                load_model(cfg.model), self._datasets[cfg.data], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks
+                model, self._datasets[cfg.data], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks
             )
+        self._resident[cfg.model] = self._resident.pop(cfg.model, 0)  # the most recently used, last
         return self._evaluators[key]
+
+    def _load(self, model_cfg: Any, budget_mb: float) -> Any:
+        """The model of a trial, loaded within ``perf.models_mb``: a model axis keeps every model
+        that fits (so a TPE study alternating models loads each once) and swaps out the least
+        recently used others, saying so. The budget is checked once the new model's size is known."""
+        from ..engine._models import load_model, model_bytes
+
+        model = load_model(model_cfg)
+        self._resident[model_cfg] = model_bytes(model)
+        budget = budget_mb * 2**20
+        while len(self._resident) > 1 and sum(self._resident.values()) > budget:
+            old = next(iter(self._resident))
+            self._swap_out(old, model_cfg, budget_mb)
+        return model
+
+    def _swap_out(self, old: Any, new: Any, budget_mb: float) -> None:
+        from ..engine._models import unload_model
+
+        size = self._resident.pop(old)
+        for key in [k for k in self._evaluators if k[0] == old]:
+            del self._evaluators[key]  # its clean passes and prefix caches go with it
+        unload_model(old)
+        gc.collect()
+        line = (
+            f"swapping out model {old.name} ({size / 2**20:.0f} MB) to load {new.name}: both do not fit "
+            f"perf.models_mb={budget_mb:g} (raise it to keep both; a model that comes back is loaded and its clean pass run again)"
+        )
+        self.swaps.append(line)
+        log.warning("%s", line)
 
     def run(self, cfg: Any):
         return self.run_many([cfg])[0]
@@ -104,6 +141,7 @@ class TrialRunner:
         import torch
 
         self._evaluators.clear()
+        self._resident.clear()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

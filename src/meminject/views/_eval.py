@@ -54,10 +54,10 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from ..config import load_run_config
     from ..data._dataset import load_dataset
     from ..engine._evaluation import Evaluator, InjectionSpec
-    from ..engine._models import load_model
+    from ..engine._models import load_model, resolve_depth
     from ..tracking._tracker import log_eval_run, probe_server, redact, tracking_uri
 
-    cfg = load_run_config(overrides)
+    cfg = resolve_depth(load_run_config(overrides))  # a relative depth names a layer of the model
     started_ms = int(time.time() * 1000)  # the run's duration is the evaluation's
     spec = InjectionSpec.from_config(cfg)
     spec.validate()  # model-independent checks before the model loads

@@ -20,10 +20,10 @@ __all__ = ["cmd_inspect"]
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..config import load_run_config
-    from ..engine._models import load_model
+    from ..engine._models import load_model, resolve_depth
     from ._inspect import format_table, heatmap, project_attention_outputs, side_by_side
 
-    cfg = load_run_config(args.overrides)
+    cfg = resolve_depth(load_run_config(args.overrides))
     prompt, answer, memory = _inspected_texts(args, cfg)
     model = load_model(cfg.model)
     before = project_attention_outputs(
