@@ -114,6 +114,7 @@ def main() -> int:
     parser.add_argument("--tweak", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=3, help="timings of (b), (c), (d) are medians of this many runs")
     parser.add_argument("--skip-upstream", action="store_true", help="skip (a), the slow per-prompt loop")
+    parser.add_argument("--skip-batched", action="store_true", help="skip (b), the plain batched trial (slow on Gemma)")
     parser.add_argument(
         "--grid", action="store_true", help="also run the paper_grid unembed slice (all layers × τ 1..15)"
     )
@@ -177,8 +178,13 @@ def main() -> int:
         )
         fast = result.per_prompt.answer_prob_after.to_numpy()
         seconds_d, _ = timed(lambda: floor_pass(evaluator, layer), args.repeat)
-        seconds_b, plain = timed(lambda: plain_batched_trial(model, evaluator, vectors, layer, args.tweak), args.repeat)
-        diffs["b-c"] = max(diffs["b-c"], float(np.abs(plain - fast).max()))
+        if args.skip_batched:
+            seconds_b, plain = float("nan"), np.full_like(fast, np.nan)
+        else:
+            seconds_b, plain = timed(
+                lambda: plain_batched_trial(model, evaluator, vectors, layer, args.tweak), args.repeat
+            )
+            diffs["b-c"] = max(diffs["b-c"], float(np.abs(plain - fast).max()))
         if args.skip_upstream:
             seconds_a = float("nan")
         else:

@@ -186,3 +186,23 @@ def test_depth_figure_draws_train_and_heldout_per_model_and_marks_verdicts(tmp_p
     stars = [c for c in ax.collections if len(c.get_offsets())]
     assert sorted(tuple(c.get_offsets()[0]) for c in stars) == [(0.0, 0.2), (0.5, 0.1)]
     assert path.stat().st_size > 5_000
+
+
+def test_per_model_top_keeps_each_models_best_rows_model_by_model():
+    from meminject.sweep._cross_model import format_per_model, per_model_top
+
+    table = pd.DataFrame(
+        {
+            "rank": [1, 2, 3, 4, 5, 6],
+            "model": ["a", "a", "a", "b", "a", "b"],
+            "injection.layer": [0, 1, 2, 0, 3, 1],
+            "mean_gain": [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+        }
+    )
+    top = per_model_top(table, 2)
+    assert list(zip(top["model"], top["rank"])) == [("a", 1), ("a", 2), ("b", 4), ("b", 6)]  # b's sites are judged too
+    assert list(per_model_top(table[table["model"] == "a"], 2)["rank"]) == [1, 2]  # one model: the top rows
+    text = format_per_model(table, 2)
+    assert text.splitlines()[0] == "a:" and "b:" in text.splitlines()
+    b_rows = text.split("b:\n")[1].splitlines()[1:]
+    assert [row.split()[0] for row in b_rows] == ["1", "2"]  # ranked within the model
