@@ -84,15 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     cmd += [f"n_trials={args.trials}", f"workers={args.workers}", "progress=false"]
     print("folder:", folder, flush=True)
     started = time.perf_counter()
-    log = open(folder / "sweep.log", "w")
-    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     samples: dict[int, list[float]] = {}
-    while proc.poll() is None:
-        for pid, mib in _rss_mib([proc.pid, *_descendants(proc.pid)]).items():
-            samples.setdefault(pid, []).append(mib)
-        time.sleep(args.sample_s)
+    with open(folder / "sweep.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            for pid, mib in _rss_mib([proc.pid, *_descendants(proc.pid)]).items():
+                samples.setdefault(pid, []).append(mib)
+            time.sleep(args.sample_s)
     wall = time.perf_counter() - started
-    log.close()
     print(f"sweep: exit {proc.returncode}, {wall:.0f} s wall", flush=True)
     if proc.returncode:
         print((folder / "sweep.log").read_text()[-2000:])
