@@ -206,3 +206,34 @@ def test_a_store_with_runs_is_never_moved_but_says_how(tmp_path: Path, full_stor
     connection = sqlite3.connect(db)
     assert connection.execute("SELECT run_uuid FROM runs").fetchall() == [("r1",)]  # left where it was
     connection.close()
+
+
+def test_a_store_that_fills_during_a_sweep_is_one_line_at_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    # Before: a full disk was retried for tracking.retry_s (60 s) at each call, and a sweep on a
+    # store filling up printed 2,017 lines with 123 tracebacks.
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+    from mlflow.tracking import MlflowClient
+
+    from conftest import load, sweep_args
+    from meminject.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    real = MlflowClient.log_batch
+    calls = []
+
+    def filling(self, *args, **kwargs):  # the parent run's params fit; then the disk is full
+        calls.append(1)
+        if len(calls) > 2:
+            raise MlflowException(
+                "(sqlite3.OperationalError) database or disk is full", error_code=TEMPORARILY_UNAVAILABLE
+            )
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", filling)
+    code = main([*sweep_args(tmp_path, "sweep=smoke", "study=fill", "n_trials=4"), "progress=false"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(calls) == 3, (code, len(calls))  # the failing call was not retried
+    assert len(err) == 1 and "disk is full" in err[0] and "free space" in err[0], err
+    done = load(tmp_path, "fill").get_trials(deepcopy=False)
+    assert any(t.state.name == "COMPLETE" for t in done)  # the computed trial is kept in the study
