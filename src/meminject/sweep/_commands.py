@@ -22,7 +22,8 @@ from ._heldout import check_controls, format_heldout, heldout_report
 from ._recheck import float32_recheck
 from ._repair import REPAIR_SETTINGS
 from ._parent import best_csv, finalize, start_parent_run
-from ._results import check_values, distinct_sites, format_table, ranked_sites
+from ._plausible import check_values
+from ._results import distinct_sites, format_table, ranked_sites
 from ._settings import (
     BEST_SETTINGS,
     SWEEP_SETTINGS,
