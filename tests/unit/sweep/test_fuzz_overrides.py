@@ -28,8 +28,10 @@ from meminject.engine._evaluation import InjectionSpec
 from meminject.sweep import load_sweep
 from meminject.sweep._study import preflight
 
-EXAMPLES = 50  # eval's checks: about a minute on a loaded 2-core machine
-SWEEP_EXAMPLES = 30  # a sweep's pre-flight composes the preset too: slower, so slow-marked
+# eval's checks: about 40 s on a loaded 2-core machine; a sweep's pre-flight composes the preset
+# too, so it is slow-marked. MEMINJECT_FUZZ_EXAMPLES=N runs N of each, for a longer hunt.
+EXAMPLES = int(os.environ.get("MEMINJECT_FUZZ_EXAMPLES", 50))
+SWEEP_EXAMPLES = int(os.environ.get("MEMINJECT_FUZZ_EXAMPLES", 30))
 _NETWORK = ("url", "uri")
 KEYS = sorted(k for k in flat_config(compose_config(TINY)) if not k.endswith(_NETWORK))
 SPECIAL = [
