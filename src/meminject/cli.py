@@ -4,6 +4,7 @@
     meminject sweep  [sweep=NAME] [workers=N] [key=value ...]   search injection sites
     meminject worker study=NAME [storage=URL]   join a running sweep from another shell/machine
     meminject best   [study=NAME] [top=10]   ranked injection sites of a study
+    meminject repair [storage=PATH] [drop_line=N]   check a study journal, drop a corrupt record
     meminject ui     [port=5000] [open=true]   the MLflow UI, opened on the runs table
 
 Every problem the user can fix ends in one line ``meminject: error: ...`` and exit status 2.
@@ -30,6 +31,7 @@ HELP = {
     "sweep": "Search injection sites with Optuna over a named search space in sweeps/ (sweep=NAME); every trial is tracked in MLflow.",
     "worker": "Join an existing sweep's study (study=NAME storage=URL) as one more worker process.",
     "best": "Print the ranked injection sites of a study (study=NAME top=K) and write them as CSV.",
+    "repair": "Check a study journal (storage=PATH) and name a corrupt record; drop_line=N removes that record after a backup.",
     "inspect": "Project every layer's (and head's) attention output into vocabulary space for one prompt (the paper's head projector).",
     "ui": "Start the MLflow UI on this project's tracking store (127.0.0.1) and print the URL of the experiment's runs table; Ctrl-C stops it.",
 }
@@ -92,7 +94,7 @@ every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Con
 
 
 def _epilog(name: str) -> str:
-    if name in ("sweep", "worker", "best"):
+    if name in ("sweep", "worker", "best", "repair"):
         try:
             from .views import help_epilog
 
@@ -163,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweep": views.cmd_sweep,
             "worker": views.cmd_worker,
             "best": views.cmd_best,
+            "repair": views.cmd_repair,
         }
         return command[args.command](args.overrides)
     except MemInjectError as exc:

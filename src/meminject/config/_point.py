@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core._errors import ConfigError
-from ._checks import FLOAT16_MAX, at_least, choice, finite
+from ._checks import FLOAT16_MAX, at_least, choice, finite, seed
 from ._choices import (
     ENCODINGS,
     HOOKS,
@@ -74,6 +74,7 @@ class MemoryConfig:
         at_least("memory.top_words", self.top_words, 1)
         at_least("memory.lexicon_top", self.lexicon_top, 1)
         at_least("memory.draw", self.draw, 0)
+        seed("memory.seed", self.seed)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from ._choices import (
     TINY_ARCHITECTURES,
     WEIGHTS,
 )
-from ._checks import at_least, choice, finite
+from ._checks import at_least, choice, finite, seed
 from ._point import RESULT_FREE_SECTIONS, InjectionConfig, MemoryConfig, TrialPoint
 
 __all__ = [
@@ -60,6 +60,7 @@ class TinyConfig:
         choice("model.tiny.architecture", self.architecture, TINY_ARCHITECTURES)
         for name in ("n_layers", "d_model", "d_mlp", "n_heads", "n_kv_heads", "n_ctx"):
             at_least(f"model.tiny.{name}", getattr(self, name), 1)
+        seed("model.tiny.seed", self.seed)
         if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ConfigError("model.tiny: d_model must divide by n_heads, and n_heads by n_kv_heads")
 
@@ -121,6 +122,8 @@ class DataConfig:
         choice("data.part", self.part, PARTS)
         at_least("data.limit", self.limit, 1, " (the number of prompts to keep)")
         at_least("data.sample", self.sample, 1, " (the number of prompts to draw)")
+        seed("data.seed", self.seed)
+        seed("data.split_seed", self.split_seed)
         if self.split is not None and not 0.0 < self.split < 1.0:
             raise ConfigError(f"data.split={self.split!r} must lie strictly between 0 and 1 (the train fraction)")
         if self.path is None and self.file is None:
@@ -200,6 +203,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         at_least("top_k", self.top_k, 1)
+        seed("seed", self.seed)
 
     @property
     def point(self) -> TrialPoint:

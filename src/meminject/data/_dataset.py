@@ -145,7 +145,11 @@ def _record_lines(text: str, n_records: int) -> list[int]:
 
 def read_prompt_csv(path: Path) -> pd.DataFrame:
     """Read and validate one CSV; every problem names the file, the row and the column."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:  # data.file names nothing, or a folder (data.file= ): one line, not a traceback
+        what = "is a folder, not a CSV file" if path.is_dir() else f"cannot be read ({exc.strerror or exc})"
+        raise DataError(f"{path} {what}: check data.file or data.path (data=NAME picks a packaged dataset)") from exc
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -35,6 +35,7 @@ Example::
 """
 
 from ._commands import cmd_best, cmd_sweep, cmd_worker, help_epilog
+from ._repair import cmd_repair
 from ._heldout import CONTROL_TYPES, heldout_report
 from ._results import control_gaps, distinct_sites, ranked_sites
 from ._settings import SweepSpec, load_sweep
@@ -62,5 +63,6 @@ __all__ = [
     "cmd_sweep",
     "cmd_worker",
     "cmd_best",
+    "cmd_repair",
     "help_epilog",
 ]

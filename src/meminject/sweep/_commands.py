@@ -22,7 +22,9 @@ from ._cross_model import depth_curve, depth_figure, format_per_model, heldout_g
 from ._figures import pareto_figure
 from ._heldout import check_controls, format_heldout, heldout_report
 from ._recheck import float32_recheck
+from ._repair import REPAIR_SETTINGS
 from ._parent import best_csv, finalize, start_parent_run
+from ._plausible import check_values
 from ._results import distinct_sites, format_table, ranked_sites
 from ._settings import (
     BEST_SETTINGS,
@@ -52,7 +54,9 @@ __all__ = ["cmd_sweep", "cmd_worker", "cmd_best", "help_epilog"]
 
 def help_epilog(command: str) -> str:
     """The keys of ``command`` (and, for sweep, every preset with its description)."""
-    keys = {"sweep": SWEEP_SETTINGS, "worker": WORKER_SETTINGS, "best": BEST_SETTINGS}[command]
+    keys = {"sweep": SWEEP_SETTINGS, "worker": WORKER_SETTINGS, "best": BEST_SETTINGS, "repair": REPAIR_SETTINGS}[
+        command
+    ]
     width = max(map(len, keys)) + 2
     lines = [f"{command} keys (key=value):"] + [f"  {k + '=':<{width}} {v}" for k, v in keys.items()]
     if command == "sweep":
@@ -215,6 +219,7 @@ def cmd_best(args: Sequence[str]) -> int:
     study = load_study(settings.get("study"), settings.get("storage"))
     name = study.study_name
     spec = stored_spec(study)
+    check_values(study)  # a corrupt value would rank first
     ranked = ranked_sites(study)
     multi = spec is not None and spec.multi and not ranked.empty
     table, unit = _shown_sites(ranked, spec, multi, distinct)

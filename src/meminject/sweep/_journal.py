@@ -12,7 +12,12 @@ no longer be opened at all.
 anything is appended, keeping a copy of the file as it was. Only the tail is handled: with
 one writer at a time (the lock) and appends only, a torn record can only be the last one, and
 a file already broken in the middle (fused by an append before this repair existed) is left
-for a person to look at.
+for a person to look at: :func:`corrupt_record` names its line and byte offset, and
+:func:`drop_record` removes that one line on request (``meminject repair drop_line=N``),
+after a backup.
+
+A last record that is whole but for its final newline (the write stopped one byte short) is
+completed, not cut: a record that parses is never thrown away.
 """
 
 from __future__ import annotations
@@ -25,19 +30,21 @@ from typing import BinaryIO
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
-__all__ = ["repair_torn_journal"]
+__all__ = ["repair_torn_journal", "corrupt_record", "damage_line", "drop_record", "JournalDamage"]
 
 _WINDOW = 1 << 16  # bytes read from the end at first; records are far smaller than this
 
 
 def _is_record(line: bytes) -> bool:
-    """A complete record: newline-terminated, and the line parses as a JSON object."""
+    """A complete record: newline-terminated, and the line parses as a JSON object with
+    Optuna's two keys of every record (an integer ``op_code``, a ``worker_id``)."""
     if not line.endswith(b"\n"):
         return False
     try:
-        return isinstance(json.loads(line), dict)
+        record = json.loads(line)
     except ValueError:  # JSONDecodeError, UnicodeDecodeError
         return False
+    return isinstance(record, dict) and type(record.get("op_code")) is int and isinstance(record.get("worker_id"), str)
 
 
 def _end_of_last_record(f: BinaryIO, size: int) -> int:
@@ -64,15 +71,20 @@ def _end_of_last_record(f: BinaryIO, size: int) -> int:
         window *= 4
 
 
-def _tail(path: Path) -> tuple[int, int]:
-    """(offset past the last complete record, file size)."""
+def _tail(path: Path) -> tuple[int, int, bool]:
+    """(offset past the last complete record, file size, whether what follows it is one whole
+    record that lacks only its final newline)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        return _end_of_last_record(f, size), size
+        keep = _end_of_last_record(f, size)
+        if keep == size or size - keep > 64 * _WINDOW:
+            return keep, size, False
+        f.seek(keep)
+        return keep, size, _is_record(f.read(size - keep) + b"\n")
 
 
-def _backup(path: Path, size: int) -> Path:
-    """Copy the journal's first ``size`` bytes to ``<name>.torn-<UTC time>[-n].bak`` beside it.
+def _backup(path: Path, size: int, kind: str = "torn") -> Path:
+    """Copy the journal's first ``size`` bytes to ``<name>.<kind>-<UTC time>[-n].bak`` beside it.
 
     Exclusive creation, so a backup is never overwritten; fsynced before the journal is cut,
     so a crash in between leaves both. A failed copy (a disk still full) is removed, and the
@@ -80,7 +92,7 @@ def _backup(path: Path, size: int) -> Path:
     """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for n in range(1000):
-        backup = path.with_name(f"{path.name}.torn-{stamp}{'' if n == 0 else f'-{n}'}.bak")
+        backup = path.with_name(f"{path.name}.{kind}-{stamp}{'' if n == 0 else f'-{n}'}.bak")
         try:
             fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             break
@@ -136,7 +148,7 @@ def repair_torn_journal(path: str | Path) -> str | None:
     """
     path = Path(path)
     try:
-        keep, size = _tail(path)
+        keep, size, _ = _tail(path)
     except FileNotFoundError:
         return None
     if keep == size:  # the common case, decided without the lock
@@ -146,9 +158,18 @@ def repair_torn_journal(path: str | Path) -> str | None:
     try:
         # Judged again under the lock: what looked torn may have been an append in progress,
         # or another worker may have repaired it already.
-        keep, size = _tail(path)
+        keep, size, whole = _tail(path)
         if keep == size:
             return None
+        if whole:  # only the newline is missing: complete the record, cut nothing
+            with open(path, "ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            return (
+                f"repaired the study journal {path}: its last record lacked only its final newline "
+                "(an interrupted write); the newline was added and nothing was cut"
+            )
         backup = _backup(path, size)
         with open(path, "r+b") as f:
             f.truncate(keep)
@@ -160,4 +181,77 @@ def repair_torn_journal(path: str | Path) -> str | None:
         f"repaired the study journal {path}: cut {size - keep} bytes of a record torn by an "
         f"interrupted write (a crash, a kill or a full disk), kept {keep} bytes of complete "
         f"records; the file as it was is saved as {backup}"
+    )
+
+
+class JournalDamage(ValueError):
+    """A journal with a record that does not parse before its end (see :func:`corrupt_record`)."""
+
+
+def corrupt_record(path: str | Path) -> tuple[int, int, str] | None:
+    """The first line of a journal that is not a record, before its last line: (line number
+    from 1, byte offset of the line's start, why), or None when every such line parses.
+
+    The last line is the torn tail :func:`repair_torn_journal` handles; a bad line before it
+    (a flipped byte, a fused append) makes Optuna refuse the whole file, every study in it.
+    """
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if line.endswith(b"\n") and not _is_record(line):
+                try:
+                    json.loads(line)
+                    why = "not an Optuna record (no op_code and worker_id)"
+                except ValueError as exc:
+                    why = str(exc).splitlines()[0]
+                return number, offset, why
+            offset += len(line)
+    return None
+
+
+def damage_line(path: str | Path) -> str | None:
+    """One line naming a corrupt record of the journal and the way out, or None."""
+    found = corrupt_record(path)
+    if found is None:
+        return None
+    number, offset, why = found
+    return (
+        f"study journal {path} is corrupt at line {number} (byte offset {offset}: {why}), so no study in it can be "
+        f"read; restore it from a backup, or drop that one record with `meminject repair storage={path} "
+        f"drop_line={number}` (the file is backed up first; the trials that record touched may be lost and re-run)"
+    )
+
+
+def drop_record(path: str | Path, line: int) -> str:
+    """Remove line ``line`` (from 1) of a journal, a record that does not parse, after backing
+    the file up as ``<name>.dropped-<time>.bak``; under Optuna's append lock. Returns the line
+    to print. Raises :class:`JournalDamage` for a line that is missing or a valid record (a
+    record that parses is never dropped)."""
+    path = Path(path)
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        lines = data.splitlines(keepends=True)
+        if not 1 <= line <= len(lines):
+            raise JournalDamage(f"{path} has {len(lines)} lines; there is no line {line}")
+        if _is_record(lines[line - 1]):
+            found = corrupt_record(path)
+            hint = f"line {found[0]} is the corrupt one" if found else "no line of it is corrupt"
+            raise JournalDamage(f"line {line} of {path} is a valid record and is kept ({hint})")
+        backup = _backup(path, len(data), "dropped")
+        offset = sum(map(len, lines[: line - 1]))
+        kept = data[:offset] + data[offset + len(lines[line - 1]) :]
+        temporary = path.with_name(path.name + ".dropping")
+        with open(temporary, "wb") as f:
+            f.write(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    finally:
+        lock.release()
+    return (
+        f"dropped line {line} ({len(lines[line - 1])} bytes at byte offset {offset}) of the study journal {path}; "
+        f"the file as it was is saved as {backup}"
     )

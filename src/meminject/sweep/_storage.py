@@ -34,6 +34,18 @@ def _db_driver_hint(url: str, exc: BaseException) -> str | None:
     return None
 
 
+def _journal_damage(url: str) -> str | None:
+    """The line naming a journal's corrupt record (Optuna says only ``Expecting value``)."""
+    from ._journal import damage_line
+
+    if "://" in url:
+        return None
+    try:
+        return damage_line(url)
+    except OSError:
+        return None
+
+
 def open_storage(
     url: str | None, heartbeat: tuple[int, int] | None = None, recovery: Any = None
 ) -> optuna.storages.BaseStorage:
@@ -69,7 +81,7 @@ def open_storage(
                 Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many kinds
-        hint = _db_driver_hint(url, exc)
+        hint = _db_driver_hint(url, exc) or _journal_damage(url)
         if hint:
             raise ConfigError(hint) from exc
         raise ConfigError(f"cannot open study storage {redact(url)} ({first_line(exc, 200)})") from exc
@@ -79,8 +91,9 @@ def study_names(storage: optuna.storages.BaseStorage, url: str | None) -> list[s
     try:
         return [s.study_name for s in optuna.get_all_study_summaries(storage)]
     except Exception as exc:  # noqa: BLE001
+        damage = _journal_damage(url or default_storage_url())
         raise ConfigError(
-            f"cannot read study storage {redact(url or default_storage_url())} ({first_line(exc, 200)})"
+            damage or f"cannot read study storage {redact(url or default_storage_url())} ({first_line(exc, 200)})"
         ) from exc
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..core._errors import TrackingError, first_line
+from ._broken import set_aside
 from ..core._interrupts import INTERRUPTED
 from ..core._redaction import redact
 
@@ -43,6 +44,8 @@ __all__ = [
     "creation_lock",
     "first_line",
     "is_transient",
+    "permanent_error",
+    "permanent_kind",
     "open_client",
     "quiet_run_links",
     "retrying",
@@ -66,6 +69,60 @@ _PERMANENT_TEXT = re.compile(
     r"|authentication failed|does not exist|out-of-date database schema",
     re.IGNORECASE,
 )
+_SCHEMA_TEXT = r"table \S+ already exists|out-of-date database schema|can't locate revision|no such (?:table|column)"
+# Errors that waiting never fixes, each with what it is and the way out: one line at once.
+_PERMANENT_KINDS = tuple(
+    (re.compile(pattern, re.IGNORECASE), what, way)
+    for pattern, what, way in (
+        (
+            r"database or disk is full|no space left on device|disk quota exceeded",
+            "the disk is full",
+            "free space, then rerun the same command (finished trials are kept, their runs are written then)",
+        ),
+        (
+            _SCHEMA_TEXT,
+            "the store's tables are incomplete or of another MLflow version",
+            "move the store aside and rerun (a sweep writes its runs again from the study), "
+            "or back it up and run `mlflow db upgrade URI`",
+        ),
+        (
+            r"authentication failed|access denied for user|(?:error|status) code:? 40[13]\b|\b40[13] (?:client error|unauthorized|forbidden)",
+            "authentication failed",
+            "check the user and password (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, PGPASSWORD or ~/.pgpass)",
+        ),
+        (
+            r"run with id=\S+ not found|RESOURCE_DOES_NOT_EXIST",
+            "a run is missing from the store",
+            "use the sweep's own tracking.uri (a run id of one store is not in another), "
+            "or rerun the sweep: its runs are written again from the study",
+        ),
+    )
+)
+
+
+def permanent_kind(exc: BaseException) -> tuple[str, str] | None:
+    """(what it is, the way out) when ``exc`` (or an exception it came from) is a store error
+    that waiting never fixes (:data:`_PERMANENT_KINDS`), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{current} {getattr(current, 'error_code', '')}"
+        for pattern, what, way in _PERMANENT_KINDS:
+            if pattern.search(text):
+                return what, way
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def permanent_error(exc: BaseException, what: str, uri: str) -> TrackingError | None:
+    """The one line for a permanent store error (see :func:`permanent_kind`), or None."""
+    kind = permanent_kind(exc)
+    if kind is None:
+        return None
+    return TrackingError(f"MLflow {what} failed at {redact(uri)}: {kind[0]} ({redact(first_line(exc))}); {kind[1]}")
+
+
 _ALEMBIC_RACE = "Online migration expected to match one row"
 _DRIVERS = {  # import name -> (database, how to install)
     "psycopg2": ("PostgreSQL", 'pip install "meminject[postgres]"'),
@@ -105,6 +162,8 @@ def is_transient(exc: BaseException) -> bool:
 def _transient_one(exc: BaseException) -> bool | None:
     """True/False when ``exc`` decides it; None to look at the exception it came from."""
     text = str(exc)
+    if permanent_kind(exc) is not None:  # the whole chain: a full disk wrapped as TEMPORARILY_UNAVAILABLE
+        return False
     if isinstance(exc, sqlite3.OperationalError):
         return bool(re.search(r"database (?:table )?is (?:locked|busy)", text, re.IGNORECASE))
     if _PERMANENT_TEXT.search(text):
@@ -149,12 +208,19 @@ def retrying(call: Callable[[], T], what: str, uri: str, retry_s: float, clock: 
     delay = 0.05
     while True:
         error: BaseException | None = None
+        permanent: TrackingError | None = None
         try:
             return call()
+        except TrackingError:
+            raise  # already one line (a nested retrying call)
         except Exception as exc:  # noqa: BLE001 - sorted below
             if not is_transient(exc):
-                raise
+                permanent = permanent_error(exc, what, uri)
+                if permanent is None:
+                    raise
             error = exc
+        if permanent is not None:  # raised outside the except block: the line, no chained context shown
+            raise permanent from error
         remaining = deadline - clock.monotonic()
         if remaining <= 0 or INTERRUPTED.is_set():  # interrupted (signals held meanwhile): no more waiting
             # raised outside the except block: the message is the line, no chained context shown
@@ -269,6 +335,18 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         pass
 
 
+def _forget_engine(store_uri: str) -> None:
+    """Close and drop MLflow's cached SQLAlchemy engine of ``store_uri`` (a private map of
+    ``SqlAlchemyStore``; nothing to do where it does not exist)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:  # pragma: no cover
+        return
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(store_uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def open_client(uri: str, retry_s: float, clock: Clock | None = None) -> RetryingClient:
     """An MLflow client for ``uri`` whose store is open (created on first use), with retries
     (waiting on ``clock``, see :func:`retrying`)."""
@@ -285,6 +363,10 @@ def open_client(uri: str, retry_s: float, clock: Clock | None = None) -> Retryin
             try:
                 return MlflowClient(tracking_uri=store_uri)
             except Exception as exc:  # noqa: BLE001
+                if database is not None and re.search(_SCHEMA_TEXT, str(exc), re.IGNORECASE):
+                    _forget_engine(store_uri)  # MLflow keeps one engine per URI, open on the old file
+                    set_aside(database, exc, uri)  # a half-created store with no runs: moved aside, or one line
+                    return MlflowClient(tracking_uri=store_uri)
                 if _ALEMBIC_RACE not in str(exc):
                     raise
             # something outside meminject (an `mlflow server`) migrated the fresh database at the

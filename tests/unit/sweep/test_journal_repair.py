@@ -81,7 +81,7 @@ def test_every_cut_inside_the_last_record_is_repaired_and_the_journal_takes_appe
     tmp_path: Path, journal: Any
 ) -> None:
     data, last, before = journal
-    for cut in range(last + 1, len(data)):  # every byte of the last record, its newline excepted
+    for cut in range(last + 1, len(data) - 1):  # every byte of the last record, its final brace and newline excepted
         directory = tmp_path / str(cut)
         directory.mkdir()
         path = directory / "optuna.journal"
@@ -93,7 +93,7 @@ def test_every_cut_inside_the_last_record_is_repaired_and_the_journal_takes_appe
         assert backup.read_bytes() == data[:cut] and str(backup) in message
         assert _trials(path) == before, cut
         assert repair_torn_journal(path) is None  # repaired once
-        if cut in (last + 1, len(data) - 1) or cut % 7 == 0:  # the bug: the next append must not fuse
+        if cut in (last + 1, len(data) - 2) or cut % 7 == 0:  # the bug: the next append must not fuse
             _run(path, 2)
             after = _trials(path)
             assert after[:5] == before and [s for _, s, _, _ in after[5:]] == [TrialState.COMPLETE] * 2, cut

@@ -207,8 +207,7 @@ def test_transient_errors_are_retried_and_others_raise_at_once():
     for permanent in (
         MlflowException("Experiment 'x' already exists.", error_code=RESOURCE_ALREADY_EXISTS),
         ValueError("bad"),
-        sqlite3.OperationalError("no such table: runs"),
-    ):
+    ):  # (a missing table, a full disk: one line with the way out, tests/unit/tracking/test_store_recovery.py)
         calls = []
 
         def broken(error=permanent) -> None:
