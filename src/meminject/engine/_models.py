@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -30,7 +30,7 @@ from ..core._errors import ConfigError, ModelError, first_line
 from ._packaged import load_packaged, packaged_shape
 from ._tiny import TINY_ARCHITECTURES, build_tiny
 
-__all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device"]
+__all__ = ["LoadedModel", "load_model", "model_shape", "resolve_device", "Shape", "config_shape"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,21 @@ def _load_pretrained(name: str, dtype: torch.dtype):
 
 def model_shape(cfg: ModelConfig) -> dict[str, Any]:
     return dict(_model_shape(cfg))
+
+
+class Shape(NamedTuple):
+    """What :meth:`InjectionSpec.validate` reads of a model, from its config alone (no weights)."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+
+
+def config_shape(cfg: ModelConfig) -> Shape:
+    """The model's name, layer and head counts from its config (a layer out of range is refused
+    before any weights load or any file is written)."""
+    shape = _model_shape(cfg)
+    return Shape(str(cfg.name), int(shape["n_layers"]), int(shape["n_heads"]))
 
 
 @functools.lru_cache(maxsize=32)  # a ModelConfig is hashable; a GGUF's header is read once

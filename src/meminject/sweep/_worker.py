@@ -75,7 +75,7 @@ def run_worker(
     base = load_run_config(spec.overrides)
     space = space_of(spec, base)
     total = budget(spec, space)
-    tracker = Tracker.from_config(base)
+    tracker = Tracker.from_config(base, study=study_name)
     recovery.tracker = tracker
     runner = TrialRunner(
         chunks=spec.chunks, stack_chunks=spec.sampler == "grid"
@@ -284,6 +284,8 @@ def _ask_trials(study: optuna.Study, spec: SweepSpec, space: Any, total: int, wa
     recover_stale_trials(study)  # a dead worker's trials: failed, their points re-queued
     for _ in range(want):
         if spec.sampler == "grid":
+            if len(counted(study)) >= total:  # a budget lowered below the queued points: they wait
+                break
             trial = pop_queued_trial(study)
             if trial is None:
                 break

@@ -54,19 +54,20 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from ..config import load_run_config
     from ..data._dataset import load_dataset
     from ..engine._evaluation import Evaluator, InjectionSpec
-    from ..engine._models import load_model
+    from ..engine._models import config_shape, load_model
     from ..tracking._tracker import log_eval_run, probe_server, redact, tracking_uri
 
     cfg = load_run_config(overrides)
-    started_ms = int(time.time() * 1000)  # the run's duration is the evaluation's
     spec = InjectionSpec.from_config(cfg)
-    spec.validate()  # model-independent checks before the model loads
+    spec.validate(
+        config_shape(cfg.model)
+    )  # the layer and head against the model's config, before anything loads or is written
     if cfg.tracking.enabled:
         probe_server(tracking_uri(cfg))  # an unreachable tracking server is refused before any work
     dataset = load_dataset(cfg.data)
     model = load_model(cfg.model)
     spec.validate(model)
-    started = time.perf_counter()
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)  # the run's duration is the evaluation's
     with progress_bar_for(f"eval {_data_label(cfg.data, dataset)}", len(dataset)) as bar:
         evaluator = Evaluator.from_config(model, dataset, cfg)
         if hasattr(evaluator, "progress"):  # batch-level progress, where the engine reports it
@@ -83,7 +84,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     _print_result(cfg, model, dataset, spec, result, wall, out_dir)
     if cfg.tracking.enabled:
         try:
-            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms)
+            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms, started_ms + round(wall * 1000))
         except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
             raise MemInjectError(
                 f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}"

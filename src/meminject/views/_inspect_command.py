@@ -114,7 +114,7 @@ def _log_inspect_run(
     hooks = "blocks.*.hook_attn_out" + (" + blocks.*.attn.hook_result" if args.heads else "")
     params = {**flat_config(redacted_container(cfg)), "prompt": prompt[:500], "hook": hooks}
     artifacts = {"projection.csv": out_dir / "projection.csv", Path(figure).name: Path(figure)}
-    run_id = Tracker.from_config(cfg).record_run(
+    run_id = Tracker.from_config(cfg, command="inspect").record_run(
         f"inspect {model.name}", {TAG_COMMAND: "inspect"}, params, {}, artifacts
     )
     print(f"MLflow run {run_id}")

@@ -135,7 +135,7 @@ def test_sweep_figures_exist_with_their_axes(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("meminject").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("meminject/sweep/fig").experiment_id])
     parent = next(r for r in runs if r.data.tags.get("meminject.role") == "sweep")
     assert {"figures/gain_heatmap.png", "figures/optimization_history.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id, "figures")
