@@ -4,7 +4,7 @@
     meminject sweep  [sweep=NAME] [workers=N] [key=value ...]   search injection sites
     meminject worker study=NAME [storage=URL]   join a running sweep from another shell/machine
     meminject best   [study=NAME] [top=10]   ranked injection sites of a study
-    meminject ui     [port=5000] [open=true]   the MLflow UI, opened on the runs table
+    meminject ui     [study=NAME] [port=5000] [open=true]   the MLflow UI, opened on one study's runs table
 
 Every problem the user can fix ends in one line ``meminject: error: ...`` and exit status 2.
 """
@@ -31,7 +31,7 @@ HELP = {
     "worker": "Join an existing sweep's study (study=NAME storage=URL) as one more worker process.",
     "best": "Print the ranked injection sites of a study (study=NAME top=K) and write them as CSV.",
     "inspect": "Project every layer's (and head's) attention output into vocabulary space for one prompt (the paper's head projector).",
-    "ui": "Start the MLflow UI on this project's tracking store (127.0.0.1) and print the URL of the experiment's runs table; Ctrl-C stops it.",
+    "ui": "Start the MLflow UI on this project's tracking store (127.0.0.1) and print the URL of one study's runs table (study=NAME); Ctrl-C stops it.",
 }
 
 EPILOG = """examples:
@@ -49,6 +49,7 @@ See README.md for the search-space grammar and running many workers."""
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     try:
         import optuna
 
@@ -66,6 +67,8 @@ def _quiet_libraries() -> None:
         "optuna",
         "huggingface_hub",
         "torch",
+        "matplotlib",  # "generated new fontManager" on a fresh machine
+        "PIL",
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:

@@ -207,6 +207,9 @@ def load_model(cfg: Any) -> LoadedModel:
     if key in _CACHE:
         return _CACHE[key]
 
+    from ..core._progress import stage
+
+    stage(f"loading model {cfg.name} ({weights} weights, {str(dtype).removeprefix('torch.')}, {device}) …")
     from transformer_lens.model_bridge import TransformerBridge
 
     torch.set_grad_enabled(False)

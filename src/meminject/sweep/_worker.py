@@ -80,7 +80,7 @@ def run_worker(
     runner = TrialRunner(
         chunks=spec.chunks, stack_chunks=spec.sampler == "grid"
     )  # grid points come in same-layer runs (see _study)
-    bar = _progress_bar(study, study_name, total) if progress else None
+    bar = None  # made when a first trial is asked: no bar at 100% when there was nothing to run
     ran = 0
     per_forward = runner.trials_per_forward(base)
     waiter = _RunningWaiter(int(interval), int(grace))
@@ -96,6 +96,8 @@ def run_worker(
                 if waiter.should_wait(study):
                     continue  # other workers' trials still running: they finish, or go stale and come back to us
                 break
+            if progress and bar is None:
+                bar = _progress_bar(study, study_name, total)
             try:
                 run_trials(context, asked)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is survivable

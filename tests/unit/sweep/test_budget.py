@@ -8,7 +8,7 @@ from meminject.cli import main
 
 
 def _sweep(capsys, tmp_path, *extra: str) -> tuple[int, str, str]:
-    code = main(sweep_args(tmp_path, "tracking.enabled=false", "progress=false", "study=b", *extra))
+    code = main(sweep_args(tmp_path, "tracking.enabled=false", "study=b", *extra))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -24,10 +24,11 @@ def test_a_resumed_study_runs_up_to_its_new_budget_and_prints_stored_new_and_to_
     code, out, err = _sweep(capsys, tmp_path, "n_trials=2")
     assert code == 0, err
     assert "resuming" not in out and "budget" not in out  # a new study: the header's "2 trials" is its budget
-    assert _counted(tmp_path) == 2
+    assert _counted(tmp_path) == 2 and "2/2" in err  # the trials' bar
 
     code, out, err = _sweep(capsys, tmp_path, "n_trials=2")  # the same budget, complete
     assert code == 0, err
+    assert "2/2" not in err and "100%" not in err  # no bar when nothing runs
     assert "  resuming: budget 2 (as stored) · 2 trials done · 0 to run" in out
     assert "study b is complete (2 trials): nothing to run" in out and _counted(tmp_path) == 2
 

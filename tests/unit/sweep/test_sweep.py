@@ -273,8 +273,8 @@ def test_stacked_trials_give_the_same_grid_as_one_at_a_time(tmp_path, monkeypatc
             json.dumps(t.params, sort_keys=True): (t.value, t.user_attrs["mean_prob_after"])
             for t in study.get_trials(states=(TrialState.COMPLETE,))
         }
-        runs = [r for r in mlflow_runs(tmp_path, "trial") if r.data.tags.get("meminject.study") == name]
-        assert len(runs) == 3 * 3 * 2
+        runs = mlflow_runs(tmp_path, "trial", study=name)  # each study has its own experiment: its runs only
+        assert len(runs) == 3 * 3 * 2 and {r.data.tags.get("meminject.study") for r in runs} == {name}
         stacked = {int(r.data.params["trials_per_forward"]) for r in runs}
         assert max(stacked) == per_forward, f"trials_per_forward={per_forward}: runs were stacked {stacked}"
     assert tables[1].keys() == tables[4].keys() and len(tables[1]) == 3 * 3 * 2
@@ -371,7 +371,7 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
     study = load(tmp_path, "flaky")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 3 * 2
-    runs = mlflow_runs(tmp_path, "trial")
+    runs = mlflow_runs(tmp_path, "trial", study="flaky")  # the runs written on resume land in the study's experiment
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["meminject.trial_number"]) for r in finished) == sorted(t.number for t in complete)
     for run in finished:
