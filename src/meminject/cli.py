@@ -85,15 +85,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*TransformerBridge.*")
 
 
-EVAL_EPILOG = """keys (key=value, Hydra syntax; unknown keys are refused):
-  model=NAME data=NAME memory=NAME     config groups (conf/<group>/NAME.yaml; ./conf/<group>/ adds your own)
-  injection.layer=L injection.tweak=T  where and how strongly (τ); injection.site=layer|head|head_subspace, injection.head=H
-  memory.type=correct|pos|random|random_vector  memory.encoding=unembed|embed|layer
-  metric.answer=first_token|sequence   data.limit=N data.sample=N data.split=0.7 data.part=all|train|heldout
-  tracking.enabled=false tracking.uri=URL  perf.max_batch_tokens=N  seed=N
-every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Configuration)"""
-
-
 def _epilog(name: str) -> str:
     if name in ("sweep", "worker", "best"):
         try:
@@ -108,7 +99,11 @@ def _epilog(name: str) -> str:
         width = max(map(len, UI_SETTINGS)) + 2
         keys = "\n".join(f"  {k + '=':<{width}} {v}" for k, v in UI_SETTINGS.items())
         return f"ui keys (key=value):\n{keys}\n  tracking.uri=URL  the store to show (default: sqlite:///mlruns/mlflow.db of this folder)\n\n{EPILOG}"
-    return (EVAL_EPILOG + "\n\n" + EPILOG) if name == "eval" else EPILOG
+    if name == "eval":
+        from .views import eval_epilog
+
+        return eval_epilog() + "\n\n" + EPILOG
+    return EPILOG
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -139,6 +134,12 @@ def _build_parser() -> argparse.ArgumentParser:
                 "--inject", action="store_true", help="also show the view with the configured injection, side by side"
             )
             p.add_argument("--top", type=int, default=5, help="top-k tokens per layer/head (default 5)")
+            p.add_argument(
+                "--rows",
+                type=int,
+                default=15,
+                help="rows printed, best first (by the answer's rank, else the top logit; default 15; 0: all; the CSV holds all)",
+            )
             p.add_argument("--out", help="output folder (default outputs/inspect/<time>)")
     return parser
 

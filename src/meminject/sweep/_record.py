@@ -2,7 +2,7 @@
 
 Every trial run carries the whole resolved config, flattened (``injection.scale``,
 ``metric.answer``, ``memory.draw``, ``data.split``, …), its site record, the hook it
-touched, the dataset's hash, the per-prompt table, the config and a per-prompt gain chart.
+touched, the dataset's hash, the per-prompt table, the config (and, with tracking.trial_figures, a per-prompt gain chart).
 """
 
 from __future__ import annotations

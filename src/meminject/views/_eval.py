@@ -9,7 +9,24 @@ from typing import Sequence
 
 from ..core._errors import MemInjectError, first_line
 
-__all__ = ["cmd_eval", "batch_progress", "progress_bar_for", "default_output_dir"]
+__all__ = ["cmd_eval", "eval_epilog", "batch_progress", "progress_bar_for", "default_output_dir"]
+
+
+def eval_epilog() -> str:
+    """``eval --help``'s keys, every enumerated value from the config's own lists (no type left out)."""
+    from ..config._choices import ENCODINGS, MEMORY_TYPES, SITES
+    from ..core._paths import conf_dir
+
+    presets = sorted(p.stem for p in (conf_dir() / "memory").glob("*.yaml") if not p.stem.startswith("_"))
+    return f"""keys (key=value, Hydra syntax; unknown keys are refused):
+  model=NAME data=NAME memory=NAME     config groups (conf/<group>/NAME.yaml; ./conf/<group>/ adds your own)
+  memory=NAME                          {", ".join(presets)}
+  injection.layer=L injection.tweak=T  where and how strongly (τ); injection.site={"|".join(SITES)}, injection.head=H
+  memory.type={"|".join(MEMORY_TYPES)}  (*_matched: the plain control's words at the correct memory's norm)
+  memory.encoding={"|".join(ENCODINGS)}
+  metric.answer=first_token|sequence   data.limit=N data.sample=N data.split=0.7 data.part=all|train|heldout
+  tracking.enabled=false tracking.uri=URL  perf.max_batch_tokens=N  seed=N
+every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Configuration)"""
 
 
 def default_output_dir(command: str, tag: str) -> Path:

@@ -250,3 +250,25 @@ def test_an_eval_run_has_its_own_experiment_the_table_columns_and_its_real_durat
     # the duration is the evaluation's (as printed and logged as eval_seconds), not the time it took to log it
     duration_ms = run.info.end_time - run.info.start_time
     assert abs(duration_ms - 1000 * run.data.metrics["eval_seconds"]) <= 1
+
+
+def test_eval_help_lists_every_memory_type_and_preset(capsys):
+    from conftest import ROOT
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    presets = [p.stem for p in (ROOT / "conf" / "memory").glob("*.yaml") if not p.stem.startswith("_")]
+    assert {"pos_matched", "random_matched"} <= set(presets)
+    types = next(line for line in out.splitlines() if "memory.type=" in line).split("memory.type=")[1].split()[0]
+    assert sorted(types.split("|")) == sorted(presets)  # every type, the matched controls too
+    assert all(name in out for name in presets)
+
+
+def test_readme_says_one_thing_about_per_trial_charts():
+    """The per-trial chart is off by default (tracking.trial_figures): no paragraph may say otherwise."""
+    from conftest import ROOT
+
+    paragraphs = (ROOT / "README.md").read_text().split("\n\n")
+    about = [p for p in paragraphs if "chart" in p and "trial" in p and "per-prompt" in p]
+    assert about and all("trial_figures" in p for p in about), [p[:200] for p in about if "trial_figures" not in p]
