@@ -132,6 +132,11 @@ def start_cli(
     )
 
 
+def without_stages(lines: list[str]) -> list[str]:
+    """Output lines less the stage lines of the steps that ran (``loading model … …``, ``clean pass: … …``)."""
+    return [line for line in lines if not (line.endswith(" …") and not line.startswith("meminject:"))]
+
+
 def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "sweep",

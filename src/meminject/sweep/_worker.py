@@ -76,6 +76,8 @@ def run_worker(
     space = space_of(spec, base)
     total = budget(spec, space)
     tracker = Tracker.from_config(base, study=study_name)
+    if tracker is not None:
+        tracker.follow(study.user_attrs.get(ATTR_PARENT))
     recovery.tracker = tracker
     runner = TrialRunner(
         chunks=spec.chunks, stack_chunks=spec.sampler == "grid"

@@ -213,6 +213,12 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def follow(self, parent_run_id: str | None) -> None:
+        """Put the runs still to come beside the study's parent run: a study resumed from a store
+        of an older meminject keeps its runs in the one experiment it began in."""
+        if parent_run_id:
+            self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, complete_points, load, mlflow_runs, run_cli, start_cli, sweep_args
+from conftest import ROOT, complete_points, load, mlflow_runs, run_cli, start_cli, sweep_args, without_stages
 from meminject.cli import main
 from meminject.sweep import open_storage
 
@@ -361,7 +361,7 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
 
     monkeypatch.setattr(Tracker, "finish_trial", failing)
     assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = without_stages(capsys.readouterr().err.strip().splitlines())
     assert len(err) == 1 and "are saved in the study, but MLflow" in err[0] and "rerun the same command" in err[0], err
     study = load(tmp_path, "flaky")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3  # the third result was kept
@@ -378,6 +378,7 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
         trial = study.trials[int(run.data.tags["meminject.trial_number"])]
         assert run.data.metrics["mean_gain"] == pytest.approx(trial.value)
         assert int(run.data.params["injection.layer"]) == trial.params["injection.layer"]
+        assert (run.data.params["dataset"], run.data.params["n_prompts"]) == ("demo:train", "4")  # the table's columns
     assert [r.info.status for r in mlflow_runs(tmp_path, "sweep")] == ["FINISHED"]
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import meminject_experiments
+from conftest import meminject_experiments, without_stages
 from meminject.cli import main
 from meminject.core._errors import MemInjectError
 from meminject.sweep import open_storage
@@ -199,7 +199,7 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_loses_nothing(case, workspace,
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     # one error line; before it at most the stage lines of the steps that ran ("clean pass: … …")
-    err = [line for line in err if not (line.endswith(" …") and not line.startswith("meminject:"))]
+    err = without_stages(err)
     assert len(err) == 1 and err[0].startswith("meminject: error: "), err
     assert expected in err[0], err[0]
     assert "hunter2" not in err[0]
