@@ -132,6 +132,11 @@ def start_cli(
     )
 
 
+def without_stages(lines: list[str]) -> list[str]:
+    """Output lines less the stage lines of the steps that ran (``loading model … …``, ``clean pass: … …``)."""
+    return [line for line in lines if not (line.endswith(" …") and not line.startswith("meminject:"))]
+
+
 def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "sweep",
@@ -150,8 +155,17 @@ def load(tmp_path: Path, name: str):
     return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "optuna.journal")))
 
 
-def mlflow_runs(tmp_path_or_uri, role: str | None = None):
-    """Every run of the meminject experiment (``role``: only 'sweep' or 'trial' runs)."""
+def meminject_experiments(client, study: str | None = None) -> list[str]:
+    """Ids of meminject's experiments in a store (``meminject/sweep/<study>`` per study,
+    ``meminject/eval``, ``meminject/inspect``); ``study``: only that study's."""
+    wanted = (
+        (lambda name: name == f"meminject/sweep/{study}") if study else (lambda name: name.startswith("meminject/"))
+    )
+    return [e.experiment_id for e in client.search_experiments() if wanted(e.name)]
+
+
+def mlflow_runs(tmp_path_or_uri, role: str | None = None, study: str | None = None):
+    """Every run of meminject's experiments (``role``: only 'sweep' or 'trial' runs; ``study``: one study's)."""
     from mlflow.tracking import MlflowClient
 
     uri = (
@@ -160,9 +174,9 @@ def mlflow_runs(tmp_path_or_uri, role: str | None = None):
         else f"sqlite:///{Path(tmp_path_or_uri) / 'mlflow.db'}"
     )
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("meminject")
-    assert experiment is not None, f"no meminject experiment in {uri}"
-    runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+    experiments = meminject_experiments(client, study)
+    assert experiments, f"no meminject experiment in {uri}"
+    runs = client.search_runs(experiments, max_results=10_000)
     return [r for r in runs if role is None or r.data.tags.get("meminject.role") == role]
 
 

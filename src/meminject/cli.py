@@ -5,7 +5,7 @@
     meminject worker study=NAME [storage=URL]   join a running sweep from another shell/machine
     meminject best   [study=NAME] [top=10]   ranked injection sites of a study
     meminject repair [storage=PATH] [drop_line=N]   check a study journal, drop a corrupt record
-    meminject ui     [port=5000] [open=true]   the MLflow UI, opened on the runs table
+    meminject ui     [study=NAME] [port=5000] [open=true]   the MLflow UI, opened on one study's runs table
 
 Every problem the user can fix ends in one line ``meminject: error: ...`` and exit status 2.
 """
@@ -33,7 +33,7 @@ HELP = {
     "best": "Print the ranked injection sites of a study (study=NAME top=K) and write them as CSV.",
     "repair": "Check a study journal (storage=PATH) and name a corrupt record; drop_line=N removes that record after a backup.",
     "inspect": "Project every layer's (and head's) attention output into vocabulary space for one prompt (the paper's head projector).",
-    "ui": "Start the MLflow UI on this project's tracking store (127.0.0.1) and print the URL of the experiment's runs table; Ctrl-C stops it.",
+    "ui": "Start the MLflow UI on this project's tracking store (127.0.0.1) and print the URL of one study's runs table (study=NAME); Ctrl-C stops it.",
 }
 
 EPILOG = """examples:
@@ -51,6 +51,7 @@ See README.md for the search-space grammar and running many workers."""
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     try:
         import optuna
 
@@ -68,6 +69,8 @@ def _quiet_libraries() -> None:
         "optuna",
         "huggingface_hub",
         "torch",
+        "matplotlib",  # "generated new fontManager" on a fresh machine
+        "PIL",
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -84,15 +87,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*TransformerBridge.*")
 
 
-EVAL_EPILOG = """keys (key=value, Hydra syntax; unknown keys are refused):
-  model=NAME data=NAME memory=NAME     config groups (conf/<group>/NAME.yaml; ./conf/<group>/ adds your own)
-  injection.layer=L injection.tweak=T  where and how strongly (τ); injection.site=layer|head|head_subspace, injection.head=H
-  memory.type=correct|pos|random|random_vector  memory.encoding=unembed|embed|layer
-  metric.answer=first_token|sequence   data.limit=N data.sample=N data.split=0.7 data.part=all|train|heldout
-  tracking.enabled=false tracking.uri=URL  perf.max_batch_tokens=N  seed=N
-every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Configuration)"""
-
-
 def _epilog(name: str) -> str:
     if name in ("sweep", "worker", "best", "repair"):
         try:
@@ -107,7 +101,11 @@ def _epilog(name: str) -> str:
         width = max(map(len, UI_SETTINGS)) + 2
         keys = "\n".join(f"  {k + '=':<{width}} {v}" for k, v in UI_SETTINGS.items())
         return f"ui keys (key=value):\n{keys}\n  tracking.uri=URL  the store to show (default: sqlite:///mlruns/mlflow.db of this folder)\n\n{EPILOG}"
-    return (EVAL_EPILOG + "\n\n" + EPILOG) if name == "eval" else EPILOG
+    if name == "eval":
+        from .views import eval_epilog
+
+        return eval_epilog() + "\n\n" + EPILOG
+    return EPILOG
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -138,6 +136,12 @@ def _build_parser() -> argparse.ArgumentParser:
                 "--inject", action="store_true", help="also show the view with the configured injection, side by side"
             )
             p.add_argument("--top", type=int, default=5, help="top-k tokens per layer/head (default 5)")
+            p.add_argument(
+                "--rows",
+                type=int,
+                default=15,
+                help="rows printed, best first (by the answer's rank, else the top logit; default 15; 0: all; the CSV holds all)",
+            )
             p.add_argument("--out", help="output folder (default outputs/inspect/<time>)")
     return parser
 

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, start_cli
+from conftest import meminject_experiments, run_cli, start_cli
 from servers import free_port, postgres_bin, postgres_cluster, require, wait_http
 
 PASSWORD = "pg-Secret-4711"
@@ -118,8 +118,7 @@ def test_three_workers_on_postgres_with_an_mlflow_server(postgres, tmp_path):
 
         # MLflow server on PostgreSQL: one parent, one finished run per complete trial, all under it.
         client = MlflowClient(tracking_uri=tracking)
-        experiment = client.get_experiment_by_name("meminject")
-        runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+        runs = client.search_runs(meminject_experiments(client, "pg-grid"), max_results=10_000)
         parents = [r for r in runs if r.data.tags.get("meminject.role") == "sweep"]
         trial_runs = [r for r in runs if r.data.tags.get("meminject.role") == "trial"]
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"

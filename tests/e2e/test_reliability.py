@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import TINY, run_cli, start_cli
+from conftest import TINY, meminject_experiments, run_cli, start_cli
 from meminject.sweep import open_storage
 
 
@@ -28,8 +28,7 @@ def _trial_runs(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("meminject")
-    runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+    runs = client.search_runs(meminject_experiments(client), max_results=10_000)
     return [r for r in runs if r.data.tags.get("meminject.role") == "trial"], [
         r for r in runs if r.data.tags.get("meminject.role") == "sweep"
     ]

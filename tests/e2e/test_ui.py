@@ -53,6 +53,9 @@ def small_sweep(tmp_path_factory):
             "memory.encoding=choice(unembed)",
         ]
         assert main(args) == 0
+        # a second study on other prompts and another layer: it must never share the first one's ranked table
+        other = [a for a in args if not a.startswith(("study=", "data.limit=", "injection.layer="))]
+        assert main([*other, "study=other", "data.limit=6", "injection.layer=choice(1)"]) == 0
     finally:
         os.chdir(cwd)
     return folder
@@ -74,7 +77,7 @@ def test_optuna_dashboard_serves_the_study(small_sweep):
         studies = json.loads(wait_http(f"http://127.0.0.1:{port}/api/studies"))
         summaries = studies.get("study_summaries", studies.get("studies"))
         assert summaries is not None, sorted(studies)
-        assert [s["study_name"] for s in summaries] == ["ui"]
+        assert sorted(s["study_name"] for s in summaries) == ["other", "ui"]
         assert [d.lower() for d in summaries[0]["directions"]] == ["maximize"]
     finally:
         server.terminate()
@@ -91,7 +94,7 @@ def test_mlflow_ui_lists_the_sweep_in_a_real_browser(small_sweep):
 
     db = f"sqlite:///{small_sweep / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=db)
-    experiment = client.get_experiment_by_name("meminject")
+    experiment = client.get_experiment_by_name("meminject/sweep/ui")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("meminject.role") == "sweep")
     trial = next(r for r in runs if r.data.tags.get("meminject.role") == "trial")
@@ -152,10 +155,10 @@ def test_mlflow_ui_lists_the_sweep_in_a_real_browser(small_sweep):
 
 
 @contextmanager
-def meminject_ui(folder: Path) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
-    """``meminject ui`` on the sweep's store, as a user starts it; yields the process, the URL
+def meminject_ui(folder: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
+    """``meminject ui [EXTRA]`` on the sweep's store, as a user starts it; yields the process, the URL
     it printed and the lines it printed so far. Always stopped with SIGINT (Ctrl-C)."""
-    proc = start_cli("ui", "port=0", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", cwd=folder)
+    proc = start_cli("ui", "port=0", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", *extra, cwd=folder)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 240
@@ -213,7 +216,7 @@ def test_meminject_ui_in_a_real_browser(small_sweep):
     from selenium.webdriver.support.ui import WebDriverWait
 
     client = MlflowClient(tracking_uri=f"sqlite:///{small_sweep / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("meminject")
+    experiment = client.get_experiment_by_name("meminject/sweep/ui")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("meminject.role") == "sweep")
     trial = next(r for r in runs if r.data.tags.get("meminject.role") == "trial")
@@ -223,7 +226,11 @@ def test_meminject_ui_in_a_real_browser(small_sweep):
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
         options.add_argument(flag)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with meminject_ui(small_sweep) as (_, url, _lines):
+    others = client.search_runs([client.get_experiment_by_name("meminject/sweep/other").experiment_id])
+    other_trials = {r.info.run_name for r in others if r.data.tags.get("meminject.role") == "trial"}
+    assert other_trials and not other_trials & {r.info.run_name for r in runs}  # told apart by their names
+    with meminject_ui(small_sweep, "study=ui") as (_, url, lines):
+        assert f"/experiments/{experiment.experiment_id}/runs" in url and "study ui" in "".join(lines)
         browser = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
             wait = WebDriverWait(browser, 60)
@@ -238,6 +245,9 @@ def test_meminject_ui_in_a_real_browser(small_sweep):
             browser.get(url)
             wait_for(trial.info.run_name, "ui_runs.png")  # the runs table, trials expanded under the sweep
             wait_for("mean_gain", "ui_runs.png")  # the saved view shows the objective column
+            table = browser.find_element("tag name", "body").text
+            # one study, one ranked table: the other study's parent and trials are not in it
+            assert "sweep other" not in table and not [name for name in other_trials if name in table], table[:1500]
             base = url.split("/#/")[0]
             browser.get(
                 f"{base}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}/artifacts/ranked_sites.json"

@@ -5,7 +5,7 @@ Nothing here imports another meminject layer; every layer may import this one.
 
 from ._errors import ConfigError, DataError, MemInjectError, ModelError, TrackingError, error_line, first_line
 from ._paths import cache_dir, conf_dir, mlruns_dir, outputs_dir, preset_dirs, project_root, user_conf_dir
-from ._progress import progress_bar
+from ._progress import progress_bar, stage
 from ._redaction import redact, redacted_config, redacted_container
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "mlruns_dir",
     "outputs_dir",
     "progress_bar",
+    "stage",
     "redact",
     "redacted_config",
     "redacted_container",

@@ -70,10 +70,12 @@ def cache_dir() -> Path:
     return base
 
 
-def mlruns_dir() -> Path:
-    """``./mlruns``: the default tracking store and study journal; created on demand."""
+def mlruns_dir(create: bool = True) -> Path:
+    """``./mlruns``: the default tracking store and study journal; created on demand
+    (``create=False``: only named, e.g. for a URL that is checked before anything is written)."""
     path = Path.cwd() / "mlruns"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -176,6 +176,9 @@ class CleanPass:
         The obscure pass also fills the prefix cache (residuals entering the cached layers).
         """
         if self._clean is None:
+            from ..core._progress import stage
+
+            stage(f"clean pass: {len(self.dataset)} prompts before any injection, then their explicit versions …")
             before, rank_before, _, logprob_before = self._answer_probs(self.obscure_batches, capture=True)
             explicit, _, _, logprob_explicit = self._answer_probs(
                 self._scored_batches(self.explicit_tokens), stage="explicit"

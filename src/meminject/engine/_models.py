@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,7 +31,17 @@ from ..core._errors import ConfigError, ModelError, first_line
 from ._packaged import load_packaged, packaged_shape
 from ._tiny import TINY_ARCHITECTURES, build_tiny
 
-__all__ = ["LoadedModel", "load_model", "unload_model", "model_bytes", "model_shape", "resolve_depth", "resolve_device"]
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "unload_model",
+    "model_bytes",
+    "model_shape",
+    "resolve_depth",
+    "resolve_device",
+    "Shape",
+    "config_shape",
+]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +164,21 @@ def resolve_depth(run: RunConfig) -> RunConfig:
     return dataclasses.replace(run, injection=run.injection.resolved(int(_model_shape(run.model)["n_layers"])))
 
 
+class Shape(NamedTuple):
+    """What :meth:`InjectionSpec.validate` reads of a model, from its config alone (no weights)."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+
+
+def config_shape(cfg: ModelConfig) -> Shape:
+    """The model's name, layer and head counts from its config (a layer out of range is refused
+    before any weights load or any file is written)."""
+    shape = _model_shape(cfg)
+    return Shape(str(cfg.name), int(shape["n_layers"]), int(shape["n_heads"]))
+
+
 @functools.lru_cache(maxsize=32)  # a ModelConfig is hashable; a GGUF's header is read once
 def _model_shape(cfg: ModelConfig) -> dict[str, Any]:
     """Layer and head counts of the ``model`` config node, and whether its unembedding is its
@@ -213,6 +238,9 @@ def load_model(cfg: Any) -> LoadedModel:
     if key in _CACHE:
         return _CACHE[key]
 
+    from ..core._progress import stage
+
+    stage(f"loading model {cfg.name} ({weights} weights, {str(dtype).removeprefix('torch.')}, {device}) …")
     from transformer_lens.model_bridge import TransformerBridge
 
     torch.set_grad_enabled(False)

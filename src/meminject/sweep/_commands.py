@@ -40,7 +40,7 @@ from ._settings import (
 )
 from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
-from ._study import ATTR_PARENT, budget, counted, preflight, prepare_study, stored_spec
+from ._study import ATTR_PARENT, budget, budget_line, counted, name_study, preflight, prepare_study, stored_spec
 from ._run import signals_held
 from ._trial import TrialRunner
 from ._worker import run_worker
@@ -98,8 +98,8 @@ def _heartbeat_setting(settings: dict[str, str]) -> tuple[int, int] | None:
     return interval, grace
 
 
-def _tracker(base) -> Tracker | None:
-    tracker = Tracker.from_config(base)
+def _tracker(base, study: str) -> Tracker | None:
+    tracker = Tracker.from_config(base, study=study)
     if tracker is not None:
         try:
             tracker.check_reachable()
@@ -122,7 +122,7 @@ def cmd_sweep(args: Sequence[str]) -> int:
     heartbeat = _heartbeat_setting(settings)
     storage_url = settings.get("storage")
     resolved = preflight(spec)  # the whole input checked before any study, run, file or folder exists
-    tracker = _tracker(resolved[0])
+    tracker = _tracker(resolved[0], name_study(spec, resolved[0]))
     study, space, base = prepare_study(spec, storage_url, heartbeat, resolved)
     start_parent_run(study, spec, base, tracker, storage_url)
     total = budget(spec, space)
@@ -135,7 +135,12 @@ def cmd_sweep(args: Sequence[str]) -> int:
     )
     print(f"  storage {where} · workers {workers}" + (f" · MLflow {redact(tracking_uri(base))}" if tracker else ""))
     done_before = len(counted(study))
-    if done_before >= total and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    resumed = budget_line(spec.study_name, total, done_before)
+    if resumed:
+        print(resumed)
+    if done_before > total:
+        pass  # the budget line said it: nothing to run
+    elif done_before == total and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         print(f"study {spec.study_name} is complete ({done_before} trials): nothing to run")
     elif workers == 0:
         # Prepare only: the study, its grid queue and the parent run exist; workers start anywhere.
@@ -241,7 +246,7 @@ def cmd_best(args: Sequence[str]) -> int:
     if several_models(table):  # a model axis: each model's own ranking too, and its own held-out check
         print(f"\nwithin each model (top {top}):\n{format_per_model(table, top)}")
     print(f"table: {path}")
-    tracker = Tracker.from_config(base) if base is not None else None
+    tracker = Tracker.from_config(base, study=name) if base is not None else None
     parent = study.user_attrs.get(ATTR_PARENT)
     if tracker is not None and parent:
         tracker.log_file(parent, path)

@@ -22,7 +22,7 @@ import pandas as pd
 from ..config import with_values
 from ..core._errors import ConfigError
 from ..engine._memories import MEMORY_TYPES
-from ..core._progress import progress_bar
+from ..core._progress import progress_bar, stage
 from ..tracking._schema import site_config, site_label
 from ._stats import bootstrap_mean_ci, holm, paired_sign_flip_p
 from ._trial import TrialRunner
@@ -56,6 +56,10 @@ def heldout_report(
     base = [o for o in base_overrides if not o.startswith("data.part=")]
     records = []
     # one step per evaluation (a site, then each control at it), on stderr: minutes otherwise silent
+    stage(
+        f"held-out check: {len(sites)} sites, each with {len(controls)} controls ({', '.join(controls) or 'none'}), "
+        f"on the held-out prompts ({len(sites) * (1 + len(controls))} evaluations) …"
+    )
     bar = progress_bar(len(sites) * (1 + len(controls)), "held-out check", "eval")
     with bar:
         for _, site in sites.iterrows():

@@ -66,6 +66,7 @@ def start_parent_run(
             tracker.log_text(parent, "base_config.yaml", to_yaml(redacted_container(base)))
             study.set_user_attr(ATTR_PARENT, parent)
             return
+    tracker.follow(parent)
     tracker.reopen(parent)
     reconcile_runs(study, spec, tracker)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..core._progress import progress_bar
+from ..core._progress import progress_bar, stage
 from ..tracking._schema import site_config, site_label
 from ._trial import TrialRunner
 
@@ -38,6 +38,7 @@ def float32_recheck(
     runner = runner or TrialRunner()
     sites, rest = ranked.head(top), ranked.iloc[top:]
     summaries = []
+    stage(f"float32 re-check: the top {len(sites)} sites of a {dtype} sweep, on its prompts …")
     with progress_bar(len(sites), "float32 re-check", "eval") as bar:
         for _, site in sites.iterrows():
             bar.set_postfix_str(site_label(site.to_dict()), refresh=False)

@@ -2,13 +2,14 @@
 
 Every trial run carries the whole resolved config, flattened (``injection.scale``,
 ``metric.answer``, ``memory.draw``, ``data.split``, …), its site record, the hook it
-touched, the dataset's hash, the per-prompt table, the config and a per-prompt gain chart.
+touched, the dataset's hash, the per-prompt table, the config (and, with tracking.trial_figures, a per-prompt gain chart).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import tempfile
@@ -107,8 +108,25 @@ def record_in_mlflow(
 
 
 def reconciled_params(cfg: RunConfig) -> dict[str, Any]:
-    """The params of a trial run written after the fact (from the study alone, on resume)."""
-    return {**_config_and_site(cfg, redacted_container(cfg)), "hook": cfg.point.hook_name}
+    """The params of a trial run written after the fact (from the study alone, on resume): the
+    same columns as a live trial's (the dataset, its hash and size included), less what only
+    the run itself knew (how many trials shared its forward pass)."""
+    dataset = _dataset(cfg.data)
+    return {
+        **_config_and_site(cfg, redacted_container(cfg)),
+        "hook": cfg.point.hook_name,
+        "dataset": dataset.name,
+        "dataset_hash": dataset.content_hash,
+        "n_prompts": len(dataset),
+        "memory.word_source": word_source(cfg.memory),
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(data_cfg: Any) -> Any:
+    from ..data._dataset import load_dataset
+
+    return load_dataset(data_cfg)
 
 
 _MALLOC_TRIM: Any = None

@@ -13,7 +13,7 @@ import fcntl
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import optuna
 import optuna.distributions as od
@@ -23,7 +23,7 @@ from ..tracking._schema import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPACE, ATTR_SPE
 from ..config import ModelConfig, RunConfig, load_run_config, needs_compose, with_values
 from ..core._errors import ConfigError
 from ..engine._spec import InjectionSpec
-from ..engine._models import model_shape
+from ..engine._models import Shape, model_shape
 from ._grid import (
     DONE,
     canonical_params,
@@ -48,6 +48,7 @@ __all__ = [
     "resolve_space",
     "space_of",
     "prepare_study",
+    "name_study",
     "preflight",
     "budget",
     "counted",
@@ -61,6 +62,8 @@ __all__ = [
     "leader",
     "create_kwargs",
     "stored_spec",
+    "stored_budget",
+    "budget_line",
 ]
 
 log = logging.getLogger("meminject")
@@ -149,7 +152,7 @@ def _check_axis_values(spec: SweepSpec, base: RunConfig, space: SearchSpace) -> 
     probe = load_run_config([*spec.overrides, *(f"{k}={first[k]}" for k in composed)]) if composed else base
     probe = with_values(probe, {k: v for k, v in first.items() if k not in composed})
     shapes = [
-        _Shape(str(s["model"]), int(s["n_layers"]), int(s["n_heads"]))
+        Shape(str(s["model"]), int(s["n_layers"]), int(s["n_heads"]))
         for s in (model_shape(m) for m in sweep_models(spec, base))
     ]
 
@@ -164,14 +167,6 @@ def _check_axis_values(spec: SweepSpec, base: RunConfig, space: SearchSpace) -> 
             continue
         for value in _checked_values(axis.distribution):
             check(with_values(probe, {axis.key: value}))
-
-
-class _Shape(NamedTuple):
-    """What :meth:`InjectionSpec.validate` reads of a model, from its config alone (no weights)."""
-
-    name: str
-    n_layers: int
-    n_heads: int
 
 
 def preflight(spec: SweepSpec) -> tuple[RunConfig, SearchSpace]:
@@ -320,15 +315,8 @@ def _check_unchanged(old: SweepSpec, spec: SweepSpec) -> None:
         )
 
 
-def prepare_study(
-    spec: SweepSpec,
-    storage_url: str | None,
-    heartbeat: tuple[int, int] | None = None,
-    resolved: tuple[RunConfig, SearchSpace] | None = None,
-) -> tuple[optuna.Study, SearchSpace, RunConfig]:
-    """Create or resume the study; enqueue missing grid points; store the sweep spec
-    (``resolved``: what :func:`preflight` returned for this spec, so it is not resolved twice)."""
-    base, space = resolved or resolve_space(spec)
+def name_study(spec: SweepSpec, base: RunConfig) -> str:
+    """The study's name (``study=``, else ``<sweep>-<model>-<data>``), checked and set on ``spec``."""
     # data.path names the data by its file (its stem, in the study name's alphabet): another file is another study
     data = (
         "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(base.data.path)).stem)
@@ -337,6 +325,23 @@ def prepare_study(
     )
     models = "_".join(m.name for m in sweep_models(spec, base))  # a model axis: every model in the name
     spec.study_name = check_study_name(spec.study_name or f"{spec.name}-{models}-{data}")
+    return spec.study_name
+
+
+def prepare_study(
+    spec: SweepSpec,
+    storage_url: str | None,
+    heartbeat: tuple[int, int] | None = None,
+    resolved: tuple[RunConfig, SearchSpace] | None = None,
+) -> tuple[optuna.Study, SearchSpace, RunConfig]:
+    """Create or resume the study; enqueue missing grid points; store the sweep spec
+    (``resolved``: what :func:`preflight` returned for this spec, so it is not resolved twice).
+
+    ``n_trials`` is the study's budget in total: a resumed study stores the new one (its other
+    settings must be unchanged), so every worker runs up to it; :func:`stored_budget` tells what
+    the study held before (for the start line)."""
+    base, space = resolved or resolve_space(spec)
+    name_study(spec, base)
     storage = open_storage(storage_url)
     with storage_lock(storage_url, storage):
         study = optuna.create_study(
@@ -348,8 +353,14 @@ def prepare_study(
             **create_kwargs(spec),
         )
         stored = study.user_attrs.get(ATTR_SPEC)
+        _PREVIOUS[spec.study_name] = None
         if stored is not None:
-            _check_unchanged(SweepSpec.from_json(stored), spec)
+            old = SweepSpec.from_json(stored)
+            _check_unchanged(old, spec)
+            _PREVIOUS[spec.study_name] = budget(old, space)
+            if old.n_trials != spec.n_trials:  # n_trials=N means N in total: the new budget is the study's
+                old.n_trials = spec.n_trials
+                study.set_user_attr(ATTR_SPEC, old.to_json())
         else:
             study.set_user_attr(ATTR_SPEC, spec.to_json())
         if heartbeat is not None:
@@ -358,6 +369,29 @@ def prepare_study(
         if spec.sampler == "grid":
             enqueue_missing(study, spec, space)
     return study, space, base
+
+
+_PREVIOUS: dict[str, int | None] = {}  # study name -> the budget it held before this process's prepare_study
+
+
+def stored_budget(study_name: str) -> int | None:
+    """The budget the study held when :func:`prepare_study` resumed it here (None: it was new)."""
+    return _PREVIOUS.get(study_name)
+
+
+def budget_line(study_name: str, total: int, done: int) -> str | None:
+    """The start line of a resumed study: the stored budget, the new one and what runs now
+    (None for a new study: the sweep's header already gives its budget)."""
+    before = stored_budget(study_name)
+    if before is None:
+        return None
+    if total < done:
+        return (
+            f"  budget: n_trials={total} is below the {done} trials already done (stored budget {before}): nothing to run; "
+            f"n_trials is the study's total, so n_trials={done + 1} or more adds trials"
+        )
+    change = f"stored budget {before}, now {total}" if before != total else f"budget {total} (as stored)"
+    return f"  resuming: {change} · {done} trials done · {total - done} to run"
 
 
 def register_worker(study: optuna.Study, storage_url: str | None) -> int:

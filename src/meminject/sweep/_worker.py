@@ -75,12 +75,14 @@ def run_worker(
     base = load_run_config(spec.overrides)
     space = space_of(spec, base)
     total = budget(spec, space)
-    tracker = Tracker.from_config(base)
+    tracker = Tracker.from_config(base, study=study_name)
+    if tracker is not None:
+        tracker.follow(study.user_attrs.get(ATTR_PARENT))
     recovery.tracker = tracker
     runner = TrialRunner(
         chunks=spec.chunks, stack_chunks=spec.sampler == "grid"
     )  # grid points come in same-layer runs (see _study)
-    bar = _progress_bar(study, study_name, total) if progress else None
+    bar = None  # made when a first trial is asked: no bar at 100% when there was nothing to run
     ran = 0
     per_forward = runner.trials_per_forward(base)
     waiter = _RunningWaiter(int(interval), int(grace))
@@ -96,6 +98,8 @@ def run_worker(
                 if waiter.should_wait(study):
                     continue  # other workers' trials still running: they finish, or go stale and come back to us
                 break
+            if progress and bar is None:
+                bar = _progress_bar(study, study_name, total)
             try:
                 run_trials(context, asked)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is survivable
@@ -284,6 +288,8 @@ def _ask_trials(study: optuna.Study, spec: SweepSpec, space: Any, total: int, wa
     recover_stale_trials(study)  # a dead worker's trials: failed, their points re-queued
     for _ in range(want):
         if spec.sampler == "grid":
+            if len(counted(study)) >= total:  # a budget lowered below the queued points: they wait
+                break
             trial = pop_queued_trial(study)
             if trial is None:
                 break

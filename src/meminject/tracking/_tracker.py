@@ -31,6 +31,8 @@ __all__ = [
     "Tracker",
     "TrackingError",
     "EXPERIMENT_KIND",
+    "experiment_name",
+    "studies_prefix",
 ]
 
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model development.
@@ -45,7 +47,23 @@ def tracking_uri(run: RunConfig) -> str:
     """``tracking.uri``, or the SQLite store in this folder's ``mlruns/``."""
     if run.tracking.uri:
         return run.tracking.uri
-    return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+    return f"sqlite:///{mlruns_dir(create=False) / 'mlflow.db'}"  # created by the Tracker, when a run is written
+
+
+def experiment_name(run: RunConfig, *, study: str | None = None, command: str | None = None) -> str:
+    """The MLflow experiment of a study's runs (``<tracking.experiment>/sweep/<study>``: one
+    ranked table per study, never two datasets' gains side by side) or of one command's runs
+    (``<tracking.experiment>/eval``, ``/inspect``)."""
+    if study:
+        return f"{studies_prefix(run)}{study}"
+    if not command:
+        raise ValueError("experiment_name needs a study or a command")
+    return f"{run.tracking.experiment}/{command}"
+
+
+def studies_prefix(run: RunConfig) -> str:
+    """What every study's experiment name starts with (``meminject/sweep/``)."""
+    return f"{run.tracking.experiment}/sweep/"
 
 
 def retry_seconds(run: RunConfig) -> float:
@@ -88,10 +106,11 @@ def log_eval_run(
     summary: dict,
     out_dir: Path,
     started_ms: int | None = None,
+    ended_ms: int | None = None,
 ) -> str:
     """``meminject eval``'s run: the same flat, redacted config a sweep's trial run logs, with
     the hook it touched, the summary as metrics, and the tables as artifacts."""
-    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, retry_seconds(cfg))
+    tracker = Tracker(tracking_uri(cfg), experiment_name(cfg, command="eval"), retry_seconds(cfg))
     params = {
         **flat_config(redacted_container(cfg)),
         "model": summary["model"],
@@ -105,7 +124,7 @@ def log_eval_run(
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     artifacts = {name: out_dir / name for name in ("per_prompt.csv", "config.yaml", "summary.json")}
     name = f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak:g}"
-    return tracker.record_run(name, {TAG_COMMAND: "eval"}, params, metrics, artifacts, started_ms)
+    return tracker.record_run(name, {TAG_COMMAND: "eval"}, params, metrics, artifacts, started_ms, ended_ms)
 
 
 def probe_server(uri: str, timeout: float = 10.0) -> None:
@@ -160,6 +179,9 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         probe_server(uri)
+        store = sqlite_path(uri)
+        if store is not None:  # ./mlruns (or the store's folder) exists once a run is written, not before
+            store.parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.retry_s = float(retry_s)
         # every call (also search.py's tracker.client.get_run/set_tag) retries transient errors
@@ -173,10 +195,12 @@ class Tracker:
             ) from exc
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> "Tracker | None":
+    def from_config(cls, cfg: RunConfig, *, study: str | None = None, command: str | None = None) -> "Tracker | None":
+        """The tracker of a study's runs (``study=``) or of one command's (``command=``): each
+        has its own experiment (:func:`experiment_name`); None with ``tracking.enabled=false``."""
         if not cfg.tracking.enabled:
             return None
-        return cls(tracking_uri(cfg), str(cfg.tracking.experiment), retry_seconds(cfg))
+        return cls(tracking_uri(cfg), experiment_name(cfg, study=study, command=command), retry_seconds(cfg))
 
     def check_reachable(self) -> None:
         """Fail before any trial when the tracking server cannot be reached."""
@@ -188,6 +212,12 @@ class Tracker:
         )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def follow(self, parent_run_id: str | None) -> None:
+        """Put the runs still to come beside the study's parent run: a study resumed from a store
+        of an older meminject keeps its runs in the one experiment it began in."""
+        if parent_run_id:
+            self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
 
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
@@ -270,14 +300,16 @@ class Tracker:
         metrics: dict[str, Any],
         artifacts: dict[str, str | Path],
         started_ms: int | None = None,
+        ended_ms: int | None = None,
     ) -> str:
         """A whole run of one command (``eval``, ``inspect``): created, filled as a trial's is,
-        and closed; a failure part-way closes it FAILED. ``started_ms`` is when the work began
-        (the run's duration is then the work's, not the logging's)."""
+        and closed; a failure part-way closes it FAILED. ``started_ms`` and ``ended_ms`` are when
+        the work began and ended (the run's duration is then the work's, not the logging's)."""
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags, start_time=started_ms)
         self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         try:
-            self.finish_trial(run.info.run_id, params, metrics, artifacts)
+            self.finish_trial(run.info.run_id, params, metrics, artifacts, terminate=False)
+            self.client.set_terminated(run.info.run_id, "FINISHED", end_time=ended_ms)
         except BaseException:
             try:  # once, without retries: after a TrackingError they would wait as long again
                 self.client.unwrapped.set_terminated(run.info.run_id, "FAILED")

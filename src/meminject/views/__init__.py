@@ -5,8 +5,18 @@ commands come from :mod:`meminject.sweep`. :mod:`meminject.cli` only parses and 
 """
 
 from ..sweep import cmd_best, cmd_repair, cmd_sweep, cmd_worker, help_epilog
-from ._eval import cmd_eval
+from ._eval import cmd_eval, eval_epilog
 from ._inspect_command import cmd_inspect
 from ._ui import cmd_ui
 
-__all__ = ["cmd_eval", "cmd_inspect", "cmd_ui", "cmd_sweep", "cmd_worker", "cmd_best", "cmd_repair", "help_epilog"]
+__all__ = [
+    "cmd_eval",
+    "eval_epilog",
+    "cmd_inspect",
+    "cmd_ui",
+    "cmd_sweep",
+    "cmd_worker",
+    "cmd_best",
+    "cmd_repair",
+    "help_epilog",
+]

@@ -9,7 +9,24 @@ from typing import Sequence
 
 from ..core._errors import MemInjectError, first_line
 
-__all__ = ["cmd_eval", "batch_progress", "progress_bar_for", "default_output_dir"]
+__all__ = ["cmd_eval", "eval_epilog", "batch_progress", "progress_bar_for", "default_output_dir"]
+
+
+def eval_epilog() -> str:
+    """``eval --help``'s keys, every enumerated value from the config's own lists (no type left out)."""
+    from ..config._choices import ENCODINGS, MEMORY_TYPES, SITES
+    from ..core._paths import conf_dir
+
+    presets = sorted(p.stem for p in (conf_dir() / "memory").glob("*.yaml") if not p.stem.startswith("_"))
+    return f"""keys (key=value, Hydra syntax; unknown keys are refused):
+  model=NAME data=NAME memory=NAME     config groups (conf/<group>/NAME.yaml; ./conf/<group>/ adds your own)
+  memory=NAME                          {", ".join(presets)}
+  injection.layer=L injection.tweak=T  where and how strongly (τ); injection.site={"|".join(SITES)}, injection.head=H
+  memory.type={"|".join(MEMORY_TYPES)}  (*_matched: the plain control's words at the correct memory's norm)
+  memory.encoding={"|".join(ENCODINGS)}
+  metric.answer=first_token|sequence   data.limit=N data.sample=N data.split=0.7 data.part=all|train|heldout
+  tracking.enabled=false tracking.uri=URL  perf.max_batch_tokens=N  seed=N
+every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Configuration)"""
 
 
 def default_output_dir(command: str, tag: str) -> Path:
@@ -54,19 +71,20 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from ..config import load_run_config
     from ..data._dataset import load_dataset
     from ..engine._evaluation import Evaluator, InjectionSpec
-    from ..engine._models import load_model, resolve_depth
+    from ..engine._models import config_shape, load_model, resolve_depth
     from ..tracking._tracker import log_eval_run, probe_server, redact, tracking_uri
 
     cfg = resolve_depth(load_run_config(overrides))  # a relative depth names a layer of the model
-    started_ms = int(time.time() * 1000)  # the run's duration is the evaluation's
     spec = InjectionSpec.from_config(cfg)
-    spec.validate()  # model-independent checks before the model loads
+    spec.validate(
+        config_shape(cfg.model)
+    )  # the layer and head against the model's config, before anything loads or is written
     if cfg.tracking.enabled:
         probe_server(tracking_uri(cfg))  # an unreachable tracking server is refused before any work
     dataset = load_dataset(cfg.data)
     model = load_model(cfg.model)
     spec.validate(model)
-    started = time.perf_counter()
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)  # the run's duration is the evaluation's
     with progress_bar_for(f"eval {_data_label(cfg.data, dataset)}", len(dataset)) as bar:
         evaluator = Evaluator.from_config(model, dataset, cfg)
         if hasattr(evaluator, "progress"):  # batch-level progress, where the engine reports it
@@ -83,7 +101,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     _print_result(cfg, model, dataset, spec, result, wall, out_dir)
     if cfg.tracking.enabled:
         try:
-            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms)
+            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms, started_ms + round(wall * 1000))
         except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
             raise MemInjectError(
                 f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}"

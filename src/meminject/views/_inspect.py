@@ -247,8 +247,42 @@ def side_by_side(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     return before[keys + cols].merge(after[keys + cols], on=keys, suffixes=("_before", "_after"))
 
 
-def format_table(table: pd.DataFrame, answer: bool) -> str:
-    shown = table.copy()
+SHOWN_ROWS = 15  # inspect prints this many rows by default (--rows 0: all; the CSV holds every row)
+TOKEN_WIDTH = 16  # one token as Python writes it ('\n', ' the'), cut to this many characters
+TOKENS_WIDTH = 44  # the top-k tokens of a row, the same way
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _shown_token(token: Any) -> str:
+    """A raw token as its repr (spaces, newlines and control characters visible), of bounded width."""
+    return _fit(repr(str(token)), TOKEN_WIDTH)
+
+
+def _shown_tokens(joined: Any) -> str:
+    return _fit(" ".join(repr(t) for t in str(joined).split("|")), TOKENS_WIDTH)
+
+
+def best_rows(table: pd.DataFrame, answer: bool, rows: int) -> pd.DataFrame:
+    """The ``rows`` best rows (all for ``rows=0``): by the answer's rank (after an injection,
+    when the table has both), else by the top token's logit."""
+    rank = next((c for c in ("answer_rank_after", "answer_rank") if c in table.columns), None)
+    if answer and rank is not None:
+        ordered = table.sort_values(rank, kind="stable")
+    elif "top_logits" in table.columns:
+        first = table["top_logits"].astype(str).str.split(" ").str[0].astype(float)
+        ordered = table.loc[first.sort_values(ascending=False, kind="stable").index]
+    else:
+        ordered = table
+    return ordered if rows == 0 else ordered.head(rows)
+
+
+def format_table(table: pd.DataFrame, answer: bool, rows: int = 0) -> str:
+    """The table as printed: the ``rows`` best rows (0: all), tokens as their repr in columns of
+    fixed width, so a newline, a tab or a long token cannot break the layout."""
+    shown = best_rows(table, answer, rows).copy()
     columns = [
         c
         for c in (
@@ -268,7 +302,16 @@ def format_table(table: pd.DataFrame, answer: bool) -> str:
     ]
     if not answer:
         columns = [c for c in columns if not c.startswith("answer_")]
-    return shown[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}")
+    if "token" in shown.columns:
+        shown["token"] = shown["token"].map(_shown_token)
+    for column in ("top_tokens", "top_tokens_before", "top_tokens_after"):
+        if column in shown.columns:
+            shown[column] = shown[column].map(_shown_tokens)
+    text_columns = [c for c in columns if c == "token" or c.startswith("top_tokens")]
+    formatters = {c: (lambda w: lambda v: f"{v:<{w}}")(int(shown[c].str.len().max() or 0)) for c in text_columns}
+    return shown[columns].to_string(
+        index=False, float_format=lambda v: f"{v:.2f}", formatters=formatters, justify="left"
+    )
 
 
-__all__ += ["side_by_side", "format_table"]
+__all__ += ["side_by_side", "format_table", "best_rows", "SHOWN_ROWS"]

@@ -39,7 +39,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     table.to_csv(out_dir / "projection.csv", index=False)
     figure = heatmap(after.table if args.inject else before.table, out_dir / "heads.png", title, answer=answer)
     print(title)
-    print(format_table(table, answer is not None))
+    print(format_table(table, answer is not None, rows=args.rows))
+    if 0 < args.rows < len(table):
+        best = "the answer's rank" if answer is not None else "the top token's logit"
+        print(f"({args.rows} of {len(table)} rows, best by {best} first; --rows 0 prints all)")
     print(f"table: {out_dir / 'projection.csv'} · figure: {figure}")
     if cfg.tracking.enabled:
         _log_inspect_run(args, cfg, model, prompt, out_dir, figure)
@@ -66,6 +69,8 @@ def _inspected_texts(args: argparse.Namespace, cfg: RunConfig) -> tuple[str, str
         raise ConfigError("inspect needs --prompt TEXT or --row N")
     if args.top < 1:
         raise ConfigError(f"--top {args.top} must be >= 1")
+    if args.rows < 0:
+        raise ConfigError(f"--rows {args.rows} must be >= 0 (0: every row)")
     if answer is not None and not answer.startswith(" "):
         answer = " " + answer  # the paper's answers follow a space
     return prompt, answer, memory
@@ -114,7 +119,7 @@ def _log_inspect_run(
     hooks = "blocks.*.hook_attn_out" + (" + blocks.*.attn.hook_result" if args.heads else "")
     params = {**flat_config(redacted_container(cfg)), "prompt": prompt[:500], "hook": hooks}
     artifacts = {"projection.csv": out_dir / "projection.csv", Path(figure).name: Path(figure)}
-    run_id = Tracker.from_config(cfg).record_run(
+    run_id = Tracker.from_config(cfg, command="inspect").record_run(
         f"inspect {model.name}", {TAG_COMMAND: "inspect"}, params, {}, artifacts
     )
     print(f"MLflow run {run_id}")

@@ -3,7 +3,8 @@
 ``mlflow ui`` alone opens MLflow 3 on its GenAI overview, 4-5 clicks from the runs, with
 params and metrics hidden. This command starts the MLflow server on the store that
 meminject writes (``tracking.uri``, by default ``./mlruns/mlflow.db``), bound to 127.0.0.1,
-marks the experiment as model development (MLflow then opens it on its runs), saves a view
+opens one study's experiment (``study=NAME``; each study has its own, so no table ranks two
+datasets' gains together), marks it as model development (MLflow then opens it on its runs), saves a view
 of the runs table (sorted by ``mean_gain``, the key params and metrics shown) in the
 experiment, and prints the URL of that view; ``open=true`` opens it in a browser. Ctrl-C
 stops the server and exits.
@@ -29,7 +30,8 @@ __all__ = ["UI_SETTINGS", "cmd_ui", "runs_url", "VIEW_KEY"]
 UI_SETTINGS = {
     "port": "port on 127.0.0.1 (default 5000; 0 = any free port)",
     "open": "true: also open the URL in a browser (default false)",
-    "experiment": "MLflow experiment to show (default: tracking.experiment, meminject)",
+    "study": "the study whose runs to show: each study has its own experiment, meminject/sweep/NAME (default: the study created last)",
+    "experiment": "an MLflow experiment to show by name instead (e.g. meminject/eval, meminject/inspect)",
 }
 VIEW_KEY = "meminject-runs"  # the saved view of the runs table (an experiment tag MLflow's UI reads)
 # Columns of the saved view: the objective and the site of each trial (MLflow's column keys).
@@ -39,6 +41,8 @@ VIEW_COLUMNS = [
     "metrics.`frac_improved`",
     "metrics.`mean_prob_after`",
     "metrics.`n_prompts`",
+    "params.`dataset`",
+    "params.`model`",
     "params.`injection.layer`",
     "params.`injection.tweak`",
     "params.`memory.encoding`",
@@ -110,19 +114,50 @@ def _store(cfg: Any) -> str:
     return uri
 
 
-def _experiment(uri: str, name: str) -> str:
-    """The experiment's id; marks it as model development and saves the runs-table view."""
+def _chosen(client: Any, cfg: Any, settings: dict[str, str]) -> tuple[Any, str]:
+    """The experiment to open, and a line saying which (``study=``, ``experiment=``, else the
+    study created last, naming the others)."""
+    from ..tracking._tracker import experiment_name, studies_prefix
+
+    prefix = studies_prefix(cfg)
+    experiments = client.search_experiments()
+    studies = sorted(
+        (e for e in experiments if e.name.startswith(prefix)),
+        key=lambda e: e.creation_time or 0,
+        reverse=True,
+    )
+    names = [e.name[len(prefix) :] for e in studies]
+    if "study" in settings and "experiment" in settings:
+        raise ConfigError("pass study=NAME or experiment=NAME, not both")
+    if "experiment" in settings or ("study" not in settings and not studies):
+        name = settings.get("experiment") or experiment_name(cfg, command="eval")
+        found = next((e for e in experiments if e.name == name), None)
+        if found is None:
+            raise ConfigError(
+                f"experiment={name!r} is not in this store (experiments: {', '.join(e.name for e in experiments) or 'none'}); "
+                "pass experiment=NAME"
+            )
+        return found, f"experiment {name}"
+    if "study" in settings:
+        if settings["study"] not in names:
+            raise ConfigError(
+                f"study={settings['study']!r} has no runs in this store (studies: {', '.join(names) or 'none'}); pass study=NAME"
+            )
+        index = names.index(settings["study"])
+        return studies[index], f"study {names[index]}"
+    others = f" (other studies: {', '.join(names[1:])}; pass study=NAME)" if len(names) > 1 else ""
+    return studies[0], f"study {names[0]}{others}"
+
+
+def _experiment(uri: str, cfg: Any, settings: dict[str, str]) -> tuple[str, str]:
+    """The chosen experiment's id and what it is; marks it as model development and saves the
+    runs-table view."""
     from mlflow.tracking import MlflowClient
 
     from ..tracking._tracker import EXPERIMENT_KIND
 
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        names = [e.name for e in client.search_experiments()]
-        raise ConfigError(
-            f"experiment={name!r} is not in this store (experiments: {', '.join(names) or 'none'}); pass experiment=NAME"
-        )
+    experiment, what = _chosen(client, cfg, settings)
     if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
         client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
     client.set_experiment_tag(
@@ -130,7 +165,7 @@ def _experiment(uri: str, name: str) -> str:
         f"mlflow.sharedViewState.{VIEW_KEY}",
         json.dumps(_view_state(client, experiment.experiment_id)),
     )
-    return experiment.experiment_id
+    return experiment.experiment_id, what
 
 
 def _view_state(client: Any, experiment_id: str) -> dict[str, Any]:
@@ -222,7 +257,11 @@ def cmd_ui(args: Sequence[str]) -> int:
     port = _port(settings.get("port", "5000"))
     cfg = load_run_config(overrides)  # unknown keys are refused by name
     uri = _store(cfg)
-    experiment_id = _experiment(uri, settings.get("experiment") or str(cfg.tracking.experiment))
+    if "study" in settings:
+        from ..sweep._settings import check_study_name
+
+        check_study_name(settings["study"])
+    experiment_id, what = _experiment(uri, cfg, settings)
     base = f"http://127.0.0.1:{port}"
     db = sqlite_path(uri)
     log_path = (db.parent if db is not None else Path.cwd()) / "ui.log"
@@ -230,7 +269,7 @@ def cmd_ui(args: Sequence[str]) -> int:
     try:
         _wait_ready(server, base, log_path)
         url = runs_url(base, experiment_id)
-        print(f"MLflow UI on {uri}: {url}", flush=True)
+        print(f"MLflow UI on {uri}, {what}: {url}", flush=True)
         print("  (Ctrl-C stops it; server log: " + str(log_path) + ")", flush=True)
         if opening:
             import webbrowser

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, complete_points, load, mlflow_runs, run_cli, start_cli, sweep_args
+from conftest import ROOT, complete_points, load, mlflow_runs, run_cli, start_cli, sweep_args, without_stages
 from meminject.cli import main
 from meminject.sweep import open_storage
 
@@ -273,8 +273,8 @@ def test_stacked_trials_give_the_same_grid_as_one_at_a_time(tmp_path, monkeypatc
             json.dumps(t.params, sort_keys=True): (t.value, t.user_attrs["mean_prob_after"])
             for t in study.get_trials(states=(TrialState.COMPLETE,))
         }
-        runs = [r for r in mlflow_runs(tmp_path, "trial") if r.data.tags.get("meminject.study") == name]
-        assert len(runs) == 3 * 3 * 2
+        runs = mlflow_runs(tmp_path, "trial", study=name)  # each study has its own experiment: its runs only
+        assert len(runs) == 3 * 3 * 2 and {r.data.tags.get("meminject.study") for r in runs} == {name}
         stacked = {int(r.data.params["trials_per_forward"]) for r in runs}
         assert max(stacked) == per_forward, f"trials_per_forward={per_forward}: runs were stacked {stacked}"
     assert tables[1].keys() == tables[4].keys() and len(tables[1]) == 3 * 3 * 2
@@ -361,7 +361,7 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
 
     monkeypatch.setattr(Tracker, "finish_trial", failing)
     assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = without_stages(capsys.readouterr().err.strip().splitlines())
     assert len(err) == 1 and "are saved in the study, but MLflow" in err[0] and "rerun the same command" in err[0], err
     study = load(tmp_path, "flaky")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3  # the third result was kept
@@ -371,13 +371,14 @@ def test_a_tracking_store_failing_mid_sweep_keeps_results_in_optuna_and_writes_t
     study = load(tmp_path, "flaky")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 3 * 2
-    runs = mlflow_runs(tmp_path, "trial")
+    runs = mlflow_runs(tmp_path, "trial", study="flaky")  # the runs written on resume land in the study's experiment
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["meminject.trial_number"]) for r in finished) == sorted(t.number for t in complete)
     for run in finished:
         trial = study.trials[int(run.data.tags["meminject.trial_number"])]
         assert run.data.metrics["mean_gain"] == pytest.approx(trial.value)
         assert int(run.data.params["injection.layer"]) == trial.params["injection.layer"]
+        assert (run.data.params["dataset"], run.data.params["n_prompts"]) == ("demo:train", "4")  # the table's columns
     assert [r.info.status for r in mlflow_runs(tmp_path, "sweep")] == ["FINISHED"]
 
 

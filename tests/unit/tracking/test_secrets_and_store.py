@@ -277,6 +277,7 @@ def _locked(made_store: Path, db: Path) -> sqlite3.Connection:
 _NO_SQLITE_WAIT = "?timeout=0.01"
 
 
+@pytest.mark.slow  # starts processes (a fresh MLflow store's migrations take seconds each)
 def test_workers_wait_for_a_locked_sqlite_store(tmp_path, monkeypatch, made_store):
     """Locked longer than sqlite3's 5 s default while the store opens: MLflow's table check
     used to fail with "database is locked"; now it waits, and the run is recorded."""
@@ -308,6 +309,7 @@ def test_workers_wait_for_a_locked_sqlite_store(tmp_path, monkeypatch, made_stor
     assert len(clock.sleeps) == waited, "no waiting once the lock is gone"
 
 
+@pytest.mark.slow  # starts processes (a fresh MLflow store's migrations take seconds each)
 def test_a_lock_held_past_retry_s_fails_in_one_line(tmp_path, monkeypatch, made_store):
     from meminject.core._errors import TrackingError
     from meminject.tracking import _retry
@@ -346,6 +348,7 @@ def _create_at_once(uri: str, barrier, results) -> None:
         results.put(("error", type(exc).__name__, str(exc)[:2000]))
 
 
+@pytest.mark.slow  # starts processes (a fresh MLflow store's migrations take seconds each)
 def test_processes_creating_a_fresh_database_together(tmp_path):
     """alembic's migrations on one fresh SQLite file from several processes at once crash all but
     one ("Online migration expected to match one row", "table ... already exists"); the

@@ -15,6 +15,9 @@ GOOD_ROW = (
 )
 
 
+TINY_EVAL = ("model=tiny", "model.device=cpu", "injection.layer=1")
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     captured = capsys.readouterr()
@@ -212,3 +215,60 @@ def test_readme_sweep_example_has_the_shape_of_a_real_run(tmp_path, capsys, monk
         header.split() == next(line for line in out if line.split()[:2] == ["rank", "model"]).split()
     )  # the same columns
     assert re.search(r"\d+/\d+ \[", err)  # the progress bar goes to stderr
+
+
+def test_eval_on_tiny_with_the_default_layer_fails_in_one_line_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    """conf/injection/default.yaml's layer 5 does not exist in tiny's 3 layers: refused from the
+    model's config, naming the layers there are, with no ./mlruns or ./outputs left behind."""
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(capsys, "eval", "model=tiny", "data.limit=4")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and stdout == ""
+    assert "injection.layer=5 is out of range for tiny (layers 0..2)" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_eval_run_has_its_own_experiment_the_table_columns_and_its_real_duration(tmp_path, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    code, _, err = run_cli(
+        capsys, "eval", *TINY_EVAL, "data.limit=4", f"tracking.uri={db}", f"output_dir={tmp_path / 'o'}"
+    )
+    assert code == 0, err
+    client = MlflowClient(tracking_uri=db)
+    assert "meminject/eval" in [e.name for e in client.search_experiments()]
+    (run,) = client.search_runs([client.get_experiment_by_name("meminject/eval").experiment_id])
+    assert {k: run.data.params[k] for k in ("model", "dataset", "n_prompts")} == {
+        "model": "tiny",
+        "dataset": "demo",
+        "n_prompts": "4",
+    }
+    # the duration is the evaluation's (as printed and logged as eval_seconds), not the time it took to log it
+    duration_ms = run.info.end_time - run.info.start_time
+    assert abs(duration_ms - 1000 * run.data.metrics["eval_seconds"]) <= 1
+
+
+def test_eval_help_lists_every_memory_type_and_preset(capsys):
+    from conftest import ROOT
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    presets = [p.stem for p in (ROOT / "conf" / "memory").glob("*.yaml") if not p.stem.startswith("_")]
+    assert {"pos_matched", "random_matched"} <= set(presets)
+    types = next(line for line in out.splitlines() if "memory.type=" in line).split("memory.type=")[1].split()[0]
+    assert sorted(types.split("|")) == sorted(presets)  # every type, the matched controls too
+    assert all(name in out for name in presets)
+
+
+def test_readme_says_one_thing_about_per_trial_charts():
+    """The per-trial chart is off by default (tracking.trial_figures): no paragraph may say otherwise."""
+    from conftest import ROOT
+
+    paragraphs = (ROOT / "README.md").read_text().split("\n\n")
+    about = [p for p in paragraphs if "chart" in p and "trial" in p and "per-prompt" in p]
+    assert about and all("trial_figures" in p for p in about), [p[:200] for p in about if "trial_figures" not in p]

@@ -135,10 +135,33 @@ def test_sweep_figures_exist_with_their_axes(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("meminject").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("meminject/sweep/fig").experiment_id])
     parent = next(r for r in runs if r.data.tags.get("meminject.role") == "sweep")
     assert {"figures/gain_heatmap.png", "figures/optimization_history.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id, "figures")
     }
     trial = next(r for r in runs if r.data.tags.get("meminject.role") == "trial")
     assert "per_prompt_gains.png" in {a.path for a in client.list_artifacts(trial.info.run_id)}
+
+
+def test_inspect_prints_the_best_rows_in_columns_that_raw_tokens_cannot_break(tmp_path, capsys):
+    """A newline and a tab in the prompt are tokens of their own: shown escaped, every line of
+    the table the same width; 15 rows by default, best answer rank first; --rows 0 prints all."""
+    prompt = "The first president\nof the\tUnited States fought in the"
+    args = ["inspect", "--prompt", prompt, "--answer", "Revolutionary", "--heads", "--all-positions"]
+    args += ["--out", str(tmp_path), "model=tiny", "model.device=cpu", "tracking.enabled=false"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    table = pd.read_csv(tmp_path / "projection.csv", keep_default_na=False)
+    header = next(i for i, line in enumerate(out) if line.lstrip().startswith("layer"))
+    rows = out[header + 1 : header + 1 + 15]
+    assert out[header + 16] == f"(15 of {len(table)} rows, best by the answer's rank first; --rows 0 prints all)"
+    assert len({len(line) for line in [out[header], *rows]}) == 1, "\n".join(out[header : header + 16])
+    assert any("'\\n'" in line for line in out) or any("'\\t'" in line for line in out)
+    ranks = [int(line.split()[-2]) for line in rows]  # the last two columns: answer_rank, answer_logit
+    assert ranks[0] == table["answer_rank"].min() and ranks == sorted(ranks)
+
+    assert main([*args, "--rows", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith("(") and "rows, best" in line for line in out)
+    assert len(out) == 1 + 1 + len(table) + 1  # title, header, every row, the files line
