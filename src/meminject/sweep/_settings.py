@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import OmegaConf
 
-from ..core._errors import ConfigError, first_line
+from ..core._errors import ConfigError
 from ..core._paths import preset_dirs
 
 __all__ = [
@@ -127,6 +127,13 @@ class SweepSpec:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def redacted(self) -> "SweepSpec":
+        """This spec with every URL's password hidden: what a study stores (workers and resumes
+        take the secret from the environment, see :mod:`meminject.core._secrets`)."""
+        from ..core._redaction import redact
+
+        return SweepSpec(**{**asdict(self), "overrides": [redact(o) for o in self.overrides]})
+
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
         return cls(**json.loads(text))
@@ -213,11 +220,9 @@ def _is_axis(key: str, value: str) -> bool:
 
 def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Config args of a sweep command line: fixed overrides, and searched axes."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from ..config import check_override_syntax
 
     overrides, axes = [], {}
-    parser = OverridesParser.create()
     for arg in args:
         key, value = arg.split("=", 1)
         key = key.lstrip("+")
@@ -226,10 +231,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         elif key == "model" and "," in value:
             axes[key] = f"choice({value})"
         else:
-            try:
-                parser.parse_overrides([arg])
-            except HydraException as exc:
-                raise ConfigError(f"bad override {arg!r}: {first_line(exc)}") from exc
+            check_override_syntax(arg)
             overrides.append(arg)
     return overrides, axes
 

@@ -330,10 +330,14 @@ def prepare_study(
             **create_kwargs(spec),
         )
         stored = study.user_attrs.get(ATTR_SPEC)
+        kept = spec.redacted().to_json()  # no password in the study: workers take it from the environment
         if stored is not None:
-            _check_unchanged(SweepSpec.from_json(stored), spec)
+            old = SweepSpec.from_json(stored).redacted()
+            _check_unchanged(old, SweepSpec.from_json(kept))
+            if old.to_json() != stored:  # stored in clear by an earlier meminject: redacted from now on
+                study.set_user_attr(ATTR_SPEC, old.to_json())
         else:
-            study.set_user_attr(ATTR_SPEC, spec.to_json())
+            study.set_user_attr(ATTR_SPEC, kept)
         if heartbeat is not None:
             study.set_user_attr(ATTR_HEARTBEAT, list(heartbeat))
         study.set_user_attr(ATTR_SPACE, json.dumps(space.signature(), sort_keys=True))

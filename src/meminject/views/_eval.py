@@ -55,6 +55,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from ..data._dataset import load_dataset
     from ..engine._evaluation import Evaluator, InjectionSpec
     from ..engine._models import load_model
+    from ..tracking._probe import probe_database
     from ..tracking._tracker import log_eval_run, probe_server, redact, tracking_uri
 
     cfg = load_run_config(overrides)
@@ -63,6 +64,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     spec.validate()  # model-independent checks before the model loads
     if cfg.tracking.enabled:
         probe_server(tracking_uri(cfg))  # an unreachable tracking server is refused before any work
+        probe_database(tracking_uri(cfg))  # and so is a database store that refuses the login
     dataset = load_dataset(cfg.data)
     model = load_model(cfg.model)
     spec.validate(model)
