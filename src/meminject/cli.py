@@ -103,7 +103,7 @@ def _epilog(name: str) -> str:
 
         width = max(map(len, UI_SETTINGS)) + 2
         keys = "\n".join(f"  {k + '=':<{width}} {v}" for k, v in UI_SETTINGS.items())
-        return f"ui keys (key=value):\n{keys}\n  tracking.uri=URL  the store to show (default: sqlite:///mlruns/mlflow.db of this folder)\n\n{EPILOG}"
+        return f"ui keys (key=value):\n{keys}\n  tracking.uri=URL  the store to show (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db of this folder)\n\n{EPILOG}"
     return (EVAL_EPILOG + "\n\n" + EPILOG) if name == "eval" else EPILOG
 
 

@@ -119,3 +119,28 @@ def _descendants(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(c) for c in children] + [d for c in children for d in _descendants(int(c))]
+
+
+@pytest.mark.slow
+def test_a_two_worker_sweep_on_a_tracking_server_with_a_password_and_a_worker_resuming_from_the_environment(tmp_path):
+    """The coordinator hands the tracking URL to its workers in the environment; the study keeps
+    it redacted, so a worker started later needs MLFLOW_TRACKING_URI (one line says so)."""
+    from conftest import env, mlflow_runs
+    from servers import mlflow_server
+
+    with mlflow_server(tmp_path) as port:
+        uri = f"http://meminject:{PASSWORD}@127.0.0.1:{port}"
+        storage = f"storage={tmp_path / 'optuna.journal'}"
+        args = ["sweep", *TINY, "workers=2", "n_trials=2", "sampler=random", "study=pw", storage, "progress=false"]
+        proc = run_cli(*args, f"tracking.uri={uri}", cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert PASSWORD not in proc.stdout + proc.stderr
+        assert PASSWORD.encode() not in (tmp_path / "optuna.journal").read_bytes()
+        assert len(mlflow_runs(f"http://127.0.0.1:{port}", role="trial")) == 2  # the workers reached the server
+
+        worker = ["worker", "study=pw", storage, "progress=false"]
+        refused = run_cli(*worker, cwd=tmp_path, timeout=300)
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert refused.returncode == 2 and len(lines) == 1 and "export MLFLOW_TRACKING_URI=" in lines[0], refused.stderr
+        resumed = run_cli(*worker, cwd=tmp_path, env=env(MLFLOW_TRACKING_URI=uri), timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -48,7 +48,7 @@ SWEEP_SETTINGS = {
     "n_trials": "trial budget shared by all workers (grid: at most this many points)",
     "workers": "worker processes on this machine (0: prepare the study only; default 1)",
     "study": "study name (letters, digits, . _ -; default <preset>-<model>-<data>)",
-    "storage": "Optuna storage: a journal file path or an RDB URL (default ./mlruns/optuna.journal)",
+    "storage": "Optuna storage: a journal file path or an RDB URL (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
     "sampler": "override the preset's sampler: grid | tpe | random | nsga2 (multi-objective)",
     "constraint": "maximize the objective subject to a metric bound, e.g. constraint='mean_damage<=0.05' (TPE, NSGA-II)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30)",
@@ -61,14 +61,14 @@ SWEEP_SETTINGS = {
 }
 WORKER_SETTINGS = {
     "study": "the study to join (required)",
-    "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
+    "storage": "its Optuna storage (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
     "worker_index": "this worker's index (default: a fresh one; seeds its sampler)",
     "progress": "true | false: the progress bar",
     "max_trials": "stop after this many trials",
 }
 BEST_SETTINGS = {
     "study": "the study (default: the only study in the storage)",
-    "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
+    "storage": "its Optuna storage (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
     "top": "how many sites to show and judge on held-out prompts, and to re-rank in float32 after a bfloat16/float16 sweep (default 10)",
     "distinct": "true: only the best τ of each site | false: every point (default true)",
     "heldout": "auto | true | false: re-evaluate the top sites on held-out prompts (default auto)",
