@@ -15,6 +15,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _variable in ("MLFLOW_TRACKING_URI", "MEMINJECT_STORAGE"):  # a developer's own stores stay out of the tests
+    os.environ.pop(_variable, None)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEMINJECT_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()

@@ -11,8 +11,21 @@ The packages are the layers, imports going one way (``tests/unit/test_layout.py`
               └──→ tracking ───────┴→ sweep → views → cli
 """
 
+from typing import Any
+
 from .core._errors import ConfigError, DataError, MemInjectError, ModelError
-from .engine._injection import embed_memory, inject, unembed_memory
 
 __all__ = ["MemInjectError", "ConfigError", "DataError", "ModelError", "inject", "unembed_memory", "embed_memory"]
 __version__ = "0.1.0"
+
+_ENGINE = ("inject", "unembed_memory", "embed_memory")
+
+
+def __getattr__(name: str) -> Any:
+    """The formula's names, imported on first use: ``python -m meminject`` imports this package
+    before its entry point, which must install the Ctrl-C handler before torch is imported."""
+    if name in _ENGINE:
+        from .engine import _injection
+
+        return getattr(_injection, name)
+    raise AttributeError(f"module 'meminject' has no attribute {name!r}")

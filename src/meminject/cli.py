@@ -16,7 +16,6 @@ import argparse
 import errno
 import logging
 import os
-import signal
 import sys
 from typing import Sequence
 
@@ -100,7 +99,7 @@ def _epilog(name: str) -> str:
 
         width = max(map(len, UI_SETTINGS)) + 2
         keys = "\n".join(f"  {k + '=':<{width}} {v}" for k, v in UI_SETTINGS.items())
-        return f"ui keys (key=value):\n{keys}\n  tracking.uri=URL  the store to show (default: sqlite:///mlruns/mlflow.db of this folder)\n\n{EPILOG}"
+        return f"ui keys (key=value):\n{keys}\n  tracking.uri=URL  the store to show (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db of this folder)\n\n{EPILOG}"
     if name == "eval":
         from .views import eval_epilog
 
@@ -147,6 +146,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any heavy import (torch, optuna, mlflow): Ctrl-C at any moment is one line and 130.
+    # SIGTERM (a scheduler, `kill`) stops as cleanly as Ctrl-C: trials failed, runs closed.
+    from .core import _interrupts as interrupts
+
+    interrupts.install()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return interrupts.interrupted_exit()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -154,10 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries()
-    # SIGTERM (a scheduler, `kill`) stops as cleanly as Ctrl-C: trials failed, runs closed.
-    from .core import _interrupts as interrupts
-
-    interrupts.install()
     try:
         from . import views
 
@@ -184,11 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # cleanup is done: a second signal must not cut the exit
-            signal.signal(signum, signal.SIG_IGN)
-        print("meminject: interrupted; finished trials are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
 
 
 _USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -13,7 +13,16 @@ Example::
 
 from ._build import build_run_config, coerce, load_run_config, needs_compose, with_values
 from ._choices import CHOICES, relevant_keys
-from ._compose import GROUPS, check_choices, choices, compose_config, config_options, flat_config, to_yaml
+from ._compose import (
+    GROUPS,
+    check_choices,
+    check_override_syntax,
+    choices,
+    compose_config,
+    config_options,
+    flat_config,
+    to_yaml,
+)
 from ._point import (
     RESULT_FREE_SECTIONS,
     TrialPoint,
@@ -52,6 +61,7 @@ __all__ = [
     "build_run_config",
     "with_values",
     "needs_compose",
+    "check_override_syntax",
     "coerce",
     "compose_config",
     "config_options",

@@ -19,7 +19,15 @@ from ..core._errors import ConfigError, first_line
 from ._choices import CHOICES
 from ..core._paths import conf_dir, user_conf_dir
 
-__all__ = ["compose_config", "config_options", "flat_config", "to_yaml", "check_choices", "choices"]
+__all__ = [
+    "compose_config",
+    "config_options",
+    "flat_config",
+    "to_yaml",
+    "check_choices",
+    "choices",
+    "check_override_syntax",
+]
 
 GROUPS = ("model", "data", "memory", "injection", "tracking", "perf")
 
@@ -101,6 +109,26 @@ def _compose(overrides: Sequence[str], config_name: str) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
+def check_override_syntax(override: str) -> None:
+    """Refuse an override Hydra's grammar cannot read, in one line that names it and shows how to
+    quote its value (a URL with ``?a=b`` needs quotes: ``'tracking.uri="http://host/?a=b"'``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except HydraException as exc:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ConfigError(f"bad override {override!r}: expected key=value") from exc
+        quote = "'" if '"' in value else '"'
+        shell = '"' if quote == "'" else "'"
+        raise ConfigError(
+            f"bad override {override!r}: {first_line(exc)}; a value with '=', ',', spaces or brackets must be quoted for Hydra, "
+            f"inside the shell's quotes: {shell}{key}={quote}{value}{quote}{shell}"
+        ) from exc
+
+
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
     """Compose ``conf/config.yaml`` with overrides; every failure becomes one ConfigError line."""
     from hydra.errors import HydraException, MissingConfigException
@@ -126,6 +154,8 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
                 unknown.group(1) or unknown.group(2),
             )
             raise _unknown_key_error(key, _base_or_none(overrides, config_name)) from exc
+        for override in overrides:  # a grammar error: name the override and how to quote it
+            check_override_syntax(override)
         raise ConfigError(f"bad override: {text}") from exc
     try:
         OmegaConf.resolve(cfg)

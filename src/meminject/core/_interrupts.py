@@ -9,11 +9,15 @@ again while the note is set. :func:`held` defers both signals while cleanup runs
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from typing import Any, Iterator
 
-__all__ = ["INTERRUPTED", "install", "check", "held"]
+__all__ = ["INTERRUPTED", "install", "check", "held", "interrupted_exit", "ignore_interrupts_until_ready"]
+
+INTERRUPTED_LINE = "meminject: interrupted; finished trials are kept, rerun the same command to resume"
 
 INTERRUPTED = threading.Event()  # set by the first SIGINT/SIGTERM of this process
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -63,3 +67,22 @@ def held() -> Iterator[None]:
             signal.signal(signum, handler)
         if caught:
             raise KeyboardInterrupt()
+
+
+def interrupted_exit() -> int:
+    """After Ctrl-C/SIGTERM: ignore further signals (the cleanup is done, the exit must not be
+    cut), print the one line, and return status 130. A worker spawned by ``meminject sweep``
+    stays quiet: its coordinator prints the line for the whole sweep."""
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if not os.environ.get("MEMINJECT_COORDINATOR_PID"):
+        print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
+    return 130
+
+
+def ignore_interrupts_until_ready() -> None:
+    """For a child process (``preexec_fn``): start with SIGINT ignored, so that a Ctrl-C during
+    Python's own start-up (before meminject installs its handler) prints no traceback; the
+    child's :func:`install` takes SIGINT over, and its coordinator stops it with SIGTERM,
+    which ends a child that is still starting silently."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

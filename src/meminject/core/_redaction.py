@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["redact", "redacted_config", "redacted_container"]
+__all__ = ["MASK", "redact", "redacted_config", "redacted_container"]
 
 MASK = "***"
 
@@ -20,7 +20,7 @@ _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 # A query (or fragment: OAuth puts access_token there) parameter whose name ends in a secret's
 # word: password=, PWD=, client_secret=, access_token=, x-api-key=; not tokenizer=.
 _SECRET_PARAM = re.compile(
-    r"([?&;#](?:[^=&;#?\s]*[_.-])?(?:password|passwd|pwd|secret|token|api[_-]?key|apikey)=)[^&;#\s]*",
+    r"([?&;#](?:[^=&;#?\s]*[_.-])?(?:password|passwd|pwd|secret|token|api[_-]?key|apikey)=)[^&;#\s'\"]*",
     re.IGNORECASE,
 )
 

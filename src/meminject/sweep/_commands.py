@@ -175,7 +175,9 @@ def _run_and_close(
         if workers == 1:
             run_worker(spec.study_name, storage_url, progress=progress)
         elif workers > 1:
-            spawn_workers(spec.study_name, storage_url, workers, total, progress)
+            spawn_workers(
+                spec.study_name, storage_url, workers, total, progress, tracker.uri if tracker is not None else None
+            )
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -246,9 +248,9 @@ def cmd_best(args: Sequence[str]) -> int:
     if several_models(table):  # a model axis: each model's own ranking too, and its own held-out check
         print(f"\nwithin each model (top {top}):\n{format_per_model(table, top)}")
     print(f"table: {path}")
-    tracker = Tracker.from_config(base, study=name) if base is not None else None
     parent = study.user_attrs.get(ATTR_PARENT)
-    if tracker is not None and parent:
+    tracker = _parent_tracker(base, parent, name) if base is not None and parent else None
+    if tracker is not None:
         tracker.log_file(parent, path)
     has_split = base is not None and base.data.split is not None and base.data.part == "train"
     if heldout == "true" and not has_split:
@@ -286,6 +288,36 @@ def _depth_figure(name: str, spec: SweepSpec, ranked: pd.DataFrame, report: pd.D
     path = depth_figure(curve, report, outputs_dir("figures", name) / "gain_by_depth.png", title)
     print(f"figure: {path}")
     return path
+
+
+def _parent_tracker(base, parent: str, name: str) -> Tracker | None:
+    """The tracker holding the study's parent run, or None with one note: ``best`` run from
+    another folder (or machine) on a shared study finds another store (or none) there, and
+    neither creates a store nor fails on a run it cannot find."""
+    from mlflow.exceptions import MlflowException
+
+    from ..tracking._retry import sqlite_path
+
+    if not base.tracking.enabled:
+        return None
+    uri = tracking_uri(base)
+    note = (
+        f"note: the sweep's MLflow parent run {parent} is not in {redact(uri)}; the table is not logged to MLflow "
+        "(run best where the sweep ran, or set tracking.uri or MLFLOW_TRACKING_URI to the sweep's store)"
+    )
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        print(note)
+        return None
+    tracker = Tracker.from_config(base, study=name)
+    try:
+        tracker.client.get_run(parent)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc):
+            raise
+        print(note)
+        return None
+    return tracker
 
 
 def _best_settings(args: Sequence[str]) -> tuple[dict[str, str], int, bool, str, list[str], int]:

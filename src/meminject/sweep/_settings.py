@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import OmegaConf
 
-from ..core._errors import ConfigError, first_line
+from ..core._errors import ConfigError
 from ..core._paths import preset_dirs
 
 __all__ = [
@@ -48,7 +48,7 @@ SWEEP_SETTINGS = {
     "n_trials": "trial budget shared by all workers (grid: at most this many points)",
     "workers": "worker processes on this machine (0: prepare the study only; default 1)",
     "study": "study name (letters, digits, . _ -; default <preset>-<model>-<data>)",
-    "storage": "Optuna storage: a journal file path or an RDB URL (default ./mlruns/optuna.journal)",
+    "storage": "Optuna storage: a journal file path or an RDB URL (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
     "sampler": "override the preset's sampler: grid | tpe | random | nsga2 (multi-objective)",
     "constraint": "maximize the objective subject to a metric bound, e.g. constraint='mean_damage<=0.05' (TPE, NSGA-II)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30)",
@@ -61,14 +61,14 @@ SWEEP_SETTINGS = {
 }
 WORKER_SETTINGS = {
     "study": "the study to join (required)",
-    "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
+    "storage": "its Optuna storage (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
     "worker_index": "this worker's index (default: a fresh one; seeds its sampler)",
     "progress": "true | false: the progress bar",
     "max_trials": "stop after this many trials",
 }
 BEST_SETTINGS = {
     "study": "the study (default: the only study in the storage)",
-    "storage": "its Optuna storage (default ./mlruns/optuna.journal)",
+    "storage": "its Optuna storage (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
     "top": "how many sites to show and judge on held-out prompts, and to re-rank in float32 after a bfloat16/float16 sweep (default 10)",
     "distinct": "true: only the best τ of each site | false: every point (default true)",
     "heldout": "auto | true | false: re-evaluate the top sites on held-out prompts (default auto)",
@@ -127,6 +127,13 @@ class SweepSpec:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def redacted(self) -> "SweepSpec":
+        """This spec with every URL's password hidden: what a study stores (workers and resumes
+        take the secret from the environment, see :mod:`meminject.core._secrets`)."""
+        from ..core._redaction import redact
+
+        return SweepSpec(**{**asdict(self), "overrides": [redact(o) for o in self.overrides]})
 
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
@@ -214,11 +221,9 @@ def _is_axis(key: str, value: str) -> bool:
 
 def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Config args of a sweep command line: fixed overrides, and searched axes."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from ..config import check_override_syntax
 
     overrides, axes = [], {}
-    parser = OverridesParser.create()
     for arg in args:
         key, value = arg.split("=", 1)
         key = key.lstrip("+")
@@ -227,10 +232,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         elif key == "model" and "," in value:
             axes[key] = f"choice({value})"
         else:
-            try:
-                parser.parse_overrides([arg])
-            except HydraException as exc:
-                raise ConfigError(f"bad override {arg!r}: {first_line(exc)}") from exc
+            check_override_syntax(arg)
             overrides.append(arg)
     return overrides, axes
 

@@ -17,10 +17,11 @@ import optuna
 
 from ..core import _interrupts as interrupts
 from ..core._errors import MemInjectError
+from ..core._secrets import STORAGE_ENV, TRACKING_ENV, secret_env
 from ._storage import default_storage_url, open_storage
 from ._study import DONE, leader
 
-__all__ = ["spawn_workers", "die_with_parent"]
+__all__ = ["spawn_workers", "die_with_parent", "worker_command"]
 
 
 def die_with_parent() -> None:
@@ -37,38 +38,54 @@ def _threads_for(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def spawn_workers(study_name: str, storage_url: str | None, workers: int, total: int, progress: bool = True) -> None:
+def worker_command(
+    study_name: str, storage_url: str | None, tracking: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """A spawned worker's argv and the environment it adds: no URL on the command line (``ps``
+    shows it to every user); the storage and a tracking URL with a secret go in the environment."""
+    cmd = [sys.executable, "-m", "meminject", "worker", f"study={study_name}", "progress=false"]
+    env = {
+        "MEMINJECT_COORDINATOR_PID": str(os.getpid()),
+        STORAGE_ENV: storage_url or default_storage_url(),
+        **secret_env(**{TRACKING_ENV: tracking}),
+    }
+    return cmd, env
+
+
+def spawn_workers(
+    study_name: str,
+    storage_url: str | None,
+    workers: int,
+    total: int,
+    progress: bool = True,
+    tracking: str | None = None,
+) -> None:
+    """``workers`` worker processes on the study; ``tracking``: the full tracking URI (the study keeps it redacted)."""
     import torch
 
-    storage_arg = storage_url or default_storage_url()
     procs = []
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for index in range(workers):
-        env = {**os.environ, "MEMINJECT_COORDINATOR_PID": str(os.getpid())}
-        if n_gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
-        else:
-            threads = str(_threads_for(workers))
-            env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEMINJECT_THREADS": threads})
-        cmd = [
-            sys.executable,
-            "-m",
-            "meminject",
-            "worker",
-            f"study={study_name}",
-            f"storage={storage_arg}",
-            "progress=false",
-        ]
-        procs.append(subprocess.Popen(cmd, env=env))
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     try:
+        for index in range(workers):
+            cmd, extra = worker_command(study_name, storage_url, tracking)
+            env = {**os.environ, **extra}
+            if n_gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
+            else:
+                threads = str(_threads_for(workers))
+                env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEMINJECT_THREADS": threads})
+            # quiet while it starts: a Ctrl-C before its handler is in place prints no traceback
+            procs.append(subprocess.Popen(cmd, env=env, preexec_fn=interrupts.ignore_interrupts_until_ready))
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
         _watch(study, procs, total, progress)
     except KeyboardInterrupt:
         # The terminal's Ctrl-C reached the workers too (one process group); a `kill -INT` of
-        # this process alone did not: pass it on once. Workers hold signals while cleaning up.
+        # this process alone did not, nor does it reach a worker still starting (SIGINT ignored
+        # until its handler is in place): pass it on once as SIGTERM, which a worker handles as
+        # Ctrl-C, and which ends one still starting silently. Workers hold signals while cleaning up.
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait()
         raise

@@ -7,6 +7,7 @@ disk): Optuna would skip the partial line on read but glue the next append onto 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import optuna
 
 from ..core._errors import ConfigError, first_line
 from ..core._paths import mlruns_dir
+from ..core._secrets import STORAGE_ENV
 from ..tracking._tracker import redact
 
 __all__ = ["default_storage_url", "open_storage", "load_study", "study_names"]
@@ -23,7 +25,8 @@ log = logging.getLogger("meminject")
 
 
 def default_storage_url() -> str:
-    return str(mlruns_dir() / "optuna.journal")
+    """``$MEMINJECT_STORAGE`` (a URL kept out of shell history and ``ps``), else this folder's journal."""
+    return os.environ.get(STORAGE_ENV) or str(mlruns_dir() / "optuna.journal")
 
 
 def _db_driver_hint(url: str, exc: BaseException) -> str | None:

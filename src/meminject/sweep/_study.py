@@ -353,16 +353,18 @@ def prepare_study(
             **create_kwargs(spec),
         )
         stored = study.user_attrs.get(ATTR_SPEC)
+        kept = spec.redacted().to_json()  # no password in the study: workers take it from the environment
         _PREVIOUS[spec.study_name] = None
         if stored is not None:
-            old = SweepSpec.from_json(stored)
-            _check_unchanged(old, spec)
+            old = SweepSpec.from_json(stored).redacted()
+            _check_unchanged(old, SweepSpec.from_json(kept))
             _PREVIOUS[spec.study_name] = budget(old, space)
             if old.n_trials != spec.n_trials:  # n_trials=N means N in total: the new budget is the study's
                 old.n_trials = spec.n_trials
+            if old.to_json() != stored:  # a new budget, or stored in clear by an earlier meminject (redacted now)
                 study.set_user_attr(ATTR_SPEC, old.to_json())
         else:
-            study.set_user_attr(ATTR_SPEC, spec.to_json())
+            study.set_user_attr(ATTR_SPEC, kept)
         if heartbeat is not None:
             study.set_user_attr(ATTR_HEARTBEAT, list(heartbeat))
         study.set_user_attr(ATTR_SPACE, json.dumps(space.signature(), sort_keys=True))

@@ -1,6 +1,7 @@
 """The tracking layer: MLflow runs in a SQLite store in ``mlruns/`` (or a server), every store
 call retried through transient errors and reported in one line when it stays down."""
 
+from ._probe import probe_database
 from ._retry import RetryingClient, open_client, sqlite_path
 from ._tracker import (
     Tracker,
@@ -18,6 +19,7 @@ __all__ = [
     "log_eval_run",
     "experiment_name",
     "probe_server",
+    "probe_database",
     "retry_seconds",
     "tracking_uri",
     "RetryingClient",

@@ -8,6 +8,7 @@ reported in one line. Credentials in URLs are hidden by :mod:`meminject.redactio
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from ..config._compose import flat_config
 from ..core._errors import ConfigError, TrackingError
 from ..core._paths import mlruns_dir
 from ..core._redaction import redact, redacted_config, redacted_container
+from ..core._secrets import TRACKING_ENV, remember, unmask
+from ._probe import probe_database
 from ._schema import TAG_COMMAND, TAG_FAILURE, TAG_ROLE, TAG_STUDY, TAG_TRIAL_NUMBER
 
 if TYPE_CHECKING:
@@ -44,10 +47,16 @@ quiet_run_links()
 
 
 def tracking_uri(run: RunConfig) -> str:
-    """``tracking.uri``, or the SQLite store in this folder's ``mlruns/``."""
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store in this folder's
+    ``mlruns/``. A redacted ``tracking.uri`` (as a study stores it) takes its password from
+    this process or ``$MLFLOW_TRACKING_URI`` (:func:`~meminject.core._secrets.unmask`)."""
     if run.tracking.uri:
-        return run.tracking.uri
-    return f"sqlite:///{mlruns_dir(create=False) / 'mlflow.db'}"  # created by the Tracker, when a run is written
+        uri = unmask(run.tracking.uri, TRACKING_ENV, "tracking.uri")
+        remember(uri)  # this process's in-process worker reads the redacted copy its study keeps
+        return uri
+    return (
+        os.environ.get(TRACKING_ENV) or f"sqlite:///{mlruns_dir(create=False) / 'mlflow.db'}"
+    )  # created by the Tracker, when a run is written
 
 
 def experiment_name(run: RunConfig, *, study: str | None = None, command: str | None = None) -> str:
@@ -179,6 +188,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         probe_server(uri)
+        probe_database(uri)  # a wrong password: one line now, not MLflow's ~100 s of retries
         store = sqlite_path(uri)
         if store is not None:  # ./mlruns (or the store's folder) exists once a run is written, not before
             store.parent.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     from ..data._dataset import load_dataset
     from ..engine._evaluation import Evaluator, InjectionSpec
     from ..engine._models import config_shape, load_model, resolve_depth
+    from ..tracking._probe import probe_database
     from ..tracking._tracker import log_eval_run, probe_server, redact, tracking_uri
 
     cfg = resolve_depth(load_run_config(overrides))  # a relative depth names a layer of the model
@@ -81,6 +82,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     )  # the layer and head against the model's config, before anything loads or is written
     if cfg.tracking.enabled:
         probe_server(tracking_uri(cfg))  # an unreachable tracking server is refused before any work
+        probe_database(tracking_uri(cfg))  # and so is a database store that refuses the login
     dataset = load_dataset(cfg.data)
     model = load_model(cfg.model)
     spec.validate(model)

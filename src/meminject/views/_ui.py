@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..core._errors import ConfigError
+from ..core._redaction import redact
 
-__all__ = ["UI_SETTINGS", "cmd_ui", "runs_url", "VIEW_KEY"]
+__all__ = ["UI_SETTINGS", "cmd_ui", "runs_url", "server_command", "VIEW_KEY"]
 
 UI_SETTINGS = {
     "port": "port on 127.0.0.1 (default 5000; 0 = any free port)",
@@ -98,7 +99,6 @@ def _store(cfg: Any) -> str:
     """The tracking store to serve: a SQLite file that exists (a server URL is refused: it
     already has a UI)."""
     from ..tracking._retry import sqlite_path
-    from ..core._redaction import redact
     from ..tracking._tracker import tracking_uri
 
     uri = tracking_uri(cfg)
@@ -191,6 +191,22 @@ def runs_url(base: str, experiment_id: str, view: bool = True) -> str:
 
 
 def _server(uri: str, port: int, log_path: Path) -> subprocess.Popen:
+    command, env = server_command(uri, port)
+    with open(log_path, "ab") as log:
+        # its own session: the terminal's Ctrl-C reaches meminject only, which stops the server cleanly
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **env},
+        )
+
+
+def server_command(uri: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """``mlflow server``'s argv and the environment it adds: the store URL (which may hold a
+    password) goes in MLflow's own variables, never on the command line, where ``ps`` shows it."""
     from ..tracking._tracker import _artifact_root
 
     command = [
@@ -198,10 +214,6 @@ def _server(uri: str, port: int, log_path: Path) -> subprocess.Popen:
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        uri,
-        "--artifacts-destination",
-        _artifact_root(uri),
         "--host",
         "127.0.0.1",
         "--port",
@@ -209,11 +221,7 @@ def _server(uri: str, port: int, log_path: Path) -> subprocess.Popen:
         "--workers",
         "1",
     ]
-    with open(log_path, "ab") as log:
-        # its own session: the terminal's Ctrl-C reaches meminject only, which stops the server cleanly
-        return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+    return command, {"MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_ARTIFACTS_DESTINATION": _artifact_root(uri)}
 
 
 def _wait_ready(server: subprocess.Popen, base: str, log_path: Path) -> None:
@@ -250,6 +258,7 @@ def _stop(server: subprocess.Popen) -> None:
 
 def cmd_ui(args: Sequence[str]) -> int:
     from ..config import load_run_config
+    from ..tracking._probe import probe_database
     from ..tracking._retry import sqlite_path
 
     settings, overrides = _parse(args)
@@ -261,6 +270,7 @@ def cmd_ui(args: Sequence[str]) -> int:
         from ..sweep._settings import check_study_name
 
         check_study_name(settings["study"])
+    probe_database(uri)  # a wrong password: one line in seconds, not MLflow's ~100 s of retries
     experiment_id, what = _experiment(uri, cfg, settings)
     base = f"http://127.0.0.1:{port}"
     db = sqlite_path(uri)
@@ -269,7 +279,7 @@ def cmd_ui(args: Sequence[str]) -> int:
     try:
         _wait_ready(server, base, log_path)
         url = runs_url(base, experiment_id)
-        print(f"MLflow UI on {uri}, {what}: {url}", flush=True)
+        print(f"MLflow UI on {redact(uri)}, {what}: {url}", flush=True)
         print("  (Ctrl-C stops it; server log: " + str(log_path) + ")", flush=True)
         if opening:
             import webbrowser
