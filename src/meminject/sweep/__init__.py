@@ -34,8 +34,9 @@ Example::
     print(ranked_sites(study, top=3))
 """
 
-from ._commands import cmd_best, cmd_sweep, cmd_worker, help_epilog
+from ._commands import cmd_best, cmd_sweep, cmd_worker, help_epilog, run_best
 from ._heldout import CONTROL_TYPES, heldout_report
+from ._parent import study_figures
 from ._results import control_gaps, distinct_sites, ranked_sites
 from ._settings import SweepSpec, load_sweep
 from ._storage import default_storage_url, load_study, open_storage
@@ -62,5 +63,7 @@ __all__ = [
     "cmd_sweep",
     "cmd_worker",
     "cmd_best",
+    "run_best",
+    "study_figures",
     "help_epilog",
 ]
