@@ -145,28 +145,29 @@ def optuna_figures(study, folder: Path, target: str = GAIN_LABEL) -> list[Path]:
             )
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-                ax = make(study, target_name=target)
-            if name == "param_importances.png" and ax.get_legend() is not None:
-                ax.get_legend().remove()  # one series named after the objective: the title says it
-                for loc in ("left", "center", "right"):
-                    ax.set_title("", loc=loc)
-                title = f"importance of each searched parameter for the {target}"
-                if n_complete < FEW_FOR_IMPORTANCES:
-                    title += (
-                        f"\nonly {n_complete} trials: a rough hint, not a ranking (noisy below {FEW_FOR_IMPORTANCES})"
+            with plt.rc_context():  # Optuna sets the ggplot style globally: keep it to its own figures
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                    ax = make(study, target_name=target)
+                if name == "param_importances.png" and ax.get_legend() is not None:
+                    ax.get_legend().remove()  # one series named after the objective: the title says it
+                    for loc in ("left", "center", "right"):
+                        ax.set_title("", loc=loc)
+                    title = f"importance of each searched parameter for the {target}"
+                    if n_complete < FEW_FOR_IMPORTANCES:
+                        title += f"\nonly {n_complete} trials: a rough hint, not a ranking (noisy below {FEW_FOR_IMPORTANCES})"
+                        log.warning(
+                            "note: parameter importances from %d trials are a rough hint (noisy below %d)",
+                            n_complete,
+                            FEW_FOR_IMPORTANCES,
+                        )
+                    ax.set_title(
+                        title, fontsize=10, color="black" if n_complete >= FEW_FOR_IMPORTANCES else "firebrick"
                     )
-                    log.warning(
-                        "note: parameter importances from %d trials are a rough hint (noisy below %d)",
-                        n_complete,
-                        FEW_FOR_IMPORTANCES,
-                    )
-                ax.set_title(title, fontsize=10, color="black" if n_complete >= FEW_FOR_IMPORTANCES else "firebrick")
-            ax.figure.set_size_inches(7, 4.5)
-            ax.figure.tight_layout()
-            ax.figure.savefig(folder / name, dpi=110)
-            plt.close(ax.figure)
+                ax.figure.set_size_inches(7, 4.5)
+                ax.figure.tight_layout()
+                ax.figure.savefig(folder / name, dpi=110)
+                plt.close(ax.figure)
             made.append(folder / name)
         except Exception as exc:  # noqa: BLE001 - e.g. importances of a single parameter: skip that figure
             log.debug("figure %s skipped: %s", name, exc)

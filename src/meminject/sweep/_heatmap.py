@@ -98,6 +98,23 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _gain_bar(bar, limit: float) -> None:
+    """The colour bar's label and ticks: each tick its own value (no "1e-6" offset above the
+    bar, where it would run into the figure's title)."""
+    from matplotlib.ticker import FuncFormatter
+
+    bar.formatter = FuncFormatter(lambda value, _: _fmt(value))
+    bar.update_ticks()
+    bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+
+
+def _tweak_text(tweaks: TweakAxis, column: int) -> str:
+    """A τ column as text: its value, or a bin's interval."""
+    if tweaks.edges is None:
+        return f"τ={tweaks.values[column]:g}"
+    return f"τ {_fmt(tweaks.edges[column])}–{_fmt(tweaks.edges[column + 1])}"
+
+
 def _plt():
     import matplotlib
 
@@ -174,7 +191,7 @@ def draw_gain_heatmap(
         image = _draw_panel(ax, name, grid, data, cmap, annotate)
     axes[0][0].set_ylabel("layer")
     bar = fig.colorbar(image, ax=list(axes[0]), extend="both", fraction=0.04, pad=0.02)
-    bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+    _gain_bar(bar, limit)
     handles = [
         Patch(facecolor=UNEXPLORED, label="not explored"),
         Patch(facecolor="0.25", edgecolor="white", hatch="///", label=f"beyond ±{_fmt(limit)} (clipped)"),
@@ -188,7 +205,7 @@ def draw_gain_heatmap(
     fig.set_dpi(110)  # the labels are fitted at the saved resolution
     for ax, (name, grid) in zip(axes[0], grids.items()):
         _label_panel(ax, name, grid, data, annotate)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # nothing cut at the edges
     plt.close(fig)
     return data
 
@@ -259,7 +276,7 @@ def _label_panel(ax, name: str, grid: np.ndarray, data: HeatmapData, annotate: i
     data.labels[name] = labels
     data.annotated[name] = [(lab.layer, lab.column) for lab in labels]
     listed = [
-        f"{rank}: L{lab.layer} τ={data.tweaks.values[lab.column]:.3g} {format_gain(lab.value)}"
+        f"{rank}: L{lab.layer} {_tweak_text(data.tweaks, lab.column)} {format_gain(lab.value)}"
         for rank, lab in enumerate(labels, start=1)
         if lab.text != format_gain(lab.value)
     ]
@@ -299,7 +316,7 @@ def draw_trial_scatter(
     points, handles, clipped = _scatter_trials(ax, complete, pruned, limit)
     if points is not None:
         bar = fig.colorbar(points, ax=ax, extend="both", fraction=0.035, pad=0.02)
-        bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+        _gain_bar(bar, limit)
     if tweak_range is not None:
         pad = 0.02 * (tweak_range[1] - tweak_range[0] or 1)
         ax.set_xlim(tweak_range[0] - pad, tweak_range[1] + pad)
@@ -321,7 +338,7 @@ def draw_trial_scatter(
             title_fontsize=8,
         )
     fig.subplots_adjust(left=0.07, right=0.9, top=0.93, bottom=0.17)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # nothing cut at the edges
     plt.close(fig)
     return ScatterData(path, complete, pruned, limit, clipped)
 

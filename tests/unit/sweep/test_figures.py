@@ -309,3 +309,13 @@ def test_optunas_importances_warn_at_few_trials_and_skip_at_very_few(tmp_path, m
         f"from {n} trials" in r.getMessage() or f"{n} complete trials" in r.getMessage() for r in caplog.records
     ) == (warned or not drawn)
     plt.close("all")
+
+
+def test_optunas_figures_leave_the_matplotlib_style_alone(tmp_path):
+    """Optuna's plots switch pyplot to its ggplot style for good; a heatmap drawn after them
+    (a second `meminject.figures` in a notebook) would come out grey with a white grid."""
+    import matplotlib.pyplot as plt
+
+    before = {k: plt.rcParams[k] for k in ("axes.facecolor", "axes.grid", "axes.edgecolor")}
+    optuna_figures(_study(FloatDistribution(1, 15), n=12, pruned=0), tmp_path)
+    assert {k: plt.rcParams[k] for k in before} == before
