@@ -1,5 +1,9 @@
 """examples/paper_demo.ipynb runs from top to bottom (nbclient), offline on a CPU, its MLflow
-store, Optuna journal and outputs in a temporary folder; it is stored without outputs."""
+store, Optuna journal and outputs in a temporary folder; it is stored without outputs.
+
+The notebook's own default is SmolLM2; the test runs it on ``tiny`` (every cell, a few minutes),
+because on SmolLM2 it took 1095.9 s on a loaded 2-core machine (6 min 13 s of CPU).
+MEMINJECT_NOTEBOOK_MODEL=smollm2-135m runs the test on SmolLM2."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def test_the_notebook_is_stored_without_outputs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [os.environ.get("MEMINJECT_NOTEBOOK_MODEL", "smollm2-135m")])
+@pytest.mark.parametrize("model", [os.environ.get("MEMINJECT_NOTEBOOK_MODEL", "tiny")])
 def test_the_notebook_runs_without_errors(tmp_path, monkeypatch, model):
     import nbformat
     from nbclient import NotebookClient
@@ -38,6 +42,6 @@ def test_the_notebook_runs_without_errors(tmp_path, monkeypatch, model):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream")
-    assert "second point" in text and "sweep smoke: study notebook" in text
+    assert "the clean pass is not run again" in text and "sweep smoke: study notebook" in text
     assert (tmp_path / "outputs" / "figures" / "notebook" / "gain_heatmap.png").is_file()
     assert (tmp_path / "mlruns").is_dir() and not (ROOT / "examples" / "mlruns").exists()
