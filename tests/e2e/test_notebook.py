@@ -2,7 +2,7 @@
 store, Optuna journal and outputs in a temporary folder; it is stored without outputs.
 
 The notebook's own default is SmolLM2; the test runs it on ``tiny`` (every cell, a few minutes),
-because on SmolLM2 it took 1095.9 s on a loaded 2-core machine (6 min 13 s of CPU).
+because on SmolLM2 it took 712.7 s on a 2-core machine shared with other jobs (4 min 55 s of CPU).
 MEMINJECT_NOTEBOOK_MODEL=smollm2-135m runs the test on SmolLM2."""
 
 from __future__ import annotations
