@@ -8,14 +8,39 @@ run config is :class:`meminject.config.RunConfig`.
 The packages are the layers, imports going one way (``tests/unit/test_layout.py`` checks it)::
 
     core → config → data → engine ─┐
-              └──→ tracking ───────┴→ sweep → views → cli
+              └──→ tracking ───────┴→ sweep → views → cli, the Python face
+
+The Python face (:mod:`meminject._api`, for notebooks and scripts) sits on top, like the CLI:
+
+======================  =====================================================================
+:class:`Session`        a model and dataset loaded once; ``baseline()``, ``evaluate()``,
+                        ``evaluate_many()`` into DataFrames on one clean pass; ``heads()``
+:func:`run_sweep`       run or resume a study (``meminject sweep``'s keys); returns it
+:func:`best`            ``meminject best``'s table, held-out report and verdicts (:class:`Best`)
+:func:`figures`         a study's heatmap, scatter and Optuna figures
+======================  =====================================================================
 """
 
 from typing import Any
 
+from ._api import ALIASES, Best, Session, best, figures, run_sweep  # light: heavy imports wait for first use
 from .core._errors import ConfigError, DataError, MemInjectError, ModelError
 
-__all__ = ["MemInjectError", "ConfigError", "DataError", "ModelError", "inject", "unembed_memory", "embed_memory"]
+__all__ = [
+    "Session",
+    "Best",
+    "run_sweep",
+    "best",
+    "figures",
+    "ALIASES",
+    "MemInjectError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "inject",
+    "unembed_memory",
+    "embed_memory",
+]
 __version__ = "0.1.0"
 
 _ENGINE = ("inject", "unembed_memory", "embed_memory")

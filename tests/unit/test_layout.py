@@ -25,6 +25,8 @@ LAYERS = {
     "sweep": {"core", "config", "data", "engine", "tracking"},
     "views": {"core", "config", "data", "engine", "tracking", "sweep"},
     "cli": {"core", "views"},
+    # The Python face (meminject/_api.py, re-exported by meminject/__init__): on top, like cli.
+    "_api": {"core", "config", "data", "engine", "tracking", "sweep", "views"},
 }
 
 
@@ -79,7 +81,8 @@ def _graph(module_level_only: bool) -> dict[str, set[str]]:
 
 def test_imports_go_one_way_down_the_layers():
     """config → data → engine; config → tracking; engine and tracking → sweep → views → cli,
-    with core under all of them. Lazy (function-level) imports count."""
+    with core under all of them, and the Python face (_api) over all but cli. Lazy
+    (function-level) imports count."""
     wrong = []
     for name, targets in _graph(module_level_only=False).items():
         layer = _layer(name)
@@ -90,9 +93,15 @@ def test_imports_go_one_way_down_the_layers():
     assert not wrong, "imports against the layers: " + "; ".join(wrong)
 
 
+def test_the_python_face_sits_on_top():
+    """No layer imports the Python face; the package root re-exports it."""
+    users = sorted(n for n, targets in _graph(module_level_only=False).items() if "meminject._api" in targets)
+    assert users == ["meminject"], users
+
+
 def test_every_layer_is_a_package_with_a_public_face():
     for layer in LAYERS:
-        if layer == "cli":
+        if layer in ("cli", "_api"):
             continue
         init = SRC / layer / "__init__.py"
         assert init.is_file(), layer

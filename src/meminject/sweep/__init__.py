@@ -34,9 +34,10 @@ Example::
     print(ranked_sites(study, top=3))
 """
 
-from ._commands import cmd_best, cmd_sweep, cmd_worker, help_epilog
+from ._commands import cmd_best, cmd_sweep, cmd_worker, help_epilog, run_best
 from ._repair import cmd_repair
 from ._heldout import CONTROL_TYPES, heldout_report
+from ._parent import study_figures
 from ._results import control_gaps, distinct_sites, ranked_sites
 from ._settings import SweepSpec, load_sweep
 from ._storage import default_storage_url, load_study, open_storage
@@ -64,5 +65,7 @@ __all__ = [
     "cmd_worker",
     "cmd_best",
     "cmd_repair",
+    "run_best",
+    "study_figures",
     "help_epilog",
 ]

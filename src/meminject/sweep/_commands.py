@@ -49,7 +49,7 @@ from ..tracking._schema import TAG_HOLDS, TAG_VERDICTS
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["cmd_sweep", "cmd_worker", "cmd_best", "help_epilog"]
+__all__ = ["cmd_sweep", "cmd_worker", "cmd_best", "run_best", "help_epilog"]
 
 
 def help_epilog(command: str) -> str:
@@ -222,6 +222,13 @@ def cmd_worker(args: Sequence[str]) -> int:
 
 def cmd_best(args: Sequence[str]) -> int:
     """Ranked sites of a study; with a train/held-out split, the top sites judged on held-out prompts."""
+    run_best(args)
+    return 0
+
+
+def run_best(args: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``meminject best``'s work (printed and written as the command does); returns its table
+    and the held-out report (None when there was no held-out check)."""
     settings, top, distinct, heldout, controls, n_boot = _best_settings(args)
     study = load_study(settings.get("study"), settings.get("storage"))
     name = study.study_name
@@ -258,7 +265,7 @@ def cmd_best(args: Sequence[str]) -> int:
             f"study {name!r} was not run on a train part (data.split, data.part=train); held-out evaluation is impossible"
         )
     if table.empty or heldout == "false" or not has_split:
-        return 0
+        return table, None
     runner = TrialRunner()  # one clean pass per model for the held-out check and the depth figure
     report, report_path = _heldout_check(name, spec, base, per_model_top(table, top), controls, n_boot, multi, runner)
     figure = pareto_figure(ranked, report, outputs_dir("figures", name) / "pareto_front.png", spec) if multi else None
@@ -269,7 +276,7 @@ def cmd_best(args: Sequence[str]) -> int:
     depth = _depth_figure(name, spec, ranked, report, runner, settings.get("depth_figure", "auto"))
     if depth is not None and tracker is not None and parent:
         tracker.log_file(parent, depth, "figures")
-    return 0
+    return table, report
 
 
 def _depth_figure(name: str, spec: SweepSpec, ranked: pd.DataFrame, report: pd.DataFrame, runner, setting: str):

@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._heatmap import GAIN_LABEL, HeatmapData, ScatterData, draw_gain_heatmap, draw_trial_scatter, tweak_axis
+from ._heatmap import (
+    GAIN_LABEL,
+    MAX_EXACT,
+    HeatmapData,
+    ScatterData,
+    draw_gain_heatmap,
+    draw_trial_scatter,
+    robust_limit,
+    tweak_axis,
+)
 
 __all__ = [
     "gain_heatmaps",
@@ -21,11 +30,18 @@ __all__ = [
     "optuna_figures",
     "per_prompt_gains",
     "sweep_figures",
+    "shared_limit",
     "pareto_figure",
     "GAIN_LABEL",
 ]
 
 log = logging.getLogger("meminject")
+
+# Optuna's importances (fANOVA: a random forest fitted to the trials) from a handful of trials
+# are noise: below SKIP_IMPORTANCES complete trials the figure is not drawn, below
+# FEW_FOR_IMPORTANCES it is drawn with a warning in its title (and a note on stderr).
+SKIP_IMPORTANCES = 10
+FEW_FOR_IMPORTANCES = 50
 
 
 def _plt():
@@ -39,25 +55,29 @@ def _plt():
 
 def _tweak_search(study) -> dict[str, Any]:
     """How τ was searched, from the trials' Optuna distributions: an interval's bounds, or a
-    grid's values (nothing when τ was fixed)."""
+    grid's values, an integer range (``range(1, 16)``) included (nothing when τ was fixed)."""
     import optuna.distributions as od
 
     for trial in study.get_trials(deepcopy=False) if study is not None else []:
         dist = trial.distributions.get("injection.tweak")
         if isinstance(dist, od.CategoricalDistribution):
             return {"choices": [float(c) for c in dist.choices]}
+        if isinstance(dist, od.IntDistribution) and not dist.log and (dist.high - dist.low) // dist.step < MAX_EXACT:
+            return {"choices": [float(v) for v in range(dist.low, dist.high + 1, dist.step)]}
         if isinstance(dist, (od.FloatDistribution, od.IntDistribution)):
             return {"low": float(dist.low), "high": float(dist.high)}
     return {}
 
 
-def gain_heatmaps(sites: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None) -> HeatmapData | None:
+def gain_heatmaps(
+    sites: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None, limit: float | None = None
+) -> HeatmapData | None:
     """Layer × τ heatmap of train mean gain, one panel per (encoding, memory type): the paper's
     grid view, on every layer of the model (``n_layers``) and the searched τ interval."""
     if sites.empty or "injection.layer" not in sites or "injection.tweak" not in sites:
         return None
     tweaks = tweak_axis(sites["injection.tweak"].astype(float).tolist(), **_tweak_search(study))
-    return draw_gain_heatmap(sites, path, n_layers=n_layers, tweaks=tweaks)
+    return draw_gain_heatmap(sites, path, n_layers=n_layers, tweaks=tweaks, limit=limit)
 
 
 def trial_frame(study) -> pd.DataFrame:
@@ -88,7 +108,9 @@ def trial_frame(study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial", "state", "layer", "tweak", "encoding", "memory_type", "gain"])
 
 
-def trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None) -> ScatterData | None:
+def trial_scatter(
+    trials: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None, limit: float | None = None
+) -> ScatterData | None:
     """Every trial at (τ, layer), coloured by train mean gain; pruned trials as grey crosses."""
     if trials.empty:
         return None
@@ -98,33 +120,54 @@ def trial_scatter(trials: pd.DataFrame, path: Path, *, n_layers: int = 0, study=
         if "low" in search
         else ((min(search["choices"]), max(search["choices"])) if "choices" in search else None)
     )
-    return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span)
+    return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span, limit=limit)
 
 
 def optuna_figures(study, folder: Path, target: str = GAIN_LABEL) -> list[Path]:
-    """Optuna's optimization history and (with 2+ searched parameters) parameter importances,
-    with the objective named (``target``) instead of Optuna's generic "Objective Value"."""
+    """Optuna's optimization history and (with 2+ searched parameters and enough trials)
+    parameter importances, with the objective named (``target``) instead of Optuna's generic
+    "Objective Value"; importances from few trials carry a warning (see FEW_FOR_IMPORTANCES)."""
     plt = _plt()
     import optuna.visualization.matplotlib as ovm
+    from optuna.trial import TrialState
 
     made = []
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     for name, make in (
         ("optimization_history.png", ovm.plot_optimization_history),
         ("param_importances.png", ovm.plot_param_importances),
     ):
+        if name == "param_importances.png" and n_complete < SKIP_IMPORTANCES:
+            log.info(
+                "note: parameter importances skipped: %d complete trials (they need %d or more)",
+                n_complete,
+                SKIP_IMPORTANCES,
+            )
+            continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-                ax = make(study, target_name=target)
-            if name == "param_importances.png" and ax.get_legend() is not None:
-                ax.get_legend().remove()  # one series named after the objective: the title says it
-                for loc in ("left", "center", "right"):
-                    ax.set_title("", loc=loc)
-                ax.set_title(f"importance of each searched parameter for the {target}", fontsize=10)
-            ax.figure.set_size_inches(7, 4.5)
-            ax.figure.tight_layout()
-            ax.figure.savefig(folder / name, dpi=110)
-            plt.close(ax.figure)
+            with plt.rc_context():  # Optuna sets the ggplot style globally: keep it to its own figures
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                    ax = make(study, target_name=target)
+                if name == "param_importances.png" and ax.get_legend() is not None:
+                    ax.get_legend().remove()  # one series named after the objective: the title says it
+                    for loc in ("left", "center", "right"):
+                        ax.set_title("", loc=loc)
+                    title = f"importance of each searched parameter for the {target}"
+                    if n_complete < FEW_FOR_IMPORTANCES:
+                        title += f"\nonly {n_complete} trials: a rough hint, not a ranking (noisy below {FEW_FOR_IMPORTANCES})"
+                        log.warning(
+                            "note: parameter importances from %d trials are a rough hint (noisy below %d)",
+                            n_complete,
+                            FEW_FOR_IMPORTANCES,
+                        )
+                    ax.set_title(
+                        title, fontsize=10, color="black" if n_complete >= FEW_FOR_IMPORTANCES else "firebrick"
+                    )
+                ax.figure.set_size_inches(7, 4.5)
+                ax.figure.tight_layout()
+                ax.figure.savefig(folder / name, dpi=110)
+                plt.close(ax.figure)
             made.append(folder / name)
         except Exception as exc:  # noqa: BLE001 - e.g. importances of a single parameter: skip that figure
             log.debug("figure %s skipped: %s", name, exc)
@@ -161,14 +204,27 @@ def sweep_figures(study, sites: pd.DataFrame, folder: Path, n_layers: int = 0, t
     model's layer count, so the layer axes show every layer, explored or not."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    heat = gain_heatmaps(sites, folder / "gain_heatmap.png", n_layers=n_layers, study=study)
+    trials = trial_frame(study)
+    limit = shared_limit(trials, sites)
+    heat = gain_heatmaps(sites, folder / "gain_heatmap.png", n_layers=n_layers, study=study, limit=limit)
     if heat is not None:
         made.append(heat.path)
-    scatter = trial_scatter(trial_frame(study), folder / "trials_scatter.png", n_layers=n_layers, study=study)
+    scatter = trial_scatter(trials, folder / "trials_scatter.png", n_layers=n_layers, study=study, limit=limit)
     if scatter is not None:
         made.append(scatter.path)
     made += optuna_figures(study, folder, target)
     return made
+
+
+def shared_limit(trials: pd.DataFrame, sites: pd.DataFrame) -> float | None:
+    """One colour limit for a sweep's heatmap and scatter: the robust limit of its complete
+    trials' gains (the heatmap's cells are means of those), else of its sites' (None: neither)."""
+    complete = trials[trials["state"] == "COMPLETE"]["gain"] if not trials.empty else pd.Series(dtype=float)
+    if complete.notna().any():
+        return robust_limit(complete.to_numpy(dtype=float))
+    if not sites.empty and "mean_gain" in sites:
+        return robust_limit(sites["mean_gain"].to_numpy(dtype=float))
+    return None
 
 
 def pareto_figure(ranked: pd.DataFrame, heldout: pd.DataFrame | None, path: Path, spec: Any = None) -> Path | None:

@@ -4,9 +4,12 @@ searches alike.
 Both share one layer axis (every layer of the model, explored or not), one τ axis (grid
 values as exact columns, a continuous interval binned evenly) and one colour scale: diverging,
 centred at 0, with robust limits (a percentile of |gain|) so that one outlier cannot wash out
-the best cells; cells beyond the limits are hatched and say so in the legend. Unexplored
-cells are grey, never the white of a zero gain. The functions return the data they drew
-(:class:`HeatmapData`, :class:`ScatterData`), so tests check the numbers behind the pixels.
+the best cells; cells beyond the limits are hatched and say so in the legend. A sweep's
+heatmap and scatter take the same ``limit`` (see :func:`meminject.sweep._figures.sweep_figures`).
+Unexplored cells are grey, never the white of a zero gain. The best cells above zero carry
+their value, fitted inside the cell (:mod:`._cell_labels`); a panel with too few trials says
+so in its title. The functions return the data they drew (:class:`HeatmapData`,
+:class:`ScatterData`), so tests check the numbers behind the pixels.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ._cell_labels import CellLabel, best_cells, format_gain, label_cells
+
 __all__ = [
     "TweakAxis",
     "tweak_axis",
@@ -28,6 +33,7 @@ __all__ = [
     "ScatterData",
     "draw_trial_scatter",
     "GAIN_LABEL",
+    "few_trials",
 ]
 
 GAIN_LABEL = "train mean gain"  # sweeps optimize on the train part (data.part=train)
@@ -92,6 +98,23 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _gain_bar(bar, limit: float) -> None:
+    """The colour bar's label and ticks: each tick its own value (no "1e-6" offset above the
+    bar, where it would run into the figure's title)."""
+    from matplotlib.ticker import FuncFormatter
+
+    bar.formatter = FuncFormatter(lambda value, _: _fmt(value))
+    bar.update_ticks()
+    bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+
+
+def _tweak_text(tweaks: TweakAxis, column: int) -> str:
+    """A τ column as text: its value, or a bin's interval."""
+    if tweaks.edges is None:
+        return f"τ={tweaks.values[column]:g}"
+    return f"τ {_fmt(tweaks.edges[column])}–{_fmt(tweaks.edges[column + 1])}"
+
+
 def _plt():
     import matplotlib
 
@@ -112,6 +135,15 @@ class HeatmapData:
     limit: float
     clipped: dict[str, np.ndarray] = field(default_factory=dict)
     annotated: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    labels: dict[str, list[CellLabel]] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=dict)  # complete trials behind each panel
+    notes: dict[str, str] = field(default_factory=dict)  # what a panel's title warns of
+
+
+def few_trials(n_trials: int, annotate: int) -> bool:
+    """Too few trials to read a panel as a map: fewer than twice its labelled best cells, so
+    that "the best" would be most of what ran."""
+    return n_trials < 2 * max(annotate, 1)
 
 
 def _layer_ticks(ax, n_layers: int, axis: str = "y") -> None:
@@ -130,65 +162,80 @@ def _tweak_ticks(ax, axis: TweakAxis) -> None:
 
 
 def draw_gain_heatmap(
-    sites: pd.DataFrame, path: Path, *, n_layers: int, tweaks: TweakAxis, annotate: int = 3
+    sites: pd.DataFrame,
+    path: Path,
+    *,
+    n_layers: int,
+    tweaks: TweakAxis,
+    annotate: int = 3,
+    limit: float | None = None,
 ) -> HeatmapData:
     """Layer × τ grid of train mean gain (mean over the sites in a cell), one panel per
-    (encoding, memory type), all on the same axes and one colour scale; the ``annotate``
-    best cells of each panel carry their value."""
+    (encoding, memory type), all on the same axes and one colour scale (``limit``, by default
+    the cells' robust limit); the ``annotate`` best cells above zero of each panel carry their value."""
     plt = _plt()
     from matplotlib.patches import Patch
 
-    grids, n_layers = _panel_grids(sites, tweaks, n_layers)
-    limit = robust_limit(np.concatenate([g.ravel() for g in grids.values()]))
+    grids, n_layers, counts = _panel_grids(sites, tweaks, n_layers)
+    if limit is None:
+        limit = robust_limit(np.concatenate([g.ravel() for g in grids.values()]))
     cmap = plt.get_cmap(CMAP).with_extremes(bad=UNEXPLORED)
     width = max(3.4, 0.34 * tweaks.n + 1.3)
     height = max(3.6, 0.2 * n_layers + 1.9)
     fig, axes = plt.subplots(
         1, len(grids), figsize=(max(7.0, width * len(grids) + 1.4), height), squeeze=False, sharey=True
     )
-    data = HeatmapData(path, np.arange(n_layers), tweaks, grids, limit)
+    data = HeatmapData(path, np.arange(n_layers), tweaks, grids, limit, trials=counts)
     image = None
     for ax, (name, grid) in zip(axes[0], grids.items()):
         image = _draw_panel(ax, name, grid, data, cmap, annotate)
     axes[0][0].set_ylabel("layer")
     bar = fig.colorbar(image, ax=list(axes[0]), extend="both", fraction=0.04, pad=0.02)
-    bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+    _gain_bar(bar, limit)
     handles = [
         Patch(facecolor=UNEXPLORED, label="not explored"),
         Patch(facecolor="0.25", edgecolor="white", hatch="///", label=f"beyond ±{_fmt(limit)} (clipped)"),
     ]
     fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.0, 0.0))
     fig.suptitle(
-        f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} of each panel labelled)",
+        f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} above zero of each panel labelled)",
         fontsize=10,
     )
-    fig.subplots_adjust(bottom=0.1 + 2.6 / (height * 6.4), top=1 - 0.75 / height, left=0.08, right=0.86, wspace=0.08)
-    fig.savefig(path, dpi=110)
+    fig.subplots_adjust(bottom=0.1 + 2.6 / (height * 6.4), top=1 - 1.0 / height, left=0.08, right=0.86, wspace=0.08)
+    fig.set_dpi(110)  # the labels are fitted at the saved resolution
+    for ax, (name, grid) in zip(axes[0], grids.items()):
+        _label_panel(ax, name, grid, data, annotate)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # nothing cut at the edges
     plt.close(fig)
     return data
 
 
-def _panel_grids(sites: pd.DataFrame, tweaks: TweakAxis, n_layers: int) -> tuple[dict[str, np.ndarray], int]:
+def _panel_grids(
+    sites: pd.DataFrame, tweaks: TweakAxis, n_layers: int
+) -> tuple[dict[str, np.ndarray], int, dict[str, int]]:
     """One (layers, τ columns) grid of mean gain per (encoding, memory type) panel, NaN where
-    unexplored, and the layer count (widened to the sites' deepest layer)."""
+    unexplored, the layer count (widened to the sites' deepest layer) and each panel's trials."""
     frame = sites.copy()
     frame["layer"] = frame["injection.layer"].astype(int)
     frame["column"] = [tweaks.column(float(t)) for t in frame["injection.tweak"]]
     keys = [k for k in ("memory.encoding", "memory.type") if k in frame]
     n_layers = max(n_layers, int(frame["layer"].max()) + 1)
     grids: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
     for name, group in frame.groupby(keys, sort=True) if keys else [((), frame)]:
         grid = np.full((n_layers, tweaks.n), np.nan)
         means = group.groupby(["layer", "column"])["mean_gain"].mean()
         for (layer, column), value in means.items():
             grid[layer, column] = value
-        grids[" / ".join(map(str, name if isinstance(name, tuple) else (name,)))] = grid
-    return grids, n_layers
+        label = " / ".join(map(str, name if isinstance(name, tuple) else (name,)))
+        grids[label] = grid
+        counts[label] = int(group["trials"].sum()) if "trials" in group else len(group)
+    return grids, n_layers, counts
 
 
 def _draw_panel(ax, name: str, grid: np.ndarray, data: HeatmapData, cmap, annotate: int):
-    """One panel: the grid on the shared scale, clipped cells hatched, the ``annotate`` best
-    cells labelled (both recorded in ``data``); returns the image for the colour bar."""
+    """One panel: the grid on the shared scale, clipped cells hatched (recorded in ``data``), a
+    note in the title when it has too few trials; returns the image for the colour bar."""
     from matplotlib.patches import Rectangle
 
     limit, tweaks, n_layers = data.limit, data.tweaks, len(data.layers)
@@ -207,32 +254,34 @@ def _draw_panel(ax, name: str, grid: np.ndarray, data: HeatmapData, cmap, annota
         ax.add_patch(
             Rectangle((column - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0.8)
         )
-    order = np.argsort(np.where(np.isfinite(grid), grid, -np.inf), axis=None)[::-1][:annotate]
-    data.annotated[name] = []
-    for flat in order:
-        layer, column = np.unravel_index(flat, grid.shape)
-        if not np.isfinite(grid[layer, column]):
-            break
-        value = grid[layer, column]
-        ax.text(
-            column,
-            layer,
-            f"{value:+.3f}" if abs(value) >= 5e-4 or value == 0 else f"{value:+.1e}",
-            ha="center",
-            va="center",
-            fontsize=6,
-            fontweight="bold",
-            color="white",
-            bbox={"boxstyle": "square,pad=0.1", "facecolor": (0, 0, 0, 0.6), "linewidth": 0},
-        )  # readable over any colour or hatch
-        data.annotated[name].append((int(layer), int(column)))
-    ax.set_title(name, fontsize=10)
+    n = data.trials.get(name, 0)
+    if few_trials(n, annotate):
+        data.notes[name] = f"only {n} trial{'s' if n != 1 else ''}: too few to read as a map"
+    ax.set_title(
+        name + (f"\n{data.notes[name]}" if name in data.notes else ""), fontsize=10 if name not in data.notes else 9
+    )
     ax.set_xlabel("τ (tweak factor)" + (", binned" if tweaks.edges is not None else ""))
     _tweak_ticks(ax, tweaks)
     _layer_ticks(ax, n_layers)
     ax.set_xlim(-0.5, tweaks.n - 0.5)
     ax.set_ylim(-0.5, n_layers - 0.5)
     return image
+
+
+def _label_panel(ax, name: str, grid: np.ndarray, data: HeatmapData, annotate: int) -> None:
+    """The panel's best cells above zero, each label fitted in its cell; a label shown as its
+    rank (no room for the value) gets its value in the panel's title."""
+    cells = best_cells(grid, annotate)
+    labels = label_cells(ax, grid, cells)
+    data.labels[name] = labels
+    data.annotated[name] = [(lab.layer, lab.column) for lab in labels]
+    listed = [
+        f"{rank}: L{lab.layer} {_tweak_text(data.tweaks, lab.column)} {format_gain(lab.value)}"
+        for rank, lab in enumerate(labels, start=1)
+        if lab.text != format_gain(lab.value)
+    ]
+    if listed:
+        ax.set_title(ax.get_title() + "\n" + " · ".join(listed), fontsize=8)
 
 
 @dataclass
@@ -247,21 +296,27 @@ class ScatterData:
 
 
 def draw_trial_scatter(
-    trials: pd.DataFrame, path: Path, *, n_layers: int, tweak_range: tuple[float, float] | None = None
+    trials: pd.DataFrame,
+    path: Path,
+    *,
+    n_layers: int,
+    tweak_range: tuple[float, float] | None = None,
+    limit: float | None = None,
 ) -> ScatterData:
     """Every trial at (τ, layer): complete trials coloured by train mean gain on the heatmap's
-    scale, one marker shape per encoding; pruned trials as small grey crosses (they never
-    reached a full-data gain, so they are not coloured)."""
+    scale (``limit``; by default the trials' robust limit), one marker shape per encoding;
+    pruned trials as small grey crosses (they never reached a full-data gain, so they are not coloured)."""
     plt = _plt()
     complete = trials[trials["state"] == "COMPLETE"]
     pruned = trials[trials["state"] == "PRUNED"]
-    limit = robust_limit(complete["gain"].to_numpy(dtype=float)) if not complete.empty else 1e-12
+    if limit is None:
+        limit = robust_limit(complete["gain"].to_numpy(dtype=float)) if not complete.empty else 1e-12
     n_layers = max(n_layers, int(trials["layer"].max()) + 1) if not trials.empty else n_layers
     fig, ax = plt.subplots(figsize=(9.0, max(4.5, 0.17 * n_layers + 2.4)))
     points, handles, clipped = _scatter_trials(ax, complete, pruned, limit)
     if points is not None:
         bar = fig.colorbar(points, ax=ax, extend="both", fraction=0.035, pad=0.02)
-        bar.set_label(f"{GAIN_LABEL} (colours clipped at ±{_fmt(limit)})")
+        _gain_bar(bar, limit)
     if tweak_range is not None:
         pad = 0.02 * (tweak_range[1] - tweak_range[0] or 1)
         ax.set_xlim(tweak_range[0] - pad, tweak_range[1] + pad)
@@ -283,7 +338,7 @@ def draw_trial_scatter(
             title_fontsize=8,
         )
     fig.subplots_adjust(left=0.07, right=0.9, top=0.93, bottom=0.17)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # nothing cut at the edges
     plt.close(fig)
     return ScatterData(path, complete, pruned, limit, clipped)
 

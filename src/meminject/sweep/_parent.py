@@ -23,7 +23,7 @@ from ._storage import default_storage_url
 from ._study import ATTR_PARENT, model_sizes, storage_lock, stored_spec
 from ..tracking._schema import TAG_BEST_PARAMS, TAG_RECONCILED, TAG_SAMPLER, TAG_STATE, TAG_SWEEP, TAG_TRIAL_NUMBER
 
-__all__ = ["start_parent_run", "reconcile_runs", "finalize", "best_csv"]
+__all__ = ["start_parent_run", "reconcile_runs", "finalize", "best_csv", "study_figures"]
 
 log = logging.getLogger("meminject")
 
@@ -142,11 +142,7 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
         gaps.to_csv(gaps_path, index=False)
     figures = []
     try:
-        from ._figures import sweep_figures
-
-        figures = sweep_figures(
-            study, table, outputs_dir("figures", study.study_name), n_layers=_n_layers(study), target=_target(study)
-        )
+        figures = study_figures(study, table)
     except Exception as exc:  # noqa: BLE001 - a figure must never cost the results
         log.warning("note: sweep figures skipped (%s)", first_line(exc))
     parent = study.user_attrs.get(ATTR_PARENT)
@@ -160,6 +156,16 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
                 redact(first_line(exc)),
             )
     return path
+
+
+def study_figures(study: optuna.Study, table: Any = None, folder: Path | None = None) -> list[Path]:
+    """The sweep's figures (heatmap, scatter, Optuna's views) into ``folder`` (default
+    ``outputs/figures/<study>``), on every layer of the model and named after its objective."""
+    from ._figures import sweep_figures
+
+    table = ranked_sites(study) if table is None else table
+    folder = outputs_dir("figures", study.study_name) if folder is None else Path(folder)
+    return sweep_figures(study, table, folder, n_layers=_n_layers(study), target=_target(study))
 
 
 def _n_layers(study: optuna.Study) -> int:

@@ -165,3 +165,157 @@ def test_sweep_figures_make_heatmap_scatter_and_optuna_views(tmp_path):
 @pytest.mark.parametrize("empty", [pd.DataFrame()])
 def test_no_sites_no_heatmap(tmp_path, empty):
     assert gain_heatmaps(empty, tmp_path / "x.png", n_layers=4) is None
+
+
+# ---------------------------------------------------------------- figures a paper could use (#24)
+
+
+def _grid_study(gains: dict[tuple[int, int, str], float]) -> optuna.Study:
+    """A grid study as ``range(1, 16)`` makes it: τ an IntDistribution, one trial per point."""
+    study = optuna.create_study(direction="maximize")
+    distributions = {
+        "injection.layer": IntDistribution(0, N_LAYERS - 1),
+        "injection.tweak": IntDistribution(1, 15),
+        "memory.encoding": CategoricalDistribution(["unembed", "embed"]),
+    }
+    for (layer, tweak, encoding), gain in gains.items():
+        attrs = {
+            "site.injection.layer": layer,
+            "site.injection.tweak": tweak,
+            "site.memory.encoding": encoding,
+            "site.memory.type": "correct",
+            "mean_gain": gain,
+        }
+        params = {"injection.layer": layer, "injection.tweak": tweak, "memory.encoding": encoding}
+        study.add_trial(create_trial(params=params, distributions=distributions, value=gain, user_attrs=attrs))
+    return study
+
+
+def _full_grid(seed: int = 0) -> dict[tuple[int, int, str], float]:
+    """Every layer × τ 1..15 for unembed; the three best cells side by side in the last column's row."""
+    rng = np.random.default_rng(seed)
+    gains = {
+        (layer, tweak, "unembed"): float(rng.normal(0, 0.004)) for layer in range(N_LAYERS) for tweak in range(1, 16)
+    }
+    gains.update({(12, 13, "unembed"): 0.0913, (12, 14, "unembed"): 0.1027, (12, 15, "unembed"): 0.1141})
+    return gains
+
+
+def test_a_grid_of_15_tweak_values_keeps_15_exact_columns(tmp_path):
+    study = _grid_study(_full_grid())
+    data = gain_heatmaps(
+        _sites(study), _figure_dir(tmp_path) / "gain_heatmap_paper_grid.png", n_layers=N_LAYERS, study=study
+    )
+    assert data.tweaks.edges is None and data.tweaks.values == [float(t) for t in range(1, 16)]
+    grid = data.grids["unembed / correct"]
+    assert grid.shape == (N_LAYERS, 15) and np.isfinite(grid).all()  # one trial, one exact cell
+    assert grid[12, 14] == pytest.approx(0.1141)
+
+
+def test_labels_fit_inside_their_cells_so_they_never_overlap_or_leave_the_panel(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from meminject.sweep._cell_labels import MIN_FONT, _cell_box
+
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)  # keep the canvas to measure on
+
+    study = _grid_study(_full_grid())
+    data = gain_heatmaps(
+        _sites(study), _figure_dir(tmp_path) / "gain_heatmap_labels.png", n_layers=N_LAYERS, study=study
+    )
+    labels = data.labels["unembed / correct"]
+    assert [(lab.layer, lab.column) for lab in labels] == [
+        (12, 14),
+        (12, 13),
+        (12, 12),
+    ]  # side by side, last at the edge
+    boxes = []
+    for lab in labels:
+        assert lab.artist is not None and lab.fontsize >= MIN_FONT
+        renderer = lab.artist.figure.canvas.get_renderer()
+        box = lab.artist.get_window_extent(renderer)
+        cell = _cell_box(lab.artist.axes, lab.layer, lab.column)
+        assert cell.x0 <= box.x0 and box.x1 <= cell.x1 and cell.y0 <= box.y0 and box.y1 <= cell.y1, lab
+        panel = lab.artist.axes.get_window_extent(renderer)
+        assert panel.x0 <= box.x0 and box.x1 <= panel.x1
+        boxes.append(box)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    shown = {lab.text for lab in labels}  # each label is its value, or its rank with the value in the title
+    title = labels[0].artist.axes.get_title()
+    assert all(t.startswith("+") or f"{t}: L12" in title for t in shown), (shown, title)
+    plt.close("all")
+
+
+def test_best_labels_mark_only_cells_above_zero(tmp_path):
+    two_negative = _grid_study({(3, 4, "unembed"): -0.02, (6, 9, "unembed"): -0.001})
+    data = gain_heatmaps(_sites(two_negative), tmp_path / "neg.png", n_layers=N_LAYERS, study=two_negative)
+    assert data.annotated["unembed / correct"] == [] and data.labels["unembed / correct"] == []
+    mixed = _grid_study({(3, 4, "unembed"): -0.02, (6, 9, "unembed"): 0.003, (7, 9, "unembed"): 0.0})
+    data = gain_heatmaps(_sites(mixed), tmp_path / "mixed.png", n_layers=N_LAYERS, study=mixed)
+    assert data.annotated["unembed / correct"] == [(6, 8)]  # layer 6, τ=9's column
+    assert [lab.value for lab in data.labels["unembed / correct"]] == [0.003]
+
+
+def test_a_panel_with_too_few_trials_says_so(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    gains = {(layer, tweak, "unembed"): 0.001 * tweak for layer in range(0, N_LAYERS, 3) for tweak in (2, 5)}
+    gains.update({(4, 3, "embed"): -0.01, (9, 12, "embed"): -0.002})  # a 2-trial panel
+    study = _grid_study(gains)
+    seen = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: seen.append(fig))
+    data = gain_heatmaps(
+        _sites(study), _figure_dir(tmp_path) / "gain_heatmap_2_trials.png", n_layers=N_LAYERS, study=study
+    )
+    assert data.trials == {"embed / correct": 2, "unembed / correct": 20}
+    assert set(data.notes) == {"embed / correct"} and "only 2 trials" in data.notes["embed / correct"]
+    titles = {ax.get_title() for ax in seen[0].axes}
+    assert any("embed / correct" in t and "only 2 trials" in t for t in titles)
+    assert not any(t.startswith("unembed") and "only" in t for t in titles)
+    plt.close("all")
+
+
+def test_heatmap_and_scatter_of_a_sweep_share_one_colour_scale(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    study = _study(FloatDistribution(1, 15))
+    seen = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: seen.append(fig))
+    sweep_figures(study, _sites(study), _figure_dir(tmp_path) / "shared", n_layers=N_LAYERS)
+    heat, scatter = seen[0], seen[1]
+    heat_clims = {im.get_clim() for ax in heat.axes for im in ax.images}
+    scatter_clims = {c.get_clim() for ax in scatter.axes for c in ax.collections if c.get_array() is not None}
+    assert len(heat_clims) == 1 and heat_clims == scatter_clims, (heat_clims, scatter_clims)
+    limit = heat_clims.pop()[1]
+    labels = [ax.get_ylabel() for fig in (heat, scatter) for ax in fig.axes if "clipped at" in ax.get_ylabel()]
+    assert len(labels) == 2 and len(set(labels)) == 1 and f"±{limit:.3g}" in labels[0]
+    plt.close("all")
+
+
+@pytest.mark.parametrize("n, drawn, warned", [(5, False, False), (24, True, True), (60, True, False)])
+def test_optunas_importances_warn_at_few_trials_and_skip_at_very_few(tmp_path, monkeypatch, caplog, n, drawn, warned):
+    import matplotlib.pyplot as plt
+
+    caplog.set_level("INFO", logger="meminject")
+    study = _study(FloatDistribution(1, 15), n=n, pruned=0)
+    seen = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: seen.append(fig))
+    made = optuna_figures(study, tmp_path)
+    assert ("param_importances.png" in {p.name for p in made}) == drawn
+    if drawn:
+        title = [fig for fig in seen if fig is not None and fig != "all"][-1].axes[0].get_title()
+        assert (f"only {n} trials" in title) == warned, title
+    assert any(
+        f"from {n} trials" in r.getMessage() or f"{n} complete trials" in r.getMessage() for r in caplog.records
+    ) == (warned or not drawn)
+    plt.close("all")
+
+
+def test_optunas_figures_leave_the_matplotlib_style_alone(tmp_path):
+    """Optuna's plots switch pyplot to its ggplot style for good; a heatmap drawn after them
+    (a second `meminject.figures` in a notebook) would come out grey with a white grid."""
+    import matplotlib.pyplot as plt
+
+    before = {k: plt.rcParams[k] for k in ("axes.facecolor", "axes.grid", "axes.edgecolor")}
+    optuna_figures(_study(FloatDistribution(1, 15), n=12, pruned=0), tmp_path)
+    assert {k: plt.rcParams[k] for k in before} == before
