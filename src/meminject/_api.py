@@ -44,6 +44,7 @@ __all__ = ["Session", "Best", "run_sweep", "best", "figures", "ALIASES"]
 # Short names for the point keys a person types most; any injection.* or memory.* key works too.
 ALIASES = {
     "layer": "injection.layer",
+    "depth": "injection.depth",
     "tweak": "injection.tweak",
     "site": "injection.site",
     "head": "injection.head",
@@ -121,8 +122,11 @@ class Session:
 
     def _configs(self, points: Iterable[Mapping[str, Any]]) -> list[Any]:
         from .config import with_values
+        from .engine import resolve_depth
 
-        return [with_values(self.config, _point_keys(p, {})) for p in points]
+        return [
+            resolve_depth(with_values(self.config, _point_keys(p, {}))) for p in points
+        ]  # a depth: this model's layer
 
     def evaluate(self, point: Mapping[str, Any] | None = None, **keys: Any) -> pd.DataFrame:
         """One injection point (``{"injection.layer": 1}``, or ``layer=1, tweak=4``; unset keys

@@ -99,3 +99,10 @@ def test_the_docstring_examples_run(tmp_path, monkeypatch):
     result = doctest.testmod(api, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted >= 15 and result.failed == 0, result
     assert (tmp_path / "outputs" / "figures" / "doc" / "gain_heatmap.png").is_file()
+
+
+def test_a_point_at_a_relative_depth_is_the_layer_it_names_in_the_sessions_model(lab):
+    deepest = lab.evaluate(depth=1.0, tweak=4)
+    last_layer = lab.evaluate(layer=lab.model.n_layers - 1, tweak=4)
+    np.testing.assert_array_equal(deepest["answer_prob_after"], last_layer["answer_prob_after"])
+    assert not np.array_equal(lab.evaluate(depth=0.0, tweak=4)["answer_prob_after"], deepest["answer_prob_after"])
