@@ -97,6 +97,7 @@ def trial_frame(study) -> pd.DataFrame:
         rows.append(
             {
                 "trial": t.number,
+                "model": str(site.get("model", "-")),
                 "state": "COMPLETE" if complete else "PRUNED",
                 "layer": int(site["injection.layer"]),
                 "tweak": float(site["injection.tweak"]),
@@ -105,7 +106,7 @@ def trial_frame(study) -> pd.DataFrame:
                 "gain": np.nan if gain is None else float(gain),
             }
         )
-    return pd.DataFrame(rows, columns=["trial", "state", "layer", "tweak", "encoding", "memory_type", "gain"])
+    return pd.DataFrame(rows, columns=["trial", "model", "state", "layer", "tweak", "encoding", "memory_type", "gain"])
 
 
 def trial_scatter(
@@ -199,19 +200,34 @@ def per_prompt_gains(per_prompt: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-def sweep_figures(study, sites: pd.DataFrame, folder: Path, n_layers: int = 0, target: str = GAIN_LABEL) -> list[Path]:
+def sweep_figures(
+    study,
+    sites: pd.DataFrame,
+    folder: Path,
+    n_layers: int = 0,
+    target: str = GAIN_LABEL,
+    layers_of: dict[str, int] | None = None,
+) -> list[Path]:
     """All sweep-level figures into ``folder``; returns the files made. ``n_layers``: the
-    model's layer count, so the layer axes show every layer, explored or not."""
+    model's layer count, so the layer axes show every layer, explored or not. A study with a
+    model axis gets one heatmap and one scatter per model (``gain_heatmap_<model>.png``; each on
+    its own layers, from ``layers_of``), all on the sweep's one colour scale."""
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     trials = trial_frame(study)
     limit = shared_limit(trials, sites)
-    heat = gain_heatmaps(sites, folder / "gain_heatmap.png", n_layers=n_layers, study=study, limit=limit)
-    if heat is not None:
-        made.append(heat.path)
-    scatter = trial_scatter(trials, folder / "trials_scatter.png", n_layers=n_layers, study=study, limit=limit)
-    if scatter is not None:
-        made.append(scatter.path)
+    models = sorted(sites["model"].astype(str).unique()) if "model" in sites.columns else []
+    parts = [(m, f"_{m}") for m in models] if len(models) > 1 else [(None, "")]
+    for model, suffix in parts:
+        rows = sites if model is None else sites[sites["model"].astype(str) == model]
+        runs = trials if model is None else trials[trials["model"] == model]
+        layers = n_layers if model is None else (layers_of or {}).get(model, 0)
+        heat = gain_heatmaps(rows, folder / f"gain_heatmap{suffix}.png", n_layers=layers, study=study, limit=limit)
+        if heat is not None:
+            made.append(heat.path)
+        scatter = trial_scatter(runs, folder / f"trials_scatter{suffix}.png", n_layers=layers, study=study, limit=limit)
+        if scatter is not None:
+            made.append(scatter.path)
     made += optuna_figures(study, folder, target)
     return made
 

@@ -17,7 +17,7 @@ from ..core._paths import outputs_dir
 from ..core._errors import first_line
 from ..tracking._schema import from_attrs, site_label
 from ..tracking._tracker import Tracker, redact, redacted_container
-from ._results import control_gaps, ranked_sites
+from ._results import control_gaps, n_layers_of, ranked_sites
 from ._settings import SweepSpec
 from ._storage import default_storage_url
 from ._study import ATTR_PARENT, model_sizes, storage_lock, stored_spec
@@ -165,7 +165,10 @@ def study_figures(study: optuna.Study, table: Any = None, folder: Path | None = 
 
     table = ranked_sites(study) if table is None else table
     folder = outputs_dir("figures", study.study_name) if folder is None else Path(folder)
-    return sweep_figures(study, table, folder, n_layers=_n_layers(study), target=_target(study))
+    spec = stored_spec(study)
+    models = table["model"].astype(str).unique() if spec is not None and "model" in table.columns else []
+    layers_of = {m: n_layers_of(spec, m) or 0 for m in models} if len(models) > 1 else None  # a model axis
+    return sweep_figures(study, table, folder, n_layers=_n_layers(study), target=_target(study), layers_of=layers_of)
 
 
 def _n_layers(study: optuna.Study) -> int:

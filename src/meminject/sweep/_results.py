@@ -18,7 +18,15 @@ from ..tracking._schema import COLUMNS, from_attrs
 from ._settings import SweepSpec
 from ._study import stored_spec
 
-__all__ = ["ranked_sites", "relative_depths", "distinct_sites", "control_gaps", "format_table", "pareto_mask"]
+__all__ = [
+    "ranked_sites",
+    "relative_depths",
+    "n_layers_of",
+    "distinct_sites",
+    "control_gaps",
+    "format_table",
+    "pareto_mask",
+]
 
 
 def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
@@ -89,14 +97,14 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
 def relative_depths(table: pd.DataFrame, spec: SweepSpec) -> list[float]:
     """Each row's layer as a relative depth of its model (0 = first layer, 1 = last), so sites of
     models with other layer counts line up (``injection.depth`` is the axis that searches it)."""
-    layers = {name: _n_layers(spec, str(name)) for name in table["model"].unique()}
+    layers = {name: n_layers_of(spec, str(name)) for name in table["model"].unique()}
     return [
         relative_depth(int(layer), layers[model]) if layers[model] else float("nan")
         for model, layer in zip(table["model"], table["injection.layer"])
     ]
 
 
-def _n_layers(spec: SweepSpec, name: str) -> int | None:
+def n_layers_of(spec: SweepSpec, name: str) -> int | None:
     """The layer count of a study's model ``name``, from its config alone (None if not found)."""
     base = load_run_config(spec.overrides)
     if base.model.name != name:

@@ -117,6 +117,10 @@ def test_one_grid_study_over_two_models_by_depth_ranks_and_figures_per_model(tmp
     assert main(args) == 0, capsys.readouterr().err
     capsys.readouterr()
     study = load(tmp_path, "two-tiny_tiny5-demo")  # both models name the study
+    figures = tmp_path / "outputs" / "figures" / "two-tiny_tiny5-demo"
+    for model in ("tiny", "tiny5"):  # one heatmap and scatter per model, each on its own layers
+        assert (figures / f"gain_heatmap_{model}.png").is_file() and (figures / f"trials_scatter_{model}.png").is_file()
+    assert not (figures / "gain_heatmap.png").exists()
     layers = {(t.user_attrs["site.model"], t.user_attrs["site.injection.layer"]) for t in study.get_trials()}
     assert layers == {("tiny", 0), ("tiny", 1), ("tiny", 2), ("tiny5", 0), ("tiny5", 2), ("tiny5", 4)}
     code = main(["best", f"storage={tmp_path / 'optuna.journal'}", "top=2", "bootstrap=50"])
