@@ -189,7 +189,7 @@ README_SHAPES = {  # each line of the README's `meminject sweep` example, by sha
     "start": r"^sweep \S+: study \S+ · \w+ sampler · \d+ trials · (maximize|minimize) \w+ · axes \S+=.+$",
     "storage": r"^  storage \S+ · workers \d+ · MLflow \S+$",
     "done": r"^done: \d+ complete trials \(\d+ new\) in [\d.]+ s$",
-    "row": r"^\s+\d+\s+\S+\s+\d+\s+\S+\s+[\d.]+\s+\w+\s+\w+\s+\w+\s+\w+\s+-?[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+$",
+    "row": r"^\s+\d+\s+\S+\s+\d+\s+[\d.]+\s+\S+\s+[\d.]+\s+\w+\s+\w+\s+\w+\s+\w+\s+-?[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+$",
     "ranked": r"^ranked sites: \S+\.csv$",
 }
 
