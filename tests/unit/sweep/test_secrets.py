@@ -83,7 +83,7 @@ def test_ui_passes_its_store_to_mlflow_server_in_the_environment_and_prints_it_r
     from meminject.views import _ui
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(_ui, "_experiment", lambda uri, name: "1")
+    monkeypatch.setattr(_ui, "_experiment", lambda uri, *rest: ("1", "the runs table"))
     monkeypatch.setattr(_ui, "_wait_ready", lambda *args: None)
     monkeypatch.setattr("meminject.tracking._probe.probe_database", lambda uri: None)
     code = main(["ui", "port=0", f"tracking.uri={PG}"])

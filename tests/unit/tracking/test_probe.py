@@ -40,7 +40,7 @@ def test_other_stores_are_left_to_their_own_checks(uri):
 @pytest.mark.parametrize("command", ["sweep", "ui", "eval"])
 def test_each_command_answers_in_one_line_within_seconds(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    config = [] if command == "ui" else ["model=tiny", "model.device=cpu", "data.limit=6"]
+    config = [] if command == "ui" else ["model=tiny", "model.device=cpu", "data.limit=6", "injection.layer=1"]
     started = time.monotonic()
     code = main([command, *config, f"tracking.uri={_closed()}", *(["port=0"] if command == "ui" else [])])
     elapsed = time.monotonic() - started

@@ -76,7 +76,7 @@ ARG_CASES = {
     "head out of range": ("eval injection.site=head injection.head=9", "injection.head=9 is out of range"),
     "negative tweak": ("eval injection.tweak=-1", "injection.tweak=-1.0 must be"),
     "NaN tweak": ("eval injection.tweak=nan", "injection.tweak=nan must be"),
-    "unknown config key": ("eval injection.depth=3", "unknown config key 'injection.depth'"),
+    "unknown config key": ("eval injection.deep=3", "unknown config key 'injection.deep'"),
     "unknown key added with +": (
         "eval +injection.tweek=9",
         "unknown config key 'injection.tweek' (did you mean injection.tweak?)",
