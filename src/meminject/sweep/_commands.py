@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 from optuna.trial import TrialState
 
 from ..config import load_run_config
-from ..core._errors import ConfigError, first_line
+from ..core._errors import ConfigError, TrackingError, first_line
 from ..core._paths import outputs_dir
 from ._recovery import DEFAULT_HEARTBEAT
 from ..tracking._tracker import Tracker, redact, tracking_uri
@@ -319,8 +319,9 @@ def _parent_tracker(base, parent: str, name: str) -> Tracker | None:
     tracker = Tracker.from_config(base, study=name)
     try:
         tracker.client.get_run(parent)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc):
+    except (MlflowException, TrackingError) as exc:  # the retrying client says a missing run in one line
+        cause = exc.__cause__ if isinstance(exc, TrackingError) else exc
+        if getattr(cause, "error_code", "") != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(cause):
             raise
         print(note)
         return None
