@@ -70,14 +70,14 @@ def _tweak_search(study) -> dict[str, Any]:
 
 
 def gain_heatmaps(
-    sites: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None, limit: float | None = None
+    sites: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None, limit: float | None = None, subject: str = ""
 ) -> HeatmapData | None:
     """Layer × τ heatmap of train mean gain, one panel per (encoding, memory type): the paper's
     grid view, on every layer of the model (``n_layers``) and the searched τ interval."""
     if sites.empty or "injection.layer" not in sites or "injection.tweak" not in sites:
         return None
     tweaks = tweak_axis(sites["injection.tweak"].astype(float).tolist(), **_tweak_search(study))
-    return draw_gain_heatmap(sites, path, n_layers=n_layers, tweaks=tweaks, limit=limit)
+    return draw_gain_heatmap(sites, path, n_layers=n_layers, tweaks=tweaks, limit=limit, subject=subject)
 
 
 def trial_frame(study) -> pd.DataFrame:
@@ -110,7 +110,7 @@ def trial_frame(study) -> pd.DataFrame:
 
 
 def trial_scatter(
-    trials: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None, limit: float | None = None
+    trials: pd.DataFrame, path: Path, *, n_layers: int = 0, study=None, limit: float | None = None, subject: str = ""
 ) -> ScatterData | None:
     """Every trial at (τ, layer), coloured by train mean gain; pruned trials as grey crosses."""
     if trials.empty:
@@ -121,7 +121,7 @@ def trial_scatter(
         if "low" in search
         else ((min(search["choices"]), max(search["choices"])) if "choices" in search else None)
     )
-    return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span, limit=limit)
+    return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span, limit=limit, subject=subject)
 
 
 def optuna_figures(study, folder: Path, target: str = GAIN_LABEL) -> list[Path]:
@@ -222,10 +222,11 @@ def sweep_figures(
         rows = sites if model is None else sites[sites["model"].astype(str) == model]
         runs = trials if model is None else trials[trials["model"] == model]
         layers = n_layers if model is None else (layers_of or {}).get(model, 0)
-        heat = gain_heatmaps(rows, folder / f"gain_heatmap{suffix}.png", n_layers=layers, study=study, limit=limit)
+        named = {"n_layers": layers, "study": study, "limit": limit, "subject": model or ""}  # a model's figure says so
+        heat = gain_heatmaps(rows, folder / f"gain_heatmap{suffix}.png", **named)
         if heat is not None:
             made.append(heat.path)
-        scatter = trial_scatter(runs, folder / f"trials_scatter{suffix}.png", n_layers=layers, study=study, limit=limit)
+        scatter = trial_scatter(runs, folder / f"trials_scatter{suffix}.png", **named)
         if scatter is not None:
             made.append(scatter.path)
     made += optuna_figures(study, folder, target)

@@ -167,6 +167,7 @@ def draw_gain_heatmap(
     *,
     n_layers: int,
     tweaks: TweakAxis,
+    subject: str = "",
     annotate: int = 3,
     limit: float | None = None,
 ) -> HeatmapData:
@@ -198,7 +199,7 @@ def draw_gain_heatmap(
     ]
     fig.legend(handles=handles, loc="lower left", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.0, 0.0))
     fig.suptitle(
-        f"{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} above zero of each panel labelled)",
+        f"{subject + ': ' if subject else ''}{GAIN_LABEL} by layer and τ\n(mean over the trials in a cell; the best {annotate} above zero of each panel labelled)",
         fontsize=10,
     )
     fig.subplots_adjust(bottom=0.1 + 2.6 / (height * 6.4), top=1 - 1.0 / height, left=0.08, right=0.86, wspace=0.08)
@@ -302,6 +303,7 @@ def draw_trial_scatter(
     n_layers: int,
     tweak_range: tuple[float, float] | None = None,
     limit: float | None = None,
+    subject: str = "",
 ) -> ScatterData:
     """Every trial at (τ, layer): complete trials coloured by train mean gain on the heatmap's
     scale (``limit``; by default the trials' robust limit), one marker shape per encoding;
@@ -325,7 +327,10 @@ def draw_trial_scatter(
     ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
     ax.set_xlabel("τ (tweak factor)")
     ax.set_ylabel("layer")
-    ax.set_title(f"trials: {len(complete)} complete (coloured), {len(pruned)} pruned", fontsize=10)
+    ax.set_title(
+        f"{subject + ': ' if subject else ''}trials: {len(complete)} complete (coloured), {len(pruned)} pruned",
+        fontsize=10,
+    )
     if handles:
         ax.legend(
             handles=handles,
