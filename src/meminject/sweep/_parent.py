@@ -20,7 +20,8 @@ from ..tracking._tracker import Tracker, redact, redacted_container
 from ._results import control_gaps, n_layers_of, ranked_sites
 from ._settings import SweepSpec
 from ._storage import default_storage_url
-from ._study import ATTR_PARENT, model_sizes, storage_lock, stored_spec
+from ._models import model_sizes
+from ._study import ATTR_PARENT, storage_lock, stored_spec
 from ..tracking._schema import TAG_BEST_PARAMS, TAG_RECONCILED, TAG_SAMPLER, TAG_STATE, TAG_SWEEP, TAG_TRIAL_NUMBER
 
 __all__ = ["start_parent_run", "reconcile_runs", "finalize", "best_csv", "study_figures"]

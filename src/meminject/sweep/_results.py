@@ -88,10 +88,14 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
     if (grouped["objective"] == grouped["mean_gain"]).all():
         grouped = grouped.drop(columns="objective")  # the objective is the mean gain: one column says it
     grouped.insert(0, "rank", range(1, len(grouped) + 1))
-    if "injection.layer" in grouped.columns and "model" in grouped.columns and spec is not None:
-        at = grouped.columns.get_loc("injection.layer") + 1
-        grouped.insert(at, "depth", relative_depths(grouped, spec))
+    _insert_depth(grouped, spec)
     return grouped.head(top) if top else grouped
+
+
+def _insert_depth(table: pd.DataFrame, spec: SweepSpec | None) -> None:
+    """The ``depth`` column, after the layer's (when the table has a model and a layer)."""
+    if "injection.layer" in table.columns and "model" in table.columns and spec is not None:
+        table.insert(table.columns.get_loc("injection.layer") + 1, "depth", relative_depths(table, spec))
 
 
 def relative_depths(table: pd.DataFrame, spec: SweepSpec) -> list[float]:

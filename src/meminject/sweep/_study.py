@@ -20,7 +20,7 @@ import optuna.distributions as od
 from optuna.trial import FrozenTrial, TrialState
 
 from ..tracking._schema import ATTR_HEARTBEAT, ATTR_PARENT, ATTR_SPACE, ATTR_SPEC, ATTR_SURPLUS, ATTR_WORKERS
-from ..config import ModelConfig, RunConfig, load_run_config, needs_compose, with_values
+from ..config import RunConfig, load_run_config, needs_compose, with_values
 from ..core._errors import ConfigError
 from ..engine._spec import InjectionSpec
 from ..engine._models import Shape, model_shape
@@ -33,6 +33,7 @@ from ._grid import (
     point_of,
     pruned_grid_order,
 )  # the grid queue's names are re-exported
+from ._models import model_sizes, sweep_models
 from ._space import SearchSpace, parse_space
 from ._pruning import make_pruner
 from ._settings import SweepSpec, check_study_name
@@ -67,21 +68,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("meminject")
-
-
-def sweep_models(spec: SweepSpec, base: RunConfig) -> list[ModelConfig]:
-    """The model configs a sweep runs: its model axis's values, or the base config's model."""
-    if "model" not in spec.params:
-        return [base.model]
-    names = [str(m) for m in (parse_space({"model": spec.params["model"]}).axes[0].discrete_values or [])]
-    return [load_run_config([*spec.overrides, f"model={m}"]).model for m in names]  # one compose per model, per process
-
-
-def model_sizes(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
-    """Layer/head counts of the sweep's model(s), from configs alone (the smallest over a model axis)."""
-    shapes = [model_shape(model) for model in sweep_models(spec, base)]
-    smallest = min(shapes, key=lambda s: s["n_layers"])
-    return {**smallest, "n_heads": min(s["n_heads"] for s in shapes), "tied": all(s["tied"] for s in shapes)}
 
 
 def space_of(spec: SweepSpec, base: RunConfig) -> SearchSpace:
