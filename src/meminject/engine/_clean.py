@@ -20,6 +20,7 @@ from torch import Tensor
 from ..core._errors import DataError
 from ..data._dataset import Dataset
 from ._models import LoadedModel
+from ._damage import CleanRest
 from ._prefix import PrefixCache
 from ._result import empty_out, read_answers
 from ._runner import Batch, make_batches, read_logits
@@ -47,7 +48,7 @@ class CleanPass:
     prefix: PrefixCache | None
     progress: Callable[[str, int, int], None] | None
     _clean: dict[str, np.ndarray] | None
-    _clean_rest: Tensor | None
+    _clean_rest: CleanRest | None
 
     def _tokenize_prompts(self, model: LoadedModel, dataset: Dataset) -> None:
         """Tokenize the obscure and explicit prompts and the answers; check them against the model."""
@@ -166,7 +167,8 @@ class CleanPass:
             self._residual_norms = np.array(
                 [typical_norm(np.concatenate(layer_norms)) if layer_norms else np.nan for layer_norms in norms]
             )
-            self._clean_rest = out.get("rest")  # the clean side of every trial's damage (meminject.damage)
+            if out.get("rest"):  # the clean side of every trial's damage (meminject.damage)
+                self._clean_rest = CleanRest(out["rest"], len(self.rows))
         return out["probs"], out["ranks"], out["top"], out["logprobs"]
 
     @property

@@ -22,7 +22,7 @@ from ..config._point import memory_key
 from ..core._errors import ConfigError
 from ..data._dataset import Dataset
 from ._clean import CleanPass
-from ._damage import DAMAGES
+from ._damage import DAMAGES, CleanRest
 from ._injection import head_output_component
 from ._memories import encode_memories, memory_texts, random_directions_like
 from ._models import LoadedModel
@@ -97,7 +97,7 @@ class Evaluator(CleanPass):
             else None
         )
         self._clean: dict[str, np.ndarray] | None = None
-        self._clean_rest: Tensor | None = None  # (prompts, vocab) clean logits at the read position (damage)
+        self._clean_rest: CleanRest | None = None  # the clean side of the damage, from the clean pass
         self.progress: Callable[[str, int, int], None] | None = None  # (stage, batches done, batches) after each batch
         self._results: OrderedDict[tuple, EvalResult] = OrderedDict()
         self._vectors: OrderedDict[tuple, tuple[list[str], Tensor]] = OrderedDict()

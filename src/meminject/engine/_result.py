@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ._damage import rest_kl
+from ._damage import CleanRest
 from ._runner import Batch
 
 __all__ = ["EvalResult", "Monitor", "per_prompt_table", "empty_out", "read_answers"]
@@ -79,7 +79,7 @@ def empty_out(n: int, *, keep_rest: bool = False) -> dict[str, Any]:
         "damage": np.full(n, np.nan),
     }
     if keep_rest:
-        out["rest"] = None  # (n, vocab) clean logits at the read position, allocated at the first batch
+        out["rest"] = []  # (prompts, clean logits at the read position, first answer token) per batch
     return out
 
 
@@ -90,7 +90,7 @@ def _rank(logits: Tensor, token: Tensor) -> Tensor:
 
 
 def read_answers(
-    batch: Batch, logits: Tensor, out: dict[str, Any], top_k: int, clean_rest: Tensor | None = None
+    batch: Batch, logits: Tensor, out: dict[str, Any], top_k: int, clean_rest: CleanRest | None = None
 ) -> None:
     """From one batch's logits at its read positions: log P(answer) per prompt (summed over
     answer tokens for the sequence metric), the first answer token's rank and top-k, and (with
@@ -110,10 +110,6 @@ def read_answers(
     for row, ids in zip(index, first_logits.topk(top_k, dim=-1).indices.cpu().tolist()):
         out["top"][row] = ids
     if clean_rest is not None:
-        out["damage"][index] = (
-            rest_kl(clean_rest[batch.index.to(clean_rest.device)], first_logits, first_target).double().cpu().numpy()
-        )
-    if "rest" in out:
-        if out["rest"] is None:
-            out["rest"] = torch.empty(len(out["probs"]), logits.shape[-1], device=logits.device)
-        out["rest"][batch.index.to(logits.device)] = first_logits.float()
+        out["damage"][index] = clean_rest.kl(batch.index, first_logits).cpu().numpy()
+    if "rest" in out:  # a clean pass: its logits at the read position, batch by batch (see CleanRest)
+        out["rest"].append((batch.index, first_logits.float(), first_target))

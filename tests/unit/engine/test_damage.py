@@ -48,3 +48,41 @@ def test_a_zero_strength_injection_does_no_damage(tiny, demo, positions):
     )
     assert np.abs(result.per_prompt.damage).max() <= 1e-9
     assert result.summary["mean_damage"] == pytest.approx(result.per_prompt.damage.mean())
+
+
+@pytest.mark.parametrize(
+    ("scale", "rel"), [(1e-4, 1e-3), (1e-3, 1e-4), (1e-2, 2e-5), (0.5, 1e-6), (3.0, 1e-6), (200.0, 1e-12)]
+)
+def test_the_fused_kl_agrees_with_the_definition_at_every_scale(scale, rel):
+    """CleanRest.kl (one subtraction, expm1 and two weighted sums in float32) against rest_kl
+    (two log-softmaxes in float64), per prompt; 200 nats overflow float32's expm1 and take the
+    definition. Rows in a shuffled clean order, read back both as one slice and as a gather."""
+    from meminject.engine._damage import CleanRest, rest_kl
+
+    g = torch.Generator().manual_seed(0)
+    n, vocab = 12, 4096
+    clean = torch.randn(n, vocab, generator=g) * 3
+    answer = torch.randint(0, vocab, (n,), generator=g)
+    order = torch.randperm(n, generator=g)
+    rest = CleanRest(
+        [(order[:5], clean[order[:5]], answer[order[:5]]), (order[5:], clean[order[5:]], answer[order[5:]])], n
+    )
+    injected = clean + scale * torch.randn(n, vocab, generator=g)
+    injected[torch.arange(n), answer] += 50.0  # the answer's own logit is out of the rest
+    for prompts in (order[5:], torch.arange(n)):
+        fused = rest.kl(prompts, injected[prompts])
+        exact = rest_kl(clean[prompts], injected[prompts], answer[prompts])
+        assert torch.allclose(fused, exact, rtol=rel, atol=0.0), (fused / exact - 1).abs().max()
+
+
+def test_the_fused_kl_of_an_unchanged_distribution_is_exactly_zero():
+    from meminject.engine._damage import CleanRest
+
+    clean = torch.randn(4, 1000, generator=torch.Generator().manual_seed(1)) * 5
+    answer = torch.tensor([3, 0, 999, 10])
+    rest = CleanRest([(torch.arange(4), clean, answer)], 4)
+    shifted = clean + 7.25  # a constant shift leaves the softmax unchanged
+    assert (rest.kl(torch.arange(4), clean) == 0).all()
+    assert (
+        rest.kl(torch.arange(4), shifted).abs().max() < 1e-10
+    )  # float32 rounding of the shift; a 1e-4 change gives ~1e-9
