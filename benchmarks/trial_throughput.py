@@ -121,6 +121,11 @@ def main() -> int:
     parser.add_argument("--wiki", action="store_true", help="also time one trial on the 1,000 2WikiMultiHop prompts")
     parser.add_argument("--device", default="auto", help="model.device: auto | cpu | cuda")
     parser.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16 | float16 (CUDA)")
+    parser.add_argument(
+        "--no-damage-column",
+        action="store_true",
+        help="skip (c) with metric.damage=none (a second evaluator, one more clean pass)",
+    )
     args = parser.parse_args()
 
     from meminject.cli import _quiet_libraries
@@ -150,6 +155,15 @@ def main() -> int:
 
     evaluator = Evaluator.from_config(model, dataset, cfg)
     seconds_clean, _ = timed(lambda: evaluator.clean)
+    undamaged = None
+    if not args.no_damage_column:  # the same trial without the KL damage (metric.damage=none)
+        undamaged = Evaluator.from_config(
+            model,
+            dataset,
+            load_run_config([*model_args, f"data={args.data}", "memory.encoding=unembed", "metric.damage=none"]),
+        )
+        undamaged.clean
+        undamaged.evaluate(InjectionSpec(layer=0, tweak=0.0, positions="last"), cfg.memory)
     n_real = sum(len(t) for t in evaluator.obscure_tokens)
     print(
         f"clean pass (before + explicit, fills the prefix cache): {seconds_clean:.2f} s · {len(evaluator.obscure_batches)} batches, "
@@ -162,7 +176,7 @@ def main() -> int:
     memory_cfg = cfg.memory
 
     layers = [int(x) for x in args.layers.split(",")]
-    totals = {"a": 0.0, "b": 0.0, "c": 0.0, "c_last": 0.0, "d": 0.0}
+    totals = {"a": 0.0, "b": 0.0, "c": 0.0, "c_last": 0.0, "d": 0.0, "c_nodmg": 0.0, "c_last_nodmg": 0.0}
     diffs = {"a-c": 0.0, "b-c": 0.0, "a-b": 0.0}
     print(
         f"\n{'layer':>5} {'(a) upstream':>13} {'(b) batched':>12} {'(c) meminject':>14} {'(c) last':>9} {'(d) floor':>10}   a/c    c/d"
@@ -177,6 +191,17 @@ def main() -> int:
             args.repeat,
         )
         fast = result.per_prompt.answer_prob_after.to_numpy()
+        if undamaged is not None:
+            seconds, _ = timed(
+                lambda: undamaged.evaluate(InjectionSpec(layer=layer, tweak=next(tweaks)), memory_cfg), args.repeat
+            )
+            totals["c_nodmg"] += seconds
+            totals["c_last_nodmg"] += timed(
+                lambda: undamaged.evaluate(
+                    InjectionSpec(layer=layer, tweak=next(tweaks), positions="last"), memory_cfg
+                ),
+                args.repeat,
+            )[0]
         seconds_d, _ = timed(lambda: floor_pass(evaluator, layer), args.repeat)
         if args.skip_batched:
             seconds_b, plain = float("nan"), np.full_like(fast, np.nan)
@@ -206,6 +231,16 @@ def main() -> int:
     print(f"  (b)/(c) plain batched / meminject trial     {totals['b'] / totals['c']:8.1f}×")
     print(f"  (c)/(d) meminject trial / floor             {totals['c'] / totals['d']:8.2f}×   (target ≤ 1.5×)")
     print(f"  (d)/(c last) floor / positions=last trial   {totals['d'] / totals['c_last']:8.2f}×   (target ≥ 5×)")
+    if undamaged is not None:
+        print(
+            f"  damage (metric.damage=kl) share of a trial   {totals['c'] / totals['c_nodmg'] - 1:8.1%}   (target ≤ 3%)  "
+            f"[(c) without damage {totals['c_nodmg']:.3f} s]"
+        )
+        print(
+            f"  damage share of a positions=last trial       {totals['c_last'] / totals['c_last_nodmg'] - 1:8.1%}   "
+            f"[(c last) without damage {totals['c_last_nodmg']:.3f} s; floor / it {totals['d'] / totals['c_last_nodmg']:.2f}×]"
+        )
+        print(f"  (c)/(d) without damage                      {totals['c_nodmg'] / totals['d']:8.2f}×")
     print(
         f"max |ΔP(answer)| per prompt: (a)-(c) {diffs['a-c']:.2e} · (b)-(c) {diffs['b-c']:.2e} · (a)-(b) {diffs['a-b']:.2e}"
     )
