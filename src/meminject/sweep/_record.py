@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..config._compose import flat_config, to_yaml
 from ..engine._memories import word_source
@@ -26,7 +26,16 @@ from ._optuna import set_user_attrs
 from ..tracking._schema import ATTR_KEY, ATTR_PROMPT_VALUES, TAG_STATE
 from ._pruning import complete_values
 
-__all__ = ["trial_params", "record_in_optuna", "record_in_mlflow", "reconciled_params", "resident_mb", "ATTR_KEY"]
+__all__ = [
+    "trial_params",
+    "trial_params_of",
+    "trial_figure_artifact",
+    "record_in_optuna",
+    "record_in_mlflow",
+    "reconciled_params",
+    "resident_mb",
+    "ATTR_KEY",
+]
 
 log = logging.getLogger("meminject")
 
@@ -40,19 +49,28 @@ def _config_and_site(cfg: RunConfig, shown: dict[str, Any]) -> dict[str, Any]:
 
 def trial_params(cfg: RunConfig, *, hook: str, dataset: Any, stacked: int, shown: Any = None) -> dict[str, Any]:
     """A trial run's MLflow params: the resolved config (redacted: ``shown``), the site, and what ran."""
+    described = (dataset.name, dataset.content_hash, len(dataset))
+    return trial_params_of(cfg, redacted_container(cfg) if shown is None else shown, hook, described, stacked)
+
+
+def trial_params_of(
+    cfg: RunConfig, shown: Any, hook: str, dataset: tuple[str, str, int], stacked: int
+) -> dict[str, Any]:
+    """:func:`trial_params` from the dataset's (name, hash, size): what the writer process gets."""
+    name, content_hash, size = dataset
     return {
-        **_config_and_site(cfg, redacted_container(cfg) if shown is None else shown),
+        **_config_and_site(cfg, shown),
         "hook": hook,
-        "dataset": dataset.name,
-        "dataset_hash": dataset.content_hash,
-        "n_prompts": len(dataset),
+        "dataset": name,
+        "dataset_hash": content_hash,
+        "n_prompts": size,
         "trials_per_forward": stacked,
         "memory.word_source": word_source(cfg.memory),
     }
 
 
 def record_in_optuna(
-    trial: Any, cfg: Any, result: Any, seconds: float, spec: Any
+    trial: Any, cfg: Any, result: Any, seconds: float, spec: Any, extra: dict[str, Any] | None = None
 ) -> tuple[float | list[float], dict[str, Any]]:
     """Store a trial's summary, time, memory and site as Optuna user attributes (before it is
     told). Returns (the objective value, or values of a multi-objective study; the metrics to log).
@@ -73,6 +91,7 @@ def record_in_optuna(
     if rss is not None:  # the worker's memory after each trial: a per-trial leak shows as a slope
         attrs["worker_rss_mb"] = summary["worker_rss_mb"] = rss
     attrs.update(Site.from_config(cfg).attrs())
+    attrs.update(extra or {})  # the trial key and worker, when not written at its start
     set_user_attrs(trial, attrs)  # one storage write, not ~25
     if result.pruned:
         return float(summary[f"partial_{spec.objective}"]), {**summary, "trial_seconds": seconds}
@@ -90,21 +109,31 @@ def record_in_mlflow(
     metrics: dict[str, Any],
     stacked: int,
 ) -> None:
-    """The trial's run: params (the whole config), metrics, per-prompt table, config, figure."""
+    """The trial's run on the inline path (``tracking.writer=inline``): params (the whole
+    config), metrics, per-prompt table, config, figure. The writer process writes the same
+    run in one go (:func:`meminject.sweep._writer.write_record`)."""
     shown = redacted_container(cfg)  # once: the params and config.yaml show the same redacted config
     params = trial_params(cfg, hook=result.hooks[0], dataset=evaluator.dataset, stacked=stacked, shown=shown)
     artifacts: dict[str, Any] = {"per_prompt.csv": result.per_prompt.to_csv(index=False), "config.yaml": to_yaml(shown)}
-    # a folder for the optional figure only: no temporary folder per trial when figures are off
-    with tempfile.TemporaryDirectory() if cfg.tracking.trial_figures else contextlib.nullcontext() as folder:
-        if folder is not None:
-            title = f"trial {trial_number}: {Site.from_config(cfg).label}"
-            figure = _trial_figure(result.per_prompt, Path(folder) / "per_prompt_gains.png", title)
-            if figure is not None:
-                artifacts["per_prompt_gains.png"] = figure
+    title = f"trial {trial_number}: {Site.from_config(cfg).label}"
+    with trial_figure_artifact(cfg, result.per_prompt, title) as figure:
+        if figure is not None:
+            artifacts["per_prompt_gains.png"] = figure
         tracker.finish_trial(run_id, params, metrics, artifacts, terminate=not result.pruned)
     if result.pruned:  # MLflow has no PRUNED status: the run finishes, tagged with its state
         tracker.client.set_tag(run_id, TAG_STATE, "PRUNED")
         tracker.finish(run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def trial_figure_artifact(cfg: Any, per_prompt: Any, title: str) -> Iterator[Path | None]:
+    """With ``tracking.trial_figures``, the trial's per-prompt gain chart, in a temporary
+    folder while the block runs (no folder per trial when figures are off)."""
+    if not cfg.tracking.trial_figures:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        yield _trial_figure(per_prompt, Path(folder) / "per_prompt_gains.png", title)
 
 
 def reconciled_params(cfg: RunConfig) -> dict[str, Any]:

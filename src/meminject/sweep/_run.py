@@ -30,9 +30,10 @@ from ._pruning import monitor_for
 from ._record import ATTR_KEY, record_in_mlflow, record_in_optuna
 from ._settings import SweepSpec
 from ._trial import TrialRunner, trial_config
+from ._writer import TrialRecord
 from ..tracking._schema import TAG_SAMPLER, TAG_SWEEP, TAG_WORKER
 
-__all__ = ["TrialContext", "run_trials", "signals_held", "fail_pending", "Asked"]
+__all__ = ["TrialContext", "run_trials", "signals_held", "fail_pending", "writer_failed", "Asked"]
 
 log = logging.getLogger("meminject")
 Asked = list[tuple[optuna.Trial, dict[str, Any]]]
@@ -62,6 +63,7 @@ class TrialContext:
             worker,
         )
         self.owned: dict[int, optuna.Trial] = {}  # trials this worker asked for (told ones stay: harmless)
+        self.writer: Any = None  # a RunWriter (tracking.writer=process): runs written off this loop
 
 
 def run_trials(ctx: TrialContext, asked: Asked) -> None:
@@ -91,11 +93,13 @@ class _Tally:
     tracking_error: BaseException | None = None
     unrecorded: list[int] = field(default_factory=list)
     told_unlogged: set[int] = field(default_factory=set)  # in Optuna, their run not complete yet
+    started_ms: int = 0  # when the trials began (the writer's runs start then)
+    attrs: dict[int, dict[str, Any]] = field(default_factory=dict)  # written with the result (writer path)
 
 
 def _run_trials_beating(ctx: TrialContext, asked: Asked) -> None:
     started = time.perf_counter()
-    tally = _Tally({trial.number: trial for trial, _ in asked})
+    tally = _Tally({trial.number: trial for trial, _ in asked}, started_ms=int(time.time() * 1000))
     try:
         cfgs = _start_runs(ctx, asked, tally)
         live = [(t, p) for t, p in asked if t.number in cfgs and t.number in tally.pending]
@@ -132,8 +136,12 @@ def _start_runs(ctx: TrialContext, asked: Asked, tally: _Tally) -> dict[int, Any
     cfgs = {}
     for trial, params in asked:
         cfg = trial_config(ctx.spec.overrides, params)
+        attrs = {ATTR_KEY: trial_key(cfg), "worker_index": ctx.worker}
+        if ctx.writer is not None:  # one Optuna write per trial: these go with its result
+            tally.attrs[trial.number] = attrs
+            cfgs[trial.number] = cfg
+            continue
         try:
-            attrs = {ATTR_KEY: trial_key(cfg), "worker_index": ctx.worker}
             if ctx.tracker is not None and ctx.parent_run_id and tally.tracking_error is None:
                 try:
                     with signals_held():  # a run created but not yet in run_ids could never be closed
@@ -154,7 +162,9 @@ def _tell_and_record(
     """Tell Optuna each computed result, then record its run in MLflow (while MLflow works)."""
     for (trial, _), (evaluator, _, result) in zip(live, outcomes):
         try:
-            value, metrics = record_in_optuna(trial, cfgs[trial.number], result, seconds, ctx.spec)
+            value, metrics = record_in_optuna(
+                trial, cfgs[trial.number], result, seconds, ctx.spec, tally.attrs.get(trial.number)
+            )
             if result.pruned:  # a pruned trial is not a failed one: it keeps what it saw
                 ctx.study.tell(trial, state=TrialState.PRUNED)
             else:
@@ -163,10 +173,15 @@ def _tell_and_record(
             _drop(ctx, tally, trial)
             continue
         tally.pending.pop(trial.number, None)
-        tally.told_unlogged.add(trial.number)
-        run_id = tally.run_ids.get(trial.number)
         if ctx.tracker is None or not ctx.parent_run_id:
             continue
+        if ctx.writer is not None:  # the writer process writes the whole run; this loop asks on
+            ctx.writer.submit(
+                _record_of(ctx, trial.number, cfgs[trial.number], evaluator, result, metrics, len(live), tally)
+            )
+            continue
+        tally.told_unlogged.add(trial.number)
+        run_id = tally.run_ids.get(trial.number)
         if run_id is None or tally.tracking_error is not None:
             tally.unrecorded.append(trial.number)
             continue
@@ -180,15 +195,56 @@ def _tell_and_record(
             tally.unrecorded.append(trial.number)
 
 
+def _record_of(
+    ctx: TrialContext, number: int, cfg: Any, evaluator: Any, result: Any, metrics: dict, stacked: int, tally: _Tally
+) -> TrialRecord:
+    dataset = evaluator.dataset
+    return TrialRecord(
+        number=number,
+        cfg=cfg,
+        parent_run_id=ctx.parent_run_id,
+        study_name=ctx.spec.study_name,
+        tags=_run_tags(ctx),
+        hook=result.hooks[0],
+        dataset=(dataset.name, dataset.content_hash, len(dataset)),
+        stacked=stacked,
+        metrics=metrics,
+        per_prompt=result.per_prompt,
+        pruned=result.pruned,
+        started_ms=tally.started_ms,
+        ended_ms=int(time.time() * 1000),
+    )
+
+
+def _run_tags(ctx: TrialContext) -> dict[str, str]:
+    tags = {TAG_SAMPLER: ctx.spec.sampler, TAG_SWEEP: ctx.spec.name, TAG_WORKER: str(ctx.worker)}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def writer_failed(ctx: TrialContext, writer: Any = None) -> TrackingError | None:
+    """The writer's failure (or its end with runs pending) as one error, the inline path's;
+    ``writer``: a closed one (default: the context's, polled now)."""
+    writer = writer if writer is not None else ctx.writer
+    if writer is None:
+        return None
+    writer.poll()
+    if writer.failed:
+        _, line = next(iter(writer.failed.items()))
+        return _tracking_failed(ctx, sorted(writer.failed), RuntimeError(line))
+    if writer.pending and not writer.alive():
+        return _tracking_failed(ctx, sorted(writer.pending), RuntimeError("the MLflow writer process ended"))
+    return None
+
+
 def _start_run(ctx: TrialContext, number: int, cfg: Any = None) -> str:
     """The trial's MLflow run, named by its site (``L24 τ8.32 embed correct``); ``cfg`` is the
     trial's config (rebuilt from the asked trial's params when not given: cached, cheap)."""
     from ..tracking._schema import Site
 
-    tags = {TAG_SAMPLER: ctx.spec.sampler, TAG_SWEEP: ctx.spec.name, TAG_WORKER: str(ctx.worker)}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    tags = _run_tags(ctx)
     site = None
     with contextlib.suppress(Exception):  # a name is a nicety: never cost the trial its run
         if cfg is None and number in ctx.owned:

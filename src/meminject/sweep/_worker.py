@@ -26,7 +26,7 @@ from ..core._errors import ConfigError
 from ._recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, recover_stale_trials
 from ..tracking._tracker import Tracker
 from ._optuna import pop_queued_trial
-from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held
+from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held, writer_failed
 from ._settings import SweepSpec
 from ._pruning import make_pruner
 from ._storage import load_study, open_storage
@@ -87,6 +87,10 @@ def run_worker(
     per_forward = runner.trials_per_forward(base)
     waiter = _RunningWaiter(int(interval), int(grace))
     context = TrialContext(study, spec, runner, tracker, study.user_attrs.get(ATTR_PARENT), number)
+    if tracker is not None and context.parent_run_id and base.tracking.writer == "process":
+        from ._writer import RunWriter
+
+        context.writer = RunWriter(tracker)  # started now: it imports MLflow while the model loads
     try:
         while max_trials is None or ran < max_trials:
             _check_coordinator()
@@ -109,10 +113,17 @@ def run_worker(
                 per_forward = 1
                 continue
             ran += len(asked)
+            failure = writer_failed(context)
+            if failure is not None:  # the results are in the study; their runs are written on resume
+                raise failure
             if bar is not None:
                 bar.update(len(asked))
                 bar.set_postfix(**leader(study))
+        failure = writer_failed(context, _close_writer(context, timeout=_WRITER_WAIT_S))
+        if failure is not None:  # the results are in the study; their runs are written on resume
+            raise failure
     except BaseException as exc:
+        _close_writer(context, timeout=_WRITER_WAIT_ON_STOP_S)
         _clean_up_after(context, tracker, exc)
         if not isinstance(exc, CoordinatorGone):
             raise
@@ -121,6 +132,19 @@ def run_worker(
         if bar is not None:
             bar.close()
     return ran
+
+
+_WRITER_WAIT_S = 300.0  # a finished worker waits this long for its writer's pending runs
+_WRITER_WAIT_ON_STOP_S = 10.0  # after Ctrl-C or an error: what is left is written on resume
+
+
+def _close_writer(context: TrialContext, timeout: float) -> Any:
+    """Wait (bounded) for the writer's pending runs and stop it; returns it (None: there was none)."""
+    writer, context.writer = context.writer, None
+    if writer is not None:
+        with signals_held():  # a second Ctrl-C must not cut the wait in half
+            writer.close(timeout=timeout)
+    return writer
 
 
 def _open_study(

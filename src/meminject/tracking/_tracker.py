@@ -193,6 +193,7 @@ class Tracker:
         if store is not None:  # ./mlruns (or the store's folder) exists once a run is written, not before
             store.parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
+        self.experiment = experiment
         self.retry_s = float(retry_s)
         # every call (also search.py's tracker.client.get_run/set_tag) retries transient errors
         self.client = open_client(uri, self.retry_s)
@@ -240,12 +241,20 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start : start + 100])
 
     def start_trial(
-        self, parent_run_id: str, trial_number: int, study_name: str, tags: dict[str, str], site: str | None = None
+        self,
+        parent_run_id: str,
+        trial_number: int,
+        study_name: str,
+        tags: dict[str, str],
+        site: str | None = None,
+        started_ms: int | None = None,
     ) -> str:
         """A nested trial run, named by its ``site`` (:func:`site_label`) when known: the runs
-        table then reads as the sites it holds, not as trial numbers."""
+        table then reads as the sites it holds, not as trial numbers. ``started_ms``: when the
+        trial began (a run written after the trial, by the writer process)."""
         run = self.client.create_run(
             self.experiment_id,
+            start_time=started_ms,
             run_name=site or f"trial {trial_number}",
             tags={
                 "mlflow.parentRunId": parent_run_id,
