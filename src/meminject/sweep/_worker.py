@@ -87,10 +87,7 @@ def run_worker(
     per_forward = runner.trials_per_forward(base)
     waiter = _RunningWaiter(int(interval), int(grace))
     context = TrialContext(study, spec, runner, tracker, study.user_attrs.get(ATTR_PARENT), number)
-    if tracker is not None and context.parent_run_id and base.tracking.writer == "process":
-        from ._writer import RunWriter
-
-        context.writer = RunWriter(tracker)  # started now: it imports MLflow while the model loads
+    context.writer = _start_writer(base, tracker, context.parent_run_id)
     try:
         while max_trials is None or ran < max_trials:
             _check_coordinator()
@@ -113,12 +110,7 @@ def run_worker(
                 per_forward = 1
                 continue
             ran += len(asked)
-            failure = writer_failed(context)
-            if failure is not None:  # the results are in the study; their runs are written on resume
-                raise failure
-            if bar is not None:
-                bar.update(len(asked))
-                bar.set_postfix(**leader(study))
+            _after_batch(context, bar, len(asked))
         failure = writer_failed(context, _close_writer(context, timeout=_WRITER_WAIT_S))
         if failure is not None:  # the results are in the study; their runs are written on resume
             raise failure
@@ -134,8 +126,29 @@ def run_worker(
     return ran
 
 
+def _after_batch(context: TrialContext, bar: Any, n: int) -> None:
+    """A writer's failure stops the worker (the results are in the study, their runs are
+    written on resume); otherwise the bar moves on."""
+    failure = writer_failed(context)
+    if failure is not None:
+        raise failure
+    if bar is not None:
+        bar.update(n)
+        bar.set_postfix(**leader(context.study))
+
+
 _WRITER_WAIT_S = 300.0  # a finished worker waits this long for its writer's pending runs
 _WRITER_WAIT_ON_STOP_S = 10.0  # after Ctrl-C or an error: what is left is written on resume
+
+
+def _start_writer(base: Any, tracker: Tracker | None, parent_run_id: str | None) -> Any:
+    """The writer process of ``tracking.writer=process`` (None otherwise), started before the
+    first trial: it imports MLflow while the model loads."""
+    if tracker is None or not parent_run_id or base.tracking.writer != "process":
+        return None
+    from ._writer import RunWriter
+
+    return RunWriter(tracker)
 
 
 def _close_writer(context: TrialContext, timeout: float) -> Any:

@@ -29,7 +29,7 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..core._errors import first_line
@@ -39,6 +39,7 @@ __all__ = ["TrialRecord", "RunWriter", "write_record"]
 log = logging.getLogger("meminject")
 
 _PARENT_CHECK_S = 1.0  # how often an idle writer checks that its worker still lives
+_SAY_PENDING_AFTER_S = 5.0  # a worker's wait for its writer is said once it lasts this long
 
 
 @dataclass
@@ -58,7 +59,6 @@ class TrialRecord:
     pruned: bool
     started_ms: int
     ended_ms: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def write_record(tracker: Any, record: TrialRecord) -> str:
@@ -171,12 +171,13 @@ class RunWriter:
     def close(self, timeout: float = 60.0, *, say: bool = True) -> list[int]:
         """Wait (up to ``timeout`` s) for the pending records, stop the writer; returns the trial
         numbers whose runs were not written (the resume writes them)."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         told = False
         if self._process.is_alive():
             self._jobs.put(None)
         while self.pending and time.monotonic() < deadline and self._process.is_alive():
-            if say and not told and time.monotonic() > deadline - timeout + 5.0:
+            if say and not told and time.monotonic() > started + _SAY_PENDING_AFTER_S:
                 log.warning("waiting for the MLflow writer: %d trial run(s) pending", len(self.pending))
                 told = True
             self.poll(timeout=0.2)
