@@ -4,6 +4,7 @@ Run by hand (not a test), e.g.::
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/endurance.py               # 1,500 trials, 2 workers
     python benchmarks/endurance.py --trials 200 --workers 2 --dir /tmp/endurance  # a shorter one
+    python benchmarks/endurance.py tracking.writer=process                         # extra sweep overrides
 
 It runs ``meminject sweep sweep=tpe model=tiny model.device=cpu data.limit=6 n_trials=N
 workers=W progress=false`` on its own stores in a fresh folder (``optuna.journal`` and a SQLite
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=200, help="trials in the first/last window")
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the stores (default: a fresh tmp dir)")
+    parser.add_argument("overrides", nargs="*", help="more sweep overrides, e.g. tracking.writer=process")
     args = parser.parse_args(argv)
 
     folder = args.dir or Path(tempfile.mkdtemp(prefix="meminject-endurance-"))
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     stores = [f"storage={journal}", f"tracking.uri=sqlite:///{db}", f"study={study}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "meminject", "sweep", "sweep=tpe", *TINY, *stores]
-    cmd += [f"n_trials={args.trials}", f"workers={args.workers}", "progress=false"]
+    cmd += [f"n_trials={args.trials}", f"workers={args.workers}", "progress=false", *args.overrides]
     print("folder:", folder, flush=True)
     started = time.perf_counter()
     samples: dict[int, list[float]] = {}
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(done) >= 2 * args.window:
         first, last = _rate(done[: args.window]), _rate(done[-args.window :])
         print(f"trials/s: first {args.window} {first:.2f}, last {args.window} {last:.2f}, overall {_rate(done):.2f}")
+        steps = [_rate(done[i : i + args.window]) for i in range(0, len(done) - args.window + 1, args.window)]
+        print("trials/s by window of", args.window, ":", " ".join(f"{r:.2f}" for r in steps))
     for pid, values in sorted(samples.items()):
         if len(values) >= 2:
             role = "coordinator" if pid == proc.pid else "worker"

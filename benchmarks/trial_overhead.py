@@ -1,26 +1,36 @@
-"""Per-trial overhead: everything a sweep does per trial outside the forward passes.
+"""Per-trial overhead of a sweep, as two numbers: the critical path and the total work.
 
 Run by hand (not a test)::
 
-    python benchmarks/trial_overhead.py                 # tiny model (trials of milliseconds), 60 trials
-    python benchmarks/trial_overhead.py --trials 200 --figures
-    MEMINJECT_DATA_DIR=../shared/data python benchmarks/trial_overhead.py --model smollm2-135m --data handwritten --trials 40
+    MEMINJECT_DATA_DIR=../shared/data python benchmarks/trial_overhead.py       # the whole table (about 10 min)
+    python benchmarks/trial_overhead.py --models tiny --trials 64                  # tiny only
+    python benchmarks/trial_overhead.py --models tiny --per-forward 16 --writers process --no-tracking
 
-A TPE sweep runs in this process with MLflow on (SQLite in a temporary folder); each phase
-of the worker loop is wrapped with a timer: asking the sampler, the trial's computation
-(``TrialRunner.run_many``), Optuna bookkeeping (trial key, attributes, tell), heartbeats,
-the MLflow run (create, params/metrics/artifacts/close) and the per-trial figure. The overhead
-is the worker loop's wall time (from its first ask) minus its computation, per trial: all it
-spends outside the forward passes, phases that no timer wraps included. ``--no-tracking`` runs
-the same trials (same seed) without MLflow, to price tracking as a whole. Prints ms per trial
-and as a share of ``--trial-ms`` (a SmolLM2 trial on 2 CPU cores takes 600-2,300 ms; see
-trial_throughput.py) and of this run's own trials.
+Each cell (model × trials per forward × ``tracking.writer``) is a TPE sweep in a child process
+of its own, with MLflow on (SQLite in a fresh folder) and every trial at one layer, so that
+``perf.trials_per_forward=16`` stacks 16 trials in each forward pass. In the child, the worker
+loop's phases are wrapped with timers (wall and CPU):
+
+* **critical path**: the worker loop's wall time from its first ask to its last trial, minus
+  the computation (``TrialRunner.run_many``), per trial. This is how long the loop is stalled
+  outside the forward passes: ask, Optuna writes, tell, heartbeats, and on the inline path the
+  MLflow run. The wait for the writer's last runs at the end (``drain``) is shown apart.
+* **total work**: CPU seconds spent on bookkeeping per trial: the worker process's CPU over
+  the same span minus its CPU in the computation, plus (``tracking.writer=process``) the
+  writer process's CPU while serving, which on 2 cores competes with the forward passes.
+
+``inline`` is the old path (MLflow written in the worker loop), ``process`` the writer process.
+The figures of one invocation are measured in that run, one cell after another, on the same
+machine. ``--no-tracking`` adds a row per cell without MLflow, for what Optuna alone costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -28,119 +38,164 @@ from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TIMES: dict[str, float] = defaultdict(float)
-FIRST: dict[str, float] = {}  # phase -> when it was first entered
-MLFLOW = "MLflow run (params, metrics, artifacts)"
-LOOP = "worker loop (wall)"
+LAYER = {"tiny": 1, "smollm2-135m": 15}  # every trial at this layer: 16 asked trials stack in one pass
+DATA = {"tiny": "demo", "smollm2-135m": "handwritten"}
+WALL: dict[str, float] = defaultdict(float)
+CPU: dict[str, float] = defaultdict(float)
+FIRST: dict[str, tuple[float, float]] = {}  # phase -> (wall, CPU) when first entered
+LOOP, COMPUTE, ASK, DRAIN = "worker loop", "compute (forward passes)", "ask (sampler, budget)", "writer drain (end)"
 
 
-def wrap(module, name: str, phase: str) -> None:
-    original = getattr(module, name)
+def _wrap(owner, name: str, phase: str) -> None:
+    original = getattr(owner, name)
 
     def timed(*args, **kwargs):
-        started = time.perf_counter()
-        FIRST.setdefault(phase, started)
+        wall, cpu = time.perf_counter(), time.process_time()
+        FIRST.setdefault(phase, (wall, cpu))
         try:
             return original(*args, **kwargs)
         finally:
-            TIMES[phase] += time.perf_counter() - started
+            WALL[phase] += time.perf_counter() - wall
+            CPU[phase] += time.process_time() - cpu
 
-    setattr(module, name, timed)
+    setattr(owner, name, timed)
 
 
-def wrap_cm(module, name: str, phase: str) -> None:
-    original = getattr(module, name)
+def _wrap_cm(owner, name: str, phase: str) -> None:
+    original = getattr(owner, name)
 
     @contextmanager
     def timed(*args, **kwargs):
-        started = time.perf_counter()
+        wall = time.perf_counter()
         with original(*args, **kwargs) as value:
-            TIMES[phase] += time.perf_counter() - started
+            WALL[phase] += time.perf_counter() - wall
             yield value
-            started = time.perf_counter()
-        TIMES[phase] += time.perf_counter() - started
+            wall = time.perf_counter()
+        WALL[phase] += time.perf_counter() - wall
 
-    setattr(module, name, timed)
+    setattr(owner, name, timed)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument(
-        "--model", default="tiny", help="tiny (trials of milliseconds) or smollm2-135m (the CPU reference trial)"
-    )
-    parser.add_argument("--data", default="demo")
-    parser.add_argument("--figures", action="store_true", help="per-trial figures on (tracking.trial_figures=true)")
-    parser.add_argument(
-        "--trial-ms",
-        type=float,
-        default=750.0,
-        help="a reference trial's compute time, for the share (default: a mean SmolLM2 trial)",
-    )
-    parser.add_argument("--pruner", default="none")
-    parser.add_argument(
-        "--no-tracking",
-        action="store_true",
-        help="MLflow off: the same trials (same seed), to price tracking as a whole",
-    )
-    args = parser.parse_args()
-
+def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: bool) -> dict:
+    """One sweep in this process, its phases timed; returns the cell's figures."""
     from meminject.cli import main as cli
-    from meminject.sweep import _commands, _run, _trial, _worker
-    from meminject.sweep import _figures as figures
+    from meminject.sweep import _commands, _run, _trial, _worker, _writer
 
-    wrap(_commands, "run_worker", LOOP)
-    wrap(_worker, "_ask_trials", "ask (sampler, budget)")
-    wrap(_trial.TrialRunner, "run_many", "compute (forward passes)")
-    wrap(_run, "record_in_optuna", "Optuna attributes")
-    wrap(_run, "trial_key", "Optuna attributes")
-    wrap(_run, "record_in_mlflow", MLFLOW)
-    wrap(_run, "_start_run", "MLflow run (create)")
-    wrap(figures, "per_prompt_gains", "per-trial figure")
-    wrap_cm(_run, "heartbeats", "heartbeats (start/stop)")
+    _wrap(_commands, "run_worker", LOOP)
+    _wrap(_worker, "_ask_trials", ASK)
+    _wrap(_worker, "_close_writer", DRAIN)
+    _wrap(_trial.TrialRunner, "run_many", COMPUTE)
+    _wrap(_run, "record_in_optuna", "Optuna result attributes")
+    _wrap(_run, "set_user_attrs", "Optuna trial-key attributes")
+    _wrap(_run, "record_in_mlflow", "MLflow run (params, metrics, artifacts)")
+    _wrap(_run, "_start_run", "MLflow run (create)")
+    _wrap(_writer.RunWriter, "submit", "hand over to the writer")
+    _wrap_cm(_run, "heartbeats", "heartbeats (start/stop)")
     import optuna
 
-    wrap(optuna.Study, "tell", "Optuna tell")
+    _wrap(optuna.Study, "tell", "Optuna tell")
+    writers: list = []
+    original_init = _writer.RunWriter.__init__
 
+    def keep(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        writers.append(self)
+
+    _writer.RunWriter.__init__ = keep
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)
         code = cli(
             [
                 "sweep",
-                f"model={args.model}",
-                "model.device=cpu",
-                f"data={args.data}",
                 "sweep=smoke",
-                f"n_trials={args.trials}",
+                f"model={model}",
+                "model.device=cpu",
+                f"data={DATA.get(model, 'handwritten')}",
+                f"injection.layer={LAYER.get(model, 1)}",
+                f"perf.trials_per_forward={per_forward}",
+                f"tracking.writer={writer}",
+                f"n_trials={trials}",
                 "study=overhead",
                 "progress=false",
-                f"tracking.trial_figures={str(args.figures).lower()}",
-                f"pruner={args.pruner}",
-                "injection.layer=range(0, all)",
-                *(["tracking.enabled=false"] if args.no_tracking else []),
+                *([] if tracking else ["tracking.enabled=false"]),
             ]
         )
-    assert code == 0
-    n = args.trials
-    figure = TIMES.pop("per-trial figure", 0.0)  # inside the MLflow run's time
-    # the loop from its first ask to its end (opening the study and the tracker, once, left out)
-    loop = TIMES.pop(LOOP) - (FIRST["ask (sampler, budget)"] - FIRST[LOOP])
-    compute = TIMES["compute (forward passes)"]
-    print(
-        f"{n} trials of {args.model} on {args.data}: worker loop {loop:.1f} s from its first ask = {1000 * loop / n:.1f} ms per trial (model load and clean pass included)"
-    )
-    print(f"{'phase':42s} {'ms/trial':>9s}")
-    for phase, seconds in sorted(TIMES.items(), key=lambda kv: -kv[1]):
-        print(f"{phase:42s} {1000 * seconds / n:9.2f}")
-    print(f"{'  of which the per-trial figure':42s} {1000 * figure / n:9.2f}")
-    overhead = loop - compute  # what the worker spends outside the forward passes
-    print(
-        f"overhead per trial (worker loop − compute): {1000 * overhead / n:.1f} ms = {100 * overhead / n / (args.trial_ms / 1000):.1f}% of a {args.trial_ms:.0f} ms trial"
-    )
-    print(
-        f"(compute per trial: {1000 * compute / n:.1f} ms; share of this run's own trials: {100 * overhead / compute:.1f}%)"
-    )
+    if code != 0:
+        raise SystemExit(f"the sweep exited {code}")
+    # from the first ask to the end of the last trial: opening the study and the writer's start left out
+    # (the model load and clean pass come before the first ask)
+    loop = WALL[LOOP] - (FIRST[ASK][0] - FIRST[LOOP][0]) - WALL[DRAIN]
+    loop_cpu = CPU[LOOP] - (FIRST[ASK][1] - FIRST[LOOP][1]) - CPU[DRAIN]
+    writer_cpu = sum(w.cpu_s for w in writers)
+    return {
+        "model": model,
+        "per_forward": per_forward,
+        "writer": writer if tracking else "off",
+        "trials": trials,
+        "loop_s": loop,
+        "compute_s": WALL[COMPUTE],
+        "critical_ms": 1000 * (loop - WALL[COMPUTE]) / trials,
+        "drain_ms": 1000 * WALL[DRAIN] / trials,
+        "worker_cpu_ms": 1000 * (loop_cpu - CPU[COMPUTE]) / trials,
+        "writer_cpu_ms": 1000 * writer_cpu / trials,
+        "compute_ms": 1000 * WALL[COMPUTE] / trials,
+        "phases_ms": {
+            k: 1000 * v / trials for k, v in sorted(WALL.items(), key=lambda kv: -kv[1]) if k not in (LOOP, COMPUTE)
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="tiny,smollm2-135m")
+    parser.add_argument("--per-forward", default="1,16", help="trials per forward pass (perf.trials_per_forward)")
+    parser.add_argument("--writers", default="inline,process", help="tracking.writer values to compare")
+    parser.add_argument("--trials", type=int, default=None, help="trials per cell (default: 96 tiny, 32 SmolLM2)")
+    parser.add_argument("--no-tracking", action="store_true", help="also a row per cell with MLflow off")
+    parser.add_argument("--phases", action="store_true", help="print each cell's phases too")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # model,per_forward,writer,trials,tracking: the child
+    args = parser.parse_args(argv)
+    if args.cell:
+        model, per_forward, writer, trials, tracking = args.cell.split(",")
+        print(json.dumps(run_cell(model, int(per_forward), writer, int(trials), tracking == "1")))
+        return 0
+
+    rows = []
+    for model in args.models.split(","):
+        trials = args.trials or (96 if model == "tiny" else 32)
+        for per_forward in map(int, args.per_forward.split(",")):
+            cells = [(w, "1") for w in args.writers.split(",")] + ([("inline", "0")] if args.no_tracking else [])
+            for writer, tracking in cells:
+                cell = f"{model},{per_forward},{writer},{trials},{tracking}"
+                started = time.perf_counter()
+                out = subprocess.run(
+                    [sys.executable, __file__, "--cell", cell], capture_output=True, text=True, env=os.environ
+                )
+                if out.returncode != 0:
+                    print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+                    return 1
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(
+                    f"  ran {cell} in {time.perf_counter() - started:.0f} s: critical path {row['critical_ms']:.1f} ms/trial",
+                    file=sys.stderr,
+                )
+                if args.phases:
+                    for phase, ms in row["phases_ms"].items():
+                        print(f"      {phase:42s} {ms:8.2f} ms/trial", file=sys.stderr)
+
+    print(f"{os.cpu_count()} CPUs; ms per trial; bookkeeping CPU = worker CPU outside compute + writer CPU")
+    header = "| model | trials/forward | writer | trials | compute | critical path | drain at end | worker CPU | writer CPU | bookkeeping CPU |"
+    print(header)
+    print("|" + "---|" * header.count(" | ") + "---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['per_forward']} | {r['writer']} | {r['trials']} | {r['compute_ms']:.1f} | "
+            f"**{r['critical_ms']:.1f}** | {r['drain_ms']:.1f} | {r['worker_cpu_ms']:.1f} | {r['writer_cpu_ms']:.1f} | "
+            f"**{r['worker_cpu_ms'] + r['writer_cpu_ms']:.1f}** |"
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -72,6 +72,8 @@ def _quiet_libraries() -> None:
         "PIL",
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # MLflow logs each failed store commit with its traceback before raising; meminject says it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         import transformers
 

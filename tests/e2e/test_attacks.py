@@ -99,14 +99,33 @@ def _nothing_running(tmp_path: Path, name: str) -> None:
     assert [r.info.run_name for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING"] == []
 
 
-@pytest.mark.parametrize("how", ["ctrl-c to the process group", "SIGTERM to the sweep"])
-def test_an_interrupt_with_two_workers_leaves_nothing_running_and_resumes_at_once(tmp_path, how):
+def _one_finished_run_per_complete_trial(tmp_path: Path, name: str, store: str | None = None) -> None:
+    complete = {t.number for t in load(tmp_path, name).get_trials(states=(TrialState.COMPLETE,))}
+    runs = Counter(
+        int(r.data.tags["meminject.trial_number"])
+        for r in mlflow_runs(store or tmp_path, "trial", study=name)
+        if r.info.status == "FINISHED"
+    )
+    assert set(runs) == complete and set(runs.values()) == {1}, (sorted(complete), runs)
+
+
+@pytest.mark.parametrize(
+    "how, writer",
+    [
+        ("ctrl-c to the process group", "inline"),
+        ("SIGTERM to the sweep", "inline"),
+        ("ctrl-c to the process group", "process"),
+        ("SIGTERM to the sweep", "process"),
+    ],
+)
+def test_an_interrupt_with_two_workers_leaves_nothing_running_and_resumes_at_once(tmp_path, how, writer):
     grid = [
         "sweep=paper_grid",
         "study=intr",
         "workers=2",
         "injection.tweak=choice(1,2,3,4)",
         "memory.encoding=choice(unembed,embed)",
+        f"tracking.writer={writer}",
     ]
     proc = _sweep(tmp_path, *grid, trial_delay_s=0.5, start_new_session=True)
     _wait_for_complete(tmp_path, "intr", 4, proc)
@@ -127,6 +146,65 @@ def test_an_interrupt_with_two_workers_leaves_nothing_running_and_resumes_at_onc
     points = complete_points(load(tmp_path, "intr"))
     assert len(points) == 3 * 4 * 2 and set(points.values()) == {1}
     _nothing_running(tmp_path, "intr")
+    _one_finished_run_per_complete_trial(tmp_path, "intr")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_worker_killed_with_runs_pending_in_its_writer_loses_none_the_resume_writes_each_once(tmp_path):
+    """tracking.writer=process with a slow writer (1 s a run): the worker is SIGKILLed once 4
+    trials are told, while their runs wait in the writer's queue. The orphaned writer stops
+    (never writing beside a resume), and the rerun writes every told trial's run, each once."""
+    from _slow_meminject import WRITER_DELAY_ENV
+
+    grid = [
+        "sweep=paper_grid",
+        "study=pend",
+        "injection.tweak=choice(1,2,3,4)",
+        "memory.encoding=choice(unembed,embed)",
+    ]
+    grid += ["tracking.writer=process", "workers=1"]
+    proc = _sweep(tmp_path, *grid, trial_delay_s=0.05, env=env(**{WRITER_DELAY_ENV: "1"}))
+    _wait_for_complete(tmp_path, "pend", 4, proc)
+    writers = _children(proc.pid)
+    proc.kill()  # SIGKILL: no cleanup, no wait for the writer
+    proc.communicate(timeout=60)
+    told = {t.number for t in load(tmp_path, "pend").get_trials(states=(TrialState.COMPLETE,))}
+    written = {
+        int(r.data.tags["meminject.trial_number"])
+        for r in mlflow_runs(tmp_path, "trial", study="pend")
+        if r.info.status == "FINISHED"
+    }
+    assert len(told) >= 4 and told - written, (told, written)  # runs were pending at the kill
+    assert writers and all(_gone(pid, 10) for pid in writers), writers  # the orphan writer stopped
+    resume = _sweep(tmp_path, *grid)
+    out, _ = resume.communicate(timeout=600)
+    assert resume.returncode == 0, out[-3000:]
+    assert len(complete_points(load(tmp_path, "pend"))) == 3 * 4 * 2
+    _one_finished_run_per_complete_trial(tmp_path, "pend")
 
 
 def test_a_sigterm_while_a_trial_run_is_being_created_leaves_no_run_running(tmp_path):
@@ -228,5 +306,51 @@ def test_a_full_disk_under_outputs_is_one_line_and_closes_the_parent_run(tmp_pat
         assert "Traceback" not in proc.stderr
         assert len(load(tmp_path, "full").get_trials(states=(TrialState.COMPLETE,))) == 3 * 2  # the results are kept
         assert [r.info.status for r in mlflow_runs(tmp_path, "sweep")] == ["FAILED"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_an_mlflow_store_that_fills_under_the_writer_is_one_line_and_the_resume_writes_every_run(tmp_path):
+    """tracking.writer=process with the MLflow store on a disk that is full once the sweep has
+    begun: the writer's failure is one line (exit 2), every computed result stays in the study,
+    and after space is freed the rerun writes each complete trial's run once."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        args = [
+            "sweep",
+            *TINY,
+            f"storage={tmp_path / 'optuna.journal'}",
+            f"tracking.uri=sqlite:///{disk / 'mlflow.db'}",
+            "progress=false",
+            "sweep=paper_grid",
+            "study=fillw",
+            "injection.tweak=range(1,16)",
+            "memory.encoding=choice(unembed)",
+            "tracking.writer=process",
+            "tracking.trial_figures=false",
+        ]
+        run_cli(*args, "workers=0", cwd=tmp_path, check=True)  # the store and the parent run, while there is room
+        room = os.statvfs(disk)
+        # room to open the store (SQLite's shared memory and log), not for the trials' runs
+        (disk / "ballast").write_bytes(b"\0" * (room.f_bavail * room.f_frsize - 160 * 1024))
+        proc = run_cli(*args, cwd=tmp_path, env=env(MPLCONFIGDIR=str(tmp_path / "mpl")))
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.endswith(" …")]
+        # besides the error: the wait for the writer, and where the ranked sites went (the parent run is on that disk)
+        said = ("waiting for the MLflow writer: ", "note: the results are in ", "note: parameter importances")
+        notes = [line for line in lines if line.startswith(said)]
+        assert len(lines) - len(notes) == 1 and len(notes) <= 3, proc.stderr
+        assert lines[-1].startswith("meminject: error: "), lines
+        assert "full" in lines[-1] and "saved in the study" in lines[-1], lines[-1]
+        assert "Traceback" not in proc.stderr
+        assert load(tmp_path, "fillw").get_trials(states=(TrialState.COMPLETE,))  # results kept
+        (disk / "ballast").unlink()
+        again = run_cli(*args, cwd=tmp_path, env=env(MPLCONFIGDIR=str(tmp_path / "mpl")))
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert len(complete_points(load(tmp_path, "fillw"))) == 3 * 15
+        _one_finished_run_per_complete_trial(tmp_path, "fillw", f"sqlite:///{disk / 'mlflow.db'}")
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)

@@ -25,7 +25,7 @@ from ..core import _interrupts as interrupts
 from ..core._errors import ConfigError
 from ._recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, recover_stale_trials
 from ..tracking._tracker import Tracker
-from ._optuna import pop_queued_trial
+from ._optuna import params_in_one_write, pop_queued_trial
 from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held, writer_failed
 from ._settings import SweepSpec
 from ._pruning import make_pruner
@@ -281,18 +281,20 @@ class _RunningWaiter:
 
 
 def _suggest(trial: optuna.Trial, space: Any) -> dict[str, Any]:
-    """Sample every axis through the public suggest API (fixed params of a queued point win)."""
+    """Sample every axis through the public suggest API (fixed params of a queued point win),
+    the params stored in one write."""
     import optuna.distributions as od
 
     values = {}
-    for axis in space.axes:
-        d = axis.distribution
-        if isinstance(d, od.CategoricalDistribution):
-            values[axis.key] = trial.suggest_categorical(axis.key, d.choices)
-        elif isinstance(d, od.IntDistribution):
-            values[axis.key] = trial.suggest_int(axis.key, d.low, d.high, step=d.step, log=d.log)
-        else:
-            values[axis.key] = trial.suggest_float(axis.key, d.low, d.high, step=d.step, log=d.log)
+    with params_in_one_write(trial):
+        for axis in space.axes:
+            d = axis.distribution
+            if isinstance(d, od.CategoricalDistribution):
+                values[axis.key] = trial.suggest_categorical(axis.key, d.choices)
+            elif isinstance(d, od.IntDistribution):
+                values[axis.key] = trial.suggest_int(axis.key, d.low, d.high, step=d.step, log=d.log)
+            else:
+                values[axis.key] = trial.suggest_float(axis.key, d.low, d.high, step=d.step, log=d.log)
     return values
 
 

@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -88,21 +89,39 @@ def write_record(tracker: Any, record: TrialRecord) -> str:
     return run_id
 
 
-def _serve(uri: str, experiment: str, experiment_id: str, retry_s: float, jobs: Any, done: Any) -> None:
-    """The writer process: write each record, report ("ok", n) or ("error", n, line)."""
+def _exit_with(parent: int) -> None:
+    """The writer's watchdog: end this process at once when its worker is gone. The worker may
+    have died mid-way through handing over a record, leaving a read blocked forever on a pipe
+    that this process itself holds open; and a writer must never write beside the resume,
+    which writes every missing run (a run cut short here is completed then)."""
+    while True:
+        time.sleep(_PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _serve(uri: str, experiment: str, experiment_id: str, retry_s: float, jobs: Any, done: Any, parent: int) -> None:
+    """The writer process: write each record, report ("ok", n, "", cpu) or ("error", n, line, cpu),
+    ``cpu`` being the CPU seconds this process has spent since it began serving (its imports and
+    store connection left out): what benchmarks/trial_overhead.py adds to the worker's own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop; its Ctrl-C is not ours
-    for name in ("mlflow", "alembic", "urllib3", "httpx"):  # the worker's environment quiets the rest
-        logging.getLogger(name).setLevel(logging.ERROR)
-    parent = os.getppid()
+    # ``parent``: the worker's pid, given by the worker (it may die before this process is up)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="meminject-writer-watchdog").start()
     try:
+        import mlflow  # noqa: F401 - its import configures its own loggers: quiet them after it
+
         from ..tracking._tracker import Tracker
 
+        for name in ("mlflow", "alembic", "sqlalchemy", "urllib3", "httpx"):  # after MLflow's import sets its own
+            # errors too: each failure goes back to the worker, which says it in one line
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         tracker = Tracker(uri, experiment, retry_s)
         tracker.experiment_id = experiment_id  # the study's (a study of an older meminject keeps its own)
     except BaseException as exc:  # noqa: BLE001 - reported, then every record is refused
         tracker, failure = None, first_line(exc)
     else:
         failure = None
+    serving = time.process_time()
     while True:
         try:
             record = jobs.get(timeout=_PARENT_CHECK_S)
@@ -112,16 +131,18 @@ def _serve(uri: str, experiment: str, experiment_id: str, retry_s: float, jobs: 
             continue
         if record is None:
             return
+        if os.getppid() != parent:  # the worker died: the resume writes this run; two writers must not
+            return
         if failure is not None:
-            done.put(("error", record.number, failure))
+            done.put(("error", record.number, failure, time.process_time() - serving))
             continue
         try:
             write_record(tracker, record)
         except BaseException as exc:  # noqa: BLE001 - one line back; the rest is refused, written on resume
             failure = first_line(exc)
-            done.put(("error", record.number, failure))
+            done.put(("error", record.number, failure, time.process_time() - serving))
             continue
-        done.put(("ok", record.number, ""))
+        done.put(("ok", record.number, "", time.process_time() - serving))
 
 
 class RunWriter:
@@ -133,6 +154,7 @@ class RunWriter:
         self._done = context.Queue()
         self.pending: set[int] = set()
         self.failed: dict[int, str] = {}
+        self.cpu_s = 0.0  # the writer's CPU seconds spent serving, as last reported
         self._process = context.Process(
             target=_serve,
             args=(
@@ -142,6 +164,7 @@ class RunWriter:
                 tracker.retry_s,
                 self._jobs,
                 self._done,
+                os.getpid(),
             ),
             daemon=True,
             name="meminject-writer",
@@ -157,10 +180,11 @@ class RunWriter:
         block = timeout > 0
         while True:
             try:
-                kind, number, line = self._done.get(block=block, timeout=timeout if block else None)
+                kind, number, line, cpu_s = self._done.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
                 return
             block = False
+            self.cpu_s = max(self.cpu_s, cpu_s)
             self.pending.discard(number)
             if kind == "error":
                 self.failed[number] = line

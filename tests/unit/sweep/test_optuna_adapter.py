@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import optuna
 import pytest
 from optuna.exceptions import UpdateFinishedTrialError
@@ -42,3 +44,42 @@ def test_a_trial_finished_elsewhere_refuses_and_the_storage_stays_usable(tmp_pat
     assert optuna.load_study(study_name="s", storage=_journal(tmp_path / "j.log")).trials[later.number].user_attrs == {
         "ok": 1
     }
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_params_in_one_write_store_what_suggest_stores_in_one_append(tmp_path, kind, monkeypatch):
+    """Two TPE studies with one seed: one suggests inside the block, one plainly. Every trial
+    gets the same params and distributions; on a journal each trial's params take one append."""
+    from meminject.sweep._optuna import params_in_one_write
+
+    def run(name: str, batched: bool) -> list:
+        storage = _journal(tmp_path / f"{name}.log") if kind == "journal" else f"sqlite:///{tmp_path / name}.db"
+        study = optuna.create_study(storage=storage, study_name=name, sampler=optuna.samplers.TPESampler(seed=1))
+        for _ in range(14):  # past TPE's 10 random startup trials
+            trial = study.ask()
+            with params_in_one_write(trial) if batched else contextlib.nullcontext():
+                x = trial.suggest_float("x", -3, 3)
+                k = trial.suggest_int("k", 1, 15)
+                c = trial.suggest_categorical("c", ["unembed", "embed", "layer"])
+            assert trial.params == {"x": x, "k": k, "c": c}  # the live trial's own view
+            study.tell(trial, (x - 1) ** 2 + k / 10 + (c == "embed"))
+        reopened = optuna.load_study(
+            study_name=name, storage=_journal(tmp_path / f"{name}.log") if kind == "journal" else storage
+        )
+        return [(t.params, t.distributions, t.value) for t in reopened.get_trials()]
+
+    appends = []
+    real = JournalFileBackend.append_logs
+
+    def counted(self, logs):
+        appends.append(len(logs))
+        return real(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", counted)
+    batched = run("b", True)
+    n_batched = len(appends)
+    appends.clear()
+    plain = run("p", False)
+    assert batched == plain
+    if kind == "journal":  # the plain path writes each of the 3 params alone: 2 more appends per trial
+        assert len(appends) - n_batched == 2 * 14
