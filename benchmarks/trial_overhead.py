@@ -85,7 +85,7 @@ def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: b
     _wrap(_worker, "_ask_trials", ASK)
     _wrap(_worker, "_close_writer", DRAIN)
     _wrap(_trial.TrialRunner, "run_many", COMPUTE)
-    _wrap(_run, "record_in_optuna", "Optuna result attributes")
+    _wrap(_run, "set_many_user_attrs", "Optuna result attributes")
     _wrap(_run, "set_user_attrs", "Optuna trial-key attributes")
     _wrap(_run, "record_in_mlflow", "MLflow run (params, metrics, artifacts)")
     _wrap(_run, "_start_run", "MLflow run (create)")
@@ -94,6 +94,10 @@ def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: b
     import optuna
 
     _wrap(optuna.Study, "tell", "Optuna tell")
+    _wrap(optuna.Study, "ask", "  of the ask: create the trial")  # parts of ASK
+    _wrap(_worker, "_suggest", "  of the ask: sample and store its params")
+    _wrap(_worker, "counted", "  of the ask: count the budget")
+    _wrap(_worker, "recover_stale_trials", "  of the ask: stale-trial check")
     writers: list = []
     original_init = _writer.RunWriter.__init__
 

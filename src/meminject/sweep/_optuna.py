@@ -35,6 +35,7 @@ __all__ = [
     "is_heartbeat_enabled",
     "params_in_one_write",
     "pop_queued_trial",
+    "set_many_user_attrs",
     "set_user_attrs",
     "storage_of",
 ]
@@ -93,6 +94,43 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     ]
     _append_and_replay(storage, logs)
     trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def set_many_user_attrs(items: list[tuple[optuna.Trial, dict[str, Any]]]) -> set[int]:
+    """:func:`set_user_attrs` for several trials (a stacked pass's), in one storage write on a
+    journal file. Returns the numbers of the trials that refused (finished by another worker
+    meanwhile); the others hold their attributes, as if each had been written alone."""
+    journal = [(t, a) for t, a in items if isinstance(t.storage, JournalStorage) and a]
+    refused: set[int] = set()
+    for trial, attrs in items:
+        if not (isinstance(trial.storage, JournalStorage) and attrs):  # key by key, as set_user_attrs does
+            try:
+                set_user_attrs(trial, attrs)
+            except UpdateFinishedTrialError:
+                refused.add(trial.number)
+    if not journal:
+        return refused
+    storage = journal[0][0].storage
+    logs = [
+        {
+            "op_code": JournalOperation.SET_TRIAL_USER_ATTR,
+            "worker_id": storage._replay_result.worker_id,
+            "trial_id": trial._trial_id,
+            "user_attr": {key: value},
+        }
+        for trial, attrs in journal
+        for key, value in attrs.items()
+    ]
+    try:
+        _append_and_replay(storage, logs)
+    except UpdateFinishedTrialError:  # which ones: those finished before their records were read
+        for trial, _ in journal:
+            if storage.get_trial(trial._trial_id).state.is_finished():
+                refused.add(trial.number)
+    for trial, attrs in journal:
+        if trial.number not in refused:
+            trial._cached_frozen_trial.user_attrs.update(attrs)
+    return refused
 
 
 def _append_and_replay(storage: JournalStorage, logs: list[dict[str, Any]]) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "trial_params_of",
     "trial_figure_artifact",
     "record_in_optuna",
+    "optuna_record",
     "record_in_mlflow",
     "reconciled_params",
     "resident_mb",
@@ -73,7 +74,18 @@ def record_in_optuna(
     trial: Any, cfg: Any, result: Any, seconds: float, spec: Any, extra: dict[str, Any] | None = None
 ) -> tuple[float | list[float], dict[str, Any]]:
     """Store a trial's summary, time, memory and site as Optuna user attributes (before it is
-    told). Returns (the objective value, or values of a multi-objective study; the metrics to log).
+    told). Returns (the objective value, or values of a multi-objective study; the metrics to log)."""
+    value, metrics, attrs = optuna_record(cfg, result, seconds, spec, extra)
+    set_user_attrs(trial, attrs)  # one storage write, not ~25
+    return value, metrics
+
+
+def optuna_record(
+    cfg: Any, result: Any, seconds: float, spec: Any, extra: dict[str, Any] | None = None
+) -> tuple[float | list[float], dict[str, Any], dict[str, Any]]:
+    """A trial's summary, time, memory and site as the Optuna user attributes to store before it
+    is told: (the objective value, or values of a multi-objective study; the metrics to log; the
+    attributes).
 
     A pruned trial's summary covers only the prompts it saw: it is stored and logged as
     ``partial_<name>``, so no table or chart can mistake it for a full trial's value.
@@ -92,11 +104,10 @@ def record_in_optuna(
         attrs["worker_rss_mb"] = summary["worker_rss_mb"] = rss
     attrs.update(Site.from_config(cfg).attrs())
     attrs.update(extra or {})  # the trial key and worker, when not written at its start
-    set_user_attrs(trial, attrs)  # one storage write, not ~25
     if result.pruned:
-        return float(summary[f"partial_{spec.objective}"]), {**summary, "trial_seconds": seconds}
+        return float(summary[f"partial_{spec.objective}"]), {**summary, "trial_seconds": seconds}, attrs
     values = [float(summary[name]) for name in spec.all_objectives()]
-    return (values if spec.multi else values[0]), {**summary, "trial_seconds": seconds}
+    return (values if spec.multi else values[0]), {**summary, "trial_seconds": seconds}, attrs
 
 
 def record_in_mlflow(

@@ -7,6 +7,7 @@ the coordinator dies (PR_SET_PDEATHSIG), and it also checks between trials.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,9 @@ from ..core._secrets import STORAGE_ENV, TRACKING_ENV, secret_env
 from ._storage import default_storage_url, open_storage
 from ._study import DONE, leader
 
-__all__ = ["spawn_workers", "die_with_parent", "worker_command"]
+__all__ = ["spawn_workers", "die_with_parent", "worker_command", "placement"]
+
+log = logging.getLogger("meminject")
 
 
 def die_with_parent() -> None:
@@ -36,6 +39,24 @@ def die_with_parent() -> None:
 
 def _threads_for(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
+
+
+def placement(workers: int, n_gpus: int, visible: str | None) -> tuple[list[dict[str, str]], str]:
+    """Where each worker runs, as the environment it adds, and the line that says so.
+
+    With GPUs, worker i gets one device, round robin: the i-th of ``CUDA_VISIBLE_DEVICES`` when
+    that is set (so ``CUDA_VISIBLE_DEVICES=2,3`` gives workers devices 2, 3, 2, ...), else device
+    ``i mod n_gpus``; each worker then sees only its own device as ``cuda:0``. Without GPUs the
+    CPU threads are shared out instead."""
+    if n_gpus:
+        names = [d.strip() for d in (visible or "").split(",") if d.strip()][:n_gpus] or [str(i) for i in range(n_gpus)]
+        chosen = [names[i % len(names)] for i in range(workers)]
+        shared = "" if workers <= len(names) else f" ({workers} workers on {len(names)} GPUs: some share one)"
+        line = "workers on GPUs: " + ", ".join(f"worker {i} → GPU {d}" for i, d in enumerate(chosen)) + shared
+        return [{"CUDA_VISIBLE_DEVICES": d} for d in chosen], line
+    threads = str(_threads_for(workers))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEMINJECT_THREADS": threads}
+    return [dict(env) for _ in range(workers)], f"{workers} workers on the CPU, {threads} thread(s) each"
 
 
 def worker_command(
@@ -65,15 +86,13 @@ def spawn_workers(
 
     procs = []
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    places, line = placement(workers, n_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if n_gpus:
+        log.info("%s", line)
     try:
-        for index in range(workers):
+        for place in places:
             cmd, extra = worker_command(study_name, storage_url, tracking)
-            env = {**os.environ, **extra}
-            if n_gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
-            else:
-                threads = str(_threads_for(workers))
-                env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEMINJECT_THREADS": threads})
+            env = {**os.environ, **extra, **place}
             # quiet while it starts: a Ctrl-C before its handler is in place prints no traceback
             procs.append(subprocess.Popen(cmd, env=env, preexec_fn=interrupts.ignore_interrupts_until_ready))
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))

@@ -83,3 +83,35 @@ def test_params_in_one_write_store_what_suggest_stores_in_one_append(tmp_path, k
     assert batched == plain
     if kind == "journal":  # the plain path writes each of the 3 params alone: 2 more appends per trial
         assert len(appends) - n_batched == 2 * 14
+
+
+def test_many_trials_attrs_in_one_write_and_a_trial_finished_elsewhere_is_refused_alone(tmp_path, monkeypatch):
+    """A stacked pass's results: every trial's attributes in one append; the one another worker
+    failed meanwhile is refused (returned), the others hold exactly their attributes."""
+    from meminject.sweep._optuna import set_many_user_attrs
+
+    mine = optuna.create_study(storage=_journal(tmp_path / "j.log"), study_name="s")
+    theirs = optuna.load_study(study_name="s", storage=_journal(tmp_path / "j.log"))
+    trials = [mine.ask() for _ in range(4)]
+    theirs.tell(trials[1].number, state=optuna.trial.TrialState.FAIL)  # failed as stale elsewhere
+    appends = []
+    real = JournalFileBackend.append_logs
+
+    def counted(self, logs):
+        appends.append(len(logs))
+        return real(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", counted)
+    items = [(t, {**ATTRS, "n": t.number}) for t in trials]
+    assert set_many_user_attrs(items) == {trials[1].number}
+    assert appends == [4 * (len(ATTRS) + 1)]  # one write
+    for t in (trials[0], trials[2], trials[3]):
+        mine.tell(t, 0.5)
+    stored = optuna.load_study(study_name="s", storage=_journal(tmp_path / "j.log")).trials
+    assert [stored[t.number].user_attrs for t in trials] == [
+        {**ATTRS, "n": 0},
+        {},
+        {**ATTRS, "n": 2},
+        {**ATTRS, "n": 3},
+    ]
+    assert trials[2].user_attrs == {**ATTRS, "n": 2}  # the live trial's view
