@@ -113,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trials/s: first {args.window} {first:.2f}, last {args.window} {last:.2f}, overall {_rate(done):.2f}")
         steps = [_rate(done[i : i + args.window]) for i in range(0, len(done) - args.window + 1, args.window)]
         print("trials/s by window of", args.window, ":", " ".join(f"{r:.2f}" for r in steps))
+    by_worker: dict = {}
+    for t in sorted(done, key=lambda t: t.number):  # each trial's own record of its worker's memory
+        if t.user_attrs.get("worker_rss_mb") is not None:
+            by_worker.setdefault(t.user_attrs.get("worker_index"), []).append(t.user_attrs["worker_rss_mb"])
+    for worker, values in sorted(by_worker.items(), key=lambda kv: str(kv[0])):
+        print(
+            f"RSS worker {worker} after its trials (worker_rss_mb): first {values[0]:.0f} MiB, "
+            f"after {len(values) // 2} trials {values[len(values) // 2]:.0f} MiB, last {values[-1]:.0f} MiB ({len(values)} trials)"
+        )
+    print("RSS sampled with ps (the first samples are taken while the processes start):")
     for pid, values in sorted(samples.items()):
         if len(values) >= 2:
             role = "coordinator" if pid == proc.pid else "worker"

@@ -90,6 +90,12 @@ def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: b
     _wrap(_run, "record_in_mlflow", "MLflow run (params, metrics, artifacts)")
     _wrap(_run, "_start_run", "MLflow run (create)")
     _wrap(_writer.RunWriter, "submit", "hand over to the writer")
+    _wrap(_run, "trial_config", "trial configs (built from the params)")
+    _wrap(_run, "optuna_record", "result attributes (built)")
+    _wrap(_run, "_record_of", "the writer's record (built)")
+    from meminject.sweep import _record
+
+    _wrap(_record, "_release_freed_memory", "  of which: heap trim (every few s)")
     _wrap_cm(_run, "heartbeats", "heartbeats (start/stop)")
     import optuna
 

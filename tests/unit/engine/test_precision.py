@@ -106,3 +106,20 @@ def test_best_ranks_a_bfloat16_sweeps_top_sites_by_their_float32_values(tmp_path
         summary = runner.run(cfg)[2].summary  # a gain is a difference of probabilities: to 1e-4 of them
         assert site["mean_gain"] == pytest.approx(summary["mean_gain"], rel=0, abs=1e-4 * summary["mean_prob_before"])
         assert site["bfloat16"] != site["mean_gain"]  # the sweep's own value is kept beside it
+
+
+def test_device_auto_picks_cuda_when_visible_and_cuda_without_one_is_one_clear_error(monkeypatch):
+    """The device choice, checked without a GPU: a faked visible CUDA makes ``auto`` pick it."""
+    import torch
+
+    from meminject.core._errors import ConfigError
+    from meminject.engine._models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device is visible.*model.device=cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="not a torch device"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda" and resolve_device("cuda:1") == torch.device("cuda:1")
