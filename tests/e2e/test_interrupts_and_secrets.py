@@ -31,7 +31,9 @@ def _handler_in_place(pid: int) -> bool:
     return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
-def _interrupt(tmp_path: Path, delay: float, workers: int, from_handler: bool) -> tuple[int, str]:
+def _interrupt(
+    tmp_path: Path, delay: float, workers: int, from_handler: bool, writer: str = "inline"
+) -> tuple[int, str]:
     """A sweep started in its own session, Ctrl-C'd (SIGINT to its process group, as a terminal
     does) ``delay`` s after its start, or after meminject's handler is in place
     (``from_handler``); returns (status, stderr). Python's own start-up (its ``site``, ~0.1 s,
@@ -46,6 +48,7 @@ def _interrupt(tmp_path: Path, delay: float, workers: int, from_handler: bool) -
         f"storage={tmp_path / 'optuna.journal'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "progress=false",
+        f"tracking.writer={writer}",
     ]
     started = time.monotonic()
     proc = start_cli(*args, cwd=tmp_path, stderr=subprocess.PIPE, start_new_session=True)
@@ -62,12 +65,21 @@ def _interrupt(tmp_path: Path, delay: float, workers: int, from_handler: bool) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("delay", "workers", "from_handler"),
-    [(0.0, 1, True), (0.5, 1, False), (1.0, 1, False), (3.0, 2, False), (5.0, 2, False), (7.0, 2, False)],
-    ids=["first-instant", "imports-0.5s", "imports-1s", "w2-3s", "w2-5s", "w2-7s"],
+    ("delay", "workers", "from_handler", "writer"),
+    [
+        (0.0, 1, True, "inline"),
+        (0.5, 1, False, "inline"),
+        (1.0, 1, False, "inline"),
+        (3.0, 2, False, "inline"),
+        (5.0, 2, False, "inline"),
+        (7.0, 2, False, "inline"),
+        (3.0, 1, False, "process"),  # the writer process still importing, or writing
+        (6.0, 2, False, "process"),
+    ],
+    ids=["first-instant", "imports-0.5s", "imports-1s", "w2-3s", "w2-5s", "w2-7s", "writer-3s", "writer-w2-6s"],
 )
-def test_ctrl_c_at_any_moment_exits_130_with_one_line(tmp_path, delay, workers, from_handler):
-    code, err = _interrupt(tmp_path, delay, workers, from_handler)
+def test_ctrl_c_at_any_moment_exits_130_with_one_line(tmp_path, delay, workers, from_handler, writer):
+    code, err = _interrupt(tmp_path, delay, workers, from_handler, writer)
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert code == 130 and len(lines) == 1 and lines[0].startswith(INTERRUPTED), (code, err[-3000:])

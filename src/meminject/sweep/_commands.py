@@ -187,7 +187,7 @@ def _run_and_close(
     finally:
         parent = study.user_attrs.get(ATTR_PARENT) if tracker is not None else None
         try:
-            finalize(study, tracker)
+            finalize(study, tracker, interrupted=status == "KILLED")
         except BaseException:
             status = "FAILED" if status == "FINISHED" else status  # e.g. a full disk under ./outputs
             raise

@@ -132,8 +132,9 @@ def reconcile_runs(study: optuna.Study, spec: SweepSpec, tracker: Tracker) -> in
     return fixed
 
 
-def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
-    """Write the ranked sites (and control gaps, figures); put them on the parent run."""
+def finalize(study: optuna.Study, tracker: Tracker | None, interrupted: bool = False) -> Path:
+    """Write the ranked sites (and control gaps, figures); put them on the parent run.
+    ``interrupted``: after Ctrl-C, whose one line is all the user sees (no figure notes)."""
     table = ranked_sites(study)
     path = best_csv(study.study_name)
     table.to_csv(path, index=False)
@@ -142,10 +143,15 @@ def finalize(study: optuna.Study, tracker: Tracker | None) -> Path:
     if gaps is not None:
         gaps.to_csv(gaps_path, index=False)
     figures = []
+    level = log.level
     try:
+        if interrupted:
+            log.setLevel(max(level, logging.WARNING))
         figures = study_figures(study, table)
     except Exception as exc:  # noqa: BLE001 - a figure must never cost the results
         log.warning("note: sweep figures skipped (%s)", first_line(exc))
+    finally:
+        log.setLevel(level)
     parent = study.user_attrs.get(ATTR_PARENT)
     if tracker is not None and parent:
         try:

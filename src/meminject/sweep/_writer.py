@@ -169,7 +169,13 @@ class RunWriter:
             daemon=True,
             name="meminject-writer",
         )
-        self._process.start()
+        # SIGINT ignored from its first instant (an ignored signal stays ignored across exec): a
+        # terminal's Ctrl-C reaches the whole process group, and this one is still importing
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def submit(self, record: TrialRecord) -> None:
         self.pending.add(record.number)
