@@ -30,23 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _procs import descendants  # benchmarks/ is on sys.path when a script runs
+
 TINY = ["model=tiny", "model.device=cpu", "data.limit=6"]
-
-
-def _descendants(root: int) -> list[int]:
-    """The process ids under ``root`` (children, grandchildren, ...), from ``ps``."""
-    table = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
-    children: dict[int, list[int]] = {}
-    for line in table:
-        parts = line.split()
-        if len(parts) == 2:
-            children.setdefault(int(parts[1]), []).append(int(parts[0]))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _rss_mib(pids: list[int]) -> dict[int, float]:
@@ -90,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(folder / "sweep.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
         while proc.poll() is None:
-            for pid, mib in _rss_mib([proc.pid, *_descendants(proc.pid)]).items():
+            for pid, mib in _rss_mib([proc.pid, *descendants(proc.pid)]).items():
                 samples.setdefault(pid, []).append(mib)
             time.sleep(args.sample_s)
     wall = time.perf_counter() - started

@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from _procs import descendants  # benchmarks/ is on sys.path when a script runs
+
 import numpy as np
 
 SMOKE = {"limit": 8, "layers": "choice(0, 15, 29)", "tweaks": "choice(1, 8)", "tpe_trials": 6}
@@ -41,7 +43,7 @@ def _peak_memory_mib(pid: int, device: str, stop: threading.Event, out: list[flo
     """Peak memory of the process tree under ``pid`` until ``stop``: GPU memory on CUDA, RSS on a CPU."""
     peak = 0.0
     while not stop.is_set():
-        pids = {pid, *_descendants(pid)}
+        pids = {pid, *descendants(pid)}
         if device == "cuda":
             query = subprocess.run(
                 ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
@@ -59,21 +61,6 @@ def _peak_memory_mib(pid: int, device: str, stop: threading.Event, out: list[flo
         peak = max(peak, used)
         stop.wait(0.2)
     out.append(peak)
-
-
-def _descendants(root: int) -> list[int]:
-    rows = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
-    children: dict[int, list[int]] = {}
-    for row in rows:
-        parts = row.split()
-        if len(parts) == 2:
-            children.setdefault(int(parts[1]), []).append(int(parts[0]))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def run_sweep(folder: Path, name: str, device: str, args: list[str]) -> dict:

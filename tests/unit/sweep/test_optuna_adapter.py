@@ -14,6 +14,19 @@ from meminject.sweep._optuna import set_user_attrs
 ATTRS = {"mean_gain": 0.0123, "site.injection.layer": 3, "meminject.key": "abc", "nested": {"a": [1, 2]}, "none": None}
 
 
+def _count_appends(monkeypatch) -> list[int]:
+    """The size of each journal append from now on (a list that fills as they happen)."""
+    appends: list[int] = []
+    real = JournalFileBackend.append_logs
+
+    def counted(self, logs):
+        appends.append(len(logs))
+        return real(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", counted)
+    return appends
+
+
 def _journal(path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
@@ -68,14 +81,7 @@ def test_params_in_one_write_store_what_suggest_stores_in_one_append(tmp_path, k
         )
         return [(t.params, t.distributions, t.value) for t in reopened.get_trials()]
 
-    appends = []
-    real = JournalFileBackend.append_logs
-
-    def counted(self, logs):
-        appends.append(len(logs))
-        return real(self, logs)
-
-    monkeypatch.setattr(JournalFileBackend, "append_logs", counted)
+    appends = _count_appends(monkeypatch)
     batched = run("b", True)
     n_batched = len(appends)
     appends.clear()
@@ -94,14 +100,7 @@ def test_many_trials_attrs_in_one_write_and_a_trial_finished_elsewhere_is_refuse
     theirs = optuna.load_study(study_name="s", storage=_journal(tmp_path / "j.log"))
     trials = [mine.ask() for _ in range(4)]
     theirs.tell(trials[1].number, state=optuna.trial.TrialState.FAIL)  # failed as stale elsewhere
-    appends = []
-    real = JournalFileBackend.append_logs
-
-    def counted(self, logs):
-        appends.append(len(logs))
-        return real(self, logs)
-
-    monkeypatch.setattr(JournalFileBackend, "append_logs", counted)
+    appends = _count_appends(monkeypatch)
     items = [(t, {**ATTRS, "n": t.number}) for t in trials]
     assert set_many_user_attrs(items) == {trials[1].number}
     assert appends == [4 * (len(ATTRS) + 1)]  # one write
