@@ -288,7 +288,9 @@ def _depth_figure(name: str, spec: SweepSpec, ranked: pd.DataFrame, report: pd.D
     if curve.empty or not wanted:
         return None
     print(f"\nheld-out gain of the best τ at each of {len(curve)} layers (the depth figure):", file=sys.stderr)
-    curve["heldout_gain"] = heldout_gains(spec.overrides, curve, list(spec.params), runner)
+    # in float32, as the held-out check: a bfloat16 line put best's judged sites (crosses) off it
+    precise = [o for o in spec.overrides if not o.startswith("model.dtype=")] + ["model.dtype=float32"]
+    curve["heldout_gain"] = heldout_gains(precise, curve, list(spec.params), runner)
     curve.to_csv(outputs_dir("best") / f"{name}-depth.csv", index=False)
     models = ", ".join(str(m) for m in curve["model"].unique())
     title = f"{name}\nmean gain by relative depth: {models} (best τ per layer on the train part)"

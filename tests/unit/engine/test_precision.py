@@ -60,12 +60,14 @@ def test_best_rechecks_a_bfloat16_sweep_in_float32(tmp_path, monkeypatch, capsys
                 "top=1",
                 "controls=random_vector",
                 "bootstrap=100",
+                "depth_figure=true",  # its held-out line too: best's judged sites must fall on it
             ]
         )
         == 0
     )
     assert "the sweep ran in bfloat16; the held-out check re-evaluates its sites in float32" in capsys.readouterr().out
     assert dtypes and set(dtypes) == {"float32"}
+    assert (tmp_path / "outputs" / "figures" / "bf" / "gain_by_depth.png").exists()
 
 
 def test_best_ranks_a_bfloat16_sweeps_top_sites_by_their_float32_values(tmp_path, monkeypatch, capsys):
