@@ -16,12 +16,11 @@ from ._heatmap import (
     GAIN_LABEL,
     MAX_EXACT,
     HeatmapData,
-    ScatterData,
     draw_gain_heatmap,
-    draw_trial_scatter,
     robust_limit,
     tweak_axis,
 )
+from ._scatter import ScatterData, draw_trial_scatter
 
 __all__ = [
     "gain_heatmaps",

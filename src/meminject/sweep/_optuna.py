@@ -77,23 +77,8 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     another worker meanwhile; every record written is still replayed first, so the storage's
     view stays whole for the next call.
     """
-    storage = trial.storage
-    if not isinstance(storage, JournalStorage) or not attrs:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    worker_id = storage._replay_result.worker_id
-    logs = [
-        {
-            "op_code": JournalOperation.SET_TRIAL_USER_ATTR,
-            "worker_id": worker_id,
-            "trial_id": trial._trial_id,
-            "user_attr": {key: value},
-        }
-        for key, value in attrs.items()
-    ]
-    _append_and_replay(storage, logs)
-    trial._cached_frozen_trial.user_attrs.update(attrs)
+    if set_many_user_attrs([(trial, attrs)]):
+        raise UpdateFinishedTrialError(f"trial {trial.number} was finished meanwhile; its attributes were refused")
 
 
 def set_many_user_attrs(items: list[tuple[optuna.Trial, dict[str, Any]]]) -> set[int]:
@@ -103,9 +88,10 @@ def set_many_user_attrs(items: list[tuple[optuna.Trial, dict[str, Any]]]) -> set
     journal = [(t, a) for t, a in items if isinstance(t.storage, JournalStorage) and a]
     refused: set[int] = set()
     for trial, attrs in items:
-        if not (isinstance(trial.storage, JournalStorage) and attrs):  # key by key, as set_user_attrs does
+        if attrs and not isinstance(trial.storage, JournalStorage):  # an RDB: key by key, its own transactions
             try:
-                set_user_attrs(trial, attrs)
+                for key, value in attrs.items():
+                    trial.set_user_attr(key, value)
             except UpdateFinishedTrialError:
                 refused.add(trial.number)
     if not journal:

@@ -22,7 +22,6 @@ from ..engine._memories import word_source
 from ..tracking._schema import Site
 from ..core._redaction import redacted_container
 from ..config import RunConfig
-from ._optuna import set_user_attrs
 from ..tracking._schema import ATTR_KEY, ATTR_PROMPT_VALUES, TAG_STATE
 from ._pruning import complete_values
 
@@ -30,7 +29,6 @@ __all__ = [
     "trial_params",
     "trial_params_of",
     "trial_figure_artifact",
-    "record_in_optuna",
     "optuna_record",
     "record_in_mlflow",
     "reconciled_params",
@@ -68,16 +66,6 @@ def trial_params_of(
         "trials_per_forward": stacked,
         "memory.word_source": word_source(cfg.memory),
     }
-
-
-def record_in_optuna(
-    trial: Any, cfg: Any, result: Any, seconds: float, spec: Any, extra: dict[str, Any] | None = None
-) -> tuple[float | list[float], dict[str, Any]]:
-    """Store a trial's summary, time, memory and site as Optuna user attributes (before it is
-    told). Returns (the objective value, or values of a multi-objective study; the metrics to log)."""
-    value, metrics, attrs = optuna_record(cfg, result, seconds, spec, extra)
-    set_user_attrs(trial, attrs)  # one storage write, not ~25
-    return value, metrics
 
 
 def optuna_record(

@@ -36,24 +36,7 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
     first; a constrained study's marks the sites within the bound (``feasible``), listed first.
     """
     spec = stored_spec(study)
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        record = from_attrs(t.user_attrs)
-        if not record:
-            continue
-        attrs = t.user_attrs
-        record.update(
-            {
-                "mean_gain": attrs.get("mean_gain", t.values[0]),
-                "objective": t.values[0],
-                "mean_damage": attrs.get("mean_damage"),
-                "frac_improved": attrs.get("frac_improved"),
-                "mean_prob_after": attrs.get("mean_prob_after"),
-                "mean_prob_before": attrs.get("mean_prob_before"),
-                "trial": t.number,
-            }
-        )
-        rows.append(record)
+    rows = _trial_rows(study)
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
@@ -90,6 +73,29 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
     grouped.insert(0, "rank", range(1, len(grouped) + 1))
     _insert_depth(grouped, spec)
     return grouped.head(top) if top else grouped
+
+
+def _trial_rows(study: optuna.Study) -> list[dict]:
+    """One row per complete trial: its site (from its attributes) and its metrics."""
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = from_attrs(t.user_attrs)
+        if not record:
+            continue
+        attrs = t.user_attrs
+        record.update(
+            {
+                "mean_gain": attrs.get("mean_gain", t.values[0]),
+                "objective": t.values[0],
+                "mean_damage": attrs.get("mean_damage"),
+                "frac_improved": attrs.get("frac_improved"),
+                "mean_prob_after": attrs.get("mean_prob_after"),
+                "mean_prob_before": attrs.get("mean_prob_before"),
+                "trial": t.number,
+            }
+        )
+        rows.append(record)
+    return rows
 
 
 def _insert_depth(table: pd.DataFrame, spec: SweepSpec | None) -> None:

@@ -101,13 +101,8 @@ def run_worker(
                 break
             if progress and bar is None:
                 bar = _progress_bar(study, study_name, total)
-            try:
-                run_trials(context, asked)
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is survivable
-                if not is_out_of_memory(exc):
-                    raise
-                _requeue_after_oom(runner, spec, study, asked)
-                per_forward = 1
+            if not _run_or_requeue(context, asked):
+                per_forward = 1  # after an out-of-memory error: one trial per pass
                 continue
             ran += len(asked)
             _after_batch(context, bar, len(asked))
@@ -124,6 +119,19 @@ def run_worker(
         if bar is not None:
             bar.close()
     return ran
+
+
+def _run_or_requeue(context: TrialContext, asked: Asked) -> bool:
+    """Run the asked trials; False after an out-of-memory error, when they were failed cleanly,
+    re-queued, and the batch budget halved."""
+    try:
+        run_trials(context, asked)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is survivable
+        if not is_out_of_memory(exc):
+            raise
+        _requeue_after_oom(context.runner, context.spec, context.study, asked)
+        return False
+    return True
 
 
 def _after_batch(context: TrialContext, bar: Any, n: int) -> None:

@@ -126,9 +126,7 @@ def _serve(uri: str, experiment: str, experiment_id: str, retry_s: float, jobs: 
         try:
             record = jobs.get(timeout=_PARENT_CHECK_S)
         except queue.Empty:
-            if os.getppid() != parent:  # the worker died: what it had not handed over is written on resume
-                return
-            continue
+            continue  # an orphaned writer is ended by its watchdog
         if record is None:
             return
         if os.getppid() != parent:  # the worker died: the resume writes this run; two writers must not
