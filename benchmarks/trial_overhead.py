@@ -97,10 +97,8 @@ def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: b
 
     _wrap(_record, "_release_freed_memory", "  of which: heap trim (every few s)")
     _wrap_cm(_run, "heartbeats", "heartbeats (start/stop)")
-    import optuna
-
-    _wrap(optuna.Study, "tell", "Optuna tell")
-    _wrap(optuna.Study, "ask", "  of the ask: create the trial")  # parts of ASK
+    _wrap(_run, "tell_many", "Optuna tell (a pass's trials in one write)")
+    _wrap(_worker, "ask_many", "  of the ask: create the trials (one write)")  # parts of ASK
     _wrap(_worker, "_suggest", "  of the ask: sample and store its params")
     _wrap(_worker, "counted", "  of the ask: count the budget")
     _wrap(_worker, "recover_stale_trials", "  of the ask: stale-trial check")

@@ -25,7 +25,7 @@ from ..core._interrupts import held
 from ._recovery import heartbeats
 from ..tracking._schema import trial_key
 from ..tracking._tracker import Tracker, git_commit, redact
-from ._optuna import set_many_user_attrs, set_user_attrs, storage_of, trial_id_of
+from ._optuna import set_many_user_attrs, set_user_attrs, storage_of, tell_many, trial_id_of
 from ._pruning import monitor_for
 from ._record import ATTR_KEY, optuna_record, record_in_mlflow
 from ._settings import SweepSpec
@@ -159,22 +159,23 @@ def _start_runs(ctx: TrialContext, asked: Asked, tally: _Tally) -> dict[int, Any
 def _tell_and_record(
     ctx: TrialContext, live: Asked, outcomes: list, cfgs: dict[int, Any], seconds: float, tally: _Tally
 ) -> None:
-    """Tell Optuna each computed result, then record its run in MLflow (while MLflow works).
-    The results' attributes go first, every trial's of the pass in one storage write."""
+    """Tell Optuna every computed result, then record their runs in MLflow (while MLflow works).
+    The results' attributes go first, every trial's of the pass in one storage write, then
+    their tells in another."""
     records = [
         optuna_record(cfgs[trial.number], result, seconds, ctx.spec, tally.attrs.get(trial.number))
         for (trial, _), (_, _, result) in zip(live, outcomes)
     ]
     refused = set_many_user_attrs([(trial, attrs) for (trial, _), (_, _, attrs) in zip(live, records)])
-    for (trial, _), (evaluator, _, result), (value, metrics, _) in zip(live, outcomes, records):
-        try:
-            if trial.number in refused:
-                raise UpdateFinishedTrialError(f"trial {trial.number} was finished by another worker")
-            if result.pruned:  # a pruned trial is not a failed one: it keeps what it saw
-                ctx.study.tell(trial, state=TrialState.PRUNED)
-            else:
-                ctx.study.tell(trial, value)
-        except UpdateFinishedTrialError:
+    tells = [  # a pruned trial is not a failed one: it keeps what it saw
+        (trial, None, TrialState.PRUNED) if result.pruned else (trial, value, None)
+        for (trial, _), (_, _, result), (value, _, _) in zip(live, outcomes, records)
+        if trial.number not in refused
+    ]
+    with signals_held():  # the pass's results are told whole (one write) or not at all
+        refused |= tell_many(ctx.study, tells)
+    for (trial, _), (evaluator, _, result), (_, metrics, _) in zip(live, outcomes, records):
+        if trial.number in refused:
             _drop(ctx, tally, trial)
             continue
         tally.pending.pop(trial.number, None)

@@ -9,6 +9,7 @@ or run is left RUNNING by an interrupt.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -25,7 +26,7 @@ from ..core import _interrupts as interrupts
 from ..core._errors import ConfigError
 from ._recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery, recover_stale_trials
 from ..tracking._tracker import Tracker
-from ._optuna import params_in_one_write, pop_queued_trial
+from ._optuna import ask_many, params_in_one_write, pop_queued_trial
 from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held, writer_failed
 from ._settings import SweepSpec
 from ._pruning import make_pruner
@@ -331,30 +332,43 @@ def _earlier_holder(study: optuna.Study, trial: optuna.Trial, point: str) -> int
 def _ask_trials(study: optuna.Study, spec: SweepSpec, space: Any, total: int, want: int) -> Asked:
     """Up to ``want`` trials for this worker: queued grid points, or new sampler suggestions
     within the global budget (a slot another worker took meanwhile is given back)."""
-    asked: Asked = []
     recover_stale_trials(study)  # a dead worker's trials: failed, their points re-queued
+    if spec.sampler == "grid":
+        return _ask_queued(study, space, total, want)
+    return _ask_sampled(study, space, total, want)
+
+
+def _ask_queued(study: optuna.Study, space: Any, total: int, want: int) -> Asked:
+    asked: Asked = []
     for _ in range(want):
-        if spec.sampler == "grid":
-            if len(counted(study)) >= total:  # a budget lowered below the queued points: they wait
-                break
-            trial = pop_queued_trial(study)
-            if trial is None:
-                break
-            params = _suggest(trial, space)
-            earlier = _earlier_holder(study, trial, canonical_params(params))
-            if earlier is not None:  # enqueued twice (concurrent sweeps): the earlier trial runs it
-                _give_back(study, trial, f"duplicate of trial {earlier}")
-                continue
-            asked.append((trial, params))
+        if len(counted(study)) >= total:  # a budget lowered below the queued points: they wait
+            break
+        trial = pop_queued_trial(study)
+        if trial is None:
+            break
+        params = _suggest(trial, space)
+        earlier = _earlier_holder(study, trial, canonical_params(params))
+        if earlier is not None:  # enqueued twice (concurrent sweeps): the earlier trial runs it
+            _give_back(study, trial, f"duplicate of trial {earlier}")
             continue
-        if len(counted(study)) >= total:
-            break
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ours beats itself
-            trial = study.ask()
-        ahead = [t for t in counted(study) if t.number < trial.number]
-        if len(ahead) >= total:  # another worker took the last slot meanwhile
+        asked.append((trial, params))
+    return asked
+
+
+def _ask_sampled(study: optuna.Study, space: Any, total: int, want: int) -> Asked:
+    """The sampler's next trials, created in one write; those beyond the global budget (other
+    workers asked meanwhile: their trials are numbered first) are given back."""
+    n = min(want, total - len(counted(study)))
+    if n <= 0:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ours beats itself
+        trials = ask_many(study, n)
+    taken = sorted(t.number for t in counted(study))
+    asked: Asked = []
+    for trial in trials:
+        if bisect.bisect_left(taken, trial.number) >= total:  # the budget was used up ahead of it
             _give_back(study, trial, "over budget")
-            break
+            continue
         asked.append((trial, _suggest(trial, space)))
     return asked

@@ -114,3 +114,80 @@ def test_many_trials_attrs_in_one_write_and_a_trial_finished_elsewhere_is_refuse
         {**ATTRS, "n": 3},
     ]
     assert trials[2].user_attrs == {**ATTRS, "n": 2}  # the live trial's view
+
+
+def _history(storage_path, name: str) -> list:
+    study = optuna.load_study(study_name=name, storage=_journal(storage_path))
+    return [(t.number, t.state, t.values, t.params, t.distributions, t.user_attrs) for t in study.get_trials()]
+
+
+def test_ask_many_and_tell_many_store_what_ask_and_tell_store_in_one_append_each(tmp_path, monkeypatch):
+    """Two TPE studies with one seed, 4 rounds of 6 stacked trials (past the 10 random
+    startup trials): one asks and tells through the adapter, one plainly. The same trials,
+    params, values and states (a pruned one among them); the adapter's rounds take one append
+    to create and one to tell."""
+    from meminject.sweep._optuna import ask_many, tell_many
+
+    def run(name: str, batched: bool) -> tuple[list, list[int]]:
+        study = optuna.create_study(
+            storage=_journal(tmp_path / f"{name}.log"), study_name=name, sampler=optuna.samplers.TPESampler(seed=3)
+        )
+        study.enqueue_trial({"x": 0.5, "k": 2})  # a queued point is taken first, as ask takes it
+        appends = _count_appends(monkeypatch)
+        sizes = []
+        for _ in range(4):
+            before = len(appends)
+            trials = ask_many(study, 6) if batched else [study.ask() for _ in range(6)]
+            sizes.append(appends[before:])
+            for t in trials:
+                t.suggest_float("x", -3, 3)
+                t.suggest_int("k", 1, 15)
+            tells = [
+                (t, None, optuna.trial.TrialState.PRUNED) if t.number % 5 == 4 else (t, (t.params["x"] - 1) ** 2, None)
+                for t in trials
+            ]
+            before = len(appends)
+            if batched:
+                assert tell_many(study, tells) == set()
+            else:
+                for t, v, s in tells:
+                    study.tell(t, v, state=s)
+            sizes.append(appends[before:])
+        monkeypatch.undo()
+        return _history(tmp_path / f"{name}.log", name), sizes
+
+    batched, batched_sizes = run("b", True)
+    plain, _ = run("p", False)
+    assert batched == plain
+    assert len(batched) == 24
+    assert {state for _, state, *_ in batched} == {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    creates, tells = batched_sizes[0::2], batched_sizes[1::2]
+    assert creates[1:] == [[6]] * 3  # after the first round's queued trial: one create append a round
+    assert tells == [[6]] * 4  # one tell append a round
+
+
+def test_tell_many_refuses_a_trial_finished_elsewhere_alone(tmp_path, monkeypatch):
+    """One trial failed by another worker before the tells, one between the tells and the
+    write: both are refused (returned) and keep the other worker's state; the rest are told."""
+    from meminject.sweep import _optuna
+    from meminject.sweep._optuna import ask_many, tell_many
+
+    mine = optuna.create_study(storage=_journal(tmp_path / "j.log"), study_name="s")
+    theirs = optuna.load_study(study_name="s", storage=_journal(tmp_path / "j.log"))
+    trials = ask_many(mine, 4)
+    theirs.tell(trials[1].number, state=optuna.trial.TrialState.FAIL)
+    real = _optuna._append_and_replay
+
+    def racing(storage, logs):
+        theirs.tell(trials[2].number, state=optuna.trial.TrialState.FAIL)  # just before our write
+        return real(storage, logs)
+
+    monkeypatch.setattr(_optuna, "_append_and_replay", racing)
+    assert tell_many(mine, [(t, float(t.number), None) for t in trials]) == {trials[1].number, trials[2].number}
+    stored = optuna.load_study(study_name="s", storage=_journal(tmp_path / "j.log")).trials
+    assert [(t.state.name, t.value) for t in stored] == [
+        ("COMPLETE", 0.0),
+        ("FAIL", None),
+        ("FAIL", None),
+        ("COMPLETE", 3.0),
+    ]
