@@ -249,22 +249,43 @@ def tell_many(study: optuna.Study, items: list[tuple[optuna.Trial, float | None,
     ``JournalStorage.set_trial_state_values``; a public batched tell would replace it.
     """
     storage = study._storage
-    refused: set[int] = set()
     if not _plain_journal(storage):
-        for trial, value, state in items:
-            try:
-                study.tell(trial, value, state=state)
-            except (UpdateFinishedTrialError, ValueError):
-                if not storage.get_trial(trial._trial_id).state.is_finished():
-                    raise
-                refused.add(trial.number)
-        return refused
-    mine = {trial._trial_id for trial, _, _ in items}
+        return _tell_each(study, items)
+    with _state_writes_collected(storage, {trial._trial_id for trial, _, _ in items}) as logs:
+        refused = _tell_each(study, items)
+    if logs:
+        try:
+            _append_and_replay(storage, logs)
+        except UpdateFinishedTrialError:  # finished elsewhere between its tell and the write
+            ours = {log["trial_id"]: log for log in logs}
+            for trial, _, _ in items:
+                if trial._trial_id in ours and not _holds(storage.get_trial(trial._trial_id), ours[trial._trial_id]):
+                    refused.add(trial.number)
+    return refused
+
+
+def _tell_each(study: optuna.Study, items: list[tuple[optuna.Trial, float | None, TrialState | None]]) -> set[int]:
+    """``study.tell`` for each item; the numbers of those another worker had finished."""
+    refused: set[int] = set()
+    for trial, value, state in items:
+        try:
+            study.tell(trial, value, state=state)
+        except (UpdateFinishedTrialError, ValueError):  # "Cannot tell a FAIL trial": finished elsewhere
+            if not study._storage.get_trial(trial._trial_id).state.is_finished():
+                raise
+            refused.add(trial.number)
+    return refused
+
+
+@contextlib.contextmanager
+def _state_writes_collected(storage: JournalStorage, trial_ids: set[int]) -> Iterator[list[dict[str, Any]]]:
+    """Within the block, these trials' finished states are collected as the records
+    ``set_trial_state_values`` appends, not written; other writes go through."""
     logs: list[dict[str, Any]] = []
     write_now = storage.set_trial_state_values
 
     def set_trial_state_values(trial_id: int, state: TrialState, values: Any = None) -> bool:
-        if trial_id not in mine or not state.is_finished():
+        if trial_id not in trial_ids or not state.is_finished():
             return write_now(trial_id, state, values)
         logs.append(
             {
@@ -280,24 +301,9 @@ def tell_many(study: optuna.Study, items: list[tuple[optuna.Trial, float | None,
 
     storage.set_trial_state_values = set_trial_state_values  # this instance only, for this block
     try:
-        for trial, value, state in items:
-            try:
-                study.tell(trial, value, state=state)
-            except ValueError:  # "Cannot tell a FAIL trial": another worker finished it
-                if not storage.get_trial(trial._trial_id).state.is_finished():
-                    raise
-                refused.add(trial.number)
+        yield logs
     finally:
         del storage.set_trial_state_values
-    if logs:
-        try:
-            _append_and_replay(storage, logs)
-        except UpdateFinishedTrialError:  # finished elsewhere between its tell and the write
-            ours = {log["trial_id"]: log for log in logs}
-            for trial, _, _ in items:
-                if trial._trial_id in ours and not _holds(storage.get_trial(trial._trial_id), ours[trial._trial_id]):
-                    refused.add(trial.number)
-    return refused
 
 
 def _holds(stored: Any, log: dict[str, Any]) -> bool:
