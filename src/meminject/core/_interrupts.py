@@ -44,25 +44,42 @@ def check() -> None:
         raise KeyboardInterrupt()
 
 
+_depth = 0  # held() blocks open in the main thread: only the outermost swaps the handlers
+
+
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """Hold SIGINT/SIGTERM back until the block ends, then raise KeyboardInterrupt if one came:
     cleanup must not be cut in half. (A thread's signal mask would not do: the kernel hands a
     process signal to any thread that does not block it, and Python then runs its handler in
-    the main thread anyway; so the handlers themselves are swapped for one that only notes it.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # handlers can only be swapped in the main thread, where all cleanup runs
+    the main thread anyway; so the handlers themselves are swapped for one that only notes it.)
+
+    Like the handlers of :func:`install`, a block raises only for the *first* signal: one that
+    comes while the process is already stopping (the coordinator's SIGTERM after the terminal's
+    Ctrl-C) is only noted, so it cannot cut short the cleanup that follows the block. A block
+    inside another raises nothing itself: the outermost raises when it ends."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread() or _depth:
+        _depth += threading.current_thread() is threading.main_thread()
+        try:
+            yield  # handlers can only be swapped in the main thread, where all cleanup runs
+        finally:
+            _depth -= threading.current_thread() is threading.main_thread()
         return
     caught: list[int] = []
+    stopping = INTERRUPTED.is_set()  # this block is part of a stop already under way
 
     def note(signum: int, frame: Any) -> None:  # noqa: ARG001
+        if not INTERRUPTED.is_set() and not stopping:
+            caught.append(signum)
         INTERRUPTED.set()
-        caught.append(signum)
 
     previous = {s: signal.signal(s, note) for s in _SIGNALS}
+    _depth = 1
     try:
         yield
     finally:
+        _depth = 0
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if caught:

@@ -111,7 +111,6 @@ def run_worker(
         if failure is not None:  # the results are in the study; their runs are written on resume
             raise failure
     except BaseException as exc:
-        _close_writer(context, timeout=_WRITER_WAIT_ON_STOP_S)
         _clean_up_after(context, tracker, exc)
         if not isinstance(exc, CoordinatorGone):
             raise
@@ -214,9 +213,11 @@ def _requeue_after_oom(runner: TrialRunner, spec: SweepSpec, study: optuna.Study
 
 
 def _clean_up_after(context: TrialContext, tracker: Tracker | None, exc: BaseException) -> None:
-    """Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING."""
+    """Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING. The
+    trials are failed first, then the writer gets its (short) wait: what it leaves is written on resume."""
     with signals_held():
         _fail_owned(context, exc)
+        _close_writer(context, timeout=_WRITER_WAIT_ON_STOP_S)
         if isinstance(exc, CoordinatorGone) or _coordinator_gone(
             wait=1.0 if isinstance(exc, KeyboardInterrupt) else 0.0
         ):
