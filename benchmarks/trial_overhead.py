@@ -5,6 +5,7 @@ Run by hand (not a test)::
     MEMINJECT_DATA_DIR=../shared/data python benchmarks/trial_overhead.py       # the whole table (about 10 min)
     python benchmarks/trial_overhead.py --models tiny --trials 64                  # tiny only
     python benchmarks/trial_overhead.py --models tiny --per-forward 16 --writers process --no-tracking
+    python benchmarks/trial_overhead.py --per-forward 16 --writers process --sampler random   # Optuna's sampling left out
 
 Each cell (model × trials per forward × ``tracking.writer``) is a TPE sweep in a child process
 of its own, with MLflow on (SQLite in a fresh folder) and every trial at one layer, so that
@@ -76,7 +77,7 @@ def _wrap_cm(owner, name: str, phase: str) -> None:
     setattr(owner, name, timed)
 
 
-def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: bool) -> dict:
+def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: bool, sampler: str = "tpe") -> dict:
     """One sweep in this process, its phases timed; returns the cell's figures."""
     from meminject.cli import main as cli
     from meminject.sweep import _commands, _run, _trial, _worker, _writer
@@ -125,6 +126,7 @@ def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: b
                 f"n_trials={trials}",
                 "study=overhead",
                 "progress=false",
+                *([] if sampler == "tpe" else [f"sampler={sampler}"]),
                 *([] if tracking else ["tracking.enabled=false"]),
             ]
         )
@@ -136,7 +138,7 @@ def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: b
     loop_cpu = CPU[LOOP] - (FIRST[ASK][1] - FIRST[LOOP][1]) - CPU[DRAIN]
     writer_cpu = sum(w.cpu_s for w in writers)
     return {
-        "model": model,
+        "model": model if sampler == "tpe" else f"{model} ({sampler})",
         "per_forward": per_forward,
         "writer": writer if tracking else "off",
         "trials": trials,
@@ -160,12 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", default="inline,process", help="tracking.writer values to compare")
     parser.add_argument("--trials", type=int, default=None, help="trials per cell (default: 96 tiny, 32 SmolLM2)")
     parser.add_argument("--no-tracking", action="store_true", help="also a row per cell with MLflow off")
+    parser.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=("tpe", "random"),
+        help="random: the critical path without TPE's own sampling",
+    )
     parser.add_argument("--phases", action="store_true", help="print each cell's phases too")
-    parser.add_argument("--cell", help=argparse.SUPPRESS)  # model,per_forward,writer,trials,tracking: the child
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # model,per_forward,writer,trials,tracking,sampler: the child
     args = parser.parse_args(argv)
     if args.cell:
-        model, per_forward, writer, trials, tracking = args.cell.split(",")
-        print(json.dumps(run_cell(model, int(per_forward), writer, int(trials), tracking == "1")))
+        model, per_forward, writer, trials, tracking, sampler = args.cell.split(",")
+        print(json.dumps(run_cell(model, int(per_forward), writer, int(trials), tracking == "1", sampler)))
         return 0
 
     rows = []
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         for per_forward in map(int, args.per_forward.split(",")):
             cells = [(w, "1") for w in args.writers.split(",")] + ([("inline", "0")] if args.no_tracking else [])
             for writer, tracking in cells:
-                cell = f"{model},{per_forward},{writer},{trials},{tracking}"
+                cell = f"{model},{per_forward},{writer},{trials},{tracking},{args.sampler}"
                 started = time.perf_counter()
                 out = subprocess.run(
                     [sys.executable, __file__, "--cell", cell], capture_output=True, text=True, env=os.environ

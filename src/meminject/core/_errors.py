@@ -7,7 +7,18 @@ status 2. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["MemInjectError", "ConfigError", "DataError", "ModelError", "first_line", "error_line", "TrackingError"]
+from collections.abc import Iterable
+
+__all__ = [
+    "MemInjectError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "first_line",
+    "error_line",
+    "TrackingError",
+    "number_ranges",
+]
 
 
 class MemInjectError(Exception):
@@ -29,6 +40,20 @@ class ModelError(MemInjectError):
 class TrackingError(MemInjectError):
     """The MLflow tracking store failed (stayed locked or unreachable, or lacks its database
     driver); the message names the operation, the redacted store URI and what to do."""
+
+
+def number_ranges(numbers: Iterable[int], limit: int = 8) -> str:
+    """Trial numbers for a one-line message, consecutive ones as ranges: ``3–46``, or
+    ``1, 4, 7–9``; past ``limit`` ranges the rest is counted (``…, and 12 more``)."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = [str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}–{b}" for a, b in spans[:limit]]
+    rest = sum(b - a + 1 for a, b in spans[limit:])
+    return ", ".join(text) + (f", and {rest} more" if rest else "")
 
 
 def first_line(exc: BaseException, limit: int = 240) -> str:

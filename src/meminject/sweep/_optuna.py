@@ -203,8 +203,9 @@ def ask_many(study: optuna.Study, n: int) -> list[optuna.Trial]:
     records of one append are contiguous in the journal, so their trial ids are the last ``k``
     this process created. Then ``optuna.Trial(study, id)``, as ``ask`` does (the sampler's
     ``before_trial`` runs per trial). The sampler samples each trial when it is suggested, as
-    after plain asks: it ignores RUNNING trials (no ``constant_liar``), so nothing it reads
-    changes. Uses ``Study._pop_waiting_trial_id``, ``_study_id``, ``_thread_local`` and the
+    after plain asks: TPE's ``constant_liar`` (Optuna 5's default) models RUNNING trials, but
+    only by their params, and the batch's later trials have none yet, so what it reads is what
+    it read after plain asks (tested: the same params and values). Uses ``Study._pop_waiting_trial_id``, ``_study_id``, ``_thread_local`` and the
     journal's private replay state; a public ``study.ask(n)`` would replace it.
     """
     storage = study._storage

@@ -20,7 +20,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from ..core._errors import TrackingError, first_line
+from ..core._errors import TrackingError, first_line, number_ranges
 from ..core._interrupts import held
 from ._recovery import heartbeats
 from ..tracking._schema import trial_key
@@ -79,7 +79,7 @@ def run_trials(ctx: TrialContext, asked: Asked) -> None:
 def _tracking_failed(ctx: TrialContext, numbers: list[int], exc: BaseException) -> TrackingError:
     uri = redact(ctx.tracker.uri) if ctx.tracker is not None else "-"
     return TrackingError(
-        f"trial(s) {', '.join(map(str, numbers))} are saved in the study, but MLflow at {uri} failed ({first_line(exc)}); "
+        f"trial(s) {number_ranges(numbers)} are saved in the study, but MLflow at {uri} failed ({first_line(exc)}); "
         "fix the tracking store and rerun the same command: their runs are written then"
     )
 

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..core._errors import first_line
+from ..core._errors import first_line, number_ranges
 
 __all__ = ["TrialRecord", "RunWriter", "write_record"]
 
@@ -221,6 +221,6 @@ class RunWriter:
             log.warning(
                 "%d trial run(s) not written to MLflow yet (trials %s): they are in the study; rerun the same command to write them",
                 len(left),
-                ", ".join(map(str, left[:10])) + (" …" if len(left) > 10 else ""),
+                number_ranges(left),
             )
         return left
