@@ -178,11 +178,11 @@ class TrackingConfig:
     experiment: str
     trial_figures: bool
     retry_s: float
-    writer: str = "inline"  # inline | process (meminject.sweep._writer)
+    writer: str = "auto"  # auto | inline | process (meminject.sweep._writer)
 
     def __post_init__(self) -> None:
-        if self.writer not in ("process", "inline"):
-            raise ConfigError(f"tracking.writer={self.writer!r} is not one of process, inline")
+        if self.writer not in ("auto", "process", "inline"):
+            raise ConfigError(f"tracking.writer={self.writer!r} is not one of auto, process, inline")
         finite("tracking.retry_s", self.retry_s)
         at_least("tracking.retry_s", self.retry_s, 0)
         if not self.experiment:

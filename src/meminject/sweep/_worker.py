@@ -48,7 +48,7 @@ from ._study import (
 )
 from ._trial import TrialRunner, is_out_of_memory
 
-__all__ = ["run_worker", "CoordinatorGone"]
+__all__ = ["run_worker", "CoordinatorGone", "writer_kind"]
 
 log = logging.getLogger("meminject")
 
@@ -149,10 +149,21 @@ _WRITER_WAIT_S = 300.0  # a finished worker waits this long for its writer's pen
 _WRITER_WAIT_ON_STOP_S = 10.0  # after Ctrl-C or an error: what is left is written on resume
 
 
+def writer_kind(base: Any) -> str:
+    """``tracking.writer`` as it runs: ``auto`` is ``process`` when the trials run on a GPU (a
+    trial takes milliseconds there, and spare cores write MLflow beside it) and ``inline`` on a
+    CPU (where a writer process takes its CPU from the forward passes: README, Performance)."""
+    if base.tracking.writer != "auto":
+        return base.tracking.writer
+    from ..engine import resolve_device
+
+    return "process" if resolve_device(base.model.device).type == "cuda" else "inline"
+
+
 def _start_writer(base: Any, tracker: Tracker | None, parent_run_id: str | None) -> Any:
-    """The writer process of ``tracking.writer=process`` (None otherwise), started before the
-    first trial: it imports MLflow while the model loads."""
-    if tracker is None or not parent_run_id or base.tracking.writer != "process":
+    """The writer process of ``tracking.writer=process`` (and of ``auto`` on a GPU; None
+    otherwise), started before the first trial: it imports MLflow while the model loads."""
+    if tracker is None or not parent_run_id or writer_kind(base) != "process":
         return None
     from ._writer import RunWriter
 

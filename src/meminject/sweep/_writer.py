@@ -1,6 +1,6 @@
 """Trial runs written off the worker's critical path: a writer process owns the MLflow client.
 
-With ``tracking.writer=process`` (opt-in for now; ``inline`` is the default) a worker tells Optuna a trial's result, hands
+With ``tracking.writer=process`` (and ``auto``, the default, on a GPU) a worker tells Optuna a trial's result, hands
 the trial's record (its config, metrics and per-prompt table, already computed) to its writer
 process, and asks the next trial at once. The writer builds the run's params and artifacts
 (the flattened config, ``per_prompt.csv``, ``config.yaml``, the optional figure) and writes

@@ -64,3 +64,23 @@ def test_spawn_workers_starts_each_worker_on_its_device(monkeypatch, caplog):
 def test_every_worker_gets_a_device(workers):
     env, _ = placement(workers, 4, "0,1,2,3")
     assert len(env) == workers and {e["CUDA_VISIBLE_DEVICES"] for e in env} <= {"0", "1", "2", "3"}
+
+
+@pytest.mark.parametrize(
+    "writer, cuda, kind",
+    [
+        ("auto", True, "process"),  # a GPU's trials take milliseconds: MLflow off their path
+        ("auto", False, "inline"),  # on a CPU a writer process takes its CPU from the forward passes
+        ("inline", True, "inline"),
+        ("process", False, "process"),
+    ],
+)
+def test_the_writer_follows_the_trials_device_unless_set(monkeypatch, writer, cuda, kind):
+    import torch
+
+    from meminject.config import load_run_config
+    from meminject.sweep._worker import writer_kind
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    base = load_run_config(["model=tiny", "model.device=auto", f"tracking.writer={writer}"])
+    assert writer_kind(base) == kind
