@@ -227,8 +227,10 @@ def _clean_up_after(context: TrialContext, tracker: Tracker | None, exc: BaseExc
     """Ctrl-C, SIGTERM, the coordinator gone, or an error: nothing of ours stays RUNNING. The
     trials are failed first, then the writer gets its (short) wait: what it leaves is written on resume."""
     with signals_held():
-        _fail_owned(context, exc)
-        _close_writer(context, timeout=_WRITER_WAIT_ON_STOP_S)
+        try:
+            _fail_owned(context, exc)
+        finally:  # the writer is stopped even when failing the trials raised (a broken storage)
+            _close_writer(context, timeout=_WRITER_WAIT_ON_STOP_S)
         if isinstance(exc, CoordinatorGone) or _coordinator_gone(
             wait=1.0 if isinstance(exc, KeyboardInterrupt) else 0.0
         ):
