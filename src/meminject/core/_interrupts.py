@@ -59,18 +59,20 @@ def held() -> Iterator[None]:
     Ctrl-C) is only noted, so it cannot cut short the cleanup that follows the block. A block
     inside another raises nothing itself: the outermost raises when it ends."""
     global _depth
-    if threading.current_thread() is not threading.main_thread() or _depth:
-        _depth += threading.current_thread() is threading.main_thread()
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be swapped in the main thread, where all cleanup runs
+        return
+    if _depth:  # inside another block: that one holds, and raises
+        _depth += 1
         try:
-            yield  # handlers can only be swapped in the main thread, where all cleanup runs
+            yield
         finally:
-            _depth -= threading.current_thread() is threading.main_thread()
+            _depth -= 1
         return
     caught: list[int] = []
-    stopping = INTERRUPTED.is_set()  # this block is part of a stop already under way
 
     def note(signum: int, frame: Any) -> None:  # noqa: ARG001
-        if not INTERRUPTED.is_set() and not stopping:
+        if not INTERRUPTED.is_set():  # the first signal; later ones (a stop under way) are only noted
             caught.append(signum)
         INTERRUPTED.set()
 

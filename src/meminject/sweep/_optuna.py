@@ -205,8 +205,9 @@ def ask_many(study: optuna.Study, n: int) -> list[optuna.Trial]:
     ``before_trial`` runs per trial). The sampler samples each trial when it is suggested, as
     after plain asks: TPE's ``constant_liar`` (Optuna 5's default) models RUNNING trials, but
     only by their params, and the batch's later trials have none yet, so what it reads is what
-    it read after plain asks (tested: the same params and values). Uses ``Study._pop_waiting_trial_id``, ``_study_id``, ``_thread_local`` and the
-    journal's private replay state; a public ``study.ask(n)`` would replace it.
+    it read after plain asks (tested: the same params and values). Uses
+    ``Study._pop_waiting_trial_id``, ``_study_id``, ``_thread_local`` and the journal's private
+    replay state; a public ``study.ask(n)`` would replace it.
     """
     storage = study._storage
     if not _plain_journal(storage):
