@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from omegaconf import OmegaConf
 
 from ..core._errors import ConfigError
+from ..config._checks import SEED_MAX, seed as check_seed
 from ..core._paths import preset_dirs
 
 __all__ = [
@@ -147,6 +148,16 @@ def as_positive_int(value: Any, key: str) -> int:
         raise ConfigError(f"{key}={value!r} must be a positive integer") from exc
     if number < 1:
         raise ConfigError(f"{key}={value!r} must be a positive integer")
+    return number
+
+
+def _seed(value: Any) -> int:
+    """The sweep's ``seed=``: an integer seed, or one line (``seed=`` or ``seed=abc`` was a traceback)."""
+    try:
+        number = int(str(value).strip())
+    except ValueError as exc:
+        raise ConfigError(f"seed={value!r} must be an integer seed between 0 and {SEED_MAX} (2**63 - 1)") from exc
+    check_seed("seed", number)
     return number
 
 
@@ -289,14 +300,14 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
             f"pruner={pruner}: Optuna prunes single-objective studies only; use pruner=none with objective {objectives}"
         )
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
-    seed = next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0))
+    seed = _seed(next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0)))
     params = _search_axes(name, preset, cli_axes, cli_overrides)
     given = preset_overrides + cli_overrides
     spec = SweepSpec(
         name=name,
         sampler=sampler,
         n_trials=n_trials,
-        seed=int(seed),
+        seed=seed,
         # Sweeps pick sites on the train part only; `meminject best` judges them on the held-out part.
         overrides=(["data.part=train"] if not any(o.startswith("data.part=") for o in given) else [])
         + given

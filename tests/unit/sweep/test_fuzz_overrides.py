@@ -97,11 +97,14 @@ def test_random_overrides_of_sweep_pass_or_fail_in_one_line_and_write_nothing(ov
 
 
 @pytest.mark.parametrize(
-    "overrides", [["data.split_seed=-1"], ["data.file="], ["data.file=missing.csv"]], ids=["seed", "folder", "missing"]
+    "overrides",
+    [["data.split_seed=-1"], ["data.file="], ["data.file=missing.csv"], ["seed="], ["seed=abc"]],
+    ids=["seed", "folder", "missing", "sweep-seed-empty", "sweep-seed-text"],
 )
 def test_what_the_fuzz_found_is_one_line(overrides: list[str]) -> None:
     # Before: ValueError (numpy's "expected non-negative integer"), IsADirectoryError and
-    # FileNotFoundError tracebacks from a sweep's pre-flight.
+    # FileNotFoundError tracebacks from a sweep's pre-flight; and int()'s ValueError for a
+    # sweep's own seed= (found by CI's fuzz run).
     with pytest.raises(MemInjectError) as caught:
         _sweep_checks(overrides)
     assert "\n" not in error_line(caught.value)
