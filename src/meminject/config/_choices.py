@@ -43,7 +43,10 @@ DAMAGES = ("kl", "none")  # metric.damage
 SITES = ("layer", "head", "head_subspace")  # injection.site
 SCALES = ("absolute", "relative")  # injection.scale
 POSITIONS = ("all", "last")  # injection.positions
-MEMORY_TYPES = ("correct", "pos", "random", "random_vector", "pos_matched", "random_matched")
+MEMORY_TYPES = ("correct", "pos", "random", "random_vector", "pos_matched", "random_matched", "shuffled")
+# `shuffled`: another prompt's correct memory (a seeded derangement within the evaluated prompts):
+# it carries an entity, not this prompt's, so it separates memory-specific gain from the gain of
+# injecting any entity (see engine._memories.shuffled_sources).
 # A *_matched control draws the same words as its plain twin; its vectors then take the correct
 # memory's norm for the same prompt (same strength, other content: see Evaluator.memory_vectors).
 WORD_CONTROLS = {"pos": "pos", "random": "random", "pos_matched": "pos", "random_matched": "random"}
@@ -70,6 +73,7 @@ RELEVANT_KEYS: dict[str, tuple[str, ...]] = {
     "random_vector": ("seed", "draw"),
     "pos": ("pos", "word_index", *_WORD_KEYS),
     "random": ("n_words", "top_words", *_WORD_KEYS),
+    "shuffled": ("seed", "draw"),
 }
 
 

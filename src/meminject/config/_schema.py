@@ -132,10 +132,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MetricConfig:
-    """``metric``: what a prompt's score is, and the collateral damage measure."""
+    """``metric``: what a prompt's score is, the collateral damage measure, and whether each
+    point is also run with another prompt's memory (``specific``: the memory-specific gain)."""
 
     answer: str
     damage: str
+    specific: bool
 
     def __post_init__(self) -> None:
         choice("metric.answer", self.answer, ANSWER_METRICS)

@@ -4,6 +4,11 @@ Per prompt: the first answer token, P(answer | obscure prompt) before and after 
 injection, P(answer | explicit prompt), the answer's rank before/after and the top-k
 tokens after. The objective is the mean answer-probability gain (after − before).
 
+With ``specific`` (``metric.specific``) every point also runs with another prompt's memory
+(``memory.type=shuffled``) at the same site, as one more copy in the same stacked forward; per
+prompt, ``specific_gain`` = gain − gain with the shuffled memory (what the right memory adds
+over injecting *an* entity).
+
 The clean quantities (before, explicit) depend only on (model, weights, dataset), so an
 :class:`Evaluator` computes them once (:mod:`._clean`) and every configuration reuses them.
 """
@@ -24,7 +29,7 @@ from ..data._dataset import Dataset
 from ._clean import CleanPass
 from ._damage import DAMAGES, CleanRest
 from ._injection import head_output_component
-from ._memories import encode_memories, memory_texts, random_directions_like
+from ._memories import encode_memories, memory_rows, memory_texts, random_directions_like
 from ._models import LoadedModel
 from ._prefix import PrefixCache
 from ._runner import Batch, last_position_logits, read_logits
@@ -173,22 +178,28 @@ class Evaluator(CleanPass):
             vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target
         return texts, vectors
 
-    def evaluate(self, spec: InjectionSpec, memory_cfg: Any) -> EvalResult:
+    def evaluate(self, spec: InjectionSpec, memory_cfg: Any, *, specific: bool = False) -> EvalResult:
         """Evaluate one point; equivalent points (see :meth:`InjectionSpec.canonical`) share one computation."""
-        return self.evaluate_many([(spec, memory_cfg)])[0]
+        return self.evaluate_many([(spec, memory_cfg)], specific=specific)[0]
 
     def evaluate_many(
-        self, points: list[tuple[InjectionSpec, Any]], monitors: list[Monitor | None] | None = None
+        self,
+        points: list[tuple[InjectionSpec, Any]],
+        monitors: list[Monitor | None] | None = None,
+        *,
+        specific: bool = False,
     ) -> list[EvalResult]:
         """Evaluate several points; those at one layer share suffix passes (``trials_per_forward``).
 
         ``monitors[i]`` watches point i chunk by chunk and may stop it (see :data:`Monitor`);
-        a stopped point's partial result is returned and never cached.
+        a stopped point's partial result is returned and never cached. ``specific``: each point
+        also runs with the shuffled memory, in the same forward (its result gains the
+        ``specific_gain`` columns; see the module docstring).
         """
         for spec, _ in points:
             spec.validate(self.model)
         monitors = list(monitors) if monitors is not None else [None] * len(points)
-        keys = [(spec.canonical(), memory_key(memory_cfg)) for spec, memory_cfg in points]
+        keys = [(spec.canonical(), memory_key(memory_cfg), bool(specific)) for spec, memory_cfg in points]
         todo: dict[tuple, tuple[InjectionSpec, Any, Monitor | None]] = {}
         for key, (spec, memory_cfg), monitor in zip(keys, points, monitors):
             if key in self._results:
@@ -205,7 +216,7 @@ class Evaluator(CleanPass):
         for group in groups.values():
             for start in range(0, len(group), self.trials_per_forward):
                 chunk = group[start : start + self.trials_per_forward]
-                for key, result in zip(chunk, self._evaluate_group([todo[k] for k in chunk])):
+                for key, result in zip(chunk, self._evaluate_group([todo[k] for k in chunk], specific)):
                     fresh[key] = result
         self.n_computed += len(fresh)
         for key, result in fresh.items():
@@ -219,24 +230,42 @@ class Evaluator(CleanPass):
     def _chunk_values(self, out: dict[str, Any], index: np.ndarray) -> dict[str, np.ndarray]:
         """Per-prompt values of the prompts at ``index`` (what a monitor judges)."""
         clean = self.clean
-        return {
+        values = {
             "gain": out["probs"][index] - clean["before"][index],
             "logprob_gain": out["logprobs"][index] - clean["logprob_before"][index],
         }
+        if "shuffled" in out:  # gain − gain_shuffled: the before cancels
+            values["specific_gain"] = out["probs"][index] - out["shuffled"]["probs"][index]
+        return values
 
-    def _evaluate_group(self, points: list[tuple[InjectionSpec, Any, Monitor | None]]) -> list[EvalResult]:
+    def shuffled_memory(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
+        """The shuffled memory at ``spec``'s site: another prompt's correct memory, encoded,
+        scaled and projected as ``spec``'s own memory would be."""
+        return self.memory_vectors(replace(spec, memory_type="shuffled"), replace(memory_cfg, type="shuffled"))
+
+    def _evaluate_group(
+        self, points: list[tuple[InjectionSpec, Any, Monitor | None]], specific: bool = False
+    ) -> list[EvalResult]:
         """Points at one layer (and site), evaluated together in stacked passes, chunk by chunk:
-        after each chunk every monitor sees its point's values, and a stopped point leaves the stack."""
+        after each chunk every monitor sees its point's values, and a stopped point leaves the stack.
+        ``specific``: each point's shuffled-memory copy runs beside it in the same stack."""
         started = time.perf_counter()
         clean = self.clean
         specs = [spec for spec, _, _ in points]
         monitors = [monitor for _, _, monitor in points]
         memories = [self.memory_vectors(spec, memory_cfg) for spec, memory_cfg, _ in points]
         vectors = [v for _, v in memories]
+        shuffled = [self.shuffled_memory(spec, memory_cfg) for spec, memory_cfg, _ in points] if specific else None
         first = specs[0]
         literal = first.site == "head" and first.literal_hook
         start, last_token_only = self._suffix_start(specs)
         outs = [empty_out(len(self.rows)) for _ in specs]
+        for out, (_, memory_cfg, _) in zip(outs, points):  # whose memory each prompt receives
+            out["memory_rows"] = memory_rows(self.dataset.frame, memory_cfg)
+        if shuffled is not None:  # the shuffled copy's arrays ride inside its point's
+            for out, (texts, vectors_shuffled), (_, memory_cfg, _) in zip(outs, shuffled, points):
+                rows = memory_rows(self.dataset.frame, replace(memory_cfg, type="shuffled"))
+                out["shuffled"] = {**empty_out(len(self.rows)), "texts": texts, "vectors": vectors_shuffled, "rows": rows}
         # the last-token pass holds every prompt's last token: one chunk
         chunks = (
             [(np.arange(len(self.rows)), range(1))]
@@ -293,6 +322,9 @@ class Evaluator(CleanPass):
         active = list(range(len(specs)))
         seen = [0] * len(specs)  # chunks each point has run
         for index, positions in chunks:
+            # the stack's lanes: each active point, and its shuffled copy beside it (specific)
+            lanes = [(specs[k], vectors[k], outs[k]) for k in active]
+            lanes += [(specs[k], outs[k]["shuffled"]["vectors"], outs[k]["shuffled"]) for k in active if "shuffled" in outs[k]]
             for position in positions:
                 batch = self.prefix.last_batch if last_token_only else self.obscure_batches[position]
                 self._run_batch(
@@ -300,9 +332,9 @@ class Evaluator(CleanPass):
                     position,
                     start,
                     last_token_only,
-                    [specs[k] for k in active],
-                    [vectors[k] for k in active],
-                    [outs[k] for k in active],
+                    [lane[0] for lane in lanes],
+                    [lane[1] for lane in lanes],
+                    [lane[2] for lane in lanes],
                 )
                 if self.progress is not None:
                     self.progress("injected", position + 1, 1 if last_token_only else len(self.obscure_batches))
@@ -368,6 +400,17 @@ class Evaluator(CleanPass):
         )
         if self.damage != "none":
             summary["mean_damage"] = float(out["damage"][keep].mean())
+        if "shuffled" in out:
+            shuffled = out["shuffled"]
+            summary["shuffled_gain"] = float((shuffled["probs"][keep] - clean["before"][keep]).mean())
+            summary["specific_gain"] = float((after[keep] - shuffled["probs"][keep]).mean())
+            per_prompt = per_prompt.assign(
+                shuffled_memory=shuffled["texts"],
+                shuffled_row=[int(r) for r in shuffled["rows"]],
+                answer_prob_shuffled=shuffled["probs"],
+                gain_shuffled=shuffled["probs"] - clean["before"],
+                specific_gain=after - shuffled["probs"],
+            )
         return EvalResult(
             per_prompt=per_prompt.iloc[keep].reset_index(drop=True),
             summary=summary,

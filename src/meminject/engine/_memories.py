@@ -3,7 +3,8 @@
 Types (``memory.type``): ``correct`` is the row's explicit entity (the missing hop). The
 controls: ``pos``, a random word of one part of speech per prompt; ``random``, random
 common words; ``random_vector``, a random direction with the norm of the correct
-memory's vector (the strictest control: same strength, no meaning). Word pools come from
+memory's vector (same strength, no meaning); ``shuffled``, another prompt's correct memory
+(a seeded derangement, :func:`shuffled_sources`: it carries an entity, only not this prompt's). Word pools come from
 PyPI lexical data by default (``memory.words=lexicon``: wordfreq ranks, lemminflect parts
 of speech, see :mod:`meminject.lexicon`), or from the paper's word list
 (``memory.words=paper``: ``top_word_types.csv``, top 5,000 words and their parts of
@@ -52,6 +53,8 @@ __all__ = [
     "word_source",
     "encode_memories",
     "attn_out_hook",
+    "shuffled_sources",
+    "memory_rows",
 ]
 
 TOP_COLUMN = "Top 5000 Words"
@@ -135,14 +138,64 @@ def draw_rng(memory_cfg: Any, row: int, salt: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(memory_cfg.seed), int(memory_cfg.draw), int(row), int(salt)])
 
 
+def shuffled_sources(entities: Sequence[str], memory_cfg: Any) -> list[int]:
+    """``memory.type=shuffled``: for each prompt (by position), the position of the prompt whose
+    memory it receives. A seeded derangement in which no prompt receives its own memory, nor one
+    with the same text (two prompts about one entity do not swap it).
+
+    Prompts are grouped by memory text, the groups and their members put in a seeded random
+    order, and each prompt takes the memory ``m`` places on in that order (``m``: the largest
+    group). A group is contiguous and no longer than ``m``, so ``m`` places on (cyclically, with
+    ``n - m >= m``) is always another group. With every text distinct it is a uniformly random
+    cyclic permutation. Seeded by (``memory.seed``, ``memory.draw``): the same prompts and seed
+    give the same assignment.
+    """
+    texts = [str(t) for t in entities]
+    n = len(texts)
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        groups.setdefault(text, []).append(i)
+    largest = max((len(g) for g in groups.values()), default=0)
+    if n < 2 or 2 * largest > n:
+        common = max(groups, key=lambda t: len(groups[t])) if groups else ""
+        raise DataError(
+            f"memory.type=shuffled needs prompts whose memories differ: {largest} of {n} prompts have the memory {common!r}, "
+            "so some prompt would receive its own; use more prompts (data.limit) or another memory type"
+        )
+    rng = draw_rng(memory_cfg, n, 4)
+    order_groups = list(groups.values())
+    rng.shuffle(order_groups)
+    order = [i for group in order_groups for i in rng.permutation(group).tolist()]
+    sources = [0] * n
+    for k, i in enumerate(order):
+        sources[i] = order[(k + largest) % n]
+    return sources
+
+
+def memory_rows(frame: Any, memory_cfg: Any) -> list[int]:
+    """The dataset row whose memory each prompt receives: its own for the correct memory (and
+    ``random_vector``, drawn at its norm), another's for ``shuffled``, -1 for the word controls."""
+    rows = [int(r) for r in frame["row"]]
+    kind = str(memory_cfg.type)
+    if kind == "shuffled":
+        return [rows[j] for j in shuffled_sources(frame["explicit_entity"].tolist(), memory_cfg)]
+    if kind in ("correct", "random_vector"):
+        return rows
+    return [-1] * len(rows)
+
+
 def memory_texts(frame: Any, memory_cfg: Any) -> list[str]:
     """The memory text of every prompt, for the configured memory type.
 
     ``random_vector`` keeps the correct memory's text: its vector is drawn from that one's norm.
+    ``shuffled`` takes another prompt's (:func:`shuffled_sources`).
     """
     kind = WORD_CONTROLS.get(str(memory_cfg.type), str(memory_cfg.type))
     if kind in ("correct", "random_vector"):
         return [str(text) for text in frame["explicit_entity"]]
+    if kind == "shuffled":
+        entities = [str(text) for text in frame["explicit_entity"]]
+        return [entities[j] for j in shuffled_sources(entities, memory_cfg)]
     word_index = memory_cfg.word_index
     if kind == "pos":
         pos = str(memory_cfg.pos)

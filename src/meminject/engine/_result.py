@@ -46,6 +46,7 @@ def per_prompt_table(
             "obscure_sentence": frame["obscure_sentence"].tolist(),
             "answer": frame["answer"].tolist(),
             "memory": texts,
+            "memory_row": out.get("memory_rows", [-1] * len(texts)),  # whose memory it is (-1: a word control's)
             "answer_token": answer_token.numpy(),
             "answer_tokens": [
                 len(ids) if evaluator.answer_metric == "sequence" else 1 for ids in evaluator.answer_ids

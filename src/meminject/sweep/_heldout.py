@@ -2,18 +2,25 @@
 
 For each of the top-k sites of a study (by train gain), on the held-out prompts:
 
-* held-out mean gain with a 95% bootstrap interval over prompts, and the fraction improved;
+* held-out mean gain with a 95% bootstrap interval over prompts, the fraction improved, and a
+  sign-flip test that it is above 0;
+* the **specific gain**: the gain minus that of another prompt's memory (``shuffled``) at the
+  same site, paired per prompt (run in the same stacked forward, ``metric.specific``), with its
+  interval and test: what the *right* memory adds over injecting any entity;
 * the **control gap**: held-out gain of the correct memory minus that of each control memory
-  (``pos``, ``random``, ``random_vector``) injected at the same site, paired per prompt,
-  with a bootstrap interval and a sign-flip test, Holm-corrected over every site × control.
+  (``pos``, ``random``, ``random_vector``, their norm-matched twins) injected at the same site,
+  paired per prompt, with a bootstrap interval and a sign-flip test.
 
-Each site gets one **verdict** a user cannot misread: ``holds`` only when its held-out interval
-lies above 0 and it beats every control after the correction; otherwise the first reason it
-fails. Nothing is hidden: failing sites stay in the table with their reason.
+Every p-value of the table (each site's gain, specific gain and control gaps) is Holm-corrected
+together. Each site gets one **verdict** a user cannot misread: ``holds`` only when its held-out
+gain is above 0, its held-out specific gain is above 0, and it beats every control, each after
+the correction; otherwise the first reason it fails. Nothing is hidden: failing sites stay in
+the table with their reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
@@ -88,20 +95,31 @@ def _judge_site(
         runner.evaluator(cfg).progress = lambda stage, done, total: bar.set_postfix_str(
             f"{label} [{stage} batch {done}/{total}]"
         )
-    _, _, correct = runner.run(cfg)
+    # the correct memory and, in the same stacked forward, the shuffled one (same evaluator)
+    _, _, correct = runner.run(dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, specific=True)))
     bar.update()
     gains = correct.per_prompt["gain"].to_numpy()
+    specific = correct.per_prompt["specific_gain"].to_numpy()
     low, high = bootstrap_mean_ci(gains, n_boot=n_boot, seed=seed)
+    s_low, s_high = bootstrap_mean_ci(specific, n_boot=n_boot, seed=seed + 4)
     record = {
-        **{k: site[k] for k in site.index if k not in ("mean_prob_before", "mean_prob_after")},
+        **{k: site[k] for k in site.index if k not in ("mean_prob_before", "mean_prob_after", "shuffled_gain")},
         "train_gain": site["mean_gain"],
         "heldout_gain": float(gains.mean()),
         "heldout_ci_low": low,
         "heldout_ci_high": high,
+        "heldout_gain_p": paired_sign_flip_p(gains, seed=seed + 5),
         "heldout_frac_improved": float((gains > 0).mean()),
         "heldout_includes_zero": bool(low <= 0.0 <= high),
         "heldout_prompts": len(gains),
+        "train_specific_gain": site.get("specific_gain", np.nan),  # measured when the sweep ran metric.specific
+        "heldout_shuffled_gain": float(correct.per_prompt["gain_shuffled"].mean()),
+        "heldout_specific_gain": float(specific.mean()),
+        "heldout_specific_ci_low": s_low,
+        "heldout_specific_ci_high": s_high,
+        "heldout_specific_p": paired_sign_flip_p(specific, seed=seed + 6),
     }
+    record.pop("specific_gain", None)
     damage = correct.per_prompt["damage"].to_numpy() if "damage" in correct.per_prompt else np.array([np.nan])
     if np.isfinite(damage).all():  # metric.damage=kl: the held-out damage, with its interval
         d_low, d_high = bootstrap_mean_ci(damage, n_boot=n_boot, seed=seed + 3)
@@ -128,16 +146,21 @@ def _judge_site(
     return record
 
 
+# The tested p-value columns of a site, before the control gaps': its gain, its specific gain.
+_OWN_TESTS = ("heldout_gain_p", "heldout_specific_p")
+
+
 def with_verdicts(report: pd.DataFrame, controls: Sequence[str], *, alpha: float = 0.05) -> pd.DataFrame:
-    """Holm-adjusted p-values over every reported site × control, and one verdict per site:
-    ``holds`` only when the held-out interval lies above 0 and the site beats every control
-    after the correction; otherwise the first reason it fails."""
+    """Holm-adjusted p-values over every reported site × test (its gain, its specific gain, each
+    control gap), and one verdict per site: ``holds`` only when the held-out gain and the
+    held-out specific gain are above 0 and the site beats every control, each after the
+    correction; otherwise the first reason it fails."""
     report = report.copy()
-    columns = [f"gap_{c}_p" for c in controls]
-    if columns and not report.empty:
-        adjusted = holm(report[columns].to_numpy().ravel()).reshape(len(report), len(columns))
-        for j, control in enumerate(controls):
-            report[f"gap_{control}_p_holm"] = adjusted[:, j]
+    columns = [*_OWN_TESTS, *(f"gap_{c}_p" for c in controls)]
+    if not report.empty:
+        adjusted = holm(report[columns].to_numpy(dtype=float).ravel()).reshape(len(report), len(columns))
+        for j, column in enumerate(columns):
+            report[f"{column}_holm"] = adjusted[:, j]
     report["verdict"] = [_verdict(row, controls, alpha) for _, row in report.iterrows()]
     return report
 
@@ -147,6 +170,12 @@ def _verdict(row: pd.Series, controls: Sequence[str], alpha: float) -> str:
         return "held-out interval includes 0"
     if row["heldout_ci_high"] < 0.0:
         return "hurts on held-out prompts"
+    if row["heldout_gain_p_holm"] >= alpha:
+        return f"held-out gain not clearly above 0 (Holm p={row['heldout_gain_p_holm']:.3f})"
+    if row["heldout_specific_gain"] <= 0.0:
+        return "no better than another prompt's memory (shuffled)"
+    if row["heldout_specific_p_holm"] >= alpha:
+        return f"not clearly better than another prompt's memory (specific gain Holm p={row['heldout_specific_p_holm']:.3f})"
     for control in controls:
         if row[f"gap_{control}"] <= 0.0:
             return f"no better than {control}"
@@ -165,6 +194,7 @@ def format_heldout(report: pd.DataFrame, controls: Sequence[str], with_damage: b
         if models:
             site = f"{r['model']} {site} (depth {float(r.get('depth', float('nan'))):.2f})"
         text = f"  {int(r['rank']):>2} {site:<{56 if models else 34}} train {r['train_gain']:+.4f}  held-out {r['heldout_gain']:+.4f} [{r['heldout_ci_low']:+.4f}, {r['heldout_ci_high']:+.4f}] improved {r['heldout_frac_improved']:.0%}"
+        text += f"  specific {r['heldout_specific_gain']:+.4f} [{r['heldout_specific_ci_low']:+.4f}, {r['heldout_specific_ci_high']:+.4f}] (shuffled {r['heldout_shuffled_gain']:+.4f})"
         if with_damage and "heldout_damage" in r:
             text += f"  damage train {r['train_damage']:.4f} held-out {r['heldout_damage']:.4f} [{r['heldout_damage_ci_low']:.4f}, {r['heldout_damage_ci_high']:.4f}]"
         for control in controls:

@@ -52,6 +52,7 @@ PER_PROMPT_COLUMN = {
     "median_gain": "gain",
     "frac_improved": "gain",
     "mean_logprob_gain": "logprob_gain",
+    "specific_gain": "specific_gain",  # gain − gain with another prompt's memory (metric.specific)
 }
 
 
@@ -183,7 +184,6 @@ def monitor_for(trial: optuna.Trial, objective: str) -> Any:
 
 def complete_values(objective: str, per_prompt: Any) -> str:
     """A complete trial's per-prompt values, as stored for later trials to be compared with."""
-    values = per_prompt_values(
-        objective, {"gain": per_prompt["gain"].to_numpy(), "logprob_gain": per_prompt["logprob_gain"].to_numpy()}
-    )
+    columns = {c: per_prompt[c].to_numpy() for c in set(PER_PROMPT_COLUMN.values()) if c in per_prompt}
+    values = per_prompt_values(objective, columns)
     return json.dumps({str(int(r)): float(v) for r, v in zip(per_prompt["row"], values)})

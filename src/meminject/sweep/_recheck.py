@@ -21,6 +21,8 @@ __all__ = ["float32_recheck"]
 
 _SUMMARY = (
     "mean_gain",
+    "specific_gain",
+    "shuffled_gain",
     "mean_damage",
     "frac_improved",
     "mean_prob_before",

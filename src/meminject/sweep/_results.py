@@ -48,6 +48,8 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
             mean_gain=("mean_gain", "mean"),
             objective=("objective", "mean"),
             mean_damage=("mean_damage", "mean"),
+            specific_gain=("specific_gain", "mean"),
+            shuffled_gain=("shuffled_gain", "mean"),
             frac_improved=("frac_improved", "mean"),
             mean_prob_before=("mean_prob_before", "mean"),
             mean_prob_after=("mean_prob_after", "mean"),
@@ -58,6 +60,8 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
     )
     if grouped["mean_damage"].isna().all():
         grouped = grouped.drop(columns="mean_damage")  # metric.damage=none
+    if grouped["specific_gain"].isna().all():  # metric.specific=false: no shuffled copy ran
+        grouped = grouped.drop(columns=["specific_gain", "shuffled_gain"])
     order = ["objective"]
     ascending = [study.directions[0] == optuna.study.StudyDirection.MINIMIZE]
     if spec is not None and spec.multi:
@@ -68,8 +72,8 @@ def ranked_sites(study: optuna.Study, top: int | None = None) -> pd.DataFrame:
         grouped["feasible"] = grouped[metric] <= bound if op == "<=" else grouped[metric] >= bound
         order, ascending = ["feasible", *order], [False, *ascending]
     grouped = grouped.sort_values(order, ascending=ascending, kind="stable").reset_index(drop=True)
-    if (grouped["objective"] == grouped["mean_gain"]).all():
-        grouped = grouped.drop(columns="objective")  # the objective is the mean gain: one column says it
+    if any((grouped["objective"] == grouped[c]).all() for c in ("mean_gain", "specific_gain") if c in grouped):
+        grouped = grouped.drop(columns="objective")  # the objective is a column already: one column says it
     grouped.insert(0, "rank", range(1, len(grouped) + 1))
     _insert_depth(grouped, spec)
     return grouped.head(top) if top else grouped
@@ -89,6 +93,8 @@ def _trial_rows(study: optuna.Study) -> list[dict]:
                 "objective": t.values[0],
                 "mean_damage": attrs.get("mean_damage"),
                 "frac_improved": attrs.get("frac_improved"),
+                "specific_gain": attrs.get("specific_gain", np.nan),
+                "shuffled_gain": attrs.get("shuffled_gain", np.nan),
                 "mean_prob_after": attrs.get("mean_prob_after"),
                 "mean_prob_before": attrs.get("mean_prob_before"),
                 "trial": t.number,
@@ -188,6 +194,7 @@ def format_table(frame: pd.DataFrame) -> str:
         "injection.positions",
         "objective",
         "mean_gain",
+        "specific_gain",
         "bfloat16",
         "float16",
         "mean_damage",

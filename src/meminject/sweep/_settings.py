@@ -40,7 +40,10 @@ __all__ = [
 
 SAMPLERS = ("grid", "tpe", "random", "nsga2")
 DIRECTIONS = ("maximize", "minimize")
-OBJECTIVES = ("mean_gain", "median_gain", "frac_improved", "mean_logprob_gain", "mean_damage")  # trial summary metrics
+# Trial summary metrics a sweep can optimize; specific_gain (gain − gain with another prompt's memory,
+# paired per prompt) turns metric.specific on: the shuffled copy runs in the same stacked forward.
+OBJECTIVES = ("mean_gain", "specific_gain", "median_gain", "frac_improved", "mean_logprob_gain", "mean_damage")
+SPECIFIC = "specific_gain"
 _CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 # Each command's own keys (everything else on a sweep command line is config): key -> help.
@@ -51,6 +54,7 @@ SWEEP_SETTINGS = {
     "study": "study name (letters, digits, . _ -; default <preset>-<model>-<data>)",
     "storage": "Optuna storage: a journal file path or an RDB URL (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
     "sampler": "override the preset's sampler: grid | tpe | random | nsga2 (multi-objective)",
+    "objective": "override the preset's objective: mean_gain | specific_gain (gain over another prompt's memory, 2× the injected passes) | median_gain | frac_improved | mean_logprob_gain | mean_damage (minimized)",
     "constraint": "maximize the objective subject to a metric bound, e.g. constraint='mean_damage<=0.05' (TPE, NSGA-II)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30)",
     "grace": "seconds without a heartbeat before a trial counts as dead and is re-run (default 120)",
@@ -284,6 +288,12 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_PRESET_KEYS))})"
         )
+    if "objective" in settings:  # the command line's single objective, in its natural direction
+        if settings["objective"] not in OBJECTIVES:
+            raise ConfigError(f"objective={settings['objective']!r} is not one of {', '.join(OBJECTIVES)}")
+        preset = {**preset, "objective": settings["objective"]}
+        preset["direction"] = "minimize" if settings["objective"] == "mean_damage" else "maximize"
+        preset.pop("directions", None)
     objectives, directions = _objectives(path, preset)
     objective, direction = objectives[0], directions[0]
     constraint = _constraint(settings.get("constraint", preset.get("constraint")))
@@ -302,7 +312,7 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
     seed = _seed(next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0)))
     params = _search_axes(name, preset, cli_axes, cli_overrides)
-    given = preset_overrides + cli_overrides
+    given = preset_overrides + cli_overrides + _specific_override(objectives, constraint, preset_overrides + cli_overrides)
     spec = SweepSpec(
         name=name,
         sampler=sampler,
@@ -360,6 +370,20 @@ def _objectives(path: Path, preset: Mapping[str, Any]) -> tuple[list[str], list[
             f"{path}: {len(objectives)} distinct objective(s) need as many directions (got objective={objectives}, direction={directions})"
         )
     return objectives, directions
+
+
+def _specific_override(objectives: list[str], constraint: str | None, given: list[str]) -> list[str]:
+    """``metric.specific=true`` when the sweep optimizes or bounds the specific gain (which needs
+    the shuffled copy of every trial); a command line that turns it off is refused."""
+    bounded = constraint is not None and constraint.startswith(SPECIFIC)
+    if SPECIFIC not in objectives and not bounded:
+        return []
+    off = [o for o in given if o.split("=", 1)[0] == "metric.specific" and o.split("=", 1)[1].strip().lower() == "false"]
+    if off:
+        raise ConfigError(
+            f"objective {SPECIFIC} needs the shuffled memory of every trial, but {off[0]} turns it off; drop that override"
+        )
+    return [] if any(o.split("=", 1)[0] == "metric.specific" for o in given) else ["metric.specific=true"]
 
 
 def _constraint(text: Any) -> str | None:

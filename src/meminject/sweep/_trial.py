@@ -68,7 +68,8 @@ class TrialRunner:
             )
         if cfg.data not in self._datasets:
             self._datasets[cfg.data] = load_dataset(cfg.data)
-        key = (cfg.model, cfg.data, cfg.perf, cfg.top_k, cfg.metric, cfg.seed)
+        # metric.specific is asked per evaluation (the shuffled copy rides in the same pass): not a key
+        key = (cfg.model, cfg.data, cfg.perf, cfg.top_k, dataclasses.replace(cfg.metric, specific=False), cfg.seed)
         if key not in self._evaluators:
             model = self._load(cfg.model, cfg.perf.models_mb)
             self._evaluators[key] = Evaluator.from_config(
@@ -123,13 +124,14 @@ class TrialRunner:
             spec.validate(evaluator.model)
             items.append((evaluator, spec, cfg))
         results: list[Any] = [None] * len(items)
-        by_evaluator: dict[int, list[int]] = {}
-        for i, (evaluator, _, _) in enumerate(items):
-            by_evaluator.setdefault(id(evaluator), []).append(i)
-        for indices in by_evaluator.values():
+        by_evaluator: dict[tuple[int, bool], list[int]] = {}
+        for i, (evaluator, _, cfg) in enumerate(items):
+            by_evaluator.setdefault((id(evaluator), cfg.metric.specific), []).append(i)
+        for (_, specific), indices in by_evaluator.items():
             evaluator = items[indices[0]][0]
             points = [(items[i][1], items[i][2].memory) for i in indices]
-            for i, result in zip(indices, evaluator.evaluate_many(points, [monitors[i] for i in indices])):
+            done = evaluator.evaluate_many(points, [monitors[i] for i in indices], specific=specific)
+            for i, result in zip(indices, done):
                 results[i] = result
         return [(evaluator, spec, result) for (evaluator, spec, _), result in zip(items, results)]
 

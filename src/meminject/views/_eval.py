@@ -22,9 +22,10 @@ def eval_epilog() -> str:
   model=NAME data=NAME memory=NAME     config groups (conf/<group>/NAME.yaml; ./conf/<group>/ adds your own)
   memory=NAME                          {", ".join(presets)}
   injection.layer=L injection.tweak=T  where and how strongly (τ); injection.site={"|".join(SITES)}, injection.head=H
-  memory.type={"|".join(MEMORY_TYPES)}  (*_matched: the plain control's words at the correct memory's norm)
+  memory.type={"|".join(MEMORY_TYPES)}  (*_matched: the plain control's words at the correct memory's norm; shuffled: another prompt's memory)
   memory.encoding={"|".join(ENCODINGS)}
-  metric.answer=first_token|sequence   data.limit=N data.sample=N data.split=0.7 data.part=all|train|heldout
+  metric.answer=first_token|sequence   metric.specific=true (also the shuffled memory: specific gain)
+  data.limit=N data.sample=N data.split=0.7 data.part=all|train|heldout
   tracking.enabled=false tracking.uri=URL  perf.max_batch_tokens=N  seed=N
 every key and its meaning: conf/config.yaml and conf/<group>/*.yaml (README: Configuration)"""
 
@@ -91,7 +92,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
         evaluator = Evaluator.from_config(model, dataset, cfg)
         if hasattr(evaluator, "progress"):  # batch-level progress, where the engine reports it
             evaluator.progress = batch_progress(bar)
-        result = evaluator.evaluate(spec, cfg.memory)
+        result = evaluator.evaluate(spec, cfg.memory, specific=cfg.metric.specific)
         bar.update(bar.total - bar.n)
     wall = time.perf_counter() - started
     out_dir = (
@@ -155,4 +156,8 @@ def _print_result(cfg, model, dataset, spec, result, wall: float, out_dir: Path)
     print(
         f"  mean gain {s['mean_gain']:+.4f}   median gain {s['median_gain']:+.4f}   mean % increase {s['mean_percent_increase']:+.1f}   improved {s['frac_improved']:.0%}"
     )
+    if "specific_gain" in s:  # metric.specific=true: the same site with another prompt's memory
+        print(
+            f"  shuffled memory's gain {s['shuffled_gain']:+.4f}   specific gain {s['specific_gain']:+.4f} (gain − shuffled, per prompt)"
+        )
     print(f"  {wall:.2f} s · per-prompt table: {out_dir / 'per_prompt.csv'}")

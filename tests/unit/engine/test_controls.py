@@ -10,7 +10,7 @@ import torch
 
 import optuna
 from conftest import compose, load, make_evaluator
-from meminject.config import load_run_config as compose_config
+from meminject.config import load_run_config as compose_config, with_values
 from meminject.data._dataset import Dataset, load_dataset, split_rows
 from meminject.engine._evaluation import InjectionSpec
 from meminject.engine._injection import head_output_component
@@ -207,6 +207,9 @@ def test_the_verdict_names_the_first_reason_a_site_fails():
     base = {
         "heldout_ci_low": 0.01,
         "heldout_ci_high": 0.03,
+        "heldout_gain_p": 0.001,
+        "heldout_specific_gain": 0.01,
+        "heldout_specific_p": 0.001,
         "gap_pos": 0.02,
         "gap_pos_p": 0.001,
         "gap_random_vector": 0.02,
@@ -218,6 +221,10 @@ def test_the_verdict_names_the_first_reason_a_site_fails():
         {**base, "heldout_ci_low": -0.03, "heldout_ci_high": -0.01},  # hurts
         {**base, "gap_pos": -0.01},  # worse than pos
         {**base, "gap_random_vector_p": 0.2},  # not significant
+        # beats random directions (and pos) clearly, but another prompt's memory does as well
+        {**base, "heldout_specific_gain": -0.001, "heldout_specific_p": 0.6},
+        {**base, "heldout_specific_gain": 0.002, "heldout_specific_p": 0.2},  # or nearly as well
+        {**base, "heldout_gain_p": 0.3},  # an interval above 0, a gain not clearly above 0 after Holm
     ]
     verdicts = list(with_verdicts(pd.DataFrame(rows), ["pos", "random_vector"]).verdict)
     assert verdicts[0] == "holds"
@@ -225,6 +232,9 @@ def test_the_verdict_names_the_first_reason_a_site_fails():
     assert verdicts[2] == "hurts on held-out prompts"
     assert verdicts[3] == "no better than pos"
     assert verdicts[4].startswith("not clearly better than random_vector (Holm p=")
+    assert verdicts[5] == "no better than another prompt's memory (shuffled)"
+    assert verdicts[6].startswith("not clearly better than another prompt's memory (specific gain Holm p=")
+    assert verdicts[7].startswith("held-out gain not clearly above 0 (Holm p=")
     # the correction counts every site × control: the same raw p passes alone and fails among many
     alone = with_verdicts(pd.DataFrame([{**base, "gap_random_vector_p": 0.03}]), ["pos", "random_vector"])
     assert list(alone.verdict) == ["holds"] and alone.gap_random_vector_p_holm.iloc[0] == pytest.approx(0.03)
@@ -283,8 +293,18 @@ def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkey
         "gap_pos_matched_p_holm",
         "gap_random_vector_p_holm",
         "heldout_includes_zero",
+        "heldout_gain_p_holm",
+        "heldout_specific_gain",
+        "heldout_specific_ci_low",
+        "heldout_specific_ci_high",
+        "heldout_specific_p_holm",
+        "heldout_shuffled_gain",
         "verdict",
     } <= set(report.columns)
+    # the specific gain is the gain less the shuffled memory's, paired over the same prompts
+    np.testing.assert_allclose(
+        report.heldout_specific_gain, report.heldout_gain - report.heldout_shuffled_gain, rtol=1e-9, atol=0
+    )
     assert not np.allclose(report.gap_pos, report.gap_pos_matched)  # matching the norm changes the control
     assert all(v in out for v in report.verdict)  # the verdict is printed too
     from conftest import mlflow_runs
@@ -307,10 +327,15 @@ def test_best_judges_sites_on_heldout_prompts_with_control_gaps(tmp_path, monkey
     )
     from meminject.engine._models import load_model
 
-    result = make_evaluator(load_model(cfg.model), load_dataset(cfg.data)).evaluate(
-        InjectionSpec.from_config(cfg), cfg.memory
-    )
+    evaluator = make_evaluator(load_model(cfg.model), load_dataset(cfg.data))
+    result = evaluator.evaluate(InjectionSpec.from_config(cfg), cfg.memory)
     assert result.summary["mean_gain"] == pytest.approx(first.heldout_gain, abs=1e-9)
+    # ... and its specific gain is that less an eval with memory=shuffled, run alone (not stacked)
+    shuffled = with_values(cfg, {"memory.type": "shuffled"})
+    alone = evaluator.evaluate(InjectionSpec.from_config(shuffled), shuffled.memory)
+    assert result.summary["mean_gain"] - alone.summary["mean_gain"] == pytest.approx(
+        first.heldout_specific_gain, rel=1e-6
+    )
 
 
 def test_controls_sweep_ends_with_a_control_gap_table(tmp_path, monkeypatch, shared_data):
