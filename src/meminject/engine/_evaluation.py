@@ -29,7 +29,7 @@ from ..data._dataset import Dataset
 from ._clean import CleanPass
 from ._damage import DAMAGES, CleanRest
 from ._injection import head_output_component
-from ._memories import encode_memories, memory_rows, memory_texts, random_directions_like
+from ._memories import encode_memories, memory_rows, memory_texts, random_directions_like, with_type
 from ._models import LoadedModel
 from ._prefix import PrefixCache
 from ._runner import Batch, last_position_logits, read_logits
@@ -241,7 +241,7 @@ class Evaluator(CleanPass):
     def shuffled_memory(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
         """The shuffled memory at ``spec``'s site: another prompt's correct memory, encoded,
         scaled and projected as ``spec``'s own memory would be."""
-        return self.memory_vectors(replace(spec, memory_type="shuffled"), replace(memory_cfg, type="shuffled"))
+        return self.memory_vectors(replace(spec, memory_type="shuffled"), with_type(memory_cfg, "shuffled"))
 
     def _evaluate_group(
         self, points: list[tuple[InjectionSpec, Any, Monitor | None]], specific: bool = False
@@ -264,7 +264,7 @@ class Evaluator(CleanPass):
             out["memory_rows"] = memory_rows(self.dataset.frame, memory_cfg)
         if shuffled is not None:  # the shuffled copy's arrays ride inside its point's
             for out, (texts, vectors_shuffled), (_, memory_cfg, _) in zip(outs, shuffled, points):
-                rows = memory_rows(self.dataset.frame, replace(memory_cfg, type="shuffled"))
+                rows = memory_rows(self.dataset.frame, with_type(memory_cfg, "shuffled"))
                 out["shuffled"] = {**empty_out(len(self.rows)), "texts": texts, "vectors": vectors_shuffled, "rows": rows}
         # the last-token pass holds every prompt's last token: one chunk
         chunks = (

@@ -55,6 +55,7 @@ __all__ = [
     "attn_out_hook",
     "shuffled_sources",
     "memory_rows",
+    "with_type",
 ]
 
 TOP_COLUMN = "Top 5000 Words"
@@ -170,6 +171,20 @@ def shuffled_sources(entities: Sequence[str], memory_cfg: Any) -> list[int]:
     for k, i in enumerate(order):
         sources[i] = order[(k + largest) % n]
     return sources
+
+
+def with_type(memory_cfg: Any, kind: str) -> Any:
+    """``memory_cfg`` with another memory type: a typed :class:`~meminject.config.MemoryConfig`,
+    or any mapping-like config (an OmegaConf node in a notebook or a test)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(memory_cfg):
+        return dataclasses.replace(memory_cfg, type=kind)
+    from omegaconf import OmegaConf
+
+    copy = OmegaConf.create(OmegaConf.to_container(memory_cfg) if OmegaConf.is_config(memory_cfg) else dict(memory_cfg))
+    copy.type = kind
+    return copy
 
 
 def memory_rows(frame: Any, memory_cfg: Any) -> list[int]:

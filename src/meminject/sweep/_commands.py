@@ -20,6 +20,7 @@ from ._recovery import DEFAULT_HEARTBEAT
 from ..tracking._tracker import Tracker, redact, tracking_uri
 from ._cross_model import depth_curve, depth_figure, format_per_model, heldout_gains, per_model_top, several_models
 from ._figures import pareto_figure
+from ._edges import edge_notes, with_edges
 from ._heldout import check_controls, format_heldout, heldout_report
 from ._recheck import float32_recheck
 from ._repair import REPAIR_SETTINGS
@@ -242,6 +243,8 @@ def run_best(args: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     rechecked = lower and not multi and not table.empty  # a lower-precision sweep ranks; float32 decides its top sites
     if rechecked:
         table = float32_recheck(spec, table, base.model.dtype, top)
+    if spec is not None:  # a top τ at the end of its searched range is marked, and said below
+        table = with_edges(table, spec.params)
     path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
     print(
@@ -252,6 +255,8 @@ def run_best(args: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)"
         )
     print(format_table(table.head(top)))
+    for line in edge_notes(table.head(top), spec.params) if spec is not None else []:
+        print(line)
     if several_models(table):  # a model axis: each model's own ranking too, and its own held-out check
         print(f"\nwithin each model (top {top}):\n{format_per_model(table, top)}")
     print(f"table: {path}")

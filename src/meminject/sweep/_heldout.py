@@ -200,5 +200,8 @@ def format_heldout(report: pd.DataFrame, controls: Sequence[str], with_damage: b
         for control in controls:
             text += f"  gap vs {control} {r[f'gap_{control}']:+.4f} (Holm p={r[f'gap_{control}_p_holm']:.3f})"
         text += f"  → {r['verdict']}" if r["verdict"] == "holds" else f"  ✗ {r['verdict']}"
+        edge = r.get("tweak_edge")
+        if isinstance(edge, str) and edge:  # see sweep._edges: the range stopped there
+            text += f"  [τ at the {'upper' if edge == 'high' else 'lower'} edge of the search]"
         lines.append(text)
     return "\n".join(lines)

@@ -202,6 +202,7 @@ def format_table(frame: pd.DataFrame) -> str:
         "feasible",
         "frac_improved",
         "trials",
+        "tweak_edge",
     ]
     shown = frame[
         [c for c in columns if c in frame.columns and not (c == "memory.pos" and (frame[c] == "-").all())]

@@ -83,7 +83,7 @@ BEST_SETTINGS = {
 }
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_AXIS_HEADS = ("choice", "range", "interval", "int", "tag", "float")
+_AXIS_HEADS = ("choice", "range", "interval", "int", "tag", "float", "logrange")
 
 
 @dataclass

@@ -4,7 +4,8 @@ Axes are written as Hydra sweep overrides over any config key::
 
     injection.layer: range(0, all)             # every layer: 0..n_layers-1 ("all" = the model's count)
     injection.tweak: interval(1, 15)           # continuous τ
-    injection.tweak: tag(log, interval(0.1, 20))
+    injection.tweak: tag(log, interval(0.1, 20))  # log-uniform for samplers
+    injection.tweak: logrange(0.005, 1, 9)     # 9 log-spaced values, both ends included (grids)
     injection.head:  int(interval(0, all))     # integers, both ends included
     memory.encoding: choice(unembed, embed, layer)
 
@@ -25,7 +26,7 @@ import optuna.distributions as od
 
 from ..core._errors import ConfigError, first_line
 
-__all__ = ["Axis", "SearchSpace", "parse_axis", "parse_space"]
+__all__ = ["Axis", "SearchSpace", "parse_axis", "parse_space", "log_values"]
 
 _RELATIVE_KEYS = {"injection.layer": "n_layers", "injection.head": "n_heads"}
 
@@ -75,8 +76,39 @@ def _check_bound(key: str, values: list[Any], sizes: Mapping[str, int], expressi
             )
 
 
+_LOGRANGE = re.compile(r"^\s*logrange\s*\((.*)\)\s*$")
+
+
+def log_values(low: float, high: float, count: int) -> list[float]:
+    """``count`` log-spaced values from ``low`` to ``high``, both included, each rounded to 4
+    significant digits (grid cells and table columns read 0.0133, not 0.013335214321633242)."""
+    if count == 1:
+        return [float(f"{low:.4g}")]
+    ratio = (high / low) ** (1.0 / (count - 1))
+    return [float(f"{low * ratio**i:.4g}") for i in range(count)]
+
+
+def _logrange(key: str, expression: str, body: str) -> Axis:
+    """``logrange(low, high, count)``: meminject's own grammar (Hydra's has no log grid)."""
+    parts = [p.strip() for p in body.split(",")]
+    usage = f"{key}={expression}: use logrange(LOW, HIGH, COUNT), e.g. logrange(0.005, 1, 9) (COUNT log-spaced values, both ends included)"
+    if len(parts) != 3:
+        raise ConfigError(usage)
+    try:
+        low, high, count = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError as exc:
+        raise ConfigError(usage) from exc
+    if not (math.isfinite(low) and math.isfinite(high)) or low <= 0 or high < low or count < 1:
+        raise ConfigError(f"{key}={expression}: a log range needs 0 < LOW <= HIGH and COUNT >= 1")
+    values = list(dict.fromkeys(log_values(low, high, count)))
+    return Axis(key, str(expression), od.CategoricalDistribution(values))
+
+
 def parse_axis(key: str, expression: str, sizes: Mapping[str, int] | None = None) -> Axis:
-    """Parse ``expression`` (Hydra sweep grammar) for config ``key`` into an Axis."""
+    """Parse ``expression`` (Hydra sweep grammar, or ``logrange(...)``) for config ``key`` into an Axis."""
+    match = _LOGRANGE.match(str(expression))
+    if match:
+        return _logrange(key, str(expression), match.group(1))
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
     from hydra.errors import HydraException
