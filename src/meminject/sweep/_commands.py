@@ -21,6 +21,7 @@ from ..tracking._tracker import Tracker, redact, tracking_uri
 from ._cross_model import depth_curve, depth_figure, format_per_model, heldout_gains, per_model_top, several_models
 from ._figures import pareto_figure
 from ._edges import edge_notes, with_edges
+from ._specific_figure import specific_curve, specific_figure
 from ._heldout import check_controls, format_heldout, heldout_report
 from ._recheck import float32_recheck
 from ._repair import REPAIR_SETTINGS
@@ -278,10 +279,24 @@ def run_best(args: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         print(f"figure: {figure}")
     if tracker is not None and parent:
         _log_heldout(tracker, parent, report, report_path, figure)
+    specific = _specific_figure(name, ranked, report)
+    if specific is not None and tracker is not None and parent:
+        tracker.log_file(parent, specific, "figures")
     depth = _depth_figure(name, spec, ranked, report, runner, settings.get("depth_figure", "auto"))
     if depth is not None and tracker is not None and parent:
         tracker.log_file(parent, depth, "figures")
     return table, report
+
+
+def _specific_figure(name: str, ranked: pd.DataFrame, report: pd.DataFrame | None) -> Path | None:
+    """Correct against shuffled gain by layer, when the study measured the specific gain."""
+    curve = specific_curve(ranked)
+    if curve.empty:
+        return None
+    title = f"{name}\ncorrect vs another prompt's memory, by layer (best τ for the specific gain on the train part)"
+    path = specific_figure(curve, report, outputs_dir("figures", name) / "specific_by_layer.png", title)
+    print(f"figure: {path}")
+    return path
 
 
 def _depth_figure(name: str, spec: SweepSpec, ranked: pd.DataFrame, report: pd.DataFrame, runner, setting: str):
