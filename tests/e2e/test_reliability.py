@@ -268,12 +268,12 @@ def test_out_of_memory_fails_the_trial_cleanly_and_the_worker_goes_on_with_small
     original = Evaluator.evaluate_many
     budgets: list[int] = []
 
-    def evaluate_many(self, items, monitors=None):
+    def evaluate_many(self, items, monitors=None, **kwargs):
         budgets.append(self.max_batch_tokens)
         if self.max_batch_tokens >= 2048:  # the default budget "does not fit"
             torch.empty(1024)  # something was allocated before the failure
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return original(self, items, monitors)
+        return original(self, items, monitors, **kwargs)
 
     monkeypatch.setattr(Evaluator, "evaluate_many", evaluate_many)
     monkeypatch.chdir(tmp_path)

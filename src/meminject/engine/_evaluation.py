@@ -33,7 +33,7 @@ from ._memories import encode_memories, memory_rows, memory_texts, random_direct
 from ._models import LoadedModel
 from ._prefix import PrefixCache
 from ._runner import Batch, last_position_logits, read_logits
-from ._result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers
+from ._result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers, with_shuffled, chunk_values
 from ._stats import summarize
 from ._spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, stacked_hooks  # noqa: F401 - the point of the search space; re-exported
 
@@ -229,14 +229,7 @@ class Evaluator(CleanPass):
 
     def _chunk_values(self, out: dict[str, Any], index: np.ndarray) -> dict[str, np.ndarray]:
         """Per-prompt values of the prompts at ``index`` (what a monitor judges)."""
-        clean = self.clean
-        values = {
-            "gain": out["probs"][index] - clean["before"][index],
-            "logprob_gain": out["logprobs"][index] - clean["logprob_before"][index],
-        }
-        if "shuffled" in out:  # gain − gain_shuffled: the before cancels
-            values["specific_gain"] = out["probs"][index] - out["shuffled"]["probs"][index]
-        return values
+        return chunk_values(out, self.clean, index)
 
     def shuffled_memory(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:
         """The shuffled memory at ``spec``'s site: another prompt's correct memory, encoded,
@@ -265,7 +258,12 @@ class Evaluator(CleanPass):
         if shuffled is not None:  # the shuffled copy's arrays ride inside its point's
             for out, (texts, vectors_shuffled), (_, memory_cfg, _) in zip(outs, shuffled, points):
                 rows = memory_rows(self.dataset.frame, with_type(memory_cfg, "shuffled"))
-                out["shuffled"] = {**empty_out(len(self.rows)), "texts": texts, "vectors": vectors_shuffled, "rows": rows}
+                out["shuffled"] = {
+                    **empty_out(len(self.rows)),
+                    "texts": texts,
+                    "vectors": vectors_shuffled,
+                    "rows": rows,
+                }
         # the last-token pass holds every prompt's last token: one chunk
         chunks = (
             [(np.arange(len(self.rows)), range(1))]
@@ -324,7 +322,9 @@ class Evaluator(CleanPass):
         for index, positions in chunks:
             # the stack's lanes: each active point, and its shuffled copy beside it (specific)
             lanes = [(specs[k], vectors[k], outs[k]) for k in active]
-            lanes += [(specs[k], outs[k]["shuffled"]["vectors"], outs[k]["shuffled"]) for k in active if "shuffled" in outs[k]]
+            lanes += [
+                (specs[k], outs[k]["shuffled"]["vectors"], outs[k]["shuffled"]) for k in active if "shuffled" in outs[k]
+            ]
             for position in positions:
                 batch = self.prefix.last_batch if last_token_only else self.obscure_batches[position]
                 self._run_batch(
@@ -400,17 +400,8 @@ class Evaluator(CleanPass):
         )
         if self.damage != "none":
             summary["mean_damage"] = float(out["damage"][keep].mean())
-        if "shuffled" in out:
-            shuffled = out["shuffled"]
-            summary["shuffled_gain"] = float((shuffled["probs"][keep] - clean["before"][keep]).mean())
-            summary["specific_gain"] = float((after[keep] - shuffled["probs"][keep]).mean())
-            per_prompt = per_prompt.assign(
-                shuffled_memory=shuffled["texts"],
-                shuffled_row=[int(r) for r in shuffled["rows"]],
-                answer_prob_shuffled=shuffled["probs"],
-                gain_shuffled=shuffled["probs"] - clean["before"],
-                specific_gain=after - shuffled["probs"],
-            )
+        if "shuffled" in out:  # metric.specific: the shuffled copy's columns and means
+            per_prompt = with_shuffled(per_prompt, summary, out, clean, keep)
         return EvalResult(
             per_prompt=per_prompt.iloc[keep].reset_index(drop=True),
             summary=summary,

@@ -13,7 +13,7 @@ from torch import Tensor
 from ._damage import CleanRest
 from ._runner import Batch
 
-__all__ = ["EvalResult", "Monitor", "per_prompt_table", "empty_out", "read_answers"]
+__all__ = ["EvalResult", "Monitor", "per_prompt_table", "empty_out", "read_answers", "with_shuffled", "chunk_values"]
 
 
 @dataclass
@@ -67,6 +67,38 @@ def per_prompt_table(
             "rank_after": rank_after,
             "top_k_after": ["|".join(decode(t) for t in ids) for ids in top],
         }
+    )
+
+
+def chunk_values(out: dict[str, Any], clean: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-prompt values of the prompts at ``index`` (what a trial's monitor judges)."""
+    values = {
+        "gain": out["probs"][index] - clean["before"][index],
+        "logprob_gain": out["logprobs"][index] - clean["logprob_before"][index],
+    }
+    if "shuffled" in out:  # gain − gain_shuffled: the before cancels
+        values["specific_gain"] = out["probs"][index] - out["shuffled"]["probs"][index]
+    return values
+
+
+def with_shuffled(
+    per_prompt: pd.DataFrame,
+    summary: dict[str, float],
+    out: dict[str, Any],
+    clean: dict[str, np.ndarray],
+    keep: np.ndarray,
+) -> pd.DataFrame:
+    """The shuffled copy's per-prompt columns (``metric.specific``), and its means into ``summary``
+    over the prompts at ``keep``: specific_gain = gain − gain_shuffled (the before cancels)."""
+    shuffled, after = out["shuffled"], out["probs"]
+    summary["shuffled_gain"] = float((shuffled["probs"][keep] - clean["before"][keep]).mean())
+    summary["specific_gain"] = float((after[keep] - shuffled["probs"][keep]).mean())
+    return per_prompt.assign(
+        shuffled_memory=shuffled["texts"],
+        shuffled_row=[int(r) for r in shuffled["rows"]],
+        answer_prob_shuffled=shuffled["probs"],
+        gain_shuffled=shuffled["probs"] - clean["before"],
+        specific_gain=after - shuffled["probs"],
     )
 
 

@@ -76,7 +76,9 @@ def edge_notes(table: pd.DataFrame, params: dict[str, str], ranks: Sequence[Any]
     override that extends it that way."""
     if EDGE_COLUMN not in table.columns:
         return []
-    ranks = list(table["rank"]) if ranks is None and "rank" in table.columns else list(ranks or range(1, len(table) + 1))
+    ranks = (
+        list(table["rank"]) if ranks is None and "rank" in table.columns else list(ranks or range(1, len(table) + 1))
+    )
     lines = []
     for edge, word, way in (("high", "largest", "upward"), ("low", "smallest", "downward")):
         at = [(rank, float(t)) for rank, t, e in zip(ranks, table[_KEY], table[EDGE_COLUMN]) if e == edge]

@@ -312,7 +312,9 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     preset_overrides = [f"{k}={v}" for k, v in (preset.get("config") or {}).items()]
     seed = _seed(next((o.split("=", 1)[1] for o in cli_overrides if o.startswith("seed=")), preset.get("seed", 0)))
     params = _search_axes(name, preset, cli_axes, cli_overrides)
-    given = preset_overrides + cli_overrides + _specific_override(objectives, constraint, preset_overrides + cli_overrides)
+    given = (
+        preset_overrides + cli_overrides + _specific_override(objectives, constraint, preset_overrides + cli_overrides)
+    )
     spec = SweepSpec(
         name=name,
         sampler=sampler,
@@ -378,8 +380,7 @@ def _specific_override(objectives: list[str], constraint: str | None, given: lis
     bounded = constraint is not None and constraint.startswith(SPECIFIC)
     if SPECIFIC not in objectives and not bounded:
         return []
-    off = [o for o in given if o.split("=", 1)[0] == "metric.specific" and o.split("=", 1)[1].strip().lower() == "false"]
-    if off:
+    if off := [o for o in given if o.replace(" ", "").lower() == "metric.specific=false"]:
         raise ConfigError(
             f"objective {SPECIFIC} needs the shuffled memory of every trial, but {off[0]} turns it off; drop that override"
         )

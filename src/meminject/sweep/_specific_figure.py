@@ -37,25 +37,65 @@ def specific_figure(curve: pd.DataFrame, report: pd.DataFrame | None, path: Path
     and the judged sites' held-out correct (filled) and shuffled (hollow) gains."""
     plt = _plt()
     models = list(curve["model"].unique()) if "model" in curve.columns else [None]
-    fig, axes = plt.subplots(
-        1, len(models), figsize=(6.4 * len(models), 4.4), constrained_layout=True, squeeze=False
-    )
+    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.4), constrained_layout=True, squeeze=False)
     for ax, model in zip(axes[0], models):
         rows = curve if model is None else curve[curve["model"] == model]
         layers = rows["injection.layer"].astype(int).to_numpy()
         correct, shuffled = rows["mean_gain"].to_numpy(float), rows["shuffled_gain"].to_numpy(float)
-        ax.fill_between(layers, shuffled, correct, color="tab:green", alpha=0.18, label="specific gain (correct − shuffled)")
+        ax.fill_between(
+            layers, shuffled, correct, color="tab:green", alpha=0.18, label="specific gain (correct − shuffled)"
+        )
         ax.plot(layers, correct, marker="o", ms=3, lw=1.6, color="tab:blue", label="correct memory (train)")
-        ax.plot(layers, shuffled, marker="o", ms=3, lw=1.4, ls="--", color="tab:orange", label="another prompt's memory (train)")
+        ax.plot(
+            layers,
+            shuffled,
+            marker="o",
+            ms=3,
+            lw=1.4,
+            ls="--",
+            color="tab:orange",
+            label="another prompt's memory (train)",
+        )
         for layer, tweak, value in zip(layers, rows["injection.tweak"], correct):
-            ax.annotate(f"τ{float(tweak):.2g}", (layer, value), fontsize=6, xytext=(0, 4), textcoords="offset points", ha="center")
+            ax.annotate(
+                f"τ{float(tweak):.2g}",
+                (layer, value),
+                fontsize=6,
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+            )
         judged = _judged(report, model)
         if not judged.empty:
-            ax.scatter(judged["injection.layer"], judged["heldout_gain"], marker="D", s=36, color="tab:blue", edgecolor="black", zorder=5, label="judged site: held-out, correct")
-            ax.scatter(judged["injection.layer"], judged["heldout_shuffled_gain"], marker="D", s=36, facecolor="none", edgecolor="tab:orange", zorder=5, label="judged site: held-out, shuffled")
+            ax.scatter(
+                judged["injection.layer"],
+                judged["heldout_gain"],
+                marker="D",
+                s=36,
+                color="tab:blue",
+                edgecolor="black",
+                zorder=5,
+                label="judged site: held-out, correct",
+            )
+            ax.scatter(
+                judged["injection.layer"],
+                judged["heldout_shuffled_gain"],
+                marker="D",
+                s=36,
+                facecolor="none",
+                edgecolor="tab:orange",
+                zorder=5,
+                label="judged site: held-out, shuffled",
+            )
             for _, r in judged.iterrows():
                 mark = "holds" if r["verdict"] == "holds" else "✗"
-                ax.annotate(mark, (r["injection.layer"], r["heldout_gain"]), fontsize=7, xytext=(5, -3), textcoords="offset points")
+                ax.annotate(
+                    mark,
+                    (r["injection.layer"], r["heldout_gain"]),
+                    fontsize=7,
+                    xytext=(5, -3),
+                    textcoords="offset points",
+                )
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("layer")
         ax.set_ylabel("mean P(answer) gain")

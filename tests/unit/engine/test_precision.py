@@ -102,6 +102,7 @@ def test_best_ranks_a_bfloat16_sweeps_top_sites_by_their_float32_values(tmp_path
                 f"injection.layer={site['injection.layer']}",
                 f"injection.tweak={site['injection.tweak']}",
                 f"memory.encoding={site['memory.encoding']}",
+                f"injection.scale={site['injection.scale']}",
                 "model.dtype=float32",
             ]
         )

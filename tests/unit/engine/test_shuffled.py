@@ -81,14 +81,22 @@ CASES = [
 def test_the_stacked_shuffled_copy_equals_a_separate_shuffled_evaluation_per_prompt(
     tiny, demo, encoding, hook, scale, positions, path
 ):
-    evaluator = make_evaluator(tiny, demo, max_batch_tokens=64, prefix_cache_bytes=0 if path == "full_forward" else 2**30)
+    evaluator = make_evaluator(
+        tiny, demo, max_batch_tokens=64, prefix_cache_bytes=0 if path == "full_forward" else 2**30
+    )
     for layer in (0, tiny.n_layers - 1):  # an early layer as well as the last
         spec = InjectionSpec(layer=layer, tweak=3.0, encoding=encoding, hook=hook, scale=scale, positions=positions)
         paired = evaluator.evaluate(spec, _memory(encoding=encoding), specific=True).per_prompt
         correct = evaluator.evaluate(spec, _memory(encoding=encoding)).per_prompt
         shuffled = evaluator.evaluate(
             InjectionSpec(
-                layer=layer, tweak=3.0, encoding=encoding, hook=hook, scale=scale, positions=positions, memory_type="shuffled"
+                layer=layer,
+                tweak=3.0,
+                encoding=encoding,
+                hook=hook,
+                scale=scale,
+                positions=positions,
+                memory_type="shuffled",
             ),
             _memory("shuffled", encoding),
         ).per_prompt

@@ -39,7 +39,9 @@ def test_objective_specific_gain_turns_the_shuffled_copy_on_and_refuses_turning_
     spec, _ = load_sweep(["sweep=specific", "model=tiny"])
     assert spec.objective == "specific_gain" and "metric.specific=true" in spec.overrides
     spec, _ = load_sweep(["sweep=smoke", "model=tiny", "objective=specific_gain"])
-    assert spec.objective == "specific_gain" and spec.direction == "maximize" and "metric.specific=true" in spec.overrides
+    assert (
+        spec.objective == "specific_gain" and spec.direction == "maximize" and "metric.specific=true" in spec.overrides
+    )
     with pytest.raises(ConfigError, match="needs the shuffled memory of every trial"):
         load_sweep(["sweep=specific", "model=tiny", "metric.specific=false"])
     with pytest.raises(ConfigError, match="objective='gainz' is not one of"):
@@ -89,9 +91,10 @@ def test_best_flags_a_top_tau_on_the_searched_edge_and_says_how_to_extend_it():
     params = {"injection.tweak": "tag(log, interval(0.005, 1))"}
     edges = tweak_edges(pd.DataFrame({"injection.tweak": [0.99, 0.07, 0.0051]}), params)
     assert edges == ["high", "", "low"]
-    assert "tag(log, interval(" in edge_notes(
-        with_edges(pd.DataFrame({"rank": [1], "injection.tweak": [0.99]}), params), params
-    )[0]
+    assert (
+        "tag(log, interval("
+        in edge_notes(with_edges(pd.DataFrame({"rank": [1], "injection.tweak": [0.99]}), params), params)[0]
+    )
     # τ not searched: no edge, no column
     assert "tweak_edge" not in with_edges(table, {"injection.layer": "range(0, 3)"}).columns
 

@@ -119,7 +119,7 @@ def test_sweep_study_name_follows_the_data_file_and_a_refusal_names_what_differs
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert (
-        "injection.tweak: interval(1, 15) → interval(2, 8)" in lines[0]
+        "injection.tweak: tag(log, interval(0.005, 1)) → interval(2, 8)" in lines[0]
         and "memory.type: correct → random" in lines[0]
         and "study=NEW_NAME" in lines[0]
     )
@@ -154,7 +154,10 @@ def test_heldout_check_shows_progress_over_sites_and_controls(capsys, monkeypatc
             if self.engine.progress is not None:
                 self.engine.progress("injected", 1, 3)  # what an Evaluator reports after each batch
             gains = np.linspace(-0.01, 0.02, 12) if str(cfg.memory.type) == "correct" else np.zeros(12)
-            return None, None, SimpleNamespace(per_prompt=pd.DataFrame({"gain": gains}))
+            table = pd.DataFrame({"gain": gains})
+            if cfg.metric.specific:  # the shuffled copy's columns, as the evaluator adds them
+                table = table.assign(gain_shuffled=np.zeros(12), specific_gain=gains)
+            return None, None, SimpleNamespace(per_prompt=table)
 
     sites = pd.DataFrame(
         [

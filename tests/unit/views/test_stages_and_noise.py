@@ -40,7 +40,10 @@ def test_the_heldout_check_says_what_it_does_also_without_a_bar(capsys, monkeypa
 
         def run(self, cfg):
             gains = np.linspace(-0.01, 0.02, 12) if str(cfg.memory.type) == "correct" else np.zeros(12)
-            return None, None, SimpleNamespace(per_prompt=pd.DataFrame({"gain": gains}))
+            table = pd.DataFrame({"gain": gains})
+            if cfg.metric.specific:  # the shuffled copy's columns, as the evaluator adds them
+                table = table.assign(gain_shuffled=np.zeros(12), specific_gain=gains)
+            return None, None, SimpleNamespace(per_prompt=table)
 
     site = {
         "rank": 1,
