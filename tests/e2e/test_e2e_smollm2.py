@@ -66,6 +66,7 @@ def test_smoke_sweep_two_workers_optuna_and_mlflow_agree(tmp_path, smol):
             "data.limit=8",
             "data.part=train",
             "memory.type=correct",
+            "injection.scale=relative",  # the smoke preset's
             *(f"{k}={v}" for k, v in best.params.items()),
         ]
     )
