@@ -99,9 +99,7 @@ def _judge_site(
     _, _, correct = runner.run(dataclasses.replace(cfg, metric=dataclasses.replace(cfg.metric, specific=True)))
     bar.update()
     gains = correct.per_prompt["gain"].to_numpy()
-    specific = correct.per_prompt["specific_gain"].to_numpy()
     low, high = bootstrap_mean_ci(gains, n_boot=n_boot, seed=seed)
-    s_low, s_high = bootstrap_mean_ci(specific, n_boot=n_boot, seed=seed + 4)
     record = {
         **{k: site[k] for k in site.index if k not in ("mean_prob_before", "mean_prob_after", "shuffled_gain")},
         "train_gain": site["mean_gain"],
@@ -113,11 +111,7 @@ def _judge_site(
         "heldout_includes_zero": bool(low <= 0.0 <= high),
         "heldout_prompts": len(gains),
         "train_specific_gain": site.get("specific_gain", np.nan),  # measured when the sweep ran metric.specific
-        "heldout_shuffled_gain": float(correct.per_prompt["gain_shuffled"].mean()),
-        "heldout_specific_gain": float(specific.mean()),
-        "heldout_specific_ci_low": s_low,
-        "heldout_specific_ci_high": s_high,
-        "heldout_specific_p": paired_sign_flip_p(specific, seed=seed + 6),
+        **_specific_record(correct.per_prompt, n_boot, seed),
     }
     record.pop("specific_gain", None)
     damage = correct.per_prompt["damage"].to_numpy() if "damage" in correct.per_prompt else np.array([np.nan])
@@ -148,6 +142,19 @@ def _judge_site(
 
 # The tested p-value columns of a site, before the control gaps': its gain, its specific gain.
 _OWN_TESTS = ("heldout_gain_p", "heldout_specific_p")
+
+
+def _specific_record(per_prompt: pd.DataFrame, n_boot: int, seed: int) -> dict[str, float]:
+    """The held-out specific gain (gain − the shuffled memory's, per prompt): mean, interval, test."""
+    specific = per_prompt["specific_gain"].to_numpy()
+    low, high = bootstrap_mean_ci(specific, n_boot=n_boot, seed=seed + 4)
+    return {
+        "heldout_shuffled_gain": float(per_prompt["gain_shuffled"].mean()),
+        "heldout_specific_gain": float(specific.mean()),
+        "heldout_specific_ci_low": low,
+        "heldout_specific_ci_high": high,
+        "heldout_specific_p": paired_sign_flip_p(specific, seed=seed + 6),
+    }
 
 
 def with_verdicts(report: pd.DataFrame, controls: Sequence[str], *, alpha: float = 0.05) -> pd.DataFrame:

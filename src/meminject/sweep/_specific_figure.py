@@ -39,63 +39,8 @@ def specific_figure(curve: pd.DataFrame, report: pd.DataFrame | None, path: Path
     models = list(curve["model"].unique()) if "model" in curve.columns else [None]
     fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.4), constrained_layout=True, squeeze=False)
     for ax, model in zip(axes[0], models):
-        rows = curve if model is None else curve[curve["model"] == model]
-        layers = rows["injection.layer"].astype(int).to_numpy()
-        correct, shuffled = rows["mean_gain"].to_numpy(float), rows["shuffled_gain"].to_numpy(float)
-        ax.fill_between(
-            layers, shuffled, correct, color="tab:green", alpha=0.18, label="specific gain (correct − shuffled)"
-        )
-        ax.plot(layers, correct, marker="o", ms=3, lw=1.6, color="tab:blue", label="correct memory (train)")
-        ax.plot(
-            layers,
-            shuffled,
-            marker="o",
-            ms=3,
-            lw=1.4,
-            ls="--",
-            color="tab:orange",
-            label="another prompt's memory (train)",
-        )
-        for layer, tweak, value in zip(layers, rows["injection.tweak"], correct):
-            ax.annotate(
-                f"τ{float(tweak):.2g}",
-                (layer, value),
-                fontsize=6,
-                xytext=(0, 4),
-                textcoords="offset points",
-                ha="center",
-            )
-        judged = _judged(report, model)
-        if not judged.empty:
-            ax.scatter(
-                judged["injection.layer"],
-                judged["heldout_gain"],
-                marker="D",
-                s=36,
-                color="tab:blue",
-                edgecolor="black",
-                zorder=5,
-                label="judged site: held-out, correct",
-            )
-            ax.scatter(
-                judged["injection.layer"],
-                judged["heldout_shuffled_gain"],
-                marker="D",
-                s=36,
-                facecolor="none",
-                edgecolor="tab:orange",
-                zorder=5,
-                label="judged site: held-out, shuffled",
-            )
-            for _, r in judged.iterrows():
-                mark = "holds" if r["verdict"] == "holds" else "✗"
-                ax.annotate(
-                    mark,
-                    (r["injection.layer"], r["heldout_gain"]),
-                    fontsize=7,
-                    xytext=(5, -3),
-                    textcoords="offset points",
-                )
+        _train_lines(ax, curve if model is None else curve[curve["model"] == model])
+        _judged_sites(ax, _judged(report, model))
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("layer")
         ax.set_ylabel("mean P(answer) gain")
@@ -106,6 +51,33 @@ def specific_figure(curve: pd.DataFrame, report: pd.DataFrame | None, path: Path
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def _train_lines(ax, rows: pd.DataFrame) -> None:
+    """The correct and shuffled train gains at each layer's best τ (labelled), the gap shaded."""
+    layers = rows["injection.layer"].astype(int).to_numpy()
+    correct, shuffled = rows["mean_gain"].to_numpy(float), rows["shuffled_gain"].to_numpy(float)
+    ax.fill_between(
+        layers, shuffled, correct, color="tab:green", alpha=0.18, label="specific gain (correct − shuffled)"
+    )
+    ax.plot(layers, correct, marker="o", ms=3, lw=1.6, color="tab:blue", label="correct memory (train)")
+    ax.plot(layers, shuffled, marker="o", ms=3, lw=1.4, ls="--", color="tab:orange", label="another prompt's memory (train)")  # fmt: skip
+    for layer, tweak, value in zip(layers, rows["injection.tweak"], correct):
+        ax.annotate(f"τ{float(tweak):.2g}", (layer, value), fontsize=6, xytext=(0, 4), textcoords="offset points", ha="center")  # fmt: skip
+
+
+def _judged_sites(ax, judged: pd.DataFrame) -> None:
+    """best's judged sites: held-out gain with the correct (filled) and shuffled (hollow) memory."""
+    if judged.empty:
+        return
+    for column, face, edge, what in (
+        ("heldout_gain", "tab:blue", "black", "correct"),
+        ("heldout_shuffled_gain", "none", "tab:orange", "shuffled"),
+    ):
+        ax.scatter(judged["injection.layer"], judged[column], marker="D", s=36, facecolor=face, edgecolor=edge, zorder=5, label=f"judged site: held-out, {what}")  # fmt: skip
+    for _, r in judged.iterrows():
+        mark = "holds" if r["verdict"] == "holds" else "✗"
+        ax.annotate(mark, (r["injection.layer"], r["heldout_gain"]), fontsize=7, xytext=(5, -3), textcoords="offset points")  # fmt: skip
 
 
 def _judged(report: pd.DataFrame | None, model) -> pd.DataFrame:
