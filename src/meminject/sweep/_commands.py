@@ -42,7 +42,17 @@ from ._settings import (
 )
 from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
-from ._study import ATTR_PARENT, budget, budget_line, counted, name_study, preflight, prepare_study, stored_spec
+from ._study import (
+    ATTR_PARENT,
+    ATTR_SURPLUS,
+    budget,
+    budget_line,
+    counted,
+    name_study,
+    preflight,
+    prepare_study,
+    stored_spec,
+)
 from ._run import signals_held
 from ._trial import TrialRunner
 from ._worker import run_worker
@@ -156,12 +166,17 @@ def cmd_sweep(args: Sequence[str]) -> int:
     _run_and_close(study, spec, tracker, workers, storage_url, total, progress)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    repeats = sum(
+        str(t.user_attrs.get(ATTR_SURPLUS, "")).startswith("duplicate")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    )
     if done_before < total:
         new = len(complete) + len(pruned) - done_before
         print(
             f"done: {len(complete)} complete trials"
             + (f", {len(pruned)} pruned" if pruned else "")
             + f" ({new} new) in {time.perf_counter() - started:.1f} s"
+            + (f"; {repeats} sampled points already in the study were not run again" if repeats else "")
         )
     print(format_table(ranked_sites(study, top=5)))
     print(f"ranked sites: {best_csv(study.study_name)}")

@@ -369,20 +369,46 @@ def _ask_queued(study: optuna.Study, space: Any, total: int, want: int) -> Asked
     return asked
 
 
+_MAX_REPEATS = 200  # sampled points in a row already in the study before the space counts as used up
+
+
 def _ask_sampled(study: optuna.Study, space: Any, total: int, want: int) -> Asked:
     """The sampler's next trials, created in one write; those beyond the global budget (other
-    workers asked meanwhile: their trials are numbered first) are given back."""
-    n = min(want, total - len(counted(study)))
-    if n <= 0:
-        return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ours beats itself
-        trials = ask_many(study, n)
-    taken = sorted(t.number for t in counted(study))
+    workers asked meanwhile: their trials are numbered first) are given back.
+
+    No point is run twice: a sampled point that the study already holds (done, running or
+    queued) is given back unrun as a duplicate, which costs no budget, and the sampler is asked
+    again. TPE over discrete axes proposes the same point again and again otherwise; a pruned
+    point counts as done, as in a grid. After ``_MAX_REPEATS`` duplicates in a row the space is
+    taken as used up and the worker stops, saying so."""
     asked: Asked = []
-    for trial in trials:
-        if bisect.bisect_left(taken, trial.number) >= total:  # the budget was used up ahead of it
-            _give_back(study, trial, "over budget")
-            continue
-        asked.append((trial, _suggest(trial, space)))
+    repeats = 0
+    while len(asked) < want:
+        n = min(want - len(asked), total - len(counted(study)))
+        if n <= 0:
+            break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ours beats itself
+            trials = ask_many(study, n)
+        taken = sorted(t.number for t in counted(study))
+        for trial in trials:
+            if bisect.bisect_left(taken, trial.number) >= total:  # the budget was used up ahead of it
+                _give_back(study, trial, "over budget")
+                continue
+            params = _suggest(trial, space)
+            earlier = _earlier_holder(study, trial, canonical_params(params))
+            if earlier is not None:
+                _give_back(study, trial, f"duplicate of trial {earlier}")
+                taken.remove(trial.number)  # given back: it no longer holds a slot
+                repeats += 1
+                continue
+            repeats = 0
+            asked.append((trial, params))
+        if repeats >= _MAX_REPEATS:
+            log.warning(
+                "the sampler proposed %d points in a row that the study already holds: every point of "
+                "this search space looks evaluated; widen a range (or add values) to search further",
+                repeats,
+            )
+            break
     return asked

@@ -122,6 +122,32 @@ def test_tpe_with_fixed_seed_is_reproducible(tmp_path, monkeypatch):
     assert histories[0] == histories[1]
 
 
+def test_tpe_never_runs_a_point_twice_and_stops_when_the_space_is_used_up(tmp_path, monkeypatch, capsys, caplog):
+    """TPE over 3 × 2 discrete points with a budget of 10: each point runs once (a point the
+    study holds is given back unrun, at no budget), then the worker says the space is used up."""
+    monkeypatch.chdir(tmp_path)
+    args = sweep_args(
+        tmp_path,
+        "sweep=tpe",
+        "study=tpe_small",
+        "n_trials=10",
+        "tracking.enabled=false",
+        "injection.tweak=choice(1,2)",
+        "injection.layer=range(0, all)",
+        "memory.encoding=unembed",
+    )
+    with caplog.at_level("WARNING", logger="meminject"):
+        assert main(args) == 0, capsys.readouterr().err
+    study = load(tmp_path, "tpe_small")
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    points = [json.dumps(t.params, sort_keys=True) for t in done]
+    assert len(points) == len(set(points)) == 6
+    given_back = [t for t in study.get_trials(states=(TrialState.FAIL,)) if "meminject.surplus" in t.user_attrs]
+    assert given_back and all(t.user_attrs["meminject.surplus"].startswith("duplicate of trial") for t in given_back)
+    assert "every point of this search space looks evaluated" in caplog.text
+    assert "sampled points already in the study were not run again" in capsys.readouterr().out
+
+
 def test_head_axis_collapses_and_says_so(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     assert main(sweep_args(tmp_path, "sweep=head_demo", "study=heads", "tracking.enabled=false")) == 0
