@@ -42,20 +42,10 @@ from ._settings import (
 )
 from ._spawn import die_with_parent, spawn_workers
 from ._storage import default_storage_url, load_study
-from ._study import (
-    ATTR_PARENT,
-    ATTR_SURPLUS,
-    budget,
-    budget_line,
-    counted,
-    name_study,
-    preflight,
-    prepare_study,
-    stored_spec,
-)
+from ._study import ATTR_PARENT, budget, budget_line, counted, name_study, preflight, prepare_study, stored_spec
 from ._run import signals_held
 from ._trial import TrialRunner
-from ._worker import run_worker
+from ._worker import repeats_of, run_worker
 from ..tracking._schema import TAG_HOLDS, TAG_VERDICTS
 
 if TYPE_CHECKING:
@@ -166,10 +156,7 @@ def cmd_sweep(args: Sequence[str]) -> int:
     _run_and_close(study, spec, tracker, workers, storage_url, total, progress)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-    repeats = sum(
-        str(t.user_attrs.get(ATTR_SURPLUS, "")).startswith("duplicate")
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    )
+    repeats = repeats_of(study)
     if done_before < total:
         new = len(complete) + len(pruned) - done_before
         print(

@@ -48,7 +48,7 @@ from ._study import (
 )
 from ._trial import TrialRunner, is_out_of_memory
 
-__all__ = ["run_worker", "CoordinatorGone", "writer_kind"]
+__all__ = ["run_worker", "repeats_of", "CoordinatorGone", "writer_kind"]
 
 log = logging.getLogger("meminject")
 
@@ -321,6 +321,14 @@ def _suggest(trial: optuna.Trial, space: Any) -> dict[str, Any]:
     return values
 
 
+def repeats_of(study: optuna.Study) -> int:
+    """How many sampled points were given back unrun because the study already held them."""
+    return sum(
+        str(t.user_attrs.get(ATTR_SURPLUS, "")).startswith("duplicate")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    )
+
+
 def _give_back(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
     trial.set_user_attr(ATTR_SURPLUS, why)
     study.tell(trial, state=TrialState.FAIL)
@@ -374,13 +382,10 @@ _MAX_REPEATS = 200  # sampled points in a row already in the study before the sp
 
 def _ask_sampled(study: optuna.Study, space: Any, total: int, want: int) -> Asked:
     """The sampler's next trials, created in one write; those beyond the global budget (other
-    workers asked meanwhile: their trials are numbered first) are given back.
-
-    No point is run twice: a sampled point that the study already holds (done, running or
-    queued) is given back unrun as a duplicate, which costs no budget, and the sampler is asked
-    again. TPE over discrete axes proposes the same point again and again otherwise; a pruned
-    point counts as done, as in a grid. After ``_MAX_REPEATS`` duplicates in a row the space is
-    taken as used up and the worker stops, saying so."""
+    workers asked meanwhile: their trials are numbered first) are given back. A point the study
+    already holds (done, pruned, running or queued) is given back unrun, at no budget, and the
+    sampler asked again (TPE over discrete axes repeats points); after ``_MAX_REPEATS`` in a
+    row the space is taken as used up and the worker stops, saying so."""
     asked: Asked = []
     repeats = 0
     while len(asked) < want:
