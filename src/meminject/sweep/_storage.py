@@ -26,7 +26,7 @@ log = logging.getLogger("meminject")
 
 def default_storage_url() -> str:
     """``$MEMINJECT_STORAGE`` (a URL kept out of shell history and ``ps``), else this folder's journal."""
-    return os.environ.get(STORAGE_ENV) or str(mlruns_dir() / "optuna.journal")
+    return os.environ.get(STORAGE_ENV) or str(mlruns_dir(create=False) / "optuna.journal")  # made when written
 
 
 def _db_driver_hint(url: str, exc: BaseException) -> str | None:
@@ -90,6 +90,13 @@ def open_storage(
         raise ConfigError(f"cannot open study storage {redact(url)} ({first_line(exc, 200)})") from exc
 
 
+def _local_file(url: str) -> Path | None:
+    """The file of a journal or SQLite storage, None for a server."""
+    if "://" not in url:
+        return Path(url)
+    return Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
+
+
 def study_names(storage: optuna.storages.BaseStorage, url: str | None) -> list[str]:
     try:
         return [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -102,9 +109,12 @@ def study_names(storage: optuna.storages.BaseStorage, url: str | None) -> list[s
 
 def load_study(name: str | None, url: str | None, storage: Any = None, sampler: Any = None) -> optuna.Study:
     """A study of the storage by name; without a name, the only one (never a guess among many)."""
+    where = redact(url or default_storage_url())
+    local = _local_file(url or default_storage_url())
+    if storage is None and local is not None and not local.exists():  # reading creates nothing
+        raise ConfigError(f"no studies in {where} yet; run `meminject sweep` first")
     storage = storage or open_storage(url)
     names = study_names(storage, url)
-    where = redact(url or default_storage_url())
     if not names:
         raise ConfigError(f"no studies in {where} yet; run `meminject sweep` first")
     if name is None:

@@ -245,6 +245,7 @@ def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
     url = url or default_storage_url()
     path = url if "://" not in url else (url[len("sqlite:///") :] if url.startswith("sqlite:///") else None)
     if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # ./mlruns is made when first written
         with open(f"{path}.meminject-lock", "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

@@ -38,3 +38,21 @@ def test_best_from_another_folder_ranks_and_notes_the_missing_run(tmp_path, monk
     code = main(["best", f"storage={journal}", "heldout=false"])
     out, err = capsys.readouterr()
     assert code == 0 and "note: the sweep's MLflow parent run" in out, out + err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["best"], "no studies in"),
+        (["best", "storage=sqlite:///elsewhere/optuna.db"], "no studies in sqlite:///elsewhere/optuna.db"),
+        (["repair"], "no study journal at"),
+    ],
+)
+def test_reading_commands_in_an_empty_folder_leave_nothing_behind(tmp_path, monkeypatch, capsys, args, message):
+    """``best`` or ``repair`` where no sweep ran: one error line, exit 2, and no empty ./mlruns
+    (nor a SQLite file) created by reading."""
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
