@@ -17,6 +17,7 @@ import optuna
 from ..core._errors import ConfigError, first_line
 from ..core._paths import mlruns_dir
 from ..core._secrets import STORAGE_ENV
+from ..tracking._retry import permanent_kind
 from ..tracking._tracker import redact
 
 __all__ = ["default_storage_url", "open_storage", "load_study", "study_names"]
@@ -87,6 +88,11 @@ def open_storage(
         hint = _db_driver_hint(url, exc) or _journal_damage(url)
         if hint:
             raise ConfigError(hint) from exc
+        kind = permanent_kind(exc)  # a full disk: permanent, said at once with the way out
+        if kind is not None:
+            raise ConfigError(
+                f"cannot open study storage {redact(url)}: {kind[0]} ({first_line(exc, 200)}); {kind[1]}"
+            ) from exc
         raise ConfigError(f"cannot open study storage {redact(url)} ({first_line(exc, 200)})") from exc
 
 
