@@ -14,6 +14,10 @@ worker pool needs have no public form yet:
 * a trial's sampled params in one storage write: ``trial.suggest_*`` writes each param as it
   is sampled (a journal append each, ~0.4 ms with its lock and fsync), on the worker's
   critical path between two forward passes;
+* a TPE whose per-trial cost stays flat as the study grows: ``TPESampler`` reads every past
+  trial through ``Study._get_trials`` at each suggestion, so its cost is linear in their
+  number; :class:`BoundedTPESampler` hands it a bounded view instead (a public
+  "condition on these trials" option would replace it);
 * a stacked pass's trials created, and told, in one storage write each: ``study.ask()`` and
   ``study.tell()`` are an append (and an fsync) per trial, ~1 ms each per trial on SmolLM2's
   sweep at 16 trials per forward: a third of the critical path left after the writer process.
@@ -25,6 +29,7 @@ else in meminject imports a private Optuna name.
 from __future__ import annotations
 
 import contextlib
+import heapq
 from typing import Any, Iterator
 
 import optuna
@@ -36,6 +41,7 @@ from optuna.trial import TrialState
 
 __all__ = [
     "ask_many",
+    "BoundedTPESampler",
     "BaseHeartbeat",
     "is_heartbeat_enabled",
     "params_in_one_write",
@@ -315,3 +321,60 @@ def _holds(stored: Any, log: dict[str, Any]) -> bool:
 
     complete = datetime.fromisoformat(log["datetime_complete"]).astimezone().replace(tzinfo=None)
     return stored.state == log["state"] and stored.datetime_complete == complete
+
+
+class BoundedTPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE, conditioned on at most ``best + recent`` past trials: the ``best``
+    complete trials (TPE's "good" group is the top min(10%, 25) of them, so ``best=25`` keeps
+    that group whole) and the ``recent`` latest others. Up to ``best + recent`` trials it is
+    TPE itself, suggestion for suggestion (tested); beyond, its cost per trial stays flat
+    where TPE's grows with the study (``benchmarks/sampler_cost.py``). Single-objective only
+    (a multi-objective study is passed whole).
+
+    TPE reads past trials through the private ``Study._get_trials``; the sampler passes it a
+    view of the study whose ``_get_trials`` answers with the bounded set, everything else
+    delegated. The bounded set is computed once per suggested trial, not once per parameter.
+    """
+
+    def __init__(self, *, best: int = 25, recent: int = 225, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.best, self.recent = int(best), int(recent)
+        self._kept: tuple[Any, frozenset[int]] | None = None  # (trial number, states) -> kept numbers
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+        return super().sample_relative(_BoundedView(study, self, trial.number), trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        view = _BoundedView(study, self, trial.number)
+        return super().sample_independent(view, trial, param_name, param_distribution)
+
+    def kept(self, trials: list[Any], key: Any, minimize: bool) -> frozenset[int]:
+        """The numbers of the trials TPE sees: the best complete ones and the latest others."""
+        if self._kept is not None and self._kept[0] == key:
+            return self._kept[1]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        pick = heapq.nsmallest if minimize else heapq.nlargest
+        top = {t.number for t in pick(self.best, complete, key=lambda t: t.value)}
+        rest = [t.number for t in trials if t.number not in top]
+        kept = frozenset(top | set(rest[-self.recent :]))
+        self._kept = (key, kept)
+        return kept
+
+
+class _BoundedView:
+    """A study as :class:`BoundedTPESampler`'s TPE sees it: ``_get_trials`` bounded."""
+
+    def __init__(self, study: optuna.Study, sampler: BoundedTPESampler, number: int) -> None:
+        self._study, self._sampler, self._number = study, sampler, number
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[Any]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        cap = self._sampler.best + self._sampler.recent
+        if len(trials) <= cap or len(self._study.directions) > 1:
+            return trials
+        minimize = self._study.direction == optuna.study.StudyDirection.MINIMIZE
+        kept = self._sampler.kept(trials, (self._number, tuple(states or ()), len(trials)), minimize)
+        return [t for t in trials if t.number in kept]

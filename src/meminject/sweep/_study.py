@@ -36,6 +36,7 @@ from ._grid import (
 from ._models import model_sizes, sweep_models
 from ._space import SearchSpace, parse_space
 from ._pruning import make_pruner
+from ._optuna import BoundedTPESampler
 from ._settings import SweepSpec, check_study_name
 from ._storage import default_storage_url, open_storage
 
@@ -183,7 +184,8 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     seed = spec.seed + seed_offset  # the first worker of a study runs with the sweep's own seed
     constraints = constraints_func(spec)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=spec.multi)
+        # TPE itself up to 250 past trials, then conditioned on the best 25 and the latest 225: flat cost
+        return BoundedTPESampler(seed=seed, constraints_func=constraints, multivariate=spec.multi)
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
     return optuna.samplers.RandomSampler(seed=seed)  # grid points are queued; random needs no model of the objective
