@@ -43,6 +43,7 @@ def specific_figure(curve: pd.DataFrame, report: pd.DataFrame | None, path: Path
         _judged_sites(ax, _judged(report, model))
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("layer")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # layers are whole numbers
         ax.set_ylabel("mean P(answer) gain")
         ax.set_title(str(model) if model is not None else "", fontsize=9)
         ax.legend(fontsize=6.5, loc="best", framealpha=0.85)
