@@ -245,8 +245,9 @@ def figures(study: optuna.Study | str, folder: str | Path | None = None, storage
     """The study's figures (layer × τ heatmap, trial scatter, Optuna's history and importances)
     into ``folder`` (default ``outputs/figures/<study>``); returns the PNGs made.
 
-    >>> [p.name for p in figures("doc")][:2]
-    ['gain_heatmap.png', 'trials_scatter.png']
+    >>> made = [p.name for p in figures("doc")]
+    >>> " ".join(made[:2])
+    'gain_heatmap.png trials_scatter.png'
     """
     from .sweep import load_study, study_figures
 
