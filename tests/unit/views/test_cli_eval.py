@@ -269,9 +269,11 @@ def test_eval_help_lists_every_memory_type_and_preset(capsys):
 
 
 def test_readme_says_one_thing_about_per_trial_charts():
-    """The per-trial chart is off by default (tracking.trial_figures): no paragraph may say otherwise."""
+    """The per-trial chart is off by default (tracking.trial_figures): no paragraph of README or
+    the docs may say otherwise."""
     from conftest import ROOT
 
-    paragraphs = (ROOT / "README.md").read_text().split("\n\n")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    paragraphs = [p for page in pages for p in page.read_text().split("\n\n")]
     about = [p for p in paragraphs if "chart" in p and "trial" in p and "per-prompt" in p]
     assert about and all("trial_figures" in p for p in about), [p[:200] for p in about if "trial_figures" not in p]
