@@ -324,22 +324,26 @@ def _holds(stored: Any, log: dict[str, Any]) -> bool:
 
 
 class BoundedTPESampler(optuna.samplers.TPESampler):
-    """Optuna's TPE, conditioned on at most ``best + recent`` past trials: the ``best``
+    """Optuna's TPE, conditioned on at most ``best + recent`` finished trials: the ``best``
     complete trials (TPE's "good" group is the top min(10%, 25) of them, so ``best=25`` keeps
-    that group whole) and the ``recent`` latest others. Up to ``best + recent`` trials it is
-    TPE itself, suggestion for suggestion (tested); beyond, its cost per trial stays flat
-    where TPE's grows with the study (``benchmarks/sampler_cost.py``). Single-objective only
-    (a multi-objective study is passed whole).
+    that group whole) and the ``recent`` latest other finished ones, plus the running trials
+    (TPE's constant liar). Up to ``best + recent`` trials it is TPE itself, suggestion for
+    suggestion (tested); beyond, TPE's own work per trial stops growing with the study
+    (``benchmarks/sampler_cost.py``). Single-objective only (a multi-objective study is passed
+    whole).
 
     TPE reads past trials through the private ``Study._get_trials``; the sampler passes it a
     view of the study whose ``_get_trials`` answers with the bounded set, everything else
-    delegated. The bounded set is computed once per suggested trial, not once per parameter.
+    delegated. The best trials are kept in a heap updated with the trials finished since the
+    last suggestion, and the kept set is computed once per suggested trial.
     """
 
     def __init__(self, *, best: int = 25, recent: int = 225, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.best, self.recent = int(best), int(recent)
-        self._kept: tuple[Any, frozenset[int]] | None = None  # (trial number, states) -> kept numbers
+        self._heap: list[tuple[float, int]] = []  # the best complete trials: (value, number), worst first
+        self._counted: set[int] = set()  # complete trials already offered to the heap
+        self._kept: tuple[int, frozenset[int]] | None = None  # (trial number, kept numbers)
 
     def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
         return super().sample_relative(_BoundedView(study, self, trial.number), trial, search_space)
@@ -348,16 +352,23 @@ class BoundedTPESampler(optuna.samplers.TPESampler):
         view = _BoundedView(study, self, trial.number)
         return super().sample_independent(view, trial, param_name, param_distribution)
 
-    def kept(self, trials: list[Any], key: Any, minimize: bool) -> frozenset[int]:
-        """The numbers of the trials TPE sees: the best complete ones and the latest others."""
-        if self._kept is not None and self._kept[0] == key:
+    def kept(self, trials: list[Any], number: int, minimize: bool) -> frozenset[int]:
+        """The numbers of the finished trials TPE sees: the best complete ones and the latest others."""
+        if self._kept is not None and self._kept[0] == number:
             return self._kept[1]
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        pick = heapq.nsmallest if minimize else heapq.nlargest
-        top = {t.number for t in pick(self.best, complete, key=lambda t: t.value)}
-        rest = [t.number for t in trials if t.number not in top]
-        kept = frozenset(top | set(rest[-self.recent :]))
-        self._kept = (key, kept)
+        sign = -1.0 if minimize else 1.0
+        for t in trials:
+            if t.state == TrialState.COMPLETE and t.number not in self._counted:
+                self._counted.add(t.number)
+                item = (sign * t.value, t.number)
+                if len(self._heap) < self.best:
+                    heapq.heappush(self._heap, item)
+                elif item > self._heap[0]:
+                    heapq.heapreplace(self._heap, item)
+        top = {n for _, n in self._heap}
+        finished = [t.number for t in trials if t.state.is_finished() and t.number not in top]
+        kept = frozenset(top | set(finished[-self.recent :]))
+        self._kept = (number, kept)
         return kept
 
 
@@ -376,5 +387,5 @@ class _BoundedView:
         if len(trials) <= cap or len(self._study.directions) > 1:
             return trials
         minimize = self._study.direction == optuna.study.StudyDirection.MINIMIZE
-        kept = self._sampler.kept(trials, (self._number, tuple(states or ()), len(trials)), minimize)
-        return [t for t in trials if t.number in kept]
+        kept = self._sampler.kept(trials, self._number, minimize)
+        return [t for t in trials if t.number in kept or t.state == TrialState.RUNNING]

@@ -39,31 +39,44 @@ def test_cached_layers_fit_the_budget():
     assert len(choose_cached_layers(30, 100, 700)) == 7
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("encoding", ["unembed", "embed", "layer"])
-@pytest.mark.parametrize("positions", ["all", "last"])
-def test_each_path_equals_the_reference_per_prompt(tiny, demo, path, encoding, positions):
-    subset = Dataset(demo.name, demo.source, demo.frame.head(10))
-    evaluator = _evaluator(tiny, subset, path)
-    spec = InjectionSpec(layer=2, tweak=3.0, encoding=encoding, positions=positions)
-    table = evaluator.evaluate(spec, _memory(encoding)).per_prompt
-    expected_start = {"full_forward": None, "prefix_all_layers": 2, "prefix_one_layer": 0}[path]
-    assert (evaluator.prefix.start_layer(2) if evaluator.prefix else None) == expected_start
-    if evaluator.prefix is not None:  # positions=last: the last-token path when keys/values fit the budget
-        fits = path == "prefix_all_layers"
-        assert evaluator.prefix.kv_supported is (bool(fits) if positions == "last" else None)
-    for i, row in subset.frame.iterrows():
-        before, after = reference_answer_probs(
-            tiny.bridge,
+_REFERENCE: dict[tuple, tuple[float, float]] = {}  # the three paths share one reference per prompt and point
+
+
+def _reference(model, row, layer: int, encoding: str, positions: str) -> tuple[float, float]:
+    key = (id(model), row.obscure_sentence, row.answer, row.explicit_entity, layer, encoding, positions)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = reference_answer_probs(
+            model.bridge,
             row.obscure_sentence,
             row.answer,
             row.explicit_entity,
-            layer=2,
+            layer=layer,
             tweak=3.0,
             encoding=encoding,
             positions=positions,
             head=None,
         )
+    return _REFERENCE[key]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("encoding", ["unembed", "embed", "layer"])
+@pytest.mark.parametrize("positions", ["all", "last"])
+@pytest.mark.parametrize(
+    "layer", [0, 2]
+)  # the first layer (every later block runs on the injected stream) and the last
+def test_each_path_equals_the_reference_per_prompt(tiny, demo, path, encoding, positions, layer):
+    subset = Dataset(demo.name, demo.source, demo.frame.head(10))
+    evaluator = _evaluator(tiny, subset, path)
+    spec = InjectionSpec(layer=layer, tweak=3.0, encoding=encoding, positions=positions)
+    table = evaluator.evaluate(spec, _memory(encoding)).per_prompt
+    expected_start = {"full_forward": None, "prefix_all_layers": layer, "prefix_one_layer": 0}[path]
+    assert (evaluator.prefix.start_layer(layer) if evaluator.prefix else None) == expected_start
+    if evaluator.prefix is not None:  # positions=last: the last-token path when keys/values fit the budget
+        fits = path == "prefix_all_layers"
+        assert evaluator.prefix.kv_supported is (bool(fits) if positions == "last" else None)
+    for i, row in subset.frame.iterrows():
+        before, after = _reference(tiny, row, layer, encoding, positions)
         # the tiny model's probabilities are 1e-7 to 1e-3: relative only (agreement seen: ~5e-6)
         assert table.answer_prob_before[i] == pytest.approx(before, rel=1e-4, abs=0)
         assert table.answer_prob_after[i] == pytest.approx(after, rel=1e-4, abs=0)
@@ -82,30 +95,32 @@ def test_literal_head_hook_through_the_prefix_equals_the_layer_site(tiny, demo):
         np.testing.assert_allclose(literal.answer_prob_after, layer.answer_prob_after, rtol=1e-4, atol=0)
 
 
-def test_stacked_trials_equal_one_at_a_time(tiny, demo, tiny_paper):
-    for model in (tiny, tiny_paper):
-        subset = Dataset(demo.name, demo.source, demo.frame.head(12))
-        points = [
-            (InjectionSpec(layer=layer, tweak=tweak, encoding=enc, positions=pos), _memory(enc))
-            for layer in (0, 2)
-            for tweak in (0.5, 6.0)
-            for enc in ("unembed", "layer")
-            for pos in ("all", "last")
-        ]
-        stacked = make_evaluator(model, subset, max_batch_tokens=64, trials_per_forward=5).evaluate_many(points)
-        plain = make_evaluator(model, subset, max_batch_tokens=64, prefix_cache_bytes=0)
-        assert len(stacked) == len(points)
-        for (spec, memory), result in zip(points, stacked):
-            single = plain.evaluate(spec, memory)
-            np.testing.assert_allclose(
-                result.per_prompt.answer_prob_after, single.per_prompt.answer_prob_after, rtol=1e-4, atol=0
-            )
-            # ranks among ~50k near-tied logits of a random model may swap neighbours
-            assert np.abs(result.per_prompt.rank_after.to_numpy() - single.per_prompt.rank_after.to_numpy()).max() <= 2
-            # a gain is a difference of probabilities: to 1e-4 of them (the mean gain itself may be ~1e-8)
-            assert result.summary["mean_gain"] == pytest.approx(
-                single.summary["mean_gain"], rel=0, abs=1e-4 * single.summary["mean_prob_before"]
-            )
+@pytest.mark.parametrize("weights", ["raw", "paper"])
+@pytest.mark.parametrize("encoding", ["unembed", "layer"])
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_stacked_trials_equal_one_at_a_time(tiny, demo, tiny_paper, weights, encoding, positions):
+    """Same-layer trials stacked in one forward (layers 0 and 2, three τ each) against each alone."""
+    model = tiny if weights == "raw" else tiny_paper
+    subset = Dataset(demo.name, demo.source, demo.frame.head(12))
+    points = [
+        (InjectionSpec(layer=layer, tweak=tweak, encoding=encoding, positions=positions), _memory(encoding))
+        for layer in (0, 2)
+        for tweak in (0.5, 2.0, 6.0)
+    ]
+    stacked = make_evaluator(model, subset, max_batch_tokens=64, trials_per_forward=5).evaluate_many(points)
+    plain = make_evaluator(model, subset, max_batch_tokens=64, prefix_cache_bytes=0)
+    assert len(stacked) == len(points)
+    for (spec, memory), result in zip(points, stacked):
+        single = plain.evaluate(spec, memory)
+        np.testing.assert_allclose(
+            result.per_prompt.answer_prob_after, single.per_prompt.answer_prob_after, rtol=1e-4, atol=0
+        )
+        # ranks among ~50k near-tied logits of a random model may swap neighbours
+        assert np.abs(result.per_prompt.rank_after.to_numpy() - single.per_prompt.rank_after.to_numpy()).max() <= 2
+        # a gain is a difference of probabilities: to 1e-4 of them (the mean gain itself may be ~1e-8)
+        assert result.summary["mean_gain"] == pytest.approx(
+            single.summary["mean_gain"], rel=0, abs=1e-4 * single.summary["mean_prob_before"]
+        )
 
 
 def test_stacking_does_not_recompute_cached_points(tiny, demo):
