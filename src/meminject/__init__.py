@@ -18,6 +18,8 @@ The Python face (:mod:`meminject._api`, for notebooks and scripts) sits on top, 
 :func:`run_sweep`       run or resume a study (``meminject sweep``'s keys); returns it
 :func:`best`            ``meminject best``'s table, held-out report and verdicts (:class:`Best`)
 :func:`figures`         a study's heatmap, scatter and Optuna figures
+:class:`Injection`      an exported site (``meminject export``): ``Injection.load(DIR)``,
+                        ``applied(model, tokenizer, memory=...)`` on plain transformers
 ======================  =====================================================================
 """
 
@@ -40,15 +42,20 @@ __all__ = [
     "inject",
     "unembed_memory",
     "embed_memory",
+    "Injection",
 ]
 __version__ = "0.1.0"
 
-_ENGINE = ("inject", "unembed_memory", "embed_memory")
+_ENGINE = ("inject", "unembed_memory", "embed_memory", "Injection")
 
 
 def __getattr__(name: str) -> Any:
     """The formula's names, imported on first use: ``python -m meminject`` imports this package
     before its entry point, which must install the Ctrl-C handler before torch is imported."""
+    if name == "Injection":  # an exported injection on a plain transformers model
+        from .engine._exported import Injection
+
+        return Injection
     if name in _ENGINE:
         from .engine import _injection
 
