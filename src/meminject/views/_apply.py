@@ -156,9 +156,8 @@ def _show(out: dict[str, Any], width: int = 44) -> str:
         label = f"top-{len(out['top_before'])} next" if i == 0 else ""
         lines.append(f"  {label:<14}{f'{b[0]!r} {b[1]:.4f}':<{width}}{a[0]!r} {a[1]:.4f}")
     if out.get("answer") is not None:
-        lines.append(
-            f"  {'P(answer)':<14}{f'{out['answer_prob_before']:.4f}':<{width}}{out['answer_prob_after']:.4f}   ({out['answer']!r})"
-        )
+        before_p, after_p = f"{out['answer_prob_before']:.4f}", f"{out['answer_prob_after']:.4f}"
+        lines.append(f"  {'P(answer)':<14}{before_p:<{width}}{after_p}   ({out['answer']!r})")
     return "\n".join(lines)
 
 
