@@ -58,7 +58,9 @@ class Injection:
             name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
             line = f"model {name!r} ({type(model).__name__}, weights {found[:19]}…) is not {rec.name} ({rec.architecture}, weights {rec.fingerprint[:19]}…), the model this injection was exported from"
             if not allow_mismatch:
-                raise ModelError(line + "; pass allow_mismatch=True (CLI: allow_model_mismatch=true) to apply it anyway")
+                raise ModelError(
+                    line + "; pass allow_mismatch=True (CLI: allow_model_mismatch=true) to apply it anyway"
+                )
             self.mismatch = line
         self._checked.add(id(model))
 
@@ -78,14 +80,16 @@ class Injection:
             yield
 
     def _ids(self, tokenizer: Any, text: str, *, bos: bool) -> list[int]:
-        return token_ids(tokenizer, text, bos=bos and self.record.model.prepend_bos, bos_id=self.record.model.bos_token_id)
+        return token_ids(
+            tokenizer, text, bos=bos and self.record.model.prepend_bos, bos_id=self.record.model.bos_token_id
+        )
 
     def next_token_probs(self, model: Any, tokenizer: Any, prompt: str, memory: str | None) -> torch.Tensor:
         """P(next token | prompt) over the vocabulary, with the memory injected (None: clean)."""
         ids = torch.tensor([self._ids(tokenizer, prompt, bos=True)], device=model.device)
-        with self.applied(model, tokenizer, memory) if memory is not None else contextlib.nullcontext():
-            with torch.no_grad():
-                logits = model(ids).logits[0, -1].float()
+        injected = self.applied(model, tokenizer, memory) if memory is not None else contextlib.nullcontext()
+        with injected, torch.no_grad():
+            logits = model(ids).logits[0, -1].float()
         return torch.softmax(logits, dim=-1)
 
     def plain_model(self) -> tuple[Any, Any]:
@@ -117,7 +121,9 @@ class Injection:
         import pandas as pd
 
         if not len(prompts) == len(memories) == len(answers):
-            raise ConfigError(f"prompts, memories and answers differ in length ({len(prompts)}, {len(memories)}, {len(answers)})")
+            raise ConfigError(
+                f"prompts, memories and answers differ in length ({len(prompts)}, {len(memories)}, {len(answers)})"
+            )
         model, tokenizer = self._model(model, tokenizer)
         self.check_model(model, allow_mismatch=allow_mismatch)
         rows = []
@@ -127,7 +133,15 @@ class Injection:
                 raise ConfigError(f"answer {answer!r} tokenizes to nothing")
             before = self.next_token_probs(model, tokenizer, prompt, None)[target[0]].item()
             after = self.next_token_probs(model, tokenizer, prompt, memory)[target[0]].item()
-            rows.append({"prompt": prompt, "memory": memory, "answer": answer, "answer_prob_before": before, "answer_prob_after": after})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "memory": memory,
+                    "answer": answer,
+                    "answer_prob_before": before,
+                    "answer_prob_after": after,
+                }
+            )
         table = pd.DataFrame(rows)
         table["gain"] = table["answer_prob_after"] - table["answer_prob_before"]
         return table

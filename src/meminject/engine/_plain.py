@@ -80,7 +80,11 @@ def plain_memory_vector(model: Any, tokenizer: Any, record: Any, text: str) -> T
     if not ids:
         raise ConfigError(f"memory {text!r} tokenizes to nothing")
     if record.encoding in ("unembed", "embed"):
-        matrix = model.get_output_embeddings().weight if record.encoding == "unembed" else model.get_input_embeddings().weight
+        matrix = (
+            model.get_output_embeddings().weight
+            if record.encoding == "unembed"
+            else model.get_input_embeddings().weight
+        )
         vector = matrix[sorted(set(ids))].float().sum(0)
     else:  # layer: the memory text through the model, the last token's attention output at the layer
         block = decoder_layers(model)[record.layer]
@@ -115,7 +119,9 @@ def _added(x: Tensor, vector: Tensor, tau: float, positions: str) -> Tensor:
 
 
 @contextlib.contextmanager
-def add_hook(model: Any, hook: str, layer: int, vector: Callable[[], Tensor], tau: float, positions: str) -> Iterator[None]:
+def add_hook(
+    model: Any, hook: str, layer: int, vector: Callable[[], Tensor], tau: float, positions: str
+) -> Iterator[None]:
     """τ·v added at ``hook`` of block ``layer`` while inside; the hook is removed on exit, also on
     error. ``vector()`` gives the current memory (so one hook serves several prompts)."""
     module, side = hook_module(model, hook, layer)

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..config import load_run_config
 from ..config._point import relative_depth
 from ..core._errors import ConfigError
 from ..core._paths import outputs_dir
@@ -54,11 +53,15 @@ def cmd_export(args: Sequence[str]) -> int:
     if not {"rank", "site", "study"} & set(settings):
         labels = [site_label(row) for row in table.to_dict("records")]
         shown = table.assign(label=labels)
-        print(f"study {study.study_name}: {len(table)} sites can be exported (meminject export study={study.study_name} rank=N):")
+        print(
+            f"study {study.study_name}: {len(table)} sites can be exported (meminject export study={study.study_name} rank=N):"
+        )
         print(format_table(shown.head(20)))
         return 0
-    folder, record = export_site(study, table, settings, storage=settings.get("storage"))
-    print(f"exported {record.label} (study {record.study['name']}, rank {record.study['rank']}, trial {record.study['trial']})")
+    folder, record = export_site(study, table, settings)
+    print(
+        f"exported {record.label} (study {record.study['name']}, rank {record.study['rank']}, trial {record.study['trial']})"
+    )
     g = record.gains
     line = f"  train gain {g['train_gain']:+.4f} [{g['train_ci_low']:+.4f}, {g['train_ci_high']:+.4f}]"
     if g.get("heldout_gain") is not None:
@@ -107,7 +110,7 @@ def _heldout_row(study_name: str, row: pd.Series) -> pd.Series | None:
     return None
 
 
-def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str], storage: str | None = None) -> tuple[Path, InjectionRecord]:
+def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str]) -> tuple[Path, InjectionRecord]:
     """Write the export of one site of ``table`` (``settings``: rank/site/out); returns (folder, record)."""
     spec = stored_spec(study)
     if spec is None:
@@ -124,7 +127,9 @@ def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str], stora
     low, high = bootstrap_mean_ci(gains, seed=spec.seed)
     hf, _ = plain_model(dataclasses.replace(cfg.model, weights="raw", dtype="float32"))
     model_name = str(trial.params.get("model", cfg.model.name))
-    model_overrides = [f"model={model_name}"] + [o for o in spec.overrides if o.startswith("model.") and not o.startswith("model.device=")]
+    model_overrides = [f"model={model_name}"] + [
+        o for o in spec.overrides if o.startswith("model.") and not o.startswith("model.device=")
+    ]
     judged = _heldout_row(study.study_name, row)
     record_gains = {
         "objective": spec.objective,
@@ -141,16 +146,22 @@ def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str], stora
     record_gains.update({k: (_number(judged[k]) if judged is not None and k in judged else None) for k in heldout_keys})
     controls = {}
     if judged is not None:
-        for name in [c[4:] for c in judged.index if c.startswith("gap_") and not c.endswith(("_low", "_high", "_p", "_holm"))]:
+        for name in [
+            c[4:] for c in judged.index if c.startswith("gap_") and not c.endswith(("_low", "_high", "_p", "_holm"))
+        ]:
             controls[name] = {
                 k: _number(judged.get(f"gap_{name}{suffix}"))
                 for k, suffix in (("gap", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"), ("p", "_p"))
             }
     notes = []
     if judged is None:
-        notes.append("no held-out check of this site yet (meminject best on a study with data.split judges it): held-out fields are null")
+        notes.append(
+            "no held-out check of this site yet (meminject best on a study with data.split judges it): held-out fields are null"
+        )
     if cfg.model.weights == "paper":
-        notes.append("TransformerLens-processed weights (model.weights=paper): meminject apply works; plain transformers (Injection.applied, generate) is refused")
+        notes.append(
+            "TransformerLens-processed weights (model.weights=paper): meminject apply works; plain transformers (Injection.applied, generate) is refused"
+        )
     inj = cfg.injection
     record = InjectionRecord(
         model=ModelRecord(
@@ -213,7 +224,9 @@ def _log_export(cfg: Any, study: Any, record: InjectionRecord, folder: Path, pat
         return
     rank = int(record.study["rank"])
     tracker.log_file(parent, path, f"exports/rank{rank}")
-    tracker.client.set_tag(parent, f"{TAG_EXPORT}.rank{rank}", f"{record.label} (trial {record.study['trial']}) -> {folder}")
+    tracker.client.set_tag(
+        parent, f"{TAG_EXPORT}.rank{rank}", f"{record.label} (trial {record.study['trial']}) -> {folder}"
+    )
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
         filter_string=f"tags.`{TAG_TRIAL_NUMBER}` = '{record.study['trial']}' and tags.`meminject.role` = 'trial'",
@@ -221,4 +234,3 @@ def _log_export(cfg: Any, study: Any, record: InjectionRecord, folder: Path, pat
     )
     for run in runs:
         tracker.client.set_tag(run.info.run_id, TAG_EXPORT, str(folder))
-

@@ -127,9 +127,12 @@ def _requests(settings: dict) -> list[dict[str, Any]]:
             raise DataError(f"prompts={path}: not a readable CSV ({exc})") from exc
         missing = [c for c in ("prompt", "memory") if c not in frame.columns]
         if missing:
-            raise DataError(f"prompts={path}: missing column(s) {', '.join(missing)} (columns prompt, memory, optional answer)")
+            raise DataError(
+                f"prompts={path}: missing column(s) {', '.join(missing)} (columns prompt, memory, optional answer)"
+            )
         return [
-            {"prompt": r["prompt"], "memory": r["memory"], "answer": r.get("answer") or None} for r in frame.to_dict("records")
+            {"prompt": r["prompt"], "memory": r["memory"], "answer": r.get("answer") or None}
+            for r in frame.to_dict("records")
         ]
     missing = [k for k in ("prompt", "memory") if not settings.get(k)]
     if missing:
@@ -177,7 +180,9 @@ def cmd_generate(args: Sequence[str]) -> int:
     model, tokenizer = injection.plain_model()
     allow = _flag(settings, "allow_model_mismatch")
     rec = injection.record
-    print(f"{rec.label} · {'sampled, seed ' + str(options['seed']) if options['sample'] else 'greedy'} · {options['max_new_tokens']} new tokens")
+    print(
+        f"{rec.label} · {'sampled, seed ' + str(options['seed']) if options['sample'] else 'greedy'} · {options['max_new_tokens']} new tokens"
+    )
     results = []
     for request in requests:
         injection.check_model(model, allow_mismatch=allow)
@@ -193,10 +198,16 @@ def cmd_generate(args: Sequence[str]) -> int:
     if path.suffix == ".csv":
         import pandas as pd
 
-        flat = [{**r, "top_before": json.dumps(r["top_before"]), "top_after": json.dumps(r["top_after"])} for r in results]
+        flat = [
+            {**r, "top_before": json.dumps(r["top_before"]), "top_after": json.dumps(r["top_after"])} for r in results
+        ]
         pd.DataFrame(flat).to_csv(path, index=False)
     else:
-        meta = {"injection": str(settings["injection"]), "settings": options, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+        meta = {
+            "injection": str(settings["injection"]),
+            "settings": options,
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         path.write_text(json.dumps({**meta, "results": results}, indent=2))
     print(f"written: {path}")
     return 0

@@ -75,7 +75,9 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     return run_eval(resolve_depth(load_run_config(overrides)))  # a relative depth names a layer of the model
 
 
-def run_eval(cfg, *, fixed_norms: dict[int, float] | None = None, extra: dict | None = None, tags: dict | None = None) -> int:
+def run_eval(
+    cfg, *, fixed_norms: dict[int, float] | None = None, extra: dict | None = None, tags: dict | None = None
+) -> int:
     """``eval``'s work on a resolved config (``meminject apply`` passes an export's residual norm
     as ``fixed_norms``, its record as ``extra`` summary fields and ``tags`` for the MLflow run)."""
     from ..data._dataset import load_dataset

@@ -109,7 +109,13 @@ def test_a_model_with_other_weights_is_refused_naming_both_unless_allowed(tmp_pa
     assert main([*args, f"output_dir={out}"]) == 0
     assert "is not tiny-gemma3" in json.loads((out / "summary.json").read_text())["model_mismatch"]
     with pytest.raises(Exception, match="is not tiny-gemma3"):  # the Python face refuses it too
-        Injection.load(folder).evaluate([PROMPT], ["George Washington"], [" war"], model=plain_model(compose("model=tiny").model)[0], tokenizer=plain_model(compose("model=tiny").model)[1])
+        Injection.load(folder).evaluate(
+            [PROMPT],
+            ["George Washington"],
+            [" war"],
+            model=plain_model(compose("model=tiny").model)[0],
+            tokenizer=plain_model(compose("model=tiny").model)[1],
+        )
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-gemma3"])
@@ -123,7 +129,9 @@ def test_apply_equals_the_plain_transformers_injection_per_prompt(tmp_path, monk
     out = tmp_path / "applied"
     assert main(["apply", f"injection={folder}", "tracking.enabled=false", "data.limit=8", f"output_dir={out}"]) == 0
     engine = pd.read_csv(out / "per_prompt.csv")
-    plain = Injection.load(folder).evaluate(engine.obscure_sentence.tolist(), engine.memory.tolist(), engine.answer.tolist())
+    plain = Injection.load(folder).evaluate(
+        engine.obscure_sentence.tolist(), engine.memory.tolist(), engine.answer.tolist()
+    )
     for column in ("answer_prob_before", "answer_prob_after"):
         np.testing.assert_allclose(plain[column], engine[column], rtol=1e-4)
     assert (np.abs(engine.answer_prob_after / engine.answer_prob_before - 1)).max() > 1e-2
@@ -144,9 +152,8 @@ def test_applied_hooks_come_off_on_exit_and_on_error_and_generate_works_inside(e
         assert _hooks(model) == before + 1
         injected = model.generate(**ids, **settings)
     assert _hooks(model) == before
-    with pytest.raises(RuntimeError, match="boom"):
-        with injection.applied(model, tokenizer, memory="George Washington"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), injection.applied(model, tokenizer, memory="George Washington"):
+        raise RuntimeError("boom")
     assert _hooks(model) == before
     assert not torch.equal(clean, injected)  # the injection changes the continuation
     assert torch.equal(model.generate(**ids, **settings), clean)  # and leaves nothing behind
