@@ -65,6 +65,8 @@ def _round_trip(
         *extra,
     ]
     assert main(args) == 0
+    if best:  # the held-out check: the export then carries its gains, verdict and controls
+        assert main(["best", "study=rt", f"storage={storage}", "top=2", "bootstrap=200", "depth_figure=false"]) == 0
     assert main(["export", "study=rt", f"storage={storage}", "rank=1", f"out={tmp_path / 'export'}"]) == 0
     record = json.loads((tmp_path / "export" / "injection.json").read_text())
     client = MlflowClient(tracking_uri=uri)
@@ -119,8 +121,17 @@ def _agree(sweep_table: pd.DataFrame, plain: pd.DataFrame) -> float:
 @pytest.mark.parametrize("model", ["tiny", "tiny-gemma3"])
 @pytest.mark.parametrize("hook", ["attn_out", "mlp_out", "resid_pre"])
 def test_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch, model, hook, shared_data):
-    sweep_table, plain, record = _round_trip(tmp_path, monkeypatch, model, hook)
+    best = hook == "attn_out"
+    sweep_table, plain, record = _round_trip(tmp_path, monkeypatch, model, hook, best=best)
     assert record["hook"] == hook and record["scale"] == "relative" and record["residual_norm"] > 0
+    assert record["model"]["fingerprint"].startswith("sha256:") and record["study"]["rank"] == 1
+    if best:
+        gains = record["gains"]
+        assert gains["heldout_gain"] is not None and gains["heldout_ci_low"] <= gains["heldout_ci_high"]
+        assert gains["heldout_specific_gain"] is not None and record["verdict"]
+        assert set(record["controls"]) == {"pos", "pos_matched", "random_vector"}
+    else:
+        assert record["gains"]["heldout_gain"] is None and record["verdict"] is None
     worst = _agree(sweep_table, plain)
     print(f"{model} {hook}: max relative difference {worst:.2e}")
 

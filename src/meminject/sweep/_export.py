@@ -141,7 +141,8 @@ def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str]) -> tu
         "train_shuffled_gain": _number(trial.user_attrs.get("shuffled_gain")),
         "train_specific_gain_rerun": _number(result.summary.get("specific_gain")),
     }
-    heldout_keys = ("heldout_gain", "heldout_ci_low", "heldout_ci_high", "heldout_prompts", "heldout_specific_gain")
+    heldout_keys = ("heldout_gain", "heldout_ci_low", "heldout_ci_high", "heldout_gain_p_holm", "heldout_prompts")
+    heldout_keys += ("heldout_frac_improved", "heldout_specific_gain", "heldout_specific_p_holm")
     heldout_keys += ("heldout_specific_ci_low", "heldout_specific_ci_high", "heldout_shuffled_gain")
     record_gains.update({k: (_number(judged[k]) if judged is not None and k in judged else None) for k in heldout_keys})
     controls = {}
@@ -151,7 +152,13 @@ def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str]) -> tu
         ]:
             controls[name] = {
                 k: _number(judged.get(f"gap_{name}{suffix}"))
-                for k, suffix in (("gap", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"), ("p", "_p"))
+                for k, suffix in (
+                    ("gap", ""),
+                    ("ci_low", "_ci_low"),
+                    ("ci_high", "_ci_high"),
+                    ("p", "_p"),
+                    ("p_holm", "_p_holm"),
+                )
             }
     notes = []
     if judged is None:
