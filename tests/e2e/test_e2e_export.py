@@ -41,7 +41,7 @@ FRESH = textwrap.dedent(
 
 
 def _round_trip(
-    tmp_path: Path, monkeypatch, model: str, hook: str, *extra: str
+    tmp_path: Path, monkeypatch, model: str, hook: str, *extra: str, best: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     from mlflow.tracking import MlflowClient
 
