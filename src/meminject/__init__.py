@@ -18,6 +18,7 @@ The Python face (:mod:`meminject._api`, for notebooks and scripts) sits on top, 
 :func:`run_sweep`       run or resume a study (``meminject sweep``'s keys); returns it
 :func:`best`            ``meminject best``'s table, held-out report and verdicts (:class:`Best`)
 :func:`figures`         a study's heatmap, scatter and Optuna figures
+:func:`export`          one ranked site of a study as an export folder (``meminject export``)
 :class:`Injection`      an exported site (``meminject export``): ``Injection.load(DIR)``,
                         ``applied(model, tokenizer, memory=...)`` on plain transformers
 ======================  =====================================================================
@@ -25,7 +26,7 @@ The Python face (:mod:`meminject._api`, for notebooks and scripts) sits on top, 
 
 from typing import Any
 
-from ._api import ALIASES, Best, Session, best, figures, run_sweep  # light: heavy imports wait for first use
+from ._api import ALIASES, Best, Session, best, export, figures, run_sweep  # light: heavy imports wait for first use
 from .core._errors import ConfigError, DataError, MemInjectError, ModelError
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "run_sweep",
     "best",
     "figures",
+    "export",
     "ALIASES",
     "MemInjectError",
     "ConfigError",
