@@ -152,9 +152,9 @@ def _number(settings: dict, key: str, default: str, kind: type) -> Any:
 
 def _show(out: dict[str, Any], width: int = 44) -> str:
     lines = [f"prompt: {out['prompt']!r}", f"memory: {out['memory']!r}"]
+    lines.append(f"  {'continuation':<14}without: {out['continuation_before']!r}")
+    lines.append(f"  {'':<14}with:    {out['continuation_after']!r}")
     lines.append(f"  {'':<14}{'without injection':<{width}}with injection")
-    before, after = out["continuation_before"], out["continuation_after"]
-    lines.append(f"  {'continuation':<14}{before!r:<{width}}{after!r}")
     for i, (b, a) in enumerate(zip(out["top_before"], out["top_after"])):
         label = f"top-{len(out['top_before'])} next" if i == 0 else ""
         lines.append(f"  {label:<14}{f'{b[0]!r} {b[1]:.4f}':<{width}}{a[0]!r} {a[1]:.4f}")
