@@ -24,13 +24,14 @@ FRESH = textwrap.dedent(
     from meminject import Injection
     injection = Injection.load(sys.argv[1])
     prompts = pd.read_csv(sys.argv[2])
-    if injection.record.model.name == "smollm2-135m":  # the checkpoint from disk, as a colleague would
+    name = injection.record.model.name
+    if name in ("smollm2-135m", "gemma3-270m"):  # the checkpoint from disk, as a colleague would
         # eager attention, as the bridge computes it: SDPA's own rounding, amplified by a strong
         # injection, moves P(answer) by up to ~1.3e-4 relative (resid_pre, τ 0.8), eager by 2e-5
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from meminject.core._paths import cache_dir
-        model = AutoModelForCausalLM.from_pretrained(cache_dir() / "models" / "smollm2-135m", attn_implementation="eager").eval()
-        tokenizer = AutoTokenizer.from_pretrained(cache_dir() / "models" / "smollm2-135m-tokenizer")
+        model = AutoModelForCausalLM.from_pretrained(cache_dir() / "models" / name, attn_implementation="eager").eval()
+        tokenizer = AutoTokenizer.from_pretrained(cache_dir() / "models" / f"{name}-tokenizer")
         assert "transformer_lens" not in sys.modules
     else:  # the seeded tiny models exist only as code: meminject builds them with plain transformers
         model, tokenizer = injection.plain_model()
@@ -137,7 +138,8 @@ def test_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
 @pytest.mark.parametrize("hook", ["attn_out", "mlp_out", "resid_pre"])
-def test_smollm2_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch, hook, shared_data):
-    sweep_table, plain, _ = _round_trip(tmp_path, monkeypatch, "smollm2-135m", hook, "model.weights=raw")
-    print(f"smollm2-135m {hook}: max relative difference {_agree(sweep_table, plain)}")
+def test_real_model_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch, model, hook, shared_data):
+    sweep_table, plain, _ = _round_trip(tmp_path, monkeypatch, model, hook, "model.weights=raw")
+    print(f"{model} {hook}: max relative difference {_agree(sweep_table, plain)}")
