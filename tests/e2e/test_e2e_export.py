@@ -42,7 +42,7 @@ FRESH = textwrap.dedent(
 
 
 def _round_trip(
-    tmp_path: Path, monkeypatch, model: str, hook: str, *extra: str, best: bool = False
+    tmp_path: Path, monkeypatch, capsys, model: str, hook: str, *extra: str, best: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     from mlflow.tracking import MlflowClient
 
@@ -68,6 +68,12 @@ def _round_trip(
     assert main(args) == 0
     if best:  # the held-out check: the export then carries its gains, verdict and controls
         assert main(["best", "study=rt", f"storage={storage}", "top=2", "bootstrap=200", "depth_figure=false"]) == 0
+    capsys.readouterr()
+    assert main(["export", f"storage={storage}"]) == 0  # no study: what can be exported
+    listing = capsys.readouterr().out
+    assert "sites can be exported" in listing and "rank 1: site='L1 τ" in listing
+    assert main(["export", "study=rt", f"storage={storage}", "rank=9"]) == 2
+    assert "rank=9: the study has" in capsys.readouterr().err
     assert main(["export", "study=rt", f"storage={storage}", "rank=1", f"out={tmp_path / 'export'}"]) == 0
     record = json.loads((tmp_path / "export" / "injection.json").read_text())
     client = MlflowClient(tracking_uri=uri)
@@ -122,9 +128,9 @@ def _agree(sweep_table: pd.DataFrame, plain: pd.DataFrame) -> str:
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-gemma3"])
 @pytest.mark.parametrize("hook", ["attn_out", "mlp_out", "resid_pre"])
-def test_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch, model, hook, shared_data):
+def test_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch, capsys, model, hook, shared_data):
     best = hook == "attn_out"
-    sweep_table, plain, record = _round_trip(tmp_path, monkeypatch, model, hook, best=best)
+    sweep_table, plain, record = _round_trip(tmp_path, monkeypatch, capsys, model, hook, best=best)
     assert record["hook"] == hook and record["scale"] == "relative" and record["residual_norm"] > 0
     assert record["model"]["fingerprint"].startswith("sha256:") and record["study"]["rank"] == 1
     if best:
@@ -140,6 +146,8 @@ def test_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch,
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
 @pytest.mark.parametrize("hook", ["attn_out", "mlp_out", "resid_pre"])
-def test_real_model_best_site_round_trips_through_plain_transformers(tmp_path, monkeypatch, model, hook, shared_data):
-    sweep_table, plain, _ = _round_trip(tmp_path, monkeypatch, model, hook, "model.weights=raw")
+def test_real_model_best_site_round_trips_through_plain_transformers(
+    tmp_path, monkeypatch, capsys, model, hook, shared_data
+):
+    sweep_table, plain, _ = _round_trip(tmp_path, monkeypatch, capsys, model, hook, "model.weights=raw")
     print(f"{model} {hook}: max relative difference {_agree(sweep_table, plain)}")

@@ -52,11 +52,12 @@ def cmd_export(args: Sequence[str]) -> int:
         raise ConfigError(f"study {study.study_name!r} has no complete trials to export yet")
     if not {"rank", "site", "study"} & set(settings):
         labels = [site_label(row) for row in table.to_dict("records")]
-        shown = table.assign(label=labels)
         print(
             f"study {study.study_name}: {len(table)} sites can be exported (meminject export study={study.study_name} rank=N):"
         )
-        print(format_table(shown.head(20)))
+        print(format_table(table.head(20)))
+        for rank, label in list(zip(table["rank"], labels))[:20]:
+            print(f"  rank {rank}: site={label!r}")
         return 0
     folder, record = export_site(study, table, settings)
     print(

@@ -108,14 +108,9 @@ def test_a_model_with_other_weights_is_refused_naming_both_unless_allowed(tmp_pa
     args = ["apply", f"injection={folder}", "allow_model_mismatch=true", "tracking.enabled=false", "data.limit=6"]
     assert main([*args, f"output_dir={out}"]) == 0
     assert "is not tiny-gemma3" in json.loads((out / "summary.json").read_text())["model_mismatch"]
+    llama, tokenizer = plain_model(compose("model=tiny").model)
     with pytest.raises(Exception, match="is not tiny-gemma3"):  # the Python face refuses it too
-        Injection.load(folder).evaluate(
-            [PROMPT],
-            ["George Washington"],
-            [" war"],
-            model=plain_model(compose("model=tiny").model)[0],
-            tokenizer=plain_model(compose("model=tiny").model)[1],
-        )
+        Injection.load(folder).evaluate([PROMPT], ["George Washington"], [" war"], model=llama, tokenizer=tokenizer)
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-gemma3"])
