@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose
+from conftest import compose, mlflow_runs
 from meminject.cli import main
 from meminject.engine import Injection, InjectionRecord, read_record, weights_fingerprint
 from meminject.engine._injection_file import ModelRecord, meminject_version, write_record
@@ -105,9 +105,16 @@ def test_a_model_with_other_weights_is_refused_naming_both_unless_allowed(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model tiny" in err[0] and "is not tiny-gemma3" in err[0], err
     out = tmp_path / "applied"
-    args = ["apply", f"injection={folder}", "allow_model_mismatch=true", "tracking.enabled=false", "data.limit=6"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["apply", f"injection={folder}", "allow_model_mismatch=true", f"tracking.uri={uri}", "data.limit=6"]
     assert main([*args, f"output_dir={out}"]) == 0
     assert "is not tiny-gemma3" in json.loads((out / "summary.json").read_text())["model_mismatch"]
+    (run,) = mlflow_runs(uri)  # eval's run, marked as apply's, the mismatch recorded
+    assert (
+        run.data.tags["meminject.command"] == "apply"
+        and "is not tiny-gemma3" in run.data.tags["meminject.model_mismatch"]
+    )
+    assert run.data.tags["meminject.injection"] == str(folder.resolve()) and "mean_gain" in run.data.metrics
     llama, tokenizer = plain_model(compose("model=tiny").model)
     with pytest.raises(Exception, match="is not tiny-gemma3"):  # the Python face refuses it too
         Injection.load(folder).evaluate([PROMPT], ["George Washington"], [" war"], model=llama, tokenizer=tokenizer)
@@ -165,6 +172,15 @@ def test_generate_prints_before_and_after_and_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())["results"][0]
     assert result["continuation_before"] != result["continuation_after"]
     assert len(result["top_before"]) == 5 and result["answer_prob_before"] != result["answer_prob_after"]
+    batch = tmp_path / "prompts.csv"
+    pd.DataFrame({"prompt": [PROMPT, "The capital of France is"], "memory": ["George Washington", "Paris"]}).to_csv(
+        batch, index=False
+    )
+    assert (
+        main(["generate", f"injection={export}", f"prompts={batch}", "max_new_tokens=3", f"out={tmp_path / 'b.csv'}"])
+        == 0
+    )
+    assert len(pd.read_csv(tmp_path / "b.csv")) == 2
     sampled = tmp_path / "sampled.csv"
     assert main([*args, "sample=true", "seed=3", f"out={sampled}"]) == 0
     again = tmp_path / "again.csv"
