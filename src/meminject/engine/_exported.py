@@ -71,7 +71,9 @@ class Injection:
     ) -> Iterator[None]:
         """τ·v added to ``model`` while inside (hooks on its modules, removed on exit, also on error).
 
-        ``memory``: the memory text (one for every row of a batch), or one text per row."""
+        ``memory``: the memory text (one for every row of a batch), or one text per row.
+        ``positions=last`` adds it at the last position of each forward: the prompt's last token,
+        then (in ``model.generate`` with a cache) each new token."""
         self.check_model(model, allow_mismatch=allow_mismatch)
         texts = [memory] if isinstance(memory, str) else list(memory)
         vectors = torch.stack([plain_memory_vector(model, tokenizer, self.record, t) for t in texts])  # (n, d_model)
