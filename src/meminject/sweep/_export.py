@@ -111,6 +111,32 @@ def _heldout_row(study_name: str, row: pd.Series) -> pd.Series | None:
     return None
 
 
+_HELDOUT_KEYS = (
+    "heldout_gain",
+    "heldout_ci_low",
+    "heldout_ci_high",
+    "heldout_gain_p_holm",
+    "heldout_prompts",
+    "heldout_frac_improved",
+    "heldout_specific_gain",
+    "heldout_specific_ci_low",
+    "heldout_specific_ci_high",
+    "heldout_specific_p_holm",
+    "heldout_shuffled_gain",
+)
+_GAP_FIELDS = (("gap", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"), ("p", "_p"), ("p_holm", "_p_holm"))
+
+
+def _judged_fields(judged: pd.Series | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The held-out gains (None each without a held-out check) and, per control, its gap."""
+    gains = {k: (_number(judged[k]) if judged is not None and k in judged else None) for k in _HELDOUT_KEYS}
+    if judged is None:
+        return gains, {}
+    names = [c[4:] for c in judged.index if c.startswith("gap_") and not c.endswith(("_low", "_high", "_p", "_holm"))]
+    controls = {name: {k: _number(judged.get(f"gap_{name}{suffix}")) for k, suffix in _GAP_FIELDS} for name in names}
+    return gains, controls
+
+
 def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str]) -> tuple[Path, InjectionRecord]:
     """Write the export of one site of ``table`` (``settings``: rank/site/out); returns (folder, record)."""
     spec = stored_spec(study)
@@ -142,25 +168,8 @@ def export_site(study: Any, table: pd.DataFrame, settings: dict[str, str]) -> tu
         "train_shuffled_gain": _number(trial.user_attrs.get("shuffled_gain")),
         "train_specific_gain_rerun": _number(result.summary.get("specific_gain")),
     }
-    heldout_keys = ("heldout_gain", "heldout_ci_low", "heldout_ci_high", "heldout_gain_p_holm", "heldout_prompts")
-    heldout_keys += ("heldout_frac_improved", "heldout_specific_gain", "heldout_specific_p_holm")
-    heldout_keys += ("heldout_specific_ci_low", "heldout_specific_ci_high", "heldout_shuffled_gain")
-    record_gains.update({k: (_number(judged[k]) if judged is not None and k in judged else None) for k in heldout_keys})
-    controls = {}
-    if judged is not None:
-        for name in [
-            c[4:] for c in judged.index if c.startswith("gap_") and not c.endswith(("_low", "_high", "_p", "_holm"))
-        ]:
-            controls[name] = {
-                k: _number(judged.get(f"gap_{name}{suffix}"))
-                for k, suffix in (
-                    ("gap", ""),
-                    ("ci_low", "_ci_low"),
-                    ("ci_high", "_ci_high"),
-                    ("p", "_p"),
-                    ("p_holm", "_p_holm"),
-                )
-            }
+    heldout, controls = _judged_fields(judged)
+    record_gains.update(heldout)
     notes = []
     if judged is None:
         notes.append(
