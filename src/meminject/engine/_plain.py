@@ -150,7 +150,8 @@ def add_hook(
 @functools.lru_cache(maxsize=4)
 def plain_model(model_cfg: Any) -> tuple[Any, Any]:
     """(float32 Hugging Face model, tokenizer) of a ``model`` config, loaded by plain transformers
-    from the same source as the engine (a packaged model's safetensors copy, the seeded tiny one)."""
+    from the same source as the engine (a packaged model's safetensors copy, the seeded tiny one),
+    with eager attention as the bridge computes it."""
     from ._models import _load_pretrained
     from ._packaged import load_packaged
     from ._tiny import build_tiny
@@ -162,6 +163,9 @@ def plain_model(model_cfg: Any) -> tuple[Any, Any]:
         hf, tokenizer = build_tiny(model_cfg.tiny, torch.float32)
     else:
         hf, tokenizer = _load_pretrained(str(model_cfg.hf_name), torch.float32)
+    hf.set_attn_implementation(
+        "eager"
+    )  # the bridge's attention: SDPA rounds differently (up to ~1e-4 under a strong injection)
     hf.eval()
     for param in hf.parameters():
         param.requires_grad_(False)
