@@ -18,12 +18,15 @@ The Python face (:mod:`meminject._api`, for notebooks and scripts) sits on top, 
 :func:`run_sweep`       run or resume a study (``meminject sweep``'s keys); returns it
 :func:`best`            ``meminject best``'s table, held-out report and verdicts (:class:`Best`)
 :func:`figures`         a study's heatmap, scatter and Optuna figures
+:func:`export`          one ranked site of a study as an export folder (``meminject export``)
+:class:`Injection`      an exported site (``meminject export``): ``Injection.load(DIR)``,
+                        ``applied(model, tokenizer, memory=...)`` on plain transformers
 ======================  =====================================================================
 """
 
 from typing import Any
 
-from ._api import ALIASES, Best, Session, best, figures, run_sweep  # light: heavy imports wait for first use
+from ._api import ALIASES, Best, Session, best, export, figures, run_sweep  # light: heavy imports wait for first use
 from .core._errors import ConfigError, DataError, MemInjectError, ModelError
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "run_sweep",
     "best",
     "figures",
+    "export",
     "ALIASES",
     "MemInjectError",
     "ConfigError",
@@ -40,15 +44,20 @@ __all__ = [
     "inject",
     "unembed_memory",
     "embed_memory",
+    "Injection",
 ]
 __version__ = "0.1.0"
 
-_ENGINE = ("inject", "unembed_memory", "embed_memory")
+_ENGINE = ("inject", "unembed_memory", "embed_memory", "Injection")
 
 
 def __getattr__(name: str) -> Any:
     """The formula's names, imported on first use: ``python -m meminject`` imports this package
     before its entry point, which must install the Ctrl-C handler before torch is imported."""
+    if name == "Injection":  # an exported injection on a plain transformers model
+        from .engine._exported import Injection
+
+        return Injection
     if name in _ENGINE:
         from .engine import _injection
 

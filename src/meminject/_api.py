@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
-__all__ = ["Session", "Best", "run_sweep", "best", "figures", "ALIASES"]
+__all__ = ["Session", "Best", "run_sweep", "best", "figures", "export", "ALIASES"]
 
 # Short names for the point keys a person types most; any injection.* or memory.* key works too.
 ALIASES = {
@@ -239,6 +239,27 @@ def best(study: optuna.Study | str, *args: str) -> Best:
 
     sites, heldout = run_best(_study_args(study, args))
     return Best(sites, heldout)
+
+
+def export(study: optuna.Study | str, *args: str):
+    """``meminject export`` of one site of a study (``rank=N`` or ``site=LABEL``, ``out=DIR``,
+    ``storage=``); returns it loaded, as a :class:`meminject.Injection`::
+
+        injection = export(study, "rank=1", "out=best-site")
+        with injection.applied(model, tokenizer, memory="George Washington"):
+            model.generate(...)
+    """
+    from .engine._exported import Injection
+    from .sweep._export import EXPORT_SETTINGS, export_site
+    from .sweep._results import distinct_sites, ranked_sites
+    from .sweep._settings import parse_settings
+    from .sweep._storage import load_study
+
+    settings, _ = parse_settings(_study_args(study, args), EXPORT_SETTINGS, "export")
+    if isinstance(study, str):
+        study = load_study(study, settings.get("storage"))
+    folder, _ = export_site(study, distinct_sites(ranked_sites(study)), settings)
+    return Injection.load(folder)
 
 
 def figures(study: optuna.Study | str, folder: str | Path | None = None, storage: str | None = None) -> list[Path]:

@@ -4,6 +4,9 @@
     meminject sweep  [sweep=NAME] [workers=N] [key=value ...]   search injection sites
     meminject worker study=NAME [storage=URL]   join a running sweep from another shell/machine
     meminject best   [study=NAME] [top=10]   ranked injection sites of a study
+    meminject export study=NAME [rank=1 | site=LABEL] [out=DIR]   one ranked site as a self-describing injection
+    meminject apply  injection=DIR [data=...] [key=value ...]   an exported injection over any dataset (as eval)
+    meminject generate injection=DIR prompt=... memory=... [answer=...]   continuations without and with it
     meminject repair [storage=PATH] [drop_line=N]   check a study journal, drop a corrupt record
     meminject ui     [study=NAME] [port=5000] [open=true]   the MLflow UI, opened on one study's runs table
 
@@ -30,6 +33,9 @@ HELP = {
     "sweep": "Search injection sites with Optuna over a named search space in sweeps/ (sweep=NAME); every trial is tracked in MLflow.",
     "worker": "Join an existing sweep's study (study=NAME storage=URL) as one more worker process.",
     "best": "Print the ranked injection sites of a study (study=NAME top=K) and write them as CSV.",
+    "export": "Write one ranked site of a study (study=NAME rank=N or site=LABEL) as a self-describing injection folder (injection.json), logged on the study's MLflow run; without study lists the sites.",
+    "apply": "Evaluate an exported injection (injection=DIR) on any dataset, as eval does (per-prompt CSV, MLflow run).",
+    "generate": "Continue a prompt without and with an exported injection (injection=DIR prompt=... memory=...), with top-k next tokens and P(answer).",
     "repair": "Check a study journal (storage=PATH) and name a corrupt record; drop_line=N removes that record after a backup.",
     "inspect": "Project every layer's (and head's) attention output into vocabulary space for one prompt (the paper's head projector).",
     "ui": "Start the MLflow UI on this project's tracking store (127.0.0.1) and print the URL of one study's runs table (study=NAME); Ctrl-C stops it.",
@@ -89,6 +95,10 @@ def _quiet_libraries() -> None:
 
 
 def _epilog(name: str) -> str:
+    if name in ("export", "apply", "generate"):
+        from .views import apply_epilog
+
+        return apply_epilog(name) + "\n\n" + EPILOG
     if name in ("sweep", "worker", "best", "repair"):
         try:
             from .views import help_epilog
@@ -179,6 +189,9 @@ def _main(argv: Sequence[str] | None) -> int:
             "worker": views.cmd_worker,
             "best": views.cmd_best,
             "repair": views.cmd_repair,
+            "export": views.cmd_export,
+            "apply": views.cmd_apply,
+            "generate": views.cmd_generate,
         }
         return command[args.command](args.overrides)
     except MemInjectError as exc:

@@ -15,6 +15,8 @@ Example::
 """
 
 from ._damage import rest_kl, rest_logprobs
+from ._exported import Injection
+from ._injection_file import InjectionRecord, read_record, weights_fingerprint
 from ._evaluation import EvalResult, Evaluator, InjectionSpec, Monitor
 from ._injection import embed_memory, head_output_component, inject, multi_hot, position_mask, unembed_memory
 from ._memories import encode_memories, memory_texts, site_pos, word_pools, word_source
@@ -22,6 +24,10 @@ from ._models import LoadedModel, load_model, model_shape, resolve_depth, resolv
 from ._stats import summarize, typical_norm
 
 __all__ = [
+    "Injection",
+    "InjectionRecord",
+    "read_record",
+    "weights_fingerprint",
     "Evaluator",
     "EvalResult",
     "Monitor",

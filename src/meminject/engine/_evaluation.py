@@ -108,6 +108,9 @@ class Evaluator(CleanPass):
         self._vectors: OrderedDict[tuple, tuple[list[str], Tensor]] = OrderedDict()
         self.max_cached_results = 256
         self.n_computed = 0  # distinct points actually run (equivalent points are served from _results)
+        # layer -> the residual norm a relative scale rescales v to, instead of this dataset's own
+        # (meminject apply: an exported injection keeps the norm it was found with)
+        self.fixed_norms: dict[int, float] = {}
 
     @classmethod
     def from_config(
@@ -174,7 +177,7 @@ class Evaluator(CleanPass):
         if spec.site == "head_subspace":
             vectors = head_output_component(vectors, self.model.bridge.W_O[spec.layer, spec.head])
         if spec.scale == "relative":
-            target = float(self.residual_norms[spec.layer])
+            target = float(self.fixed_norms.get(spec.layer, self.residual_norms[spec.layer]))
             vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target
         return texts, vectors
 

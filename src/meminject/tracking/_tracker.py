@@ -116,6 +116,7 @@ def log_eval_run(
     out_dir: Path,
     started_ms: int | None = None,
     ended_ms: int | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """``meminject eval``'s run: the same flat, redacted config a sweep's trial run logs, with
     the hook it touched, the summary as metrics, and the tables as artifacts."""
@@ -133,7 +134,8 @@ def log_eval_run(
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     artifacts = {name: out_dir / name for name in ("per_prompt.csv", "config.yaml", "summary.json")}
     name = f"eval {summary['model']} L{cfg.injection.layer} τ{cfg.injection.tweak:g}"
-    return tracker.record_run(name, {TAG_COMMAND: "eval"}, params, metrics, artifacts, started_ms, ended_ms)
+    tags = {TAG_COMMAND: "eval", **(tags or {})}  # meminject apply: command apply, and the injection it applied
+    return tracker.record_run(name, tags, params, metrics, artifacts, started_ms, ended_ms)
 
 
 def probe_server(uri: str, timeout: float = 10.0) -> None:

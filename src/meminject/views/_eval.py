@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ..core._errors import MemInjectError, first_line
 
-__all__ = ["cmd_eval", "eval_epilog", "batch_progress", "progress_bar_for", "default_output_dir"]
+__all__ = ["cmd_eval", "run_eval", "eval_epilog", "batch_progress", "progress_bar_for", "default_output_dir"]
 
 
 def eval_epilog() -> str:
@@ -70,13 +70,22 @@ def batch_progress(bar):
 
 def cmd_eval(overrides: Sequence[str]) -> int:
     from ..config import load_run_config
+    from ..engine._models import resolve_depth
+
+    return run_eval(resolve_depth(load_run_config(overrides)))  # a relative depth names a layer of the model
+
+
+def run_eval(
+    cfg, *, fixed_norms: dict[int, float] | None = None, extra: dict | None = None, tags: dict | None = None
+) -> int:
+    """``eval``'s work on a resolved config (``meminject apply`` passes an export's residual norm
+    as ``fixed_norms``, its record as ``extra`` summary fields and ``tags`` for the MLflow run)."""
     from ..data._dataset import load_dataset
     from ..engine._evaluation import Evaluator, InjectionSpec
-    from ..engine._models import config_shape, load_model, resolve_depth
+    from ..engine._models import config_shape, load_model
     from ..tracking._probe import probe_database
     from ..tracking._tracker import log_eval_run, probe_server, redact, tracking_uri
 
-    cfg = resolve_depth(load_run_config(overrides))  # a relative depth names a layer of the model
     spec = InjectionSpec.from_config(cfg)
     spec.validate(
         config_shape(cfg.model)
@@ -90,6 +99,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     started, started_ms = time.perf_counter(), int(time.time() * 1000)  # the run's duration is the evaluation's
     with progress_bar_for(f"eval {_data_label(cfg.data, dataset)}", len(dataset)) as bar:
         evaluator = Evaluator.from_config(model, dataset, cfg)
+        evaluator.fixed_norms.update(fixed_norms or {})
         if hasattr(evaluator, "progress"):  # batch-level progress, where the engine reports it
             evaluator.progress = batch_progress(bar)
         result = evaluator.evaluate(spec, cfg.memory, specific=cfg.metric.specific)
@@ -100,11 +110,11 @@ def cmd_eval(overrides: Sequence[str]) -> int:
         if cfg.output_dir
         else default_output_dir("eval", f"{model.name}-L{spec.layer}-t{spec.tweak:g}-{spec.encoding}")
     )
-    summary = _save_results(out_dir, cfg, model, dataset, result, wall)
+    summary = _save_results(out_dir, cfg, model, dataset, result, wall, extra)
     _print_result(cfg, model, dataset, spec, result, wall, out_dir)
     if cfg.tracking.enabled:
         try:
-            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms, started_ms + round(wall * 1000))
+            run_id = log_eval_run(cfg, result, summary, out_dir, started_ms, started_ms + round(wall * 1000), tags)
         except Exception as exc:  # noqa: BLE001 - MLflow/network errors of many kinds; the results are safe on disk
             raise MemInjectError(
                 f"results saved in {out_dir}, but MLflow at {redact(tracking_uri(cfg))} failed: {redact(first_line(exc, 200))}"
@@ -113,7 +123,7 @@ def cmd_eval(overrides: Sequence[str]) -> int:
     return 0
 
 
-def _save_results(out_dir: Path, cfg, model, dataset, result, wall: float) -> dict:
+def _save_results(out_dir: Path, cfg, model, dataset, result, wall: float, extra: dict | None = None) -> dict:
     """The per-prompt table, the config and the summary into ``out_dir``; returns the summary."""
     from ..config import to_yaml
     from ..engine._memories import word_source
@@ -134,6 +144,7 @@ def _save_results(out_dir: Path, cfg, model, dataset, result, wall: float) -> di
         "dataset_hash": dataset.content_hash,
         "word_source": word_source(cfg.memory),
         "n_prompts": len(dataset),
+        **(extra or {}),
     }
     (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if out_dir.exists():
