@@ -4,9 +4,10 @@ An export (``meminject export``) writes one folder holding ``injection.json``. T
 everything that applies the injection again (model and a fingerprint of its exact weights,
 hook, layer, head, τ and scale with the residual norm a relative scale used, encoding,
 positions, memory type) and where it came from (study, trial, train and held-out gains with
-intervals, the verdict and its controls, the meminject version). :func:`read_record` checks
-every field: a missing one, a value of the wrong type or outside its choices, or a format
-version this meminject does not know is refused in one line that names the file and the field.
+intervals, the verdict and its controls, the meminject version), sealed by a ``digest`` of its
+fields. :func:`read_record` checks every field: a missing one, a value of the wrong type or
+outside its choices, a format version this meminject does not know, or any edit after export
+(the digest no longer matches) is refused in one line that names the file and the field.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "InjectionRecord",
     "read_record",
     "write_record",
+    "sealed",
     "weights_fingerprint",
     "meminject_version",
     "FILE_NAME",
@@ -118,11 +120,22 @@ class InjectionRecord:
         return f"{self.model.name} L{self.layer}{head} {self.hook} τ{self.tau:.3g} {self.scale} {self.encoding}"
 
 
+def digest_of(data: dict) -> str:
+    """SHA-256 of a record's fields (all but ``digest``), as canonical JSON: what was exported."""
+    body = {k: v for k, v in data.items() if k != "digest"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sealed(data: dict) -> dict:
+    """The record's fields with their ``digest``, as written: an edit after export is refused on load."""
+    return {**{k: v for k, v in data.items() if k != "digest"}, "digest": digest_of(data)}
+
+
 def write_record(folder: Path, record: InjectionRecord) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FILE_NAME
     tmp = path.with_name(f".{FILE_NAME}.partial")
-    tmp.write_text(record.to_json() + "\n")
+    tmp.write_text(json.dumps(sealed(json.loads(record.to_json())), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
 
@@ -190,6 +203,7 @@ def read_record(folder: str | Path) -> InjectionRecord:
             f"{path}: format_version {version!r} is unknown to meminject {meminject_version()} (it reads version {FORMAT_VERSION}); "
             "use the meminject that wrote it, or re-export"
         )
+    digest = data.pop("digest", None)
     known = {f.name for f in fields(InjectionRecord)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -240,4 +254,12 @@ def read_record(folder: str | Path) -> InjectionRecord:
     for key in ("train_gain", "heldout_gain"):
         if key not in record.gains:
             raise _fail(path, f"gains.{key}", "is missing")
+    if digest is None:
+        raise _fail(path, "digest", "is missing")
+    if digest != digest_of(data):
+        raise InjectionFileError(
+            f"{path}: was edited after export (its digest does not match its fields); "
+            "re-export the site (meminject export study=NAME); to try another value, override it on "
+            "meminject apply's command line (e.g. injection.tweak=...)"
+        )
     return record

@@ -15,7 +15,7 @@ import torch
 from conftest import compose, mlflow_runs
 from meminject.cli import main
 from meminject.engine import Injection, InjectionRecord, read_record, weights_fingerprint
-from meminject.engine._injection_file import ModelRecord, meminject_version, write_record
+from meminject.engine._injection_file import ModelRecord, meminject_version, sealed, write_record
 from meminject.engine._plain import plain_model
 
 PROMPT = "The first president of the United States fought in the"
@@ -65,11 +65,12 @@ def export(tmp_path):
     return folder
 
 
-def _edit(folder, change) -> None:
+def _edit(folder, change, reseal: bool = False) -> None:
+    """Change the written record (``reseal``: and its digest, as a new export would be)."""
     path = folder / "injection.json"
     data = json.loads(path.read_text())
     change(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(sealed(data) if reseal else data))
 
 
 def test_the_record_reads_back_as_written(export):
@@ -87,6 +88,9 @@ def test_the_record_reads_back_as_written(export):
         (lambda d: d.update(residual_norm=None), "field 'residual_norm' must be"),
         (lambda d: d.update(format_version=2), "format_version 2 is unknown to meminject"),
         (lambda d: d.update(colour="red"), "field 'colour' is not a field"),
+        (lambda d: d.update(tau=d["tau"] * 1.01), "was edited after export (its digest does not match"),
+        (lambda d: d["gains"].update(train_gain=0.5), "was edited after export"),
+        (lambda d: d.pop("digest"), "field 'digest' is missing"),
     ],
 )
 def test_a_missing_edited_or_unknown_version_field_is_one_line_and_exit_2(export, capsys, change, words):
@@ -100,7 +104,7 @@ def test_a_model_with_other_weights_is_refused_naming_both_unless_allowed(tmp_pa
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "export"
     write_record(folder, _record(model="tiny-gemma3", hook="attn_out"))
-    _edit(folder, lambda d: d["model"].update(overrides=["model=tiny"]))  # a Gemma export, applied to the Llama
+    _edit(folder, lambda d: d["model"].update(overrides=["model=tiny"]), reseal=True)  # a Gemma export, on the Llama
     assert main(["apply", f"injection={folder}", "tracking.enabled=false", "data.limit=6"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model tiny" in err[0] and "is not tiny-gemma3" in err[0], err
