@@ -60,12 +60,16 @@ def _tweak_search(study) -> dict[str, Any]:
     for trial in study.get_trials(deepcopy=False) if study is not None else []:
         dist = trial.distributions.get("injection.tweak")
         if isinstance(dist, od.CategoricalDistribution):
-            return {"choices": [float(c) for c in dist.choices]}
+            choices = [float(c) for c in dist.choices]
+            return {"choices": choices, "log": min(choices) > 0 and max(choices) / min(choices) >= LOG_RATIO}
         if isinstance(dist, od.IntDistribution) and not dist.log and (dist.high - dist.low) // dist.step < MAX_EXACT:
-            return {"choices": [float(v) for v in range(dist.low, dist.high + 1, dist.step)]}
+            return {"choices": [float(v) for v in range(dist.low, dist.high + 1, dist.step)], "log": False}
         if isinstance(dist, (od.FloatDistribution, od.IntDistribution)):
-            return {"low": float(dist.low), "high": float(dist.high)}
+            return {"low": float(dist.low), "high": float(dist.high), "log": bool(dist.log)}
     return {}
+
+
+LOG_RATIO = 50.0  # grid values spanning this ratio or more (logrange) are drawn on a log τ axis
 
 
 def gain_heatmaps(
@@ -115,12 +119,13 @@ def trial_scatter(
     if trials.empty:
         return None
     search = _tweak_search(study)
+    log = bool(search.get("log"))
     span = (
         (search["low"], search["high"])
         if "low" in search
         else ((min(search["choices"]), max(search["choices"])) if "choices" in search else None)
     )
-    return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span, limit=limit, subject=subject)
+    return draw_trial_scatter(trials, path, n_layers=n_layers, tweak_range=span, limit=limit, subject=subject, log=log)
 
 
 def optuna_figures(study, folder: Path, target: str = GAIN_LABEL) -> list[Path]:

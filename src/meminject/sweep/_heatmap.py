@@ -64,10 +64,12 @@ def tweak_axis(
     low: float | None = None,
     high: float | None = None,
     choices: Sequence[float] | None = None,
+    log: bool = False,
 ) -> TweakAxis:
     """Exact columns for a grid (or few values), else even bins over [low, high] (the searched
     interval when known, else the data's range): 1-wide bins when the span is a whole number
-    from 6 to 20 (interval(1, 15) → 14 bins), 10 bins otherwise."""
+    from 6 to 20 (interval(1, 15) → 14 bins), 10 bins otherwise; a log-uniform interval
+    (``log``) gets 10 bins even on a log scale (0.005 … 1: ×1.7 each)."""
     if choices is not None and len(choices) <= MAX_EXACT:
         return TweakAxis(sorted(float(c) for c in choices))
     distinct = sorted({float(t) for t in tweaks})
@@ -75,6 +77,9 @@ def tweak_axis(
         if len(distinct) <= MAX_EXACT:
             return TweakAxis(distinct)
         low, high = distinct[0], distinct[-1]
+    if log and float(low) > 0:
+        edges = np.geomspace(float(low), float(high), 11)
+        return TweakAxis([float(np.sqrt(a * b)) for a, b in zip(edges[:-1], edges[1:])], edges)
     span = float(high) - float(low)
     n_bins = int(round(span)) if 6 <= span <= 20 and abs(span - round(span)) < 1e-9 else 10
     edges = np.linspace(float(low), float(high), n_bins + 1)
@@ -154,9 +159,9 @@ def _tweak_ticks(ax, axis: TweakAxis) -> None:
     if axis.edges is None:
         ax.set_xticks(range(axis.n), [f"{v:g}" for v in axis.values], fontsize=7)
     else:  # ticks on the bin edges: the bins read as intervals
-        ax.set_xticks(
-            np.arange(axis.n + 1) - 0.5, [_fmt(e) for e in axis.edges], fontsize=7, rotation=90 if axis.n > 10 else 0
-        )
+        labels = [_fmt(e) for e in axis.edges]
+        turn = 90 if axis.n > 10 else (45 if max(map(len, labels)) > 5 else 0)  # long log-bin edges would touch
+        ax.set_xticks(np.arange(axis.n + 1) - 0.5, labels, fontsize=7, rotation=turn)
 
 
 def draw_gain_heatmap(

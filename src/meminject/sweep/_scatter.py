@@ -34,6 +34,7 @@ def draw_trial_scatter(
     tweak_range: tuple[float, float] | None = None,
     limit: float | None = None,
     subject: str = "",
+    log: bool = False,
 ) -> ScatterData:
     """Every trial at (τ, layer): complete trials coloured by train mean gain on the heatmap's
     scale (``limit``; by default the trials' robust limit), one marker shape per encoding;
@@ -49,7 +50,11 @@ def draw_trial_scatter(
     if points is not None:
         bar = fig.colorbar(points, ax=ax, extend="both", fraction=0.035, pad=0.02)
         _gain_bar(bar, limit)
-    if tweak_range is not None:
+    if log:  # a log-uniform or logrange search: equal ratios read as equal steps
+        ax.set_xscale("log")
+    if tweak_range is not None and log and tweak_range[0] > 0:
+        ax.set_xlim(tweak_range[0] / 1.15, tweak_range[1] * 1.15)
+    elif tweak_range is not None:
         pad = 0.02 * (tweak_range[1] - tweak_range[0] or 1)
         ax.set_xlim(tweak_range[0] - pad, tweak_range[1] + pad)
     ax.set_ylim(-0.5, n_layers - 0.5)

@@ -78,6 +78,14 @@ def _sites(study: optuna.Study) -> pd.DataFrame:
     return ranked_sites(study)
 
 
+def test_a_log_uniform_interval_is_binned_on_a_log_scale():
+    binned = tweak_axis([0.006, 0.02, 0.5], low=0.005, high=1.0, log=True)
+    ratios = binned.edges[1:] / binned.edges[:-1]
+    assert binned.n == 10 and np.allclose(ratios, ratios[0]) and binned.edges[0] == pytest.approx(0.005)
+    assert [binned.column(t) for t in (0.006, 0.02, 0.5)] == [0, 2, 8]  # even bins would put 0.006 and 0.02 together
+    assert tweak_axis([0.006, 0.02], low=0.005, high=1.0).column(0.02) == 0
+
+
 def test_tweak_axis_bins_an_interval_evenly_and_keeps_grid_values():
     binned = tweak_axis([2.74, 5.87], low=1, high=15)
     assert binned.n == 14 and list(binned.edges) == list(range(1, 16))
