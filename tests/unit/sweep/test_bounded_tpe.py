@@ -40,22 +40,41 @@ def test_beyond_its_bound_it_diverges_from_tpe():
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
-def test_the_view_holds_the_best_complete_trials_and_the_latest_others(direction):
+def test_the_view_holds_the_best_complete_trials_and_the_latest_ones(direction):
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(_objective, n_trials=30)
     sampler = BoundedTPESampler(best=3, recent=5)
     states = (optuna.trial.TrialState.COMPLETE,)
-    seen = _BoundedView(study, sampler, number=30)._get_trials(deepcopy=False, states=states, use_cache=True)
+    seen = _BoundedView(study, sampler)._get_trials(deepcopy=False, states=states, use_cache=True)
     ranked = sorted(study.trials, key=lambda t: t.value, reverse=direction == "maximize")
     top = {t.number for t in ranked[:3]}
-    latest = [t.number for t in study.trials if t.number not in top][-5:]
-    assert {t.number for t in seen} == top | set(latest)
+    assert {t.number for t in seen} == top | {25, 26, 27, 28, 29}
     assert [t.number for t in seen] == sorted(t.number for t in seen)  # in study order, as TPE expects
-    assert len(seen) == 8
+    # later trials update the best ones incrementally: the same answer as from scratch
+    study.optimize(_objective, n_trials=40)
+    seen = _BoundedView(study, sampler)._get_trials(deepcopy=False, states=states, use_cache=True)
+    ranked = sorted(study.trials, key=lambda t: t.value, reverse=direction == "maximize")
+    assert {t.number for t in seen} == {t.number for t in ranked[:3]} | set(range(65, 70))
+
+
+@pytest.mark.parametrize("first_look", ["with running trials", "finished trials only"])
+def test_a_trial_running_when_first_seen_counts_once_it_completes(first_look):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(_objective, n_trials=12)
+    held = study.ask()  # running while the sampler first looks
+    held.suggest_int("layer", 0, 11)
+    study.optimize(_objective, n_trials=10)
+    sampler = BoundedTPESampler(best=2, recent=3)
+    all_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    first = all_states if first_look == "with running trials" else (optuna.trial.TrialState.COMPLETE,)
+    _BoundedView(study, sampler)._get_trials(deepcopy=False, states=first, use_cache=False)
+    study.tell(held, 99.0)  # it finishes, best of all
+    seen = _BoundedView(study, sampler)._get_trials(deepcopy=False, states=all_states, use_cache=False)
+    assert held.number in {t.number for t in seen}
 
 
 def test_a_multi_objective_study_is_passed_whole():
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=20)
-    view = _BoundedView(study, BoundedTPESampler(best=2, recent=3), number=20)
+    view = _BoundedView(study, BoundedTPESampler(best=2, recent=3))
     assert len(view._get_trials(deepcopy=False, states=None, use_cache=True)) == 20
