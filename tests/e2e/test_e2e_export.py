@@ -74,6 +74,11 @@ def _round_trip(
     assert "sites can be exported" in listing and "rank 1: site='L1 τ" in listing
     assert main(["export", "study=rt", f"storage={storage}", "rank=9"]) == 2
     assert "rank=9: the study has" in capsys.readouterr().err
+    label = listing.split("rank 1: site=")[1].splitlines()[0].strip("'")  # the first site, by its label
+    assert main(["export", "study=rt", f"storage={storage}", f"site={label}", f"out={tmp_path / 'by-label'}"]) == 0
+    assert json.loads((tmp_path / "by-label" / "injection.json").read_text())["study"]["rank"] == 1
+    assert main(["export", "study=rt", f"storage={storage}", "site=L9 τ1 unembed correct"]) == 2
+    assert "is not a site of this study" in capsys.readouterr().err
     assert main(["export", "study=rt", f"storage={storage}", "rank=1", f"out={tmp_path / 'export'}"]) == 0
     record = json.loads((tmp_path / "export" / "injection.json").read_text())
     client = MlflowClient(tracking_uri=uri)
