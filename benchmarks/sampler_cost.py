@@ -6,8 +6,9 @@ Run by hand (not a test), e.g.::
     python benchmarks/sampler_cost.py                       # 5,000 trials, 3 seeds
     python benchmarks/sampler_cost.py --trials 1000 --seeds 1
 
-Each arm runs ``--trials`` ask/tell rounds on a journal file (the default sweep storage) over
-the ``tpe`` preset's space (layer 0..29 × log-uniform τ 0.005..1 × three encodings), with a
+Each arm runs ``--trials`` ask/tell rounds on a journal file of its own (the default sweep
+storage), the two arms one trial each in turn (so a load beside the benchmark slows both
+alike), over the ``tpe`` preset's space (layer 0..29 × log-uniform τ 0.005..1 × three encodings), with a
 synthetic objective instead of a model (a smooth optimum at layer 20, τ 0.2, ``unembed``,
 plus noise), so the time is the sampler's and the storage's alone. It prints, per arm, the
 median over seeds of the milliseconds per suggestion (ask and the three suggests) around
@@ -42,26 +43,37 @@ def objective(layer: int, tweak: float, encoding: str) -> float:
     return -(((layer - 20) / 10) ** 2) - math.log(tweak / 0.2) ** 2 + 0.3 * (encoding == "unembed")
 
 
-def run(arm: str, seed: int, trials: int, folder: Path) -> tuple[list[float], list[float]]:
+def _study(arm: str, seed: int, folder: Path) -> optuna.Study:
     cls = optuna.samplers.TPESampler if arm == "tpe" else BoundedTPESampler
     storage = JournalStorage(JournalFileBackend(str(folder / f"{arm}-{seed}.journal")))
-    study = optuna.create_study(storage=storage, direction="maximize", sampler=cls(seed=seed))
-    rng = np.random.default_rng(seed)
-    times, best, observed = [], [], -math.inf
+    return optuna.create_study(storage=storage, direction="maximize", sampler=cls(seed=seed))
+
+
+def run(seed: int, trials: int, folder: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Both arms, one trial of each in turn, so a load beside the benchmark slows both alike."""
+    studies = {arm: _study(arm, seed, folder) for arm in ARMS}
+    rngs = {arm: np.random.default_rng(seed) for arm in ARMS}
+    out: dict[str, tuple[list[float], list[float]]] = {arm: ([], []) for arm in ARMS}
+    observed = {arm: -math.inf for arm in ARMS}
+    chosen = {arm: -math.inf for arm in ARMS}
     for _ in range(trials):
-        started = time.perf_counter()
-        trial = study.ask()
-        layer = trial.suggest_int("injection.layer", 0, 29)
-        tweak = trial.suggest_float("injection.tweak", 0.005, 1.0, log=True)
-        encoding = trial.suggest_categorical("memory.encoding", ["unembed", "embed", "layer"])
-        times.append(time.perf_counter() - started)
-        truth = objective(layer, tweak, encoding)
-        value = truth + rng.normal(0, 0.05)  # what the sampler sees
-        study.tell(trial, value)
-        if value > observed:  # the best trial so far by what was observed, scored by its noiseless value
-            observed, chosen = value, truth
-        best.append(chosen)
-    return times, best
+        for arm, study in studies.items():
+            started = time.perf_counter()
+            trial = study.ask()
+            layer = trial.suggest_int("injection.layer", 0, 29)
+            tweak = trial.suggest_float("injection.tweak", 0.005, 1.0, log=True)
+            encoding = trial.suggest_categorical("memory.encoding", ["unembed", "embed", "layer"])
+            out[arm][0].append(time.perf_counter() - started)
+            truth = objective(layer, tweak, encoding)
+            value = truth + rngs[arm].normal(0, 0.05)  # what the sampler sees
+            study.tell(trial, value)
+            if value > observed[arm]:  # the best trial so far by what was observed, scored by its noiseless value
+                observed[arm], chosen[arm] = value, truth
+            out[arm][1].append(chosen[arm])
+    return out
+
+
+ARMS = ("tpe", "bounded")
 
 
 def main() -> None:
@@ -74,16 +86,17 @@ def main() -> None:
     checkpoints = sorted({c for c in (100, 1000, args.trials) if c <= args.trials})
     print(f"{'arm':<12} " + " ".join(f"{'ms @' + str(c):>10} {'×':>5} {'best @' + str(c):>11}" for c in checkpoints))
     with tempfile.TemporaryDirectory() as folder:
-        for arm in ("tpe", "bounded"):
-            results = [run(arm, seed, args.trials, Path(folder)) for seed in range(args.seeds)]
-            cells = []
-            base = None
-            for c in checkpoints:
-                ms = statistics.median(float(np.mean(t[c - WINDOW : c])) * 1e3 for t, _ in results)
-                base = base or ms
-                found = statistics.median(b[c - 1] for _, b in results)
-                cells.append(f"{ms:>10.2f} {ms / base:>5.2f} {found:>11.4f}")
-            print(f"{arm:<12} " + " ".join(cells), flush=True)
+        runs = [run(seed, args.trials, Path(folder)) for seed in range(args.seeds)]
+    for arm in ARMS:
+        results = [r[arm] for r in runs]
+        cells = []
+        base = None
+        for c in checkpoints:
+            ms = statistics.median(float(np.mean(t[c - WINDOW : c])) * 1e3 for t, _ in results)
+            base = base or ms
+            found = statistics.median(b[c - 1] for _, b in results)
+            cells.append(f"{ms:>10.2f} {ms / base:>5.2f} {found:>11.4f}")
+        print(f"{arm:<12} " + " ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
