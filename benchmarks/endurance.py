@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import optuna
 
-    from meminject.sweep import open_storage
+    from meminject.store._storage import open_storage
 
     loaded = optuna.load_study(study_name=study, storage=open_storage(str(journal)))
     done = sorted(

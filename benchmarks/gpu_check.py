@@ -67,7 +67,7 @@ def main() -> int:
         return 2
     from scipy.stats import spearmanr
 
-    from meminject.cli import _quiet_libraries
+    from meminject.cli._main import _quiet_libraries
     from meminject.engine._evaluation import InjectionSpec
 
     _quiet_libraries()

@@ -67,7 +67,7 @@ def run_sweep(folder: Path, name: str, device: str, args: list[str]) -> dict:
     """One ``meminject sweep`` in ``folder``; returns its figures and its complete trials."""
     import optuna
 
-    from meminject.sweep import open_storage
+    from meminject.store._storage import open_storage
 
     cmd = [sys.executable, "-m", "meminject", "sweep", f"study={name}", f"model.device={device}", *args]
     cmd += ["workers=1", "progress=false", "tracking.writer=process"]

@@ -33,7 +33,7 @@ def exhaustive(
     data: str, limit: int | None, layers: list[int], dtype: str = "float32"
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """(gains: points × prompts, seconds per point, the points as (layer, τ))."""
-    from meminject.cli import _quiet_libraries
+    from meminject.cli._main import _quiet_libraries
     from meminject.config import load_run_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import Evaluator, InjectionSpec
@@ -73,7 +73,7 @@ def replay(
     stack: int = 8,
 ) -> tuple[float, set[int]]:
     """One pruned grid: (share of the exhaustive compute, the complete points)."""
-    from meminject.sweep._study import pruned_grid_order
+    from meminject.search._study import pruned_grid_order
 
     n_prompts = gains.shape[1]
     parts = np.array_split(
@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     from meminject.engine._models import model_shape
     from meminject.config import load_run_config
-    from meminject.sweep._pruning import PairedPruner
+    from meminject.search._pruning import PairedPruner
 
     n_layers = model_shape(load_run_config(["model=smollm2-135m"]).model)["n_layers"] if args.layers == "all" else None
     layers = list(range(n_layers)) if n_layers else [int(x) for x in args.layers.split(",")]

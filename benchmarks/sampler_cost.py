@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: E402
 
-from meminject.sweep._optuna import BoundedTPESampler  # noqa: E402
+from meminject.search._samplers import BoundedTPESampler  # noqa: E402
 
 WINDOW = 50  # suggestions averaged around each checkpoint
 

@@ -42,7 +42,7 @@ def run_arm(folder: Path, name: str, *extra: str) -> tuple[float, float, object]
     import optuna
 
     from meminject.cli import main
-    from meminject.sweep import open_storage
+    from meminject.store._storage import open_storage
 
     storage = folder / f"{name}.journal"
     started_at, started = time.time(), time.perf_counter()

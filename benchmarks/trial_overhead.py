@@ -80,10 +80,11 @@ def _wrap_cm(owner, name: str, phase: str) -> None:
 def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: bool, sampler: str = "tpe") -> dict:
     """One sweep in this process, its phases timed; returns the cell's figures."""
     from meminject.cli import main as cli
-    from meminject.sweep import _commands, _run, _trial, _worker, _writer
+    from meminject.cli import _commands
+    from meminject.runner import _run, _trial, _worker, _writer
 
     _wrap(_commands, "run_worker", LOOP)
-    _wrap(_worker, "_ask_trials", ASK)
+    _wrap(_worker, "ask_trials", ASK)
     _wrap(_worker, "_close_writer", DRAIN)
     _wrap(_trial.TrialRunner, "run_many", COMPUTE)
     _wrap(_run, "set_many_user_attrs", "Optuna result attributes")
@@ -94,7 +95,7 @@ def run_cell(model: str, per_forward: int, writer: str, trials: int, tracking: b
     _wrap(_run, "trial_config", "trial configs (built from the params)")
     _wrap(_run, "optuna_record", "result attributes (built)")
     _wrap(_run, "_record_of", "the writer's record (built)")
-    from meminject.sweep import _record
+    from meminject.runner import _record
 
     _wrap(_record, "_release_freed_memory", "  of which: heap trim (every few s)")
     _wrap_cm(_run, "heartbeats", "heartbeats (start/stop)")

@@ -128,7 +128,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from meminject.cli import _quiet_libraries
+    from meminject.cli._main import _quiet_libraries
     from meminject.config import load_run_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import Evaluator, InjectionSpec

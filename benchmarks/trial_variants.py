@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--data", default="handwritten")
     args = parser.parse_args()
-    from meminject.cli import _quiet_libraries
+    from meminject.cli._main import _quiet_libraries
     from meminject.config import load_run_config
     from meminject.data._dataset import load_dataset
     from meminject.engine._evaluation import Evaluator, InjectionSpec

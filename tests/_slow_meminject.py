@@ -23,7 +23,7 @@ MODULE = "_slow_meminject"
 
 
 class _Subprocess:
-    """``subprocess`` for meminject.sweep._spawn: its ``python -m meminject worker`` runs this module."""
+    """``subprocess`` for meminject.runner._spawn: its ``python -m meminject worker`` runs this module."""
 
     def __getattr__(self, name: str):
         return getattr(subprocess, name)
@@ -36,7 +36,7 @@ class _Subprocess:
 
 
 def install(delay_s: float) -> None:
-    from meminject.sweep import _spawn, _trial, _worker
+    from meminject.runner import _spawn, _trial, _worker
 
     class SlowTrialRunner(_trial.TrialRunner):
         """The worker's runner (held-out checks and re-checks build their own, not slowed)."""
@@ -50,7 +50,7 @@ def install(delay_s: float) -> None:
 
 
 def install_writer_delay(delay_s: float) -> None:
-    from meminject.sweep import _writer
+    from meminject.runner import _writer
 
     write = _writer.write_record
 

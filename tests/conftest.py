@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEMINJECT_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
 os.environ.setdefault("MEMINJECT_DATA_DIR", str(SHARED_DATA))
 torch.set_grad_enabled(False)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N processes share the cores, one thread each
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the processes a test starts
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +155,7 @@ def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
 def load(tmp_path: Path, name: str):
     import optuna
 
-    from meminject.sweep import open_storage
+    from meminject.store._storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "optuna.journal")))
 

@@ -85,7 +85,7 @@ class Session:
 
     def __init__(self, *overrides: str) -> None:
         from .config import load_run_config
-        from .sweep import TrialRunner
+        from .runner._trial import TrialRunner
 
         self.config = load_run_config(list(overrides))
         self._runner = TrialRunner()  # the sweep workers' cache: one evaluator per (model, data, perf, metric)
@@ -213,7 +213,9 @@ def run_sweep(*args: str) -> optuna.Study:
     >>> len(study.trials)  # complete already: nothing new ran
     3
     """
-    from .sweep import cmd_sweep, load_study, load_sweep
+    from .cli._sweep import cmd_sweep
+    from .store._storage import load_study
+    from .search._settings import load_sweep
 
     spec, settings = load_sweep(list(args))
     cmd_sweep(list(args))
@@ -235,7 +237,7 @@ def best(study: optuna.Study | str, *args: str) -> Best:
     >>> len(result.sites) >= 1, sorted(set(result.verdicts)) == list(result.heldout["rank"])
     (True, True)
     """
-    from .sweep import run_best
+    from .cli._best import run_best
 
     sites, heldout = run_best(_study_args(study, args))
     return Best(sites, heldout)
@@ -250,10 +252,11 @@ def export(study: optuna.Study | str, *args: str):
             model.generate(...)
     """
     from .engine._exported import Injection
-    from .sweep._export import EXPORT_SETTINGS, export_site
-    from .sweep._results import distinct_sites, ranked_sites
-    from .sweep._settings import parse_settings
-    from .sweep._storage import load_study
+    from .cli._export import EXPORT_SETTINGS
+    from .selection._export import export_site
+    from .selection._results import distinct_sites, ranked_sites
+    from .search._keys import parse_settings
+    from .store._storage import load_study
 
     settings, _ = parse_settings(_study_args(study, args), EXPORT_SETTINGS, "export")
     if isinstance(study, str):
@@ -270,7 +273,8 @@ def figures(study: optuna.Study | str, folder: str | Path | None = None, storage
     >>> " ".join(made[:2])
     'gain_heatmap.png trials_scatter.png'
     """
-    from .sweep import load_study, study_figures
+    from .store._storage import load_study
+    from .selection._final import study_figures
 
     if isinstance(study, str):
         study = load_study(study, storage)

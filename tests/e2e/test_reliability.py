@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY, meminject_experiments, run_cli, start_cli
-from meminject.sweep import open_storage
+from meminject.store._storage import open_storage
 
 
 def _study(storage: Path, name: str) -> optuna.Study | None:
@@ -328,7 +328,7 @@ def test_out_of_memory_fails_the_trial_cleanly_and_the_worker_goes_on_with_small
 def test_a_workers_fast_trial_config_equals_the_full_compose(params):
     from meminject.config import build_run_config
     from meminject.config._compose import compose_config
-    from meminject.sweep import trial_config
+    from meminject.runner._trial import trial_config
 
     overrides = [*TINY, "data.part=train", "seed=3", "memory.pos=verb"]
     fast = trial_config(overrides, params)

@@ -180,7 +180,7 @@ class TrackingConfig:
     experiment: str
     trial_figures: bool
     retry_s: float
-    writer: str = "auto"  # auto | inline | process (meminject.sweep._writer)
+    writer: str = "auto"  # auto | inline | process (meminject.runner._writer)
 
     def __post_init__(self) -> None:
         if self.writer not in ("auto", "process", "inline"):

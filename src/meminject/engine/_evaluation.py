@@ -33,8 +33,8 @@ from ._memories import encode_memories, memory_rows, memory_texts, random_direct
 from ._models import LoadedModel
 from ._prefix import PrefixCache
 from ._runner import Batch, last_position_logits, read_logits
-from ._result import EvalResult, Monitor, empty_out, per_prompt_table, read_answers, with_shuffled, chunk_values
-from ._stats import summarize
+from ._result import EvalResult, Monitor, chunk_values, empty_out, evaluation_result, read_answers
+from ._stats import summarize  # noqa: F401 - re-exported
 from ._spec import ANSWER_METRICS, POSITIONS, SITES, InjectionSpec, stacked_hooks  # noqa: F401 - the point of the search space; re-exported
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class Evaluator(CleanPass):
         max_padding: float,
         answer_metric: str,
         damage: str = "kl",  # metric.damage: kl | none (meminject.damage)
-        chunks: int = 1,  # not a conf/ key: a pruned sweep asks for chunks (meminject.sweep._pruning)
+        chunks: int = 1,  # not a conf/ key: a pruned sweep asks for chunks (meminject.search._pruning)
         chunk_seed: int = 0,
     ):
         # No defaults here: they live in conf/ only (build from a config with from_config).
@@ -282,7 +282,8 @@ class Evaluator(CleanPass):
                 self.model.bridge.set_use_attn_result(False)
         seconds = (time.perf_counter() - started) / len(specs)
         return [
-            self._result(
+            evaluation_result(
+                self,
                 spec,
                 texts,
                 out,
@@ -380,36 +381,3 @@ class Evaluator(CleanPass):
                     self.model, batch, stacked_hooks([specs[k]], [vectors[k]], batch, self.model.device)
                 )
                 read_answers(batch, logits, out, self.top_k, self._clean_rest)
-
-    def _result(
-        self,
-        spec: InjectionSpec,
-        texts: list[str],
-        out: dict[str, Any],
-        clean: dict[str, np.ndarray],
-        seconds: float,
-        seen: np.ndarray | None = None,
-    ) -> EvalResult:
-        """The result over all prompts, or (``seen``: a pruned point) over the prompts it saw."""
-        per_prompt = per_prompt_table(self, texts, out, clean)
-        keep = np.arange(len(self.rows)) if seen is None else seen
-        after, logprob_after = out["probs"], out["logprobs"]
-        summary = summarize(
-            clean["before"][keep],
-            after[keep],
-            clean["explicit"][keep],
-            clean["logprob_before"][keep],
-            logprob_after[keep],
-        )
-        if self.damage != "none":
-            summary["mean_damage"] = float(out["damage"][keep].mean())
-        if "shuffled" in out:  # metric.specific: the shuffled copy's columns and means
-            per_prompt = with_shuffled(per_prompt, summary, out, clean, keep)
-        return EvalResult(
-            per_prompt=per_prompt.iloc[keep].reset_index(drop=True),
-            summary=summary,
-            seconds=seconds,
-            hooks=[spec.hook_name],
-            pruned=seen is not None,
-            n_prompts=len(keep),
-        )

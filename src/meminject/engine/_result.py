@@ -12,8 +12,18 @@ from torch import Tensor
 
 from ._damage import CleanRest
 from ._runner import Batch
+from ._stats import summarize
 
-__all__ = ["EvalResult", "Monitor", "per_prompt_table", "empty_out", "read_answers", "with_shuffled", "chunk_values"]
+__all__ = [
+    "EvalResult",
+    "Monitor",
+    "per_prompt_table",
+    "empty_out",
+    "read_answers",
+    "with_shuffled",
+    "chunk_values",
+    "evaluation_result",
+]
 
 
 @dataclass
@@ -146,3 +156,38 @@ def read_answers(
         out["damage"][index] = clean_rest.kl(batch.index, first_logits).cpu().numpy()
     if "rest" in out:  # a clean pass: its logits at the read position, batch by batch (see CleanRest)
         out["rest"].append((batch.index, first_logits.float(), first_target))
+
+
+def evaluation_result(
+    evaluator: Any,
+    spec: Any,
+    texts: list[str],
+    out: dict[str, Any],
+    clean: dict[str, np.ndarray],
+    seconds: float,
+    seen: np.ndarray | None = None,
+) -> EvalResult:
+    """An :class:`~._evaluation.Evaluator`'s result for one point: over all prompts, or (``seen``:
+    a pruned point) over the prompts it saw."""
+    per_prompt = per_prompt_table(evaluator, texts, out, clean)
+    keep = np.arange(len(evaluator.rows)) if seen is None else seen
+    after, logprob_after = out["probs"], out["logprobs"]
+    summary = summarize(
+        clean["before"][keep],
+        after[keep],
+        clean["explicit"][keep],
+        clean["logprob_before"][keep],
+        logprob_after[keep],
+    )
+    if evaluator.damage != "none":
+        summary["mean_damage"] = float(out["damage"][keep].mean())
+    if "shuffled" in out:  # metric.specific: the shuffled copy's columns and means
+        per_prompt = with_shuffled(per_prompt, summary, out, clean, keep)
+    return EvalResult(
+        per_prompt=per_prompt.iloc[keep].reset_index(drop=True),
+        summary=summary,
+        seconds=seconds,
+        hooks=[spec.hook_name],
+        pruned=seen is not None,
+        n_prompts=len(keep),
+    )

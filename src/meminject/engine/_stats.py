@@ -1,5 +1,5 @@
 """A trial's summary metrics and the typical residual norm (the held-out statistics are
-:mod:`meminject.sweep._stats`'s)."""
+:mod:`meminject.selection._stats`'s)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from meminject.data._dataset import Dataset, load_dataset, split_rows
 from meminject.engine._evaluation import InjectionSpec
 from meminject.engine._injection import head_output_component
 from meminject.engine._memories import POS_COLUMNS, memory_texts, word_pools
-from meminject.sweep._stats import bootstrap_mean_ci, paired_sign_flip_p
+from meminject.selection._stats import bootstrap_mean_ci, paired_sign_flip_p
 
 
 def memory_cfg(*overrides: str):
@@ -188,7 +188,7 @@ def test_sign_flip_test_separates_real_and_null_differences():
 
 
 def test_holm_adjusts_like_a_direct_computation():
-    from meminject.sweep._stats import holm
+    from meminject.selection._stats import holm
 
     p = np.array([0.01, 0.04, 0.03, 0.005])
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; running max 0.02, 0.03, 0.06, 0.06
@@ -202,7 +202,7 @@ def test_holm_adjusts_like_a_direct_computation():
 
 
 def test_the_verdict_names_the_first_reason_a_site_fails():
-    from meminject.sweep._heldout import with_verdicts
+    from meminject.selection._heldout import with_verdicts
 
     base = {
         "heldout_ci_low": 0.01,

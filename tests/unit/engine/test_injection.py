@@ -48,7 +48,8 @@ def test_each_encoding_matches_the_reference_formula(tiny):
             fast = encode_memories(tiny, texts, [2, 3, 4], encoding, layer, max_batch_tokens=16)
             for row, text in enumerate(texts):
                 expected = reference_memory_vector(tiny.bridge, text, encoding, layer)
-                torch.testing.assert_close(fast[row], expected.float(), atol=1e-5, rtol=1e-5)
+                # float32 through the layers, batched (padded) against alone: summation order differs
+                torch.testing.assert_close(fast[row], expected.float(), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.slow

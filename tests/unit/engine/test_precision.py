@@ -38,7 +38,7 @@ def test_float16_on_a_cpu_is_refused_with_what_to_use():
 
 def test_best_rechecks_a_bfloat16_sweep_in_float32(tmp_path, monkeypatch, capsys):
     from meminject.cli import main
-    from meminject.sweep import _trial
+    from meminject.runner import _trial
 
     monkeypatch.chdir(tmp_path)
     assert main(sweep_args(tmp_path, "study=bf", "n_trials=3", "model.dtype=bfloat16", "data.limit=12")) == 0
@@ -77,7 +77,7 @@ def test_best_ranks_a_bfloat16_sweeps_top_sites_by_their_float32_values(tmp_path
 
     from meminject.cli import main
     from meminject.config import load_run_config as compose_config
-    from meminject.sweep._trial import TrialRunner
+    from meminject.runner._trial import TrialRunner
 
     monkeypatch.chdir(tmp_path)
     fixed = ["data.limit=12", "data.part=all"]
