@@ -154,3 +154,34 @@ def test_three_workers_on_postgres_with_an_mlflow_server(postgres, tmp_path):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_two_workers_share_an_adaptive_study_and_plan_each_round_once(tmp_path):
+    """sampler=adaptive with workers=2 on a journal file: every round is planned once, by one
+    worker, from the rounds before it (re-planning them from the finished trials gives exactly
+    the points each round holds), no point runs twice, and the study ends when the planner stops."""
+    from meminject.search._adaptive import Cell, plan_round
+    from meminject.search._grid import canonical_params
+    from meminject.search._study import resolve_space, stored_spec
+    from meminject.store._storage import load_study
+
+    journal = tmp_path / "optuna.journal"
+    run_cli(
+        "sweep", "sweep=adaptive", *TINY, "data.limit=40", "prune_first=8", "study=ad2w", "workers=2",
+        f"storage={journal}", "tracking.enabled=false", "progress=false", cwd=tmp_path, check=True,
+    )  # fmt: skip
+    study = load_study("ad2w", str(journal))
+    spec = stored_spec(study)
+    _, space = resolve_space(spec)
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == len({canonical_params(t.params) for t in done})  # no point twice
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    rounds = sorted({t.user_attrs["meminject.round"] for t in done})
+    assert rounds == list(range(len(rounds))) and len(rounds) >= 2
+    workers = {t.user_attrs.get("worker_index") for t in done}
+    for number in [*rounds, len(rounds)]:
+        before = [Cell.of(t) for t in done if t.user_attrs["meminject.round"] < number]
+        planned, points = plan_round(spec, space, before)
+        held = {canonical_params(t.params) for t in done if t.user_attrs["meminject.round"] == number}
+        assert planned == number and {canonical_params(p) for _, p in points} == held, number
+    assert len(workers) == 2, workers  # both workers ran trials

@@ -68,15 +68,19 @@ class CleanPass:
                     f"{dataset.source}: row {row}: prompt has {len(tokens)} tokens, more than {model.name}'s context of {model.n_ctx}"
                 )
 
-    def _batch_chunks(self, chunks: int, chunk_seed: int) -> None:
+    def _batch_chunks(self, chunks: int, chunk_seed: int, first_chunk: int = 0, growth: int = 3) -> None:
         """Prompts in seeded chunks (one chunk unless pruning): each chunk is a random sample of the
-        prompts, bucketed by length on its own, so a chunk still runs in full, well-packed batches."""
-        order = (
-            np.random.default_rng([int(chunk_seed), 1]).permutation(len(self.rows))
-            if chunks > 1
-            else np.arange(len(self.rows))
-        )
-        self.chunk_index = [np.sort(part) for part in np.array_split(order, max(1, min(int(chunks), len(self.rows))))]
+        prompts, bucketed by length on its own, so a chunk still runs in full, well-packed batches.
+        ``first_chunk`` > 0 (successive halving): the chunks end where ``first_chunk``, then
+        ``growth`` times as many, ... prompts have been seen, in the same seeded order."""
+        n = len(self.rows)
+        order = np.random.default_rng([int(chunk_seed), 1]).permutation(n) if chunks > 1 else np.arange(n)
+        if first_chunk > 0:
+            ends = [int(first_chunk * growth**k) for k in range(64) if first_chunk * growth**k < n]
+            parts = np.split(order, ends)
+        else:
+            parts = np.array_split(order, max(1, min(int(chunks), n)))
+        self.chunk_index = [np.sort(part) for part in parts]
         self.obscure_batches: list[Batch] = []
         self.chunk_batches: list[range] = []  # positions in obscure_batches of each chunk
         for part in self.chunk_index:

@@ -69,6 +69,7 @@ class Evaluator(CleanPass):
         damage: str = "kl",  # metric.damage: kl | none (meminject.damage)
         chunks: int = 1,  # not a conf/ key: a pruned sweep asks for chunks (meminject.search._pruning)
         chunk_seed: int = 0,
+        first_chunk: int = 0,  # successive halving: geometric chunks from this many prompts (×3)
     ):
         # No defaults here: they live in conf/ only (build from a config with from_config).
         self.model = model
@@ -95,7 +96,7 @@ class Evaluator(CleanPass):
             raise ConfigError(f"metric.damage={damage!r} is not one of {', '.join(DAMAGES)}")
         self.damage = damage
         self._tokenize_prompts(model, dataset)
-        self._batch_chunks(chunks, chunk_seed)
+        self._batch_chunks(chunks, chunk_seed, first_chunk)
         self.prefix = (
             PrefixCache(model, self.obscure_batches, max_bytes=int(prefix_cache_bytes))
             if prefix_cache_bytes and int(prefix_cache_bytes) > 0
@@ -114,7 +115,13 @@ class Evaluator(CleanPass):
 
     @classmethod
     def from_config(
-        cls, model: LoadedModel, dataset: Dataset, run: RunConfig, chunks: int = 1, stack_chunks: bool = False
+        cls,
+        model: LoadedModel,
+        dataset: Dataset,
+        run: RunConfig,
+        chunks: int = 1,
+        stack_chunks: bool = False,
+        first_chunk: int = 0,
     ) -> "Evaluator":
         """Build from the run's ``perf`` and ``metric`` settings and ``top_k`` (``chunks``: see __init__).
 
@@ -140,6 +147,7 @@ class Evaluator(CleanPass):
             damage=run.metric.damage,
             chunks=chunks,
             chunk_seed=run.seed,
+            first_chunk=first_chunk,
         )
 
     def encoded_memories(self, spec: InjectionSpec, memory_cfg: Any) -> tuple[list[str], Tensor]:

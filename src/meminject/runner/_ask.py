@@ -13,8 +13,10 @@ import optuna
 from optuna.trial import TrialState
 
 from ..search._settings import SweepSpec
+from ..search._adaptive import enqueue_next_round, suggest_space
 from ..search._study import ATTR_SURPLUS, DONE, canonical_params, counted, point_of
-from ..store._optuna import ask_many, params_in_one_write, pop_queued_trial
+from ..store._storage import storage_lock
+from ..store._optuna import ask_many, params_in_one_write, pop_queued_trial, storage_of
 from ..store._recovery import recover_stale_trials
 from ._run import Asked
 
@@ -71,12 +73,23 @@ def _earlier_holder(study: optuna.Study, trial: optuna.Trial, point: str) -> int
     return None
 
 
-def ask_trials(study: optuna.Study, spec: SweepSpec, space: Any, total: int, want: int) -> Asked:
+def ask_trials(
+    study: optuna.Study, spec: SweepSpec, space: Any, total: int, want: int, storage_url: str | None = None
+) -> Asked:
     """Up to ``want`` trials for this worker: queued grid points, or new sampler suggestions
-    within the global budget (a slot another worker took meanwhile is given back)."""
+    within the global budget (a slot another worker took meanwhile is given back). An adaptive
+    study's queue holds one round; when it is empty and no trial runs, the next is planned."""
     recover_stale_trials(study)  # a dead worker's trials: failed, their points re-queued
     if spec.sampler == "grid":
         return _ask_queued(study, space, total, want)
+    if spec.sampler == "adaptive":
+        wide = suggest_space(space)  # refined and grown τ lie between the ladder's values
+        asked = _ask_queued(study, wide, total, want)
+        if not asked and len(counted(study)) < total:
+            with storage_lock(storage_url, storage_of(study)):  # one worker plans each round
+                enqueue_next_round(study, spec, space)
+            asked = _ask_queued(study, wide, total, want)
+        return asked
     return _ask_sampled(study, space, total, want)
 
 

@@ -19,7 +19,8 @@ from ..tracking._schema import from_attrs, site_label
 from ..tracking._tracker import Tracker, redact, redacted_container, tracking_uri
 from ..search._settings import SweepSpec
 from ..store._storage import default_storage_url
-from ..search._study import ATTR_PARENT, storage_lock
+from ..search._study import ATTR_PARENT
+from ..store._storage import storage_lock
 from ..tracking._schema import TAG_RECONCILED, TAG_SAMPLER, TAG_STATE, TAG_SWEEP, TAG_TRIAL_NUMBER
 
 __all__ = ["start_parent_run", "reconcile_runs", "best_csv", "parent_tracker"]

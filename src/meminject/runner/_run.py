@@ -31,7 +31,7 @@ from ._record import ATTR_KEY, optuna_record, record_in_mlflow
 from ..search._settings import SweepSpec
 from ._trial import TrialRunner, trial_config
 from ._writer import TrialRecord
-from ..tracking._schema import TAG_SAMPLER, TAG_SWEEP, TAG_WORKER
+from ..tracking._schema import ATTR_ROUND, TAG_SAMPLER, TAG_SWEEP, TAG_WORKER
 
 __all__ = ["TrialContext", "run_trials", "signals_held", "fail_pending", "writer_failed", "Asked"]
 
@@ -166,6 +166,9 @@ def _tell_and_record(
         optuna_record(cfgs[trial.number], result, seconds, ctx.spec, tally.attrs.get(trial.number))
         for (trial, _), (_, _, result) in zip(live, outcomes)
     ]
+    for (trial, _), (_, metrics, _) in zip(live, records):
+        if ATTR_ROUND in trial.user_attrs:  # sampler=adaptive: the round in MLflow too (n_prompts: the fidelity)
+            metrics["adaptive_round"] = int(trial.user_attrs[ATTR_ROUND])
     refused = set_many_user_attrs([(trial, attrs) for (trial, _), (_, _, attrs) in zip(live, records)])
     tells = [  # a pruned trial is not a failed one: it keeps what it saw
         (trial, None, TrialState.PRUNED) if result.pruned else (trial, value, None)

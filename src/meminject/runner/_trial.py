@@ -40,8 +40,9 @@ def trial_config(overrides: Sequence[str], params: dict[str, Any]) -> RunConfig:
 class TrialRunner:
     """Per worker: models, datasets and evaluators loaded once and reused by every trial."""
 
-    def __init__(self, chunks: int = 1, stack_chunks: bool = False) -> None:
+    def __init__(self, chunks: int = 1, stack_chunks: bool = False, first_chunk: int = 0) -> None:
         self.chunks = int(chunks)  # prompt chunks per trial (pruned sweeps), see Evaluator
+        self.first_chunk = int(first_chunk)  # pruner=halving: geometric chunks from this many prompts
         self.stack_chunks = bool(stack_chunks)  # a pruned grid: stack its chunked trials on a CPU too
         self._evaluators: dict[tuple, Any] = {}
         self._datasets: dict[Any, Any] = {}
@@ -73,7 +74,12 @@ class TrialRunner:
         if key not in self._evaluators:
             model = self._load(cfg.model, cfg.perf.models_mb)
             self._evaluators[key] = Evaluator.from_config(
-                model, self._datasets[cfg.data], cfg, chunks=self.chunks, stack_chunks=self.stack_chunks
+                model,
+                self._datasets[cfg.data],
+                cfg,
+                chunks=self.chunks,
+                stack_chunks=self.stack_chunks,
+                first_chunk=self.first_chunk,
             )
         self._resident[cfg.model] = self._resident.pop(cfg.model, 0)  # the most recently used, last
         return self._evaluators[key]

@@ -23,6 +23,7 @@ from ..config import load_run_config
 from ..core import _interrupts as interrupts
 from ..core._errors import ConfigError
 from ..store._recovery import DEFAULT_HEARTBEAT, StaleTrialRecovery
+from ..tracking._schema import ATTR_PHASE, ATTR_ROUND
 from ..tracking._tracker import Tracker
 from ._run import Asked, TrialContext, fail_pending, run_trials, signals_held, writer_failed
 from ..search._settings import SweepSpec
@@ -45,6 +46,8 @@ from ._trial import TrialRunner, is_out_of_memory
 __all__ = ["run_worker", "CoordinatorGone", "writer_kind"]
 
 log = logging.getLogger("meminject")
+
+QUEUED = ("grid", "adaptive")  # samplers whose points are queued, not sampled
 
 
 class CoordinatorGone(Exception):
@@ -74,9 +77,8 @@ def run_worker(
     if tracker is not None:
         tracker.follow(study.user_attrs.get(ATTR_PARENT))
     recovery.tracker = tracker
-    runner = TrialRunner(
-        chunks=spec.chunks, stack_chunks=spec.sampler == "grid"
-    )  # grid points come in same-layer runs (see _study)
+    # grid and adaptive points come in same-layer runs (search._grid.pruned_grid_order)
+    runner = TrialRunner(chunks=spec.chunks, stack_chunks=spec.sampler in QUEUED, first_chunk=spec.first_chunk)
     bar = None  # made when a first trial is asked: no bar at 100% when there was nothing to run
     ran = 0
     per_forward = runner.trials_per_forward(base)
@@ -88,7 +90,7 @@ def run_worker(
             _check_coordinator()
             want = per_forward if max_trials is None else min(per_forward, max_trials - ran)
             with signals_held():  # a trial asked but not yet ours to clean up would stay RUNNING
-                asked = ask_trials(study, spec, space, total, want)
+                asked = ask_trials(study, spec, space, total, want, storage_url)
                 context.owned.update((t.number, t) for t, _ in asked)
             if not asked:
                 if waiter.should_wait(study):
@@ -207,9 +209,10 @@ def _progress_bar(study: optuna.Study, study_name: str, total: int) -> Any:
 def _requeue_after_oom(runner: TrialRunner, spec: SweepSpec, study: optuna.Study, asked: Asked) -> None:
     """The trials were failed cleanly by run_trials; free memory, shrink, re-queue the points."""
     scale = runner.shrink_after_oom()
-    if spec.sampler == "grid":
-        for _, params in asked:
-            study.enqueue_trial(params, skip_if_exists=False)
+    if spec.sampler in QUEUED:
+        for trial, params in asked:
+            kept = {k: v for k, v in trial.user_attrs.items() if k in (ATTR_PHASE, ATTR_ROUND)}
+            study.enqueue_trial(params, user_attrs=kept or None, skip_if_exists=False)
     log.warning(
         "out of memory in trial(s) %s: failed and re-queued; continuing with %g× the batch budget",
         [t.number for t, _ in asked],

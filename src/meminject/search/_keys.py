@@ -27,16 +27,17 @@ SWEEP_SETTINGS = {
     "workers": "worker processes on this machine (0: prepare the study only; default 1)",
     "study": "study name (letters, digits, . _ -; default <preset>-<model>-<data>)",
     "storage": "Optuna storage: a journal file path or an RDB URL (default $MEMINJECT_STORAGE, else ./mlruns/optuna.journal)",
-    "sampler": "override the preset's sampler: grid | tpe | random | nsga2 (multi-objective)",
+    "sampler": "override the preset's sampler: grid | tpe | random | nsga2 (multi-objective) | adaptive (coarse to fine, ranges that grow)",
     "objective": "override the preset's objective: mean_gain | specific_gain (gain over another prompt's memory, 2× the injected passes) | median_gain | frac_improved | mean_logprob_gain | mean_damage (minimized)",
     "constraint": "maximize the objective subject to a metric bound, e.g. constraint='mean_damage<=0.05' (TPE, NSGA-II)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30)",
     "grace": "seconds without a heartbeat before a trial counts as dead and is re-run (default 120)",
     "progress": "true | false: the progress bar",
-    "pruner": "none | mean | wilcoxon: stop trials clearly worse than the k-th best (prune_keep), prompt by prompt, in a paired t-test of the mean or a signed-rank test (default: the preset's)",
+    "pruner": "none | mean | wilcoxon | halving: stop trials clearly worse than the k-th best (prune_keep), prompt by prompt, in a paired t-test of the mean or a signed-rank test; or successive halving over prompts (the top third kept at each checkpoint) (default: the preset's)",
     "prune_chunks": "pruning: prompts are evaluated in this many seeded chunks, checked after each (default 8)",
     "prune_p": "pruning: prune when the paired one-sided p-value is below this (default 0.01; 0.05 prunes more, and sometimes good sites)",
     "prune_keep": "pruning: compare with the k-th best complete trial, so the top k always complete (default 5)",
+    "prune_first": "pruner=halving: prompts at the first checkpoint; each next sees 3× as many (default 16)",
 }
 
 WORKER_SETTINGS = {

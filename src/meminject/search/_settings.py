@@ -30,7 +30,7 @@ __all__ = [
     "DIRECTIONS",
 ]
 
-SAMPLERS = ("grid", "tpe", "random", "nsga2")
+SAMPLERS = ("grid", "tpe", "random", "nsga2", "adaptive")
 DIRECTIONS = ("maximize", "minimize")
 # Trial summary metrics a sweep can optimize; specific_gain (gain − gain with another prompt's memory,
 # paired per prompt) turns metric.specific on: the shuffled copy runs in the same stacked forward.
@@ -63,6 +63,9 @@ class SweepSpec:
     prune_chunks: int = 8  # prompt chunks of a trial when pruning (1 when not)
     prune_p: float = 0.01
     prune_keep: int = 5  # trials are compared with the k-th best complete one
+    prune_first: int = 16  # pruner=halving: prompts at the first checkpoint, 3× more at each next
+    adaptive_keep: int = 5  # sampler=adaptive: the top k it refines, grows and stops on (search._adaptive)
+    adaptive_rounds: int = 8  # sampler=adaptive: rounds after the coarse one, at most
 
     @property
     def multi(self) -> bool:
@@ -85,6 +88,12 @@ class SweepSpec:
     def chunks(self) -> int:
         """Chunks a trial's prompts are evaluated in: pruning checks after each."""
         return self.prune_chunks if self.pruner != "none" else 1
+
+    @property
+    def first_chunk(self) -> int:
+        """``pruner=halving``: prompts of the first chunk, each next chunk making 3× as many
+        seen (checkpoints at 16, 48, 144, ... prompts); 0: equal chunks."""
+        return self.prune_first if self.pruner == "halving" else 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -168,6 +177,9 @@ _PRESET_KEYS = {
     "prune_chunks",
     "prune_p",
     "prune_keep",
+    "prune_first",
+    "adaptive_keep",
+    "adaptive_rounds",
 }
 
 
@@ -205,6 +217,9 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     if sampler != "grid" and n_trials is None:
         raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
     pruner, chunks, prune_p, keep = _pruning(settings, preset)
+    first = as_positive_int(settings.get("prune_first", preset.get("prune_first", 16)), "prune_first")
+    adaptive_keep = as_positive_int(preset.get("adaptive_keep", 5), "adaptive_keep")
+    adaptive_rounds = as_positive_int(preset.get("adaptive_rounds", 8), "adaptive_rounds")
     if pruner != "none" and len(objectives) > 1:
         raise ConfigError(
             f"pruner={pruner}: Optuna prunes single-objective studies only; use pruner=none with objective {objectives}"
@@ -235,6 +250,9 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         prune_chunks=chunks,
         prune_p=prune_p,
         prune_keep=keep,
+        prune_first=first,
+        adaptive_keep=adaptive_keep,
+        adaptive_rounds=adaptive_rounds,
     )
     return spec, settings
 
@@ -306,7 +324,7 @@ def _pruning(settings: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[st
     if pruner not in PRUNERS:
         raise ConfigError(f"pruner={pruner!r} is not one of {', '.join(PRUNERS)}")
     chunks = as_positive_int(settings.get("prune_chunks", preset.get("prune_chunks", 8)), "prune_chunks")
-    if pruner != "none" and chunks < 2:
+    if pruner not in ("none", "halving") and chunks < 2:
         raise ConfigError(f"prune_chunks={chunks}: pruning needs at least 2 chunks (or pruner=none)")
     try:
         prune_p = float(settings.get("prune_p", preset.get("prune_p", 0.01)))

@@ -7,13 +7,11 @@ once. Workers get distinct sampler seeds from :func:`register_worker`, under the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import optuna
 import optuna.distributions as od
@@ -33,13 +31,14 @@ from ._grid import (
     point_of,
     pruned_grid_order,
 )  # the grid queue's names are re-exported
+from ._adaptive import enqueue_next_round, ladder_of
 from ._models import model_sizes, sweep_models
 from ._space import SearchSpace, parse_space
 from ._pruning import make_pruner
 from ._samplers import BoundedTPESampler
 from ._settings import SweepSpec
 from ._keys import check_study_name
-from ..store._storage import default_storage_url, open_storage
+from ..store._storage import open_storage, storage_lock
 
 __all__ = [
     "DONE",
@@ -57,7 +56,6 @@ __all__ = [
     "counted",
     "make_sampler",
     "register_worker",
-    "storage_lock",
     "canonical_params",
     "point_of",
     "grid_points",
@@ -122,6 +120,8 @@ def resolve_space(spec: SweepSpec) -> tuple[RunConfig, SearchSpace]:
             "this sweep optimizes or bounds mean_damage, but metric.damage=none turns the measure off; use metric.damage=kl"
         )
     _check_axis_values(spec, base, space)
+    if spec.sampler == "adaptive":
+        ladder_of(space)  # a τ ladder and a layer axis, or one line saying what to give
     return base, space
 
 
@@ -241,35 +241,6 @@ def counted(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-@contextlib.contextmanager
-def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
-    """Serialize study setup across processes: a file lock beside a journal or SQLite file,
-    a PostgreSQL advisory lock, else nothing (workers still drop duplicate points)."""
-    url = url or default_storage_url()
-    path = url if "://" not in url else (url[len("sqlite:///") :] if url.startswith("sqlite:///") else None)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)  # ./mlruns is made when first written
-        with open(f"{path}.meminject-lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    engine = getattr(storage, "engine", None)
-    if engine is not None and url.startswith(("postgresql", "postgres")):
-        from sqlalchemy import text
-
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(772034519)"))
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(772034519)"))
-        return
-    yield
-
-
 def _check_unchanged(old: SweepSpec, spec: SweepSpec) -> None:
     """Refuse to resume a study stored with another spec (``old``), naming each changed setting."""
     if (
@@ -360,6 +331,8 @@ def prepare_study(
         study.set_user_attr(ATTR_SPACE, json.dumps(space.signature(), sort_keys=True))
         if spec.sampler == "grid":
             enqueue_missing(study, spec, space)
+        elif spec.sampler == "adaptive":  # its coarse round; later rounds are planned by the workers
+            enqueue_next_round(study, spec, space)
     return study, space, base
 
 

@@ -69,7 +69,19 @@ def study_figures(study: optuna.Study, table: Any = None, folder: Path | None = 
     spec = stored_spec(study)
     models = table["model"].astype(str).unique() if spec is not None and "model" in table.columns else []
     layers_of = {m: n_layers_of(spec, m) or 0 for m in models} if len(models) > 1 else None  # a model axis
-    return sweep_figures(study, table, folder, n_layers=_n_layers(study), target=_target(study), layers_of=layers_of)
+    figures = sweep_figures(study, table, folder, n_layers=_n_layers(study), target=_target(study), layers_of=layers_of)
+    if spec is not None and spec.sampler == "adaptive":  # which cells each round visited, at what fidelity
+        from ..views._phases import phase_figure, phase_frame
+
+        title = f"{study.study_name}: where the adaptive search looked ({_target(study)})"
+        path = phase_figure(
+            phase_frame(study.get_trials(deepcopy=False)),
+            folder / "adaptive_phases.png",
+            title,
+            maximize=spec.direction == "maximize",
+        )
+        figures += [path] if path is not None else []
+    return figures
 
 
 def _n_layers(study: optuna.Study) -> int:

@@ -6,11 +6,13 @@ disk): Optuna would skip the partial line on read but glue the next append onto 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 
@@ -20,7 +22,7 @@ from ..core._secrets import STORAGE_ENV
 from ..tracking._retry import permanent_kind
 from ..tracking._tracker import redact
 
-__all__ = ["default_storage_url", "open_storage", "load_study", "study_names"]
+__all__ = ["default_storage_url", "open_storage", "load_study", "study_names", "storage_lock"]
 
 log = logging.getLogger("meminject")
 
@@ -132,3 +134,32 @@ def load_study(name: str | None, url: str | None, storage: Any = None, sampler: 
             f"no study {name!r} in {where}; studies: {', '.join(names)} (start one with `meminject sweep`)"
         )
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+
+
+@contextlib.contextmanager
+def storage_lock(url: str | None, storage: Any = None) -> Iterator[None]:
+    """Serialize study setup across processes: a file lock beside a journal or SQLite file,
+    a PostgreSQL advisory lock, else nothing (workers still drop duplicate points)."""
+    url = url or default_storage_url()
+    path = url if "://" not in url else (url[len("sqlite:///") :] if url.startswith("sqlite:///") else None)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # ./mlruns is made when first written
+        with open(f"{path}.meminject-lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    engine = getattr(storage, "engine", None)
+    if engine is not None and url.startswith(("postgresql", "postgres")):
+        from sqlalchemy import text
+
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(772034519)"))
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(772034519)"))
+        return
+    yield

@@ -38,6 +38,8 @@ __all__ = [
     "ATTR_SURPLUS",
     "ATTR_WORKERS",
     "ATTR_SPACE",
+    "ATTR_PHASE",
+    "ATTR_ROUND",
     "ATTR_KEY",
     "ATTR_PROMPT_VALUES",
     "TAG_ROLE",
@@ -66,6 +68,8 @@ ATTR_HEARTBEAT = "meminject.heartbeat"  # [interval, grace] seconds, for every w
 ATTR_SURPLUS = "meminject.surplus"  # a trial given back unrun (over budget, or a duplicate point)
 ATTR_WORKERS = "meminject.workers"  # how many workers have registered (seeds their samplers)
 ATTR_SPACE = "meminject.space"  # the search space's signature (a changed space is refused)
+ATTR_PHASE = "meminject.phase"  # sampler=adaptive: the trial's phase (coarse, refine, grow)
+ATTR_ROUND = "meminject.round"  # sampler=adaptive: its round (0: coarse)
 
 # MLflow tags of a run.
 TAG_ROLE = "meminject.role"  # sweep (a study's parent run) | trial

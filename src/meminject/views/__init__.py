@@ -7,6 +7,7 @@
 ``_cell_labels``       readable gains in heatmap cells
 ``_cross_model``       gain by relative depth across models
 ``_specific_figure``   correct against another prompt's memory, by layer
+``_phases``            where an adaptive search looked: rounds, phases, fidelity
 ``_tables``            ranked-site tables for the terminal
 ``_inspect``           the head latent-space projector and its heatmap
 =====================  ==================================================================
