@@ -23,6 +23,7 @@ from ..views._cross_model import (
     several_models,
 )
 from ..views._figures import pareto_figure
+from ..search._adaptive import searched_params
 from ..search._edges import edge_notes, with_edges
 from ..views._specific_figure import specific_curve, specific_figure
 from ..selection._heldout import check_controls, format_heldout, heldout_report
@@ -67,7 +68,7 @@ def run_best(args: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if rechecked:
         table = float32_recheck(spec, table, base.model.dtype, top)
     if spec is not None:  # a top τ at the end of its searched range is marked, and said below
-        table = with_edges(table, spec.params)
+        table = with_edges(table, searched_params(spec))
     path = outputs_dir("best") / f"{name}{'-pareto' if multi else '-distinct' if distinct else ''}.csv"
     table.to_csv(path, index=False)
     print(
@@ -78,7 +79,7 @@ def run_best(args: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             f"note: the sweep ran in {base.model.dtype}; its top {min(top, len(table))} sites were re-evaluated in float32 on the same prompts and are ranked by that (column {base.model.dtype}: the sweep's value; sweep_rank: its rank)"
         )
     print(format_table(table.head(top)))
-    for line in edge_notes(table.head(top), spec.params) if spec is not None else []:
+    for line in edge_notes(table.head(top), searched_params(spec)) if spec is not None else []:
         print(line)
     if several_models(table):  # a model axis: each model's own ranking too, and its own held-out check
         print(f"\nwithin each model (top {top}):\n{format_per_model(table, top)}")

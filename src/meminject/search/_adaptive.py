@@ -36,7 +36,7 @@ from ..core._errors import ConfigError
 from ..tracking._schema import ATTR_PHASE, ATTR_ROUND, ATTR_SURPLUS
 from ._grid import DONE, canonical_params, grid_points, point_of, pruned_grid_order
 from ._settings import SweepSpec
-from ._space import Axis, SearchSpace
+from ._space import Axis, SearchSpace, parse_axis
 
 __all__ = [
     "Ladder",
@@ -83,6 +83,18 @@ def ladder_of(space: SearchSpace) -> Ladder:
     if LAYER not in space.keys:
         raise ConfigError(f"sampler=adaptive searches the layer: give {LAYER}='range(0,all)' (or a ladder of layers)")
     return Ladder(tuple(values))
+
+
+def searched_params(spec: SweepSpec) -> dict[str, str]:
+    """The axes as searched: for an adaptive sweep, τ over the whole lattice it may grow to
+    (``GROW_STEPS`` ladder steps past either end), so ``best`` marks a τ on an edge only when
+    growth hit its bound; for any other sweep, the sweep's own axes."""
+    if spec.sampler != "adaptive" or TAU not in spec.params:
+        return spec.params
+    ladder = Ladder(tuple(sorted(float(v) for v in parse_axis(TAU, spec.params[TAU]).discrete_values or [])))
+    low, high = ladder.bounds
+    count = len(ladder.values) + 2 * GROW_STEPS
+    return {**spec.params, TAU: f"logrange({_on_lattice(low, ladder):.6g}, {_on_lattice(high, ladder):.6g}, {count})"}
 
 
 def suggest_space(space: SearchSpace) -> SearchSpace:

@@ -220,3 +220,16 @@ def test_an_adaptive_study_records_phases_and_fidelity_and_a_resume_mid_round_en
     assert _points(resumed) == _points(study)  # the same points, states and rounds, in the same order
     # and the same values to float32 tolerance (a fresh evaluator batches the prompts anew)
     assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(_values(resumed), _values(study)))
+
+
+def test_best_marks_an_adaptive_tau_on_an_edge_only_where_growth_hit_its_bound():
+    import pandas as pd
+
+    from meminject.search._adaptive import searched_params
+    from meminject.search._edges import tweak_edges
+
+    spec = _spec()
+    low, high = ladder_of(_space()).bounds
+    table = pd.DataFrame({"injection.tweak": [1.0, 0.01, round(high, 6), round(low, 6), 0.1]})
+    assert tweak_edges(table, searched_params(spec)) == ["", "", "high", "low", ""]
+    assert tweak_edges(table, spec.params) == ["high", "low", "", "", ""]  # the ladder alone would say otherwise
