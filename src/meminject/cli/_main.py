@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser(next((a for a in argv if not a.startswith("-")), None))
+    wants_help = any(a in ("-h", "--help") for a in argv)  # a command's keys are listed for --help only
+    parser = _build_parser(next((a for a in argv if not a.startswith("-")), None) if wants_help else None)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
