@@ -292,7 +292,7 @@ def test_a_start_in_the_repeated_hour_of_a_dst_change_counts_as_the_later_instan
 
 
 def test_recovery_imports_first_without_an_import_cycle() -> None:
-    # recovery imports meminject.store._optuna, which runs meminject.sweep's __init__ first.
+    # recovery imports meminject.store._optuna, which runs meminject.store's __init__ first.
     import subprocess
     import sys
 
