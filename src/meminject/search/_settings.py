@@ -217,9 +217,6 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
     if sampler != "grid" and n_trials is None:
         raise ConfigError(f"sampler={sampler} needs a trial budget: n_trials=N")
     pruner, chunks, prune_p, keep = _pruning(settings, preset)
-    first = as_positive_int(settings.get("prune_first", preset.get("prune_first", 16)), "prune_first")
-    adaptive_keep = as_positive_int(preset.get("adaptive_keep", 5), "adaptive_keep")
-    adaptive_rounds = as_positive_int(preset.get("adaptive_rounds", 8), "adaptive_rounds")
     if pruner != "none" and len(objectives) > 1:
         raise ConfigError(
             f"pruner={pruner}: Optuna prunes single-objective studies only; use pruner=none with objective {objectives}"
@@ -250,11 +247,18 @@ def load_sweep(args: Sequence[str]) -> tuple[SweepSpec, dict[str, str]]:
         prune_chunks=chunks,
         prune_p=prune_p,
         prune_keep=keep,
-        prune_first=first,
-        adaptive_keep=adaptive_keep,
-        adaptive_rounds=adaptive_rounds,
+        **_adaptive_keys(settings, preset),
     )
     return spec, settings
+
+
+def _adaptive_keys(settings: Mapping[str, str], preset: Mapping[str, Any]) -> dict[str, int]:
+    """``pruner=halving``'s first checkpoint (a command key too) and ``sampler=adaptive``'s preset keys."""
+    return {
+        "prune_first": as_positive_int(settings.get("prune_first", preset.get("prune_first", 16)), "prune_first"),
+        "adaptive_keep": as_positive_int(preset.get("adaptive_keep", 5), "adaptive_keep"),
+        "adaptive_rounds": as_positive_int(preset.get("adaptive_rounds", 8), "adaptive_rounds"),
+    }
 
 
 def _search_axes(
