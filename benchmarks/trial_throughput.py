@@ -230,7 +230,7 @@ def main() -> int:
     print(f"  (a)/(c) upstream loop / meminject trial     {totals['a'] / totals['c']:8.1f}×   (target ≥ 25×)")
     print(f"  (b)/(c) plain batched / meminject trial     {totals['b'] / totals['c']:8.1f}×")
     print(f"  (c)/(d) meminject trial / floor             {totals['c'] / totals['d']:8.2f}×   (target ≤ 1.5×)")
-    print(f"  (d)/(c last) floor / positions=last trial   {totals['d'] / totals['c_last']:8.2f}×   (target ≥ 5×)")
+    print(f"  (d)/(c last) floor / positions=last trial   {totals['d'] / totals['c_last']:8.2f}×   (target ≥ 6×)")
     if undamaged is not None:
         print(
             f"  damage (metric.damage=kl) share of a trial   {totals['c'] / totals['c_nodmg'] - 1:8.1%}   (target ≤ 3%)  "

@@ -85,6 +85,17 @@ def _repeat_batch(value: Any, batch_size: int, copies: int) -> Any:
     return value
 
 
+def _with_copies(kv: Tensor, copies: int) -> Tensor:
+    """The clean keys or values (their last slot free) for ``copies`` stacked trials: the
+    stored tensor itself for one (its last slot is overwritten by each trial), else one
+    copy into a fresh buffer, trial-major."""
+    if copies == 1:
+        return kv
+    out = torch.empty((copies, *kv.shape), dtype=kv.dtype, device=kv.device)
+    out.copy_(kv.expand(copies, *kv.shape))
+    return out.view(copies * kv.shape[0], *kv.shape[1:])
+
+
 def _shared_repeat(value: Any, batch_size: int, copies: int, memo: dict[int, Any]) -> Any:
     if copies == 1:
         return value
@@ -276,7 +287,8 @@ class PrefixCache:
             if isinstance(pe, (tuple, list)) and all(isinstance(e, Tensor) and e.ndim == 3 for e in pe):
                 embeddings.append(tuple(e.expand(size, w, e.shape[-1])[rows, last][:, None, :] for e in pe))
             for layer, (k, v) in kv.items():
-                pad = [0, 0, 0, width - w]  # pad the sequence axis (-2) to the common width
+                # pad the sequence axis (-2) to the common width, plus the slot of the last token's new key/value
+                pad = [0, 0, 0, width + 1 - w]
                 keys[layer].append(torch.nn.functional.pad(k, pad))
                 values[layer].append(torch.nn.functional.pad(v, pad))
         kwargs = dict(self._prefixes[0].kwargs[0])  # every layer's (checked: uniform)
@@ -327,10 +339,13 @@ class PrefixCache:
         attns = [block.attn for block in bridge.blocks]
         with torch.no_grad(), bridge.hooks(fwd_hooks=fwd_hooks):
             for layer in range(start, self.model.n_layers):
-                keys, values = (_repeat_batch(t, size, copies) for t in self._last["kv"][layer])
+                keys, values = (_with_copies(t, copies) for t in self._last["kv"][layer])
 
                 def extend(k: Tensor, v: Tensor, keys=keys, values=values, **_: Any) -> tuple[Tensor, Tensor]:
-                    return torch.cat([keys, k], dim=-2), torch.cat([values, v], dim=-2)
+                    # the last slot is the new key/value's: written in place, no concatenation per layer
+                    keys[..., -1:, :] = k
+                    values[..., -1:, :] = v
+                    return keys, values
 
                 attns[layer]._update_kv_cache = extend
                 try:

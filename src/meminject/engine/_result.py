@@ -129,7 +129,8 @@ def empty_out(n: int, *, keep_rest: bool = False) -> dict[str, Any]:
 def _rank(logits: Tensor, token: Tensor) -> Tensor:
     """0 = the answer is the top token."""
     answer_logit = logits.gather(1, token[:, None])
-    return (logits > answer_logit).sum(dim=1)
+    # an int32 count: a bool tensor summed to int64 is ~6x slower on the CPU (benchmarks/trial_throughput.py)
+    return (logits > answer_logit).sum(dim=1, dtype=torch.int32)
 
 
 def read_answers(
@@ -143,9 +144,12 @@ def read_answers(
     logp = torch.zeros(size, dtype=torch.float64, device=logits.device).index_add_(0, batch.read_row, logp_reads)
     # the first read of each prompt is its first answer token (reads are ordered by row, then position)
     row_np = batch.read_row.cpu().numpy()
-    _, first = np.unique(row_np, return_index=True)
-    first = torch.as_tensor(first, device=logits.device)
-    first_logits, first_target = logits[first], batch.read_target[first]
+    if len(row_np) == size and bool((row_np == np.arange(size)).all()):  # one read per row, in order: no copy
+        first_logits, first_target = logits, batch.read_target
+    else:
+        _, first = np.unique(row_np, return_index=True)
+        first = torch.as_tensor(first, device=logits.device)
+        first_logits, first_target = logits[first], batch.read_target[first]
     index = batch.index.cpu().numpy()
     out["probs"][index] = logp.exp().cpu().numpy()
     out["logprobs"][index] = logp.cpu().numpy()
