@@ -1,5 +1,6 @@
 """What TPE costs per suggestion as a study grows, and what it finds: Optuna's TPE against
-meminject's bounded TPE (``BoundedTPESampler``, what ``sampler=tpe`` runs), in one run.
+meminject's bounded TPE (``BoundedTPESampler``, what ``sampler=tpe`` runs) on meminject's
+journal storage (``IndexedJournalStorage``, what a journal sweep opens), in one run.
 
 Run by hand (not a test), e.g.::
 
@@ -34,6 +35,7 @@ import optuna  # noqa: E402
 from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: E402
 
 from meminject.search._samplers import BoundedTPESampler  # noqa: E402
+from meminject.store._optuna import IndexedJournalStorage  # noqa: E402
 
 WINDOW = 50  # suggestions averaged around each checkpoint
 
@@ -45,7 +47,9 @@ def objective(layer: int, tweak: float, encoding: str) -> float:
 
 def _study(arm: str, seed: int, folder: Path) -> optuna.Study:
     cls = optuna.samplers.TPESampler if arm == "tpe" else BoundedTPESampler
-    storage = JournalStorage(JournalFileBackend(str(folder / f"{arm}-{seed}.journal")))
+    backend = JournalFileBackend(str(folder / f"{arm}-{seed}.journal"))
+    # Optuna as it comes, against what a meminject journal sweep runs (sampler=tpe, its storage)
+    storage = JournalStorage(backend) if arm == "tpe" else IndexedJournalStorage(backend)
     return optuna.create_study(storage=storage, direction="maximize", sampler=cls(seed=seed))
 
 

@@ -17,7 +17,8 @@ worker pool needs have no public form yet:
 * a TPE whose per-trial cost stays flat as the study grows: ``TPESampler`` reads every past
   trial through ``Study._get_trials`` at each suggestion, so its cost is linear in their
   number; :func:`bounded_view` hands it a bounded set instead (a public "condition on these
-  trials" option would replace it);
+  trials" option would replace it), and :class:`IndexedJournalStorage` lists a study's trials
+  without re-reading the finished ones (every ask and suggestion lists them several times);
 * a stacked pass's trials created, and told, in one storage write each: ``study.ask()`` and
   ``study.tell()`` are an append (and an fsync) per trial, ~1 ms each per trial on SmolLM2's
   sweep at 16 trials per forward: a third of the critical path left after the writer process.
@@ -39,6 +40,7 @@ from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import TrialState
 
 __all__ = [
+    "IndexedJournalStorage",
     "ask_many",
     "bounded_view",
     "BaseHeartbeat",
@@ -343,7 +345,45 @@ class _BoundedView:
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[Any]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        if len(trials) <= self._size or len(self._study.directions) > 1:
+        study = self._study
+        if deepcopy or len(study.directions) > 1:
+            return study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        # straight from the storage: Study's own cache filters every trial by state in Python
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=states)
+        if len(trials) <= self._size:
             return trials
-        return self._bound(trials, states, self._study.direction == optuna.study.StudyDirection.MINIMIZE)
+        return self._bound(trials, states, study.direction == optuna.study.StudyDirection.MINIMIZE)
+
+
+class IndexedJournalStorage(JournalStorage):
+    """Optuna's journal storage, listing a study's trials in time that does not grow with the
+    finished ones.
+
+    ``JournalStorage.get_all_trials`` tests every trial's state at every call (~0.6 µs a trial:
+    2 ms at trial 3,000), and one ask with TPE calls it several times. A finished trial never
+    changes (the journal's replay refuses every update to one), so for each study and set of
+    states this keeps the finished trials up to the first unfinished one, and looks only at
+    the trials from there on. The answer is the list Optuna's would be (tested), in number
+    order. It reads the replay's private ``_trials`` and ``_study_id_to_trial_ids``; Optuna
+    caching its own listing (as ``_CachedStorage`` does for RDB storages) would replace it.
+    """
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        if deepcopy:
+            return super().get_all_trials(study_id, deepcopy=True, states=states)
+        with self._thread_lock:
+            self._sync_with_backend()
+            replay = self._replay_result
+            if study_id not in replay._study_id_to_trial_ids:  # Optuna's error, outside its lock
+                return replay.get_all_trials(study_id, states)
+            ids, trials = replay._study_id_to_trial_ids[study_id], replay._trials
+            index = self.__dict__.setdefault("_listing", {})
+            key = (id(replay), study_id, None if states is None else frozenset(states))
+            frontier, finished = index.get(key, (0, []))
+            while frontier < len(ids) and (trial := trials[ids[frontier]]).state.is_finished():
+                if states is None or trial.state in states:
+                    finished.append(trial)
+                frontier += 1
+            index[key] = (frontier, finished)
+            tail = (trials[i] for i in ids[frontier:])
+            return finished + [t for t in tail if states is None or t.state in states]

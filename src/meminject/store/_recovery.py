@@ -27,11 +27,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..tracking._schema import ATTR_HEARTBEAT
-from ._optuna import BaseHeartbeat, is_heartbeat_enabled, storage_of
+from ._optuna import BaseHeartbeat, IndexedJournalStorage, is_heartbeat_enabled, storage_of
 
 __all__ = [
     "HeartbeatJournalStorage",
@@ -127,7 +126,7 @@ def _start_epoch(start: datetime) -> float:
     return max(start.replace(fold=0).timestamp(), start.replace(fold=1).timestamp())
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+class HeartbeatJournalStorage(IndexedJournalStorage, BaseHeartbeat):
     """Optuna's journal storage with heartbeats (kept as a trial system attribute).
 
     Holds to :class:`optuna.storages.RDBStorage`'s heartbeat contract: the interval and the

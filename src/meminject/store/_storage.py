@@ -74,14 +74,16 @@ def open_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if "://" not in url:
-                from optuna.storages.journal import JournalFileBackend, JournalStorage
+                from optuna.storages.journal import JournalFileBackend
+
+                from ._optuna import IndexedJournalStorage
 
                 Path(url).parent.mkdir(parents=True, exist_ok=True)
                 repaired = repair_torn_journal(url)
                 if repaired:
                     log.warning("note: %s", repaired)
                 if heartbeat is None:
-                    return JournalStorage(JournalFileBackend(url))
+                    return IndexedJournalStorage(JournalFileBackend(url))
                 return HeartbeatJournalStorage(JournalFileBackend(url), **beat)
             if url.startswith("sqlite:///"):
                 Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
